@@ -1,0 +1,167 @@
+// Codec throughput: kvring's hot-path views and generic decoder against
+// msgpack-cxx (the Debian library) doing the same job, on msgspec's own bytes.
+//
+//   BM_DecodeKvBatch_View        zero-allocation view (the controller's path)
+//   BM_DecodeKvBatch_Generic     full Message object (strings and vectors)
+//   BM_DecodeKvBatch_MsgpackCxxUnpack   msgpack::unpack into an object tree, then read ops
+//   BM_DecodeKvBatch_MsgpackCxxVisitor  msgpack::parse with a SAX visitor (no tree)
+//
+// Counters: items = KV ops (or hashes), bytes = msgpack bytes.
+#include <benchmark/benchmark.h>
+
+#include <fstream>
+#include <iterator>
+#include <msgpack.hpp>
+#include <span>
+#include <string>
+
+#include "kvring/protocol/codec.h"
+
+namespace {
+
+using namespace kvring::protocol;
+
+std::string Vector(const char* name) {
+  std::ifstream f(std::string(KVRING_TEST_DATA) + "/lmcache-msgspec/" + name, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+std::span<const std::uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+void SetCounters(benchmark::State& state, std::size_t items, std::size_t bytes) {
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * items));
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes));
+  state.counters["msgs/s"] = benchmark::Counter(static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
+const char* KvFile(std::int64_t ops) {
+  return ops == 256 ? "BatchedKVOperationMsg__256ops.msgpack" : "BatchedKVOperationMsg__10000ops.msgpack";
+}
+const char* P2PFile(std::int64_t n) {
+  return n == 32 ? "BatchedP2PLookupMsg__32.msgpack" : "BatchedP2PLookupMsg__4096.msgpack";
+}
+
+void BM_DecodeKvBatch_View(benchmark::State& state) {
+  std::string bytes = Vector(KvFile(state.range(0)));
+  BatchedKVOperationView view;
+  std::uint64_t sink = 0;
+  for (auto _ : state) {
+    if (!Decode(Bytes(bytes), &view).ok()) state.SkipWithError("decode failed");
+    sink += view.operations.back().key.bits();
+  }
+  benchmark::DoNotOptimize(sink);
+  SetCounters(state, view.operations.size(), bytes.size());
+}
+BENCHMARK(BM_DecodeKvBatch_View)->Arg(256)->Arg(10000);
+
+void BM_DecodeKvBatch_Generic(benchmark::State& state) {
+  std::string bytes = Vector(KvFile(state.range(0)));
+  std::size_t ops = 0;
+  for (auto _ : state) {
+    auto m = Decode(Bytes(bytes));
+    if (!m.ok()) state.SkipWithError("decode failed");
+    ops = std::get<BatchedKVOperationMsg>(*m).operations.size();
+    benchmark::DoNotOptimize(m);
+  }
+  SetCounters(state, ops, bytes.size());
+}
+BENCHMARK(BM_DecodeKvBatch_Generic)->Arg(256);
+
+void BM_DecodeKvBatch_MsgpackCxxUnpack(benchmark::State& state) {
+  std::string bytes = Vector(KvFile(state.range(0)));
+  std::uint64_t sink = 0;
+  std::size_t ops = 0;
+  for (auto _ : state) {
+    msgpack::object_handle oh = msgpack::unpack(bytes.data(), bytes.size());
+    const msgpack::object& o = oh.get();
+    for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
+      const auto& kv = o.via.map.ptr[i];
+      if (kv.key.via.str.size != 10 || std::memcmp(kv.key.via.str.ptr, "operations", 10) != 0) continue;
+      ops = kv.val.via.array.size;
+      for (std::uint32_t k = 0; k < ops; ++k) {
+        const auto& ev = kv.val.via.array.ptr[k].via.map;
+        for (std::uint32_t f = 0; f < ev.size; ++f) sink += ev.ptr[f].val.via.u64;
+      }
+    }
+  }
+  benchmark::DoNotOptimize(sink);
+  SetCounters(state, ops, bytes.size());
+}
+BENCHMARK(BM_DecodeKvBatch_MsgpackCxxUnpack)->Arg(256);
+
+// A visitor that sums every integer: the least work any decoder of the batch
+// must do, with msgpack-cxx's push parser.
+struct SumVisitor : msgpack::null_visitor {
+  std::uint64_t sum = 0;
+  bool visit_positive_integer(std::uint64_t v) { sum += v; return true; }
+  bool visit_negative_integer(std::int64_t v) { sum += static_cast<std::uint64_t>(v); return true; }
+  void parse_error(std::size_t, std::size_t) {}
+  void insufficient_bytes(std::size_t, std::size_t) {}
+};
+void BM_DecodeKvBatch_MsgpackCxxVisitor(benchmark::State& state) {
+  std::string bytes = Vector(KvFile(state.range(0)));
+  SumVisitor v;
+  for (auto _ : state) {
+    std::size_t off = 0;
+    msgpack::parse(bytes.data(), bytes.size(), off, v);
+  }
+  benchmark::DoNotOptimize(v.sum);
+  SetCounters(state, static_cast<std::size_t>(state.range(0)), bytes.size());
+}
+BENCHMARK(BM_DecodeKvBatch_MsgpackCxxVisitor)->Arg(256);
+
+void BM_EncodeKvBatch_Span(benchmark::State& state) {
+  std::string bytes = Vector(KvFile(state.range(0)));
+  BatchedKVOperationView view;
+  (void)Decode(Bytes(bytes), &view);
+  std::vector<std::uint8_t> out(bytes.size());
+  for (auto _ : state) {
+    EncodeResult r = EncodeTo(view, std::span(out));
+    benchmark::DoNotOptimize(r);
+  }
+  SetCounters(state, view.operations.size(), bytes.size());
+}
+BENCHMARK(BM_EncodeKvBatch_Span)->Arg(256);
+
+void BM_DecodeP2PLookup_View(benchmark::State& state) {
+  std::string bytes = Vector(P2PFile(state.range(0)));
+  BatchedP2PLookupView view;
+  std::uint64_t sink = 0;
+  for (auto _ : state) {
+    if (!Decode(Bytes(bytes), &view).ok()) state.SkipWithError("decode failed");
+    sink += view.hashes.back().bits();
+  }
+  benchmark::DoNotOptimize(sink);
+  SetCounters(state, view.hashes.size(), bytes.size());
+}
+BENCHMARK(BM_DecodeP2PLookup_View)->Arg(32)->Arg(4096);
+
+void BM_EncodeP2PLookup_Span(benchmark::State& state) {
+  std::string bytes = Vector(P2PFile(state.range(0)));
+  BatchedP2PLookupView view;
+  (void)Decode(Bytes(bytes), &view);
+  std::vector<std::uint8_t> out(bytes.size());
+  for (auto _ : state) {
+    EncodeResult r = EncodeTo(view, std::span(out));
+    benchmark::DoNotOptimize(r);
+  }
+  SetCounters(state, view.hashes.size(), bytes.size());
+}
+BENCHMARK(BM_EncodeP2PLookup_Span)->Arg(32)->Arg(4096);
+
+void BM_EncodeP2PLookupReply_Span(benchmark::State& state) {
+  BatchedP2PLookupRetMsg ret{{{"lmcache_instance_1", "LocalCPUBackend", Int(12), "localhost:8201"}}};
+  std::uint8_t out[256];
+  for (auto _ : state) {
+    EncodeResult r = EncodeTo(ret, std::span(out));
+    benchmark::DoNotOptimize(r);
+  }
+  SetCounters(state, 1, EncodeTo(ret, std::span(out)).bytes);
+}
+BENCHMARK(BM_EncodeP2PLookupReply_Span);
+
+}  // namespace
+
+BENCHMARK_MAIN();

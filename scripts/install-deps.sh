@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs kvring's build and test dependencies from Debian 12 packages.
+# Idempotent: re-running only refreshes the package lists and confirms the set.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libboost-dev            # 1.74: Interprocess (shared memory)
+  libmsgpack-cxx-dev      # msgpack reader/writer primitives
+  libxxhash-dev
+  libgtest-dev libgmock-dev
+  libbenchmark-dev
+  libcli11-dev            # command-line parsing
+  nlohmann-json3-dev      # JSON for the CLI
+  clang libclang-rt-14-dev # libFuzzer target and sanitizer builds
+  python3
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${packages[@]}"

@@ -1,0 +1,138 @@
+// msgpack writer with msgspec's encoding choices: the shortest int, str,
+// array and map headers; non-negative ints always unsigned; floats always
+// float64. Templated on where the bytes go:
+//   StringSink  appends to a std::string (grows);
+//   SpanSink    writes into caller memory and keeps counting past the end, so
+//               the caller learns the size that would have been needed.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "kvring/protocol/int.h"
+#include "protocol/msgpack_format.h"
+
+namespace kvring::protocol::detail {
+
+struct StringSink {
+  std::string* out;
+  void Put(const void* p, std::size_t n) { out->append(static_cast<const char*>(p), n); }
+  void Put1(std::uint8_t b) { out->push_back(static_cast<char>(b)); }
+};
+
+struct SpanSink {
+  std::uint8_t* data;
+  std::size_t cap;
+  std::size_t pos = 0;
+  void Put(const void* p, std::size_t n) {
+    if (pos <= cap && n <= cap - pos) std::memcpy(data + pos, p, n);
+    pos += n;
+  }
+  void Put1(std::uint8_t b) {
+    if (pos < cap) data[pos] = b;
+    ++pos;
+  }
+  bool fits() const { return pos <= cap; }
+};
+
+template <typename Sink>
+class Writer {
+ public:
+  explicit Writer(Sink* sink) : s_(sink) {}
+
+  void Nil() { s_->Put1(msgpack_format::kNil); }
+  void Bool(bool b) { s_->Put1(b ? msgpack_format::kTrue : msgpack_format::kFalse); }
+
+  void Integer(Int v) {
+    using namespace msgpack_format;
+    if (!v.negative()) {
+      std::uint64_t u = v.bits();
+      if (u <= kPosFixintMax) s_->Put1(static_cast<std::uint8_t>(u));
+      else if (u <= 0xff) Tagged(kUint8, static_cast<std::uint8_t>(u));
+      else if (u <= 0xffff) Tagged(kUint16, static_cast<std::uint16_t>(u));
+      else if (u <= 0xffffffffULL) Tagged(kUint32, static_cast<std::uint32_t>(u));
+      else Tagged(kUint64, u);
+    } else {
+      std::int64_t i = v.AsI64();
+      if (i >= -32) s_->Put1(static_cast<std::uint8_t>(i));
+      else if (i >= INT8_MIN) Tagged(kInt8, static_cast<std::uint8_t>(static_cast<std::int8_t>(i)));
+      else if (i >= INT16_MIN) Tagged(kInt16, static_cast<std::uint16_t>(static_cast<std::int16_t>(i)));
+      else if (i >= INT32_MIN) Tagged(kInt32, static_cast<std::uint32_t>(static_cast<std::int32_t>(i)));
+      else Tagged(kInt64, static_cast<std::uint64_t>(i));
+    }
+  }
+
+  void Float(double d) {
+    std::uint64_t u;
+    std::memcpy(&u, &d, 8);
+    Tagged(msgpack_format::kFloat64, u);
+  }
+
+  void Str(std::string_view s) {
+    using namespace msgpack_format;
+    std::size_t n = s.size();
+    if (n <= kFixstrMaxLen) s_->Put1(static_cast<std::uint8_t>(kFixstr | n));
+    else if (n <= 0xff) Tagged(kStr8, static_cast<std::uint8_t>(n));
+    else if (n <= 0xffff) Tagged(kStr16, static_cast<std::uint16_t>(n));
+    else Tagged(kStr32, static_cast<std::uint32_t>(n));
+    s_->Put(s.data(), n);
+  }
+
+  void Bin(std::string_view s) {
+    using namespace msgpack_format;
+    std::size_t n = s.size();
+    if (n <= 0xff) Tagged(kBin8, static_cast<std::uint8_t>(n));
+    else if (n <= 0xffff) Tagged(kBin16, static_cast<std::uint16_t>(n));
+    else Tagged(kBin32, static_cast<std::uint32_t>(n));
+    s_->Put(s.data(), n);
+  }
+
+  void Ext(std::int8_t type, std::string_view s) {
+    using namespace msgpack_format;
+    std::size_t n = s.size();
+    switch (n) {
+      case 1: s_->Put1(kFixext1); break;
+      case 2: s_->Put1(kFixext2); break;
+      case 4: s_->Put1(kFixext4); break;
+      case 8: s_->Put1(kFixext8); break;
+      case 16: s_->Put1(kFixext16); break;
+      default:
+        if (n <= 0xff) Tagged(kExt8, static_cast<std::uint8_t>(n));
+        else if (n <= 0xffff) Tagged(kExt16, static_cast<std::uint16_t>(n));
+        else Tagged(kExt32, static_cast<std::uint32_t>(n));
+    }
+    s_->Put1(static_cast<std::uint8_t>(type));
+    s_->Put(s.data(), n);
+  }
+
+  void ArrayHeader(std::size_t n) {
+    using namespace msgpack_format;
+    if (n <= kFixarrayMaxLen) s_->Put1(static_cast<std::uint8_t>(kFixarray | n));
+    else if (n <= 0xffff) Tagged(kArray16, static_cast<std::uint16_t>(n));
+    else Tagged(kArray32, static_cast<std::uint32_t>(n));
+  }
+
+  void MapHeader(std::size_t n) {
+    using namespace msgpack_format;
+    if (n <= kFixmapMaxLen) s_->Put1(static_cast<std::uint8_t>(kFixmap | n));
+    else if (n <= 0xffff) Tagged(kMap16, static_cast<std::uint16_t>(n));
+    else Tagged(kMap32, static_cast<std::uint32_t>(n));
+  }
+
+ private:
+  template <typename U>
+  void Tagged(std::uint8_t tag, U v) {
+    std::uint8_t buf[1 + sizeof(U)];
+    buf[0] = tag;
+    for (std::size_t i = 0; i < sizeof(U); ++i)
+      buf[1 + i] = static_cast<std::uint8_t>(v >> (8 * (sizeof(U) - 1 - i)));
+    s_->Put(buf, sizeof buf);
+  }
+
+  Sink* s_;
+};
+
+}  // namespace kvring::protocol::detail

@@ -1,0 +1,423 @@
+#include "kvring/protocol/codec.h"
+
+#include <sys/resource.h>
+
+#include <cstring>
+
+#include <gtest/gtest.h>
+#include <msgpack.hpp>
+
+#include "../alloc_counter.h"
+#include "../test_util.h"
+#include "kvring/protocol/json.h"
+
+namespace kvring::protocol {
+namespace {
+
+using kvring::testing::AsBytes;
+using kvring::testing::Hex;
+using kvring::testing::Manifest;
+using kvring::testing::ReadFile;
+using kvring::testing::VectorDir;
+
+std::string VectorBytes(const Json& c) { return ReadFile(VectorDir() + c["file"].get<std::string>()); }
+
+bool IsCommandCase(const Json& c) { return c["decode_as"] == "AnyCommand"; }
+
+// ---- the golden vectors ----------------------------------------------------------
+
+TEST(GoldenVectors, EveryValidVectorDecodesToItsExpectedValue) {
+  int checked = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    if (!c["valid"].get<bool>()) continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    std::string bytes = VectorBytes(c);
+    Json got;
+    if (IsCommandCase(c)) {
+      auto r = DecodeCommand(AsBytes(bytes));
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      got = ToJson(*r);
+    } else {
+      auto r = Decode(AsBytes(bytes));
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      EXPECT_EQ(TagOf(*r), c["tag"].get<std::string>());
+      got = ToJson(*r);
+    }
+    EXPECT_EQ(got, c["expected"]) << got.dump();
+    ++checked;
+  }
+  EXPECT_EQ(checked, 140);
+}
+
+TEST(GoldenVectors, ReencodingGivesMsgspecBytes) {
+  int canonical = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    if (!c["valid"].get<bool>()) continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    std::string bytes = VectorBytes(c);
+    std::string out;
+    if (IsCommandCase(c)) {
+      auto r = DecodeCommand(AsBytes(bytes));
+      ASSERT_TRUE(r.ok());
+      EncodeCommand(*r, &out);
+    } else {
+      auto r = Decode(AsBytes(bytes));
+      ASSERT_TRUE(r.ok());
+      out = Encode(*r);
+    }
+    if (c["canonical"].get<bool>()) {
+      EXPECT_EQ(out, bytes);
+      ++canonical;
+    } else {
+      auto want = Hex(c["canonical_hex"].get<std::string>());
+      EXPECT_EQ(out, std::string(want.begin(), want.end()));
+    }
+  }
+  EXPECT_EQ(canonical, 119);
+}
+
+ErrorKind KindFor(const std::string& python_error) {
+  if (python_error == "DecodeError") return ErrorKind::kDecode;
+  if (python_error == "ValidationError") return ErrorKind::kValidation;
+  if (python_error == "RecursionError") return ErrorKind::kRecursion;
+  if (python_error == "UnicodeDecodeError") return ErrorKind::kUnicode;
+  return ErrorKind::kInternal;
+}
+
+// msgspec's "Expected `int`, got `str`" and kvring's "expected int, got str"
+// say the same thing; compare them without the quoting.
+std::string Normalize(std::string s) {
+  std::string out;
+  for (char ch : s)
+    if (ch != '`' && ch != '\'') out.push_back(ch);
+  if (!out.empty()) out[0] = static_cast<char>(std::tolower(out[0]));
+  return out;
+}
+
+TEST(GoldenVectors, EveryInvalidVectorIsRejectedLikeMsgspec) {
+  int checked = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    if (c["valid"].get<bool>()) continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    std::string bytes = VectorBytes(c);
+    Status st = IsCommandCase(c) ? DecodeCommand(AsBytes(bytes)).status() : Decode(AsBytes(bytes)).status();
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.kind(), KindFor(c["error_type"].get<std::string>())) << st.ToString();
+    std::string want = c["error"].get<std::string>();
+    // The location, where msgspec gives one, must be the same.
+    auto at = want.find(" - at ");
+    if (at != std::string::npos) {
+      std::string suffix = want.substr(at);
+      ASSERT_GE(st.message().size(), suffix.size()) << st.message();
+      EXPECT_EQ(st.message().substr(st.message().size() - suffix.size()), suffix) << st.message();
+    }
+    // And so must the complaint, for type errors.
+    if (want.rfind("Expected", 0) == 0 || want.rfind("Invalid enum", 0) == 0) {
+      std::string ours = st.message();
+      auto colon = ours.find("': ");
+      if (ours.rfind("field '", 0) == 0 && colon != std::string::npos) ours = ours.substr(colon + 3);
+      EXPECT_EQ(Normalize(ours.substr(0, ours.find(" - at "))),
+                Normalize(want.substr(0, want.find(" - at "))));
+    }
+    if (want.find("trailing characters") != std::string::npos) {
+      EXPECT_NE(st.message().find("trailing bytes at byte 84"), std::string::npos) << st.message();
+    }
+    if (want.find("truncated") != std::string::npos) {
+      EXPECT_NE(st.message().find("truncated at byte"), std::string::npos) << st.message();
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 52);
+}
+
+// ---- hostile input beyond the vectors ------------------------------------------
+
+std::string KVAdmitPrefixWithUnknownField() {
+  // {"type": "KVAdmitMsg", "junk": <value follows>} with 2 entries declared.
+  std::string s;
+  s.push_back(static_cast<char>(0x82));
+  s += "\xa4type\xaaKVAdmitMsg";
+  s += "\xa4junk";
+  return s;
+}
+
+TEST(HostileInput, MillionDeepNestingInAnIgnoredFieldFailsAsRecursion) {
+  std::string s = KVAdmitPrefixWithUnknownField();
+  s.append(1000000, static_cast<char>(0x91));  // fixarray of 1, a million deep
+  s.push_back(static_cast<char>(0xc0));
+  auto r = Decode(AsBytes(s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().kind(), ErrorKind::kRecursion) << r.status().ToString();
+}
+
+TEST(HostileInput, MillionDeepNestingAtTopLevelFailsOnTheTypeCheck) {
+  std::string s(1000000, static_cast<char>(0x91));
+  s.push_back(static_cast<char>(0xc0));
+  auto r = Decode(AsBytes(s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "expected object, got array - at `$`");
+}
+
+TEST(HostileInput, NestingJustInsideTheLimitDecodes) {
+  std::string s = KVAdmitPrefixWithUnknownField();
+  s[0] = static_cast<char>(0x86);
+  s.append(900, static_cast<char>(0x91));
+  s.push_back(static_cast<char>(0xc0));
+  s += "\xabinstance_id\xa1i\xa9worker_id\x01\xa3key\x02\xa8location\xa1L";
+  auto r = Decode(AsBytes(s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(std::get<KVAdmitMsg>(*r).key, Int(2));
+}
+
+long MaxRssKb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+TEST(HostileInput, HugeDeclaredCountsAreTruncationWithoutAllocating) {
+  const std::string array32 = "\xdd\xff\xff\xff\xff";
+  const std::string map32 = "\xdf\xff\xff\xff\xff";
+  // One-time static set-up (the tag table) is not what this test measures.
+  ASSERT_TRUE(Decode(AsBytes(ReadFile(VectorDir() + "KVAdmitMsg__edge.msgpack"))).ok());
+  long before = MaxRssKb();
+  for (const auto& header : {array32, map32}) {
+    // As the value of a known list field, of an ignored field, and of Any.
+    std::string lookup = std::string("\x83\xa4type\xa9LookupMsg\xa8") + "event_id" + "\xa0" +
+                         "\xa6tokens" + header;
+    std::string ignored = KVAdmitPrefixWithUnknownField() + header;
+    std::vector<std::string> inputs = {ignored};
+    if (header == array32) inputs.push_back(lookup);  // a list field
+    for (const auto& s : inputs) {
+      long allocations;
+      Result<Message> r = Status();
+      {
+        kvring::testing::AllocationCounter counter;
+        r = Decode(AsBytes(s));
+        allocations = counter.count();
+      }
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().kind(), ErrorKind::kDecode) << r.status().ToString();
+      // Only the error text may allocate, not 2^32 elements.
+      EXPECT_LT(allocations, 10);
+    }
+  }
+  EXPECT_LT(MaxRssKb() - before, 4 * 1024);  // flat: well under 4 MiB of growth
+}
+
+TEST(HostileInput, Str32LengthBeyondTheBufferIsTruncation) {
+  std::string s = "\x81\xa4type\xdb\x00\x01\x00\x00" + std::string("abc");
+  auto r = Decode(AsBytes(s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().kind(), ErrorKind::kDecode);
+  EXPECT_NE(r.status().message().find("truncated"), std::string::npos);
+}
+
+TEST(HostileInput, BaseClassTagsAreUnknown) {
+  for (const char* tag : {"MsgBase", "WorkerMsg", "WorkerReqMsg", "ControlMsg", "OrchMsg",
+                          "KVOperationMsg", "HeartbeatCommand", "full_sync"}) {
+    std::string s = "\x81\xa4type";
+    s.push_back(static_cast<char>(0xa0 | std::strlen(tag)));
+    s += tag;
+    auto r = Decode(AsBytes(s));
+    ASSERT_FALSE(r.ok()) << tag;
+    EXPECT_EQ(r.status().message(), "unknown tag '" + std::string(tag) + "' - at `$.type`");
+  }
+}
+
+TEST(HostileInput, EveryTruncationOfEveryValidVectorFailsCleanly) {
+  for (const auto& c : Manifest()["cases"]) {
+    if (!c["valid"].get<bool>() || IsCommandCase(c)) continue;
+    std::string bytes = VectorBytes(c);
+    if (bytes.size() > 4096) continue;
+    for (std::size_t n = 0; n < bytes.size(); ++n) {
+      auto r = Decode(AsBytes(bytes.substr(0, n)));
+      ASSERT_FALSE(r.ok()) << c["file"] << " cut at " << n;
+      EXPECT_EQ(r.status().kind(), ErrorKind::kDecode) << r.status().ToString();
+    }
+  }
+}
+
+TEST(HostileInput, InvalidUtf8FormsAreRejected) {
+  for (std::string bad : {std::string("\xc0\x80"), std::string("\xed\xa0\x80"),  // overlong, surrogate
+                          std::string("\xf4\x90\x80\x80"), std::string("\xe2\x82")}) {
+    std::string s = "\x82\xa4type\xafHealthWorkerMsg\xafworker_event_id";
+    s.push_back(static_cast<char>(0xa0 | bad.size()));
+    s += bad;
+    auto r = Decode(AsBytes(s));
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().kind(), ErrorKind::kUnicode);
+  }
+}
+
+TEST(Limits, MessageSizeLimitIsEnforced) {
+  std::string bytes = ReadFile(VectorDir() + "BatchedKVOperationMsg__256ops.msgpack");
+  DecodeLimits lim;
+  lim.max_message_bytes = bytes.size() - 1;
+  auto r = Decode(AsBytes(bytes), lim);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().kind(), ErrorKind::kLimit);
+  lim.max_message_bytes = bytes.size();
+  EXPECT_TRUE(Decode(AsBytes(bytes), lim).ok());
+}
+
+TEST(Limits, ContainerAndStringLimitsAreEnforced) {
+  std::string bytes = ReadFile(VectorDir() + "BatchedKVOperationMsg__256ops.msgpack");
+  DecodeLimits lim;
+  lim.max_container_len = 255;
+  EXPECT_EQ(Decode(AsBytes(bytes), lim).status().kind(), ErrorKind::kLimit);
+  lim.max_container_len = 256;
+  EXPECT_TRUE(Decode(AsBytes(bytes), lim).ok());
+  lim.max_str_len = 4;  // "lmcache_instance_1" is longer
+  EXPECT_EQ(Decode(AsBytes(bytes), lim).status().kind(), ErrorKind::kLimit);
+}
+
+TEST(Limits, DepthLimitIsConfigurable) {
+  std::string s = KVAdmitPrefixWithUnknownField();
+  s[0] = static_cast<char>(0x86);
+  s.append(20, static_cast<char>(0x91));
+  s.push_back(static_cast<char>(0xc0));
+  s += "\xabinstance_id\xa1i\xa9worker_id\x01\xa3key\x02\xa8location\xa1L";
+  DecodeLimits lim;
+  lim.max_depth = 21;  // top map + 20 arrays
+  EXPECT_TRUE(Decode(AsBytes(s), lim).ok());
+  lim.max_depth = 20;
+  EXPECT_EQ(Decode(AsBytes(s), lim).status().kind(), ErrorKind::kRecursion);
+}
+
+// ---- integers ----------------------------------------------------------------------
+
+TEST(Integers, FullRangeSurvivesARoundTrip) {
+  const Int values[] = {Int(0), Int(1), Int(127), Int(128), Int(255), Int(256), Int(65535),
+                        Int(65536), Int::FromU64(0xffffffffULL), Int::FromU64(0x100000000ULL),
+                        Int::FromU64(0x7fffffffffffffffULL), Int::FromU64(0x8000000000000000ULL),
+                        Int::FromU64(~0ULL), Int(-1), Int(-32), Int(-33), Int(-128), Int(-129),
+                        Int(-32768), Int(-32769), Int::FromI64(INT32_MIN),
+                        Int::FromI64(std::int64_t{INT32_MIN} - 1), Int::FromI64(INT64_MIN)};
+  for (Int v : values) {
+    KVAdmitMsg m{"i", v, v, "L", v};
+    std::string bytes = Encode(m);
+    auto r = Decode(AsBytes(bytes));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(std::get<KVAdmitMsg>(*r), m) << v.ToString();
+  }
+  EXPECT_NE(Int(-1), Int::FromU64(~0ULL));  // different Python ints, same bits
+  EXPECT_EQ(Int(-1).bits(), Int::FromU64(~0ULL).bits());
+}
+
+TEST(Integers, ShortestFormsMatchMsgspec) {
+  auto enc = [](Int v) {
+    std::string s = Encode(ClearWorkerRetMsg{v});
+    return s.substr(35);  // after 0x82, "type", "ClearWorkerRetMsg", "num_tokens"
+  };
+  EXPECT_EQ(enc(Int(127)), "\x7f");
+  EXPECT_EQ(enc(Int(128)), "\xcc\x80");
+  EXPECT_EQ(enc(Int(-32)), "\xe0");
+  EXPECT_EQ(enc(Int(-33)), std::string("\xd0\xdf"));
+  EXPECT_EQ(enc(Int::FromU64(0x7fffffffffffffffULL)), "\xcf\x7f\xff\xff\xff\xff\xff\xff\xff");
+}
+
+// ---- hot path ----------------------------------------------------------------------
+
+TEST(HotPath, KvBatchViewMatchesTheGenericDecoder) {
+  for (const char* file : {"BatchedKVOperationMsg__256ops.msgpack", "BatchedKVOperationMsg__10000ops.msgpack",
+                           "BatchedKVOperationMsg__wide_containers.msgpack",
+                           "BatchedKVOperationMsg__edge_ints.msgpack"}) {
+    std::string bytes = ReadFile(VectorDir() + file);
+    auto generic = Decode(AsBytes(bytes));
+    ASSERT_TRUE(generic.ok());
+    const auto& g = std::get<BatchedKVOperationMsg>(*generic);
+    BatchedKVOperationView v;
+    ASSERT_TRUE(Decode(AsBytes(bytes), &v).ok());
+    EXPECT_EQ(v.instance_id, g.instance_id);
+    EXPECT_EQ(v.worker_id, g.worker_id);
+    EXPECT_EQ(v.location, g.location);
+    EXPECT_EQ(v.operations, g.operations);
+  }
+}
+
+TEST(HotPath, WarmedViewsDecodeWithoutHeapAllocation) {
+  std::string kv = ReadFile(VectorDir() + "BatchedKVOperationMsg__256ops.msgpack");
+  std::string p2p = ReadFile(VectorDir() + "BatchedP2PLookupMsg__4096.msgpack");
+  BatchedKVOperationView kv_view;
+  BatchedP2PLookupView p2p_view;
+  ASSERT_TRUE(Decode(AsBytes(kv), &kv_view).ok());  // warm-up sizes the vectors
+  ASSERT_TRUE(Decode(AsBytes(p2p), &p2p_view).ok());
+  bool all_ok = true;
+  long allocations;
+  {
+    kvring::testing::AllocationCounter counter;
+    for (int i = 0; i < 100; ++i) {
+      all_ok &= Decode(AsBytes(kv), &kv_view).ok();
+      all_ok &= Decode(AsBytes(p2p), &p2p_view).ok();
+    }
+    allocations = counter.count();
+  }
+  EXPECT_TRUE(all_ok);
+  EXPECT_EQ(allocations, 0);
+  EXPECT_EQ(kv_view.operations.size(), 256u);
+  EXPECT_EQ(p2p_view.hashes.size(), 4096u);
+}
+
+TEST(HotPath, ViewRejectsAnotherTag) {
+  std::string bytes = ReadFile(VectorDir() + "KVAdmitMsg__edge.msgpack");
+  BatchedKVOperationView v;
+  Status st = Decode(AsBytes(bytes), &v);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.message(), "expected a BatchedKVOperationMsg, got tag 'KVAdmitMsg'");
+}
+
+TEST(HotPath, EncodeIntoSpanReportsDoesNotFitWithTheNeededSize) {
+  std::string bytes = ReadFile(VectorDir() + "BatchedP2PLookupMsg__32.msgpack");
+  BatchedP2PLookupView v;
+  ASSERT_TRUE(Decode(AsBytes(bytes), &v).ok());
+  std::vector<std::uint8_t> buf(bytes.size());
+  EncodeResult small = EncodeTo(v, std::span(buf.data(), bytes.size() - 1));
+  EXPECT_FALSE(small.fits);
+  EXPECT_EQ(small.bytes, bytes.size());
+  EncodeResult exact = EncodeTo(v, std::span(buf));
+  EXPECT_TRUE(exact.fits);
+  EXPECT_EQ(std::string(buf.begin(), buf.end()), bytes);
+
+  BatchedP2PLookupRetMsg ret{{{"inst", "LocalCPUBackend", Int(12), "host:1"}}};
+  std::vector<std::uint8_t> out(256);
+  EncodeResult rr;
+  long allocations;
+  {
+    kvring::testing::AllocationCounter counter;
+    for (int i = 0; i < 100; ++i) (void)EncodeTo(v, std::span(buf));
+    rr = EncodeTo(ret, std::span(out));
+    allocations = counter.count();
+  }
+  EXPECT_EQ(allocations, 0);
+  ASSERT_TRUE(rr.fits);
+  EXPECT_EQ(std::string(out.begin(), out.begin() + rr.bytes), Encode(ret));
+}
+
+TEST(HotPath, PeekTagFindsTheTagAnywhere) {
+  std::string bytes = ReadFile(VectorDir() + "KVAdmitMsg__type_last.msgpack");
+  auto t = PeekTag(AsBytes(bytes));
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(*t, "KVAdmitMsg");
+}
+
+// ---- independent cross-check ---------------------------------------------------
+
+TEST(CrossCheck, MsgpackCxxReadsWhatWeWrite) {
+  BatchedKVOperationMsg m{"inst", Int(3), "LocalCPUBackend", {}};
+  for (int i = 0; i < 40; ++i)
+    m.operations.push_back({i % 2 ? OpType::kEvict : OpType::kAdmit, Int(-i * 1000003), Int(i)});
+  std::string bytes = Encode(m);
+  msgpack::object_handle oh = msgpack::unpack(bytes.data(), bytes.size());
+  const msgpack::object& o = oh.get();
+  ASSERT_EQ(o.type, msgpack::type::MAP);
+  ASSERT_EQ(o.via.map.size, 5u);
+  EXPECT_EQ(o.via.map.ptr[0].key.as<std::string>(), "type");
+  EXPECT_EQ(o.via.map.ptr[0].val.as<std::string>(), "BatchedKVOperationMsg");
+  const auto& ops = o.via.map.ptr[4].val;
+  ASSERT_EQ(ops.via.array.size, 40u);
+  EXPECT_EQ(ops.via.array.ptr[7].via.map.ptr[1].val.as<std::int64_t>(), -7 * 1000003);
+}
+
+}  // namespace
+}  // namespace kvring::protocol

@@ -1,0 +1,17 @@
+// Subcommands of the `kvring` tool. Each Add* registers its options on the
+// CLI11 app and returns the function that runs it (exit code).
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace kvring::tools {
+
+using Command = std::function<int()>;
+
+Command AddDecode(CLI::App& app);
+Command AddEncode(CLI::App& app);
+Command AddChunkHash(CLI::App& app);
+
+}  // namespace kvring::tools
