@@ -6,14 +6,13 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libboost-dev            # 1.74: Interprocess (shared memory)
-  libmsgpack-cxx-dev      # msgpack reader/writer primitives
+  libmsgpack-cxx-dev      # reference decoder: benchmark baseline and cross-check tests
   libxxhash-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev
   libcli11-dev            # command-line parsing
   nlohmann-json3-dev      # JSON for the CLI
   clang libclang-rt-14-dev # libFuzzer target and sanitizer builds
-  python3
 )
 
 SUDO=""
