@@ -2,7 +2,8 @@
 # Installs dependencies, builds kvring and runs every test:
 #   1. Release build (-O2 -g), full ctest suite.
 #   2. ASan+UBSan build, full ctest suite.
-#   3. libFuzzer build (clang) of the decoder, a short fuzzing run from the
+#   3. TSan build of the ring/transport tests (threads on one mapping).
+#   4. libFuzzer build (clang) of the decoder, a short fuzzing run from the
 #      golden vectors (the corpus replay itself is part of ctest above).
 # Usage: bash scripts/test.sh            (from the repository root)
 #        KVRING_SKIP_DEPS=1 ...          skip apt-get (already installed)
@@ -30,6 +31,12 @@ mkdir -p build
 run_suite "release" build/release -DCMAKE_BUILD_TYPE=Release
 run_suite "asan+ubsan" build/asan -DCMAKE_BUILD_TYPE=Debug -DKVRING_SANITIZE=address,undefined \
   -DKVRING_BUILD_BENCH=OFF
+
+echo "=== tsan: rings and the other threaded code (ThreadSanitizer)"
+cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DKVRING_SANITIZE=thread -DKVRING_BUILD_BENCH=OFF \
+  > build/tsan.configure.log 2>&1 || { cat build/tsan.configure.log; exit 1; }
+cmake --build build/tsan -j"${jobs}" --target ring_test
+(cd build/tsan && ctest -j"${jobs}" --output-on-failure --timeout 600 -R '^(Ring|Segment|Transport)')
 
 fuzz_seconds="${KVRING_FUZZ_SECONDS:-20}"
 if [ "${fuzz_seconds}" != 0 ]; then

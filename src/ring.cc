@@ -1,0 +1,304 @@
+#include "kvring/ring.h"
+
+#include <cstring>
+#include <new>
+
+#include "futex.h"
+
+namespace kvring::ring {
+namespace {
+
+RingControl* ControlOf(void* region) { return static_cast<RingControl*>(region); }
+std::uint8_t* DataOf(void* region) { return static_cast<std::uint8_t*>(region) + kRingDataOffset; }
+
+struct Header {
+  std::uint32_t length;
+  std::uint32_t type;
+};
+static_assert(sizeof(Header) == kRecordHeaderBytes);
+
+// One read of a record header: a faulty peer may be writing it concurrently,
+// so it is copied out once and only the copy is examined.
+Header LoadHeader(const std::uint8_t* p) {
+  Header h;
+  std::memcpy(&h, p, sizeof h);
+  return h;
+}
+void StoreHeader(std::uint8_t* p, std::uint32_t length, std::uint32_t type) {
+  Header h{length, type};
+  std::memcpy(p, &h, sizeof h);
+}
+
+using Clock = std::chrono::steady_clock;
+
+}  // namespace
+
+Status ValidateGeometry(std::size_t capacity, std::size_t max_record) {
+  if (capacity < kMinCapacity || capacity > kMaxCapacity || (capacity & (capacity - 1)) != 0)
+    return Status(ErrorKind::kInvalidArgument,
+                  "ring capacity " + std::to_string(capacity) + " must be a power of two in [" +
+                      std::to_string(kMinCapacity) + ", " + std::to_string(kMaxCapacity) + "]");
+  if (max_record == 0 || max_record > DefaultMaxRecord(capacity))
+    return Status(ErrorKind::kInvalidArgument,
+                  "max record " + std::to_string(max_record) + " must be in [1, capacity/4 - 8 = " +
+                      std::to_string(DefaultMaxRecord(capacity)) + "]");
+  return Status();
+}
+
+Status InitializeRegion(void* region, std::size_t capacity) {
+  if (Status s = ValidateGeometry(capacity, DefaultMaxRecord(capacity)); !s.ok()) return s;
+  auto* ctl = new (region) RingControl;
+  ctl->tail.store(0, std::memory_order_relaxed);
+  ctl->head.store(0, std::memory_order_relaxed);
+  ctl->consumer_waiting.store(0, std::memory_order_relaxed);
+  ctl->producer_waiting.store(0, std::memory_order_relaxed);
+  // Publication of the region to the peer (the segment's ready word) orders these.
+  return Status();
+}
+
+// ---- Producer -----------------------------------------------------------------
+
+Producer::Producer(void* region, std::size_t capacity, std::size_t max_record)
+    : ctl_(ControlOf(region)), data_(DataOf(region)), capacity_(capacity), max_record_(max_record) {
+  // Resume where the ring stands (a re-attached producer continues the stream).
+  tail_ = ctl_->tail.load(std::memory_order_relaxed);
+  if (tail_ % kRecordAlignment != 0) corruption_ = "tail " + std::to_string(tail_) + " is not 8-aligned";
+  else if (!RefreshHead() && corruption_.empty()) corruption_ = "head is invalid";
+}
+
+bool Producer::RefreshHead() {
+  std::uint64_t head = ctl_->head.load(std::memory_order_acquire);  // pairs with Consumer::PublishHead
+  if (head > tail_ || tail_ - head > capacity_ || head % kRecordAlignment != 0 || head < head_cache_) {
+    corruption_ = "consumer position " + std::to_string(head) + " is inconsistent with tail " +
+                  std::to_string(tail_);
+    return false;
+  }
+  head_cache_ = head;
+  return true;
+}
+
+ClaimResult Producer::TryClaim(std::size_t size, std::span<std::uint8_t>* payload) {
+  if (corrupt()) return ClaimResult::kCorrupt;
+  if (size > max_record_) return ClaimResult::kTooLarge;
+  const std::size_t record = Align8(kRecordHeaderBytes + size);
+  std::size_t offset = static_cast<std::size_t>(tail_ & (capacity_ - 1));
+  std::size_t to_end = capacity_ - offset;
+  std::size_t need = record <= to_end ? record : to_end + record;
+  if (need > FreeBytes()) {
+    if (!RefreshHead()) return ClaimResult::kCorrupt;
+    if (need > FreeBytes()) return ClaimResult::kFull;
+  }
+  if (record > to_end) {
+    StoreHeader(data_ + offset, static_cast<std::uint32_t>(to_end), kRecordPadding);
+    tail_ += to_end;
+    offset = 0;
+  }
+  claim_pos_ = tail_;
+  claim_size_ = size;
+  claimed_ = true;
+  *payload = std::span<std::uint8_t>(data_ + offset + kRecordHeaderBytes, size);
+  return ClaimResult::kOk;
+}
+
+void Producer::Commit(std::size_t used, std::uint32_t type) {
+  if (!claimed_) return;
+  if (used > claim_size_) used = claim_size_;
+  std::size_t offset = static_cast<std::size_t>(claim_pos_ & (capacity_ - 1));
+  StoreHeader(data_ + offset, static_cast<std::uint32_t>(kRecordHeaderBytes + used), type);
+  tail_ = claim_pos_ + Align8(kRecordHeaderBytes + used);
+  claimed_ = false;
+}
+
+void Producer::Abort() { claimed_ = false; }  // a padding record already written stays: harmless
+
+ClaimResult Producer::TryWrite(std::span<const std::uint8_t> payload, std::uint32_t type) {
+  std::span<std::uint8_t> dst;
+  ClaimResult r = TryClaim(payload.size(), &dst);
+  if (r != ClaimResult::kOk) return r;
+  if (!payload.empty()) std::memcpy(dst.data(), payload.data(), payload.size());
+  Commit(payload.size(), type);
+  return r;
+}
+
+void Producer::Publish() {
+  ctl_->tail.store(tail_, std::memory_order_release);  // pairs with Consumer::RefreshTail
+  // Dekker with Consumer::WaitForData: tail store before waiting load, both
+  // sides fenced, so a sleeping consumer is never missed.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (ctl_->consumer_waiting.load(std::memory_order_relaxed) != 0) {
+    ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
+    detail::FutexWakeAll(&ctl_->consumer_waiting);
+  }
+}
+
+bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin) {
+  const std::size_t need = Align8(kRecordHeaderBytes + bytes) * 2;  // worst case: padding + record
+  auto room = [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); };
+  if (corrupt()) return false;
+  if (room()) return true;
+  for (std::uint32_t i = 0; i < spin; ++i) {
+    detail::CpuRelax();
+    if (room()) return true;
+    if (corrupt()) return false;
+  }
+  const auto deadline = Clock::now() + timeout;
+  while (!corrupt()) {
+    ctl_->producer_waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with Consumer::PublishHead's fence
+    if (room()) {
+      ctl_->producer_waiting.store(0, std::memory_order_relaxed);
+      return true;
+    }
+    auto left = deadline - Clock::now();
+    if (left <= std::chrono::nanoseconds::zero()) break;
+    // Sleep in slices so a peer that dies without waking us costs at most one.
+    detail::FutexWait(&ctl_->producer_waiting, 1,
+                      std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
+  }
+  return !corrupt() && room();
+}
+
+// ---- Consumer -----------------------------------------------------------------
+
+Consumer::Consumer(void* region, std::size_t capacity, std::size_t max_record)
+    : ctl_(ControlOf(region)), data_(DataOf(region)), capacity_(capacity), max_record_(max_record) {
+  head_ = ctl_->head.load(std::memory_order_relaxed);
+  tail_cache_ = head_;
+  if (head_ % kRecordAlignment != 0) MarkCorrupt("head " + std::to_string(head_) + " is not 8-aligned");
+}
+
+void Consumer::MarkCorrupt(std::string why) {
+  if (corruption_.empty()) corruption_ = std::move(why);
+}
+
+bool Consumer::RefreshTail() {
+  std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);  // pairs with Producer::Publish
+  if (tail < tail_cache_ || tail - head_ > capacity_ || tail % kRecordAlignment != 0) {
+    MarkCorrupt("producer position " + std::to_string(tail) + " is inconsistent with head " +
+                std::to_string(head_) + " (capacity " + std::to_string(capacity_) + ")");
+    return false;
+  }
+  tail_cache_ = tail;
+  return true;
+}
+
+PollResult Consumer::Peek(Record* out) {
+  if (corrupt()) return PollResult::kCorrupt;
+  for (;;) {
+    if (head_ == tail_cache_) {
+      if (!RefreshTail()) return PollResult::kCorrupt;
+      if (head_ == tail_cache_) return PollResult::kEmpty;
+    }
+    const std::size_t offset = static_cast<std::size_t>(head_ & (capacity_ - 1));
+    const std::size_t available = static_cast<std::size_t>(tail_cache_ - head_);
+    const Header h = LoadHeader(data_ + offset);
+    const std::size_t aligned = Align8(h.length);
+    if (h.length < kRecordHeaderBytes || aligned > available || aligned > capacity_ - offset) {
+      MarkCorrupt("record at position " + std::to_string(head_) + " has length " +
+                  std::to_string(h.length) + " (" + std::to_string(available) + " bytes published, " +
+                  std::to_string(capacity_ - offset) + " before the end)");
+      return PollResult::kCorrupt;
+    }
+    if (h.type == kRecordPadding) {
+      if (offset + aligned != capacity_) {
+        MarkCorrupt("padding record at position " + std::to_string(head_) + " does not reach the end");
+        return PollResult::kCorrupt;
+      }
+      head_ += aligned;
+      continue;
+    }
+    if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record_) {
+      MarkCorrupt("record at position " + std::to_string(head_) + " has type " + std::to_string(h.type) +
+                  " and length " + std::to_string(h.length) + " (max record " +
+                  std::to_string(max_record_) + ")");
+      return PollResult::kCorrupt;
+    }
+    out->type = h.type;
+    out->payload = std::span<const std::uint8_t>(data_ + offset + kRecordHeaderBytes,
+                                                 h.length - kRecordHeaderBytes);
+    peeked_bytes_ = aligned;
+    return PollResult::kRecord;
+  }
+}
+
+void Consumer::Release() {
+  head_ += peeked_bytes_;
+  peeked_bytes_ = 0;
+}
+
+void Consumer::PublishHead() {
+  ctl_->head.store(head_, std::memory_order_release);  // pairs with Producer::RefreshHead
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with Producer::WaitForSpace's fence
+  if (ctl_->producer_waiting.load(std::memory_order_relaxed) != 0) {
+    ctl_->producer_waiting.store(0, std::memory_order_relaxed);
+    detail::FutexWakeAll(&ctl_->producer_waiting);
+  }
+}
+
+bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin) {
+  auto ready = [&] {
+    if (head_ != tail_cache_) return true;
+    return RefreshTail() && head_ != tail_cache_;
+  };
+  if (ready()) return true;
+  for (std::uint32_t i = 0; i < spin && !corrupt(); ++i) {
+    detail::CpuRelax();
+    if (ready()) return true;
+  }
+  const auto deadline = Clock::now() + timeout;
+  while (!corrupt()) {
+    ctl_->consumer_waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with Producer::Publish's fence
+    if (ready()) {
+      ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
+      return true;
+    }
+    auto left = deadline - Clock::now();
+    if (left <= std::chrono::nanoseconds::zero()) break;
+    detail::FutexWait(&ctl_->consumer_waiting, 1,
+                      std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
+  }
+  return !corrupt() && ready();
+}
+
+// ---- read-only inspection -------------------------------------------------------
+
+RingSnapshot Snapshot(const void* region, std::size_t capacity) {
+  const auto* ctl = static_cast<const RingControl*>(region);
+  RingSnapshot s;
+  s.tail = ctl->tail.load(std::memory_order_acquire);  // pairs with Producer::Publish
+  s.head = ctl->head.load(std::memory_order_acquire);  // pairs with Consumer::PublishHead
+  s.consumer_waiting = ctl->consumer_waiting.load(std::memory_order_relaxed) != 0;
+  s.producer_waiting = ctl->producer_waiting.load(std::memory_order_relaxed) != 0;
+  if (s.head > s.tail) s.problem = "head is ahead of tail";
+  else if (s.tail - s.head > capacity) s.problem = "more bytes pending than the capacity";
+  else if (s.head % kRecordAlignment || s.tail % kRecordAlignment) s.problem = "unaligned position";
+  return s;
+}
+
+std::string PeekPending(const void* region, std::size_t capacity, std::size_t max_record,
+                        std::size_t max_records, const std::function<void(const Record&)>& fn) {
+  RingSnapshot s = Snapshot(region, capacity);
+  if (!s.problem.empty()) return s.problem;
+  const auto* data = static_cast<const std::uint8_t*>(region) + kRingDataOffset;
+  std::uint64_t pos = s.head;
+  std::size_t n = 0;
+  while (pos < s.tail && n < max_records) {
+    const std::size_t offset = static_cast<std::size_t>(pos & (capacity - 1));
+    const Header h = LoadHeader(data + offset);
+    const std::size_t aligned = Align8(h.length);
+    if (h.length < kRecordHeaderBytes || aligned > s.tail - pos || aligned > capacity - offset)
+      return "record at position " + std::to_string(pos) + " has invalid length " + std::to_string(h.length);
+    pos += aligned;
+    if (h.type == kRecordPadding) continue;
+    if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record)
+      return "record at position " + std::to_string(pos - aligned) + " has invalid type or length";
+    Record r{h.type, std::span<const std::uint8_t>(data + offset + kRecordHeaderBytes,
+                                                   h.length - kRecordHeaderBytes)};
+    fn(r);
+    ++n;
+  }
+  return "";
+}
+
+}  // namespace kvring::ring

@@ -1,0 +1,391 @@
+#include "kvring/ring.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace kvring::ring {
+namespace {
+
+using namespace std::chrono_literals;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kTsan = true;
+#else
+constexpr bool kTsan = false;
+#endif
+
+// A ring region in memory shared with forked children (MAP_SHARED).
+class SharedRegion {
+ public:
+  explicit SharedRegion(std::size_t capacity) : capacity_(capacity), bytes_(RegionBytes(capacity)) {
+    p_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p_ == MAP_FAILED) std::abort();
+    if (!InitializeRegion(p_, capacity).ok()) std::abort();
+  }
+  ~SharedRegion() { munmap(p_, bytes_); }
+  void* get() const { return p_; }
+  std::size_t capacity() const { return capacity_; }
+  RingControl* control() const { return static_cast<RingControl*>(p_); }
+
+ private:
+  std::size_t capacity_;
+  std::size_t bytes_;
+  void* p_;
+};
+
+std::span<const std::uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+std::string Str(std::span<const std::uint8_t> s) { return std::string(s.begin(), s.end()); }
+
+// Records used by the cross-process tests: [seq u64][xxh64 of the rest u64][filler].
+void FillRecord(std::span<std::uint8_t> out, std::uint64_t seq) {
+  std::memcpy(out.data(), &seq, 8);
+  for (std::size_t i = 16; i < out.size(); ++i) out[i] = static_cast<std::uint8_t>(seq * 31 + i);
+  std::uint64_t h = XXH64(out.data() + 16, out.size() - 16, seq);
+  std::memcpy(out.data() + 8, &h, 8);
+}
+bool CheckRecord(std::span<const std::uint8_t> in, std::uint64_t* seq) {
+  if (in.size() < 16) return false;
+  std::uint64_t h;
+  std::memcpy(seq, in.data(), 8);
+  std::memcpy(&h, in.data() + 8, 8);
+  return h == XXH64(in.data() + 16, in.size() - 16, *seq);
+}
+
+// ---- single process ------------------------------------------------------------
+
+TEST(Ring, RecordsArriveInOrderOnlyAfterPublish) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  ASSERT_EQ(p.TryWrite(Bytes("first")), ClaimResult::kOk);
+  ASSERT_EQ(p.TryWrite(Bytes("second")), ClaimResult::kOk);
+  Record rec;
+  EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);  // committed, not published
+  p.Publish();
+  ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
+  EXPECT_EQ(Str(rec.payload), "first");
+  EXPECT_EQ(rec.type, kRecordMessage);
+  ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);  // peek does not consume
+  EXPECT_EQ(Str(rec.payload), "first");
+  c.Release();
+  ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
+  EXPECT_EQ(Str(rec.payload), "second");
+  c.Release();
+  EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);
+}
+
+TEST(Ring, FullIsAResultAndSpaceReturnsAfterRelease) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  std::string payload(500, 'x');  // 512 bytes a record with its header
+  int written = 0;
+  while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) ++written;
+  EXPECT_EQ(written, 8);
+  EXPECT_EQ(p.TryWrite(Bytes(payload)), ClaimResult::kFull);
+  p.Publish();
+  EXPECT_EQ(c.Drain(1, SIZE_MAX, [](const Record&) {}), 1u);
+  EXPECT_EQ(p.TryWrite(Bytes(payload)), ClaimResult::kOk);
+}
+
+TEST(Ring, OversizedRecordIsRefusedAtTheProducer) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  std::span<std::uint8_t> out;
+  EXPECT_EQ(p.TryClaim(DefaultMaxRecord(4096) + 1, &out), ClaimResult::kTooLarge);
+  EXPECT_EQ(p.TryClaim(DefaultMaxRecord(4096), &out), ClaimResult::kOk);
+}
+
+TEST(Ring, RecordsWrapWithPaddingAndStayContiguous) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  std::mt19937 rng(7);
+  for (std::uint64_t seq = 0; seq < 5000; ++seq) {
+    std::string s(rng() % 1000 + 16, '\0');
+    FillRecord({reinterpret_cast<std::uint8_t*>(s.data()), s.size()}, seq);
+    ASSERT_EQ(p.TryWrite(Bytes(s)), ClaimResult::kOk) << seq;
+    p.Publish();
+    Record rec;
+    ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
+    std::uint64_t got;
+    ASSERT_TRUE(CheckRecord(rec.payload, &got));
+    EXPECT_EQ(got, seq);
+    EXPECT_EQ(rec.payload.size(), s.size());
+    c.Release();
+    c.PublishHead();
+  }
+  EXPECT_GT(p.committed_position(), 100u * 4096);  // wrapped many times
+}
+
+TEST(Ring, ClaimCommitsLessThanClaimedAndAbortLeavesNothing) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  std::span<std::uint8_t> out;
+  ASSERT_EQ(p.TryClaim(100, &out), ClaimResult::kOk);
+  p.Abort();
+  ASSERT_EQ(p.TryClaim(100, &out), ClaimResult::kOk);
+  std::memcpy(out.data(), "abc", 3);
+  p.Commit(3);
+  p.Publish();
+  Record rec;
+  ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
+  EXPECT_EQ(Str(rec.payload), "abc");
+  c.Release();
+  EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);
+}
+
+// ---- a faulty peer ----------------------------------------------------------------
+
+TEST(RingCorruption, TailBeyondCapacityQuarantinesTheConsumer) {
+  SharedRegion r(4096);
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  r.control()->tail.store(8192);
+  Record rec;
+  EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt);
+  EXPECT_NE(c.corruption().find("producer position 8192"), std::string::npos) << c.corruption();
+  r.control()->tail.store(0);  // sticky: a later sane value does not clear it
+  EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt);
+}
+
+TEST(RingCorruption, BadRecordLengthsQuarantineTheConsumer) {
+  for (std::uint32_t bad_len : {0u, 7u, 4000u, 5000u, 0xffffffffu}) {
+    SharedRegion r(4096);
+    Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+    Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+    ASSERT_EQ(p.TryWrite(Bytes(std::string(100, 'a'))), ClaimResult::kOk);
+    p.Publish();
+    std::memcpy(static_cast<std::uint8_t*>(r.get()) + kRingDataOffset, &bad_len, 4);
+    Record rec;
+    EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt) << bad_len;
+  }
+}
+
+TEST(RingCorruption, UnalignedOrBackwardsPositionsAreDetected) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  ASSERT_EQ(p.TryWrite(Bytes("x")), ClaimResult::kOk);
+  p.Publish();
+  r.control()->tail.store(12);
+  Record rec;
+  EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt);
+  // The producer checks the consumer's position the same way.
+  r.control()->head.store(4096 * 3);
+  std::string big(900, 'b');
+  ClaimResult res = ClaimResult::kOk;
+  for (int i = 0; i < 10 && res == ClaimResult::kOk; ++i) res = p.TryWrite(Bytes(big));
+  EXPECT_EQ(res, ClaimResult::kCorrupt);
+  EXPECT_TRUE(p.corrupt());
+}
+
+TEST(RingCorruption, HostileScribblerNeverCrashesTheConsumer) {
+  if (kTsan) GTEST_SKIP() << "deliberate data race";
+  for (int round = 0; round < 20; ++round) {
+    SharedRegion r(8192);
+    std::atomic<bool> stop{false};
+    Consumer c(r.get(), 8192, DefaultMaxRecord(8192));
+    std::thread producer([&] {
+      Producer p(r.get(), 8192, DefaultMaxRecord(8192));
+      std::string s(300, 'p');
+      while (!stop.load(std::memory_order_relaxed)) {
+        if (p.TryWrite(Bytes(s)) != ClaimResult::kOk) std::this_thread::yield();
+        p.Publish();
+      }
+    });
+    std::thread scribbler([&, round] {
+      std::mt19937_64 rng(round);
+      auto* bytes = static_cast<std::uint8_t*>(r.get());
+      while (!stop.load(std::memory_order_relaxed)) {
+        std::size_t at = rng() % RegionBytes(8192) & ~std::size_t{7};
+        std::uint64_t v = rng();
+        if (rng() % 4 == 0) v %= 1 << 16;  // plausible-looking lengths too
+        reinterpret_cast<std::atomic<std::uint64_t>*>(bytes + at)->store(v, std::memory_order_relaxed);
+        std::this_thread::yield();
+      }
+    });
+    Record rec;
+    std::size_t drained = 0;
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!c.corrupt() && std::chrono::steady_clock::now() < deadline) {
+      drained += c.Drain(64, SIZE_MAX, [](const Record& x) {
+        volatile std::uint8_t sum = 0;
+        for (auto b : x.payload) sum = static_cast<std::uint8_t>(sum + b);  // touches every byte
+      });
+    }
+    stop = true;
+    producer.join();
+    scribbler.join();
+    EXPECT_TRUE(c.corrupt()) << "round " << round << " drained " << drained;
+    EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt);
+  }
+}
+
+// ---- two processes ------------------------------------------------------------------
+
+// Producer body for the forked children: `count` records (0 = forever) of
+// random sizes, published in small batches.
+[[noreturn]] void ProduceForever(void* region, std::size_t capacity, std::uint64_t count, unsigned seed) {
+  Producer p(region, capacity, DefaultMaxRecord(capacity));
+  std::mt19937 rng(seed);
+  for (std::uint64_t seq = 0; count == 0 || seq < count; ++seq) {
+    std::size_t size = 16 + rng() % (rng() % 8 == 0 ? 3000 : 200);
+    std::span<std::uint8_t> out;
+    ClaimResult res;
+    while ((res = p.TryClaim(size, &out)) == ClaimResult::kFull) {
+      p.Publish();
+      p.WaitForSpace(size, 1s);
+    }
+    if (res != ClaimResult::kOk) _exit(3);
+    FillRecord(out, seq);
+    p.Commit(size);
+    if (seq % 4 == 3) p.Publish();
+  }
+  p.Publish();
+  _exit(0);
+}
+
+TEST(RingProcesses, MillionRecordsAcrossManyWrapsArriveIntactAndInOrder) {
+  constexpr std::size_t kCap = 1 << 16;
+  constexpr std::uint64_t kCount = 1000000;
+  SharedRegion r(kCap);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ProduceForever(r.get(), kCap, kCount, 1);
+  Consumer c(r.get(), kCap, DefaultMaxRecord(kCap));
+  std::uint64_t expect = 0;
+  bool intact = true;
+  while (expect < kCount && intact) {
+    if (!c.WaitForData(10s)) break;
+    c.Drain(256, SIZE_MAX, [&](const Record& rec) {
+      std::uint64_t seq;
+      intact &= CheckRecord(rec.payload, &seq) && seq == expect;
+      ++expect;
+    });
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(intact);
+  EXPECT_FALSE(c.corrupt()) << c.corruption();
+  EXPECT_EQ(expect, kCount);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_GT(c.read_position(), 100u * kCap);
+}
+
+TEST(RingProcesses, ProducerKilledAnywhereLeavesOnlyWholeRecords) {
+  constexpr std::size_t kCap = 1 << 14;
+  std::mt19937 rng(12345);
+  int runs_with_data = 0;
+  for (int run = 0; run < 200; ++run) {
+    SharedRegion r(kCap);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) ProduceForever(r.get(), kCap, 0, static_cast<unsigned>(run));
+    Consumer c(r.get(), kCap, DefaultMaxRecord(kCap));
+    std::uint64_t expect = 0;
+    bool intact = true;
+    auto check = [&](const Record& rec) {
+      std::uint64_t seq;
+      intact &= CheckRecord(rec.payload, &seq) && seq == expect;
+      ++expect;
+    };
+    // Consume a random amount, then kill the producer wherever it is.
+    std::uint64_t before_kill = rng() % 3000;
+    while (expect < before_kill && intact && c.WaitForData(5s)) c.Drain(16, SIZE_MAX, check);
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFSIGNALED(status));
+    // Everything it published is still there, once, in order, intact.
+    while (c.Drain(256, SIZE_MAX, check) > 0) {}
+    EXPECT_TRUE(intact) << "run " << run;
+    EXPECT_FALSE(c.corrupt()) << c.corruption();
+    Record rec;
+    EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);
+    if (expect > 0) ++runs_with_data;
+  }
+  EXPECT_GT(runs_with_data, 150);
+}
+
+TEST(RingProcesses, ProducerDoesNotHangWhenTheConsumerIsKilled) {
+  constexpr std::size_t kCap = 1 << 14;
+  SharedRegion r(kCap);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Consumer c(r.get(), kCap, DefaultMaxRecord(kCap));
+    for (;;) {
+      c.WaitForData(1s);
+      c.Drain(1, SIZE_MAX, [](const Record&) {});
+    }
+  }
+  Producer p(r.get(), kCap, DefaultMaxRecord(kCap));
+  std::string s(1000, 'k');
+  for (int i = 0; i < 100; ++i) {  // the consumer keeps up
+    while (p.TryWrite(Bytes(s)) == ClaimResult::kFull) ASSERT_TRUE(p.WaitForSpace(s.size(), 5s));
+    p.Publish();
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  ClaimResult res;
+  while ((res = p.TryWrite(Bytes(s))) == ClaimResult::kOk) p.Publish();
+  EXPECT_EQ(res, ClaimResult::kFull);
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(p.WaitForSpace(s.size(), 100ms));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+}
+
+// ---- threads (the TSan build runs these) --------------------------------------------
+
+TEST(RingThreads, ProducerAndConsumerThreadsWithBlockingWaits) {
+  constexpr std::size_t kCap = 1 << 13;
+  constexpr std::uint64_t kCount = kTsan ? 20000 : 200000;
+  SharedRegion r(kCap);
+  std::thread producer([&] {
+    Producer p(r.get(), kCap, DefaultMaxRecord(kCap));
+    std::mt19937 rng(3);
+    for (std::uint64_t seq = 0; seq < kCount; ++seq) {
+      std::size_t size = 16 + rng() % 500;
+      std::span<std::uint8_t> out;
+      while (p.TryClaim(size, &out) == ClaimResult::kFull) {
+        p.Publish();
+        p.WaitForSpace(size, 1s, /*spin=*/seq % 2 ? 0 : 100);
+      }
+      FillRecord(out, seq);
+      p.Commit(size);
+      if (seq % 3 == 0) p.Publish();
+    }
+    p.Publish();
+  });
+  Consumer c(r.get(), kCap, DefaultMaxRecord(kCap));
+  std::uint64_t expect = 0;
+  bool intact = true;
+  while (expect < kCount && intact) {
+    if (!c.WaitForData(10s, /*spin=*/expect % 2 ? 0 : 100)) break;
+    c.Drain(64, SIZE_MAX, [&](const Record& rec) {
+      std::uint64_t seq;
+      intact &= CheckRecord(rec.payload, &seq) && seq == expect;
+      ++expect;
+    });
+  }
+  producer.join();
+  EXPECT_TRUE(intact);
+  EXPECT_EQ(expect, kCount);
+}
+
+}  // namespace
+}  // namespace kvring::ring
