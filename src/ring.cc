@@ -50,6 +50,8 @@ Status InitializeRegion(void* region, std::size_t capacity) {
   auto* ctl = new (region) RingControl;
   ctl->tail.store(0, std::memory_order_relaxed);
   ctl->head.store(0, std::memory_order_relaxed);
+  ctl->records_published.store(0, std::memory_order_relaxed);
+  ctl->records_consumed.store(0, std::memory_order_relaxed);
   ctl->consumer_waiting.store(0, std::memory_order_relaxed);
   ctl->producer_waiting.store(0, std::memory_order_relaxed);
   // Publication of the region to the peer (the segment's ready word) orders these.
@@ -62,12 +64,15 @@ Producer::Producer(void* region, std::size_t capacity, std::size_t max_record)
     : ctl_(ControlOf(region)), data_(DataOf(region)), capacity_(capacity), max_record_(max_record) {
   // Resume where the ring stands (a re-attached producer continues the stream).
   tail_ = ctl_->tail.load(std::memory_order_relaxed);
+  records_ = ctl_->records_published.load(std::memory_order_relaxed);
   if (tail_ % kRecordAlignment != 0) corruption_ = "tail " + std::to_string(tail_) + " is not 8-aligned";
   else if (!RefreshHead() && corruption_.empty()) corruption_ = "head is invalid";
 }
 
 bool Producer::RefreshHead() {
-  std::uint64_t head = ctl_->head.load(std::memory_order_acquire);  // pairs with Consumer::PublishHead
+  // seq_cst (a plain load on x86): pairs with Consumer::PublishHead, and is the
+  // second half of the Dekker pair in WaitForSpace.
+  std::uint64_t head = ctl_->head.load(std::memory_order_seq_cst);
   if (head > tail_ || tail_ - head > capacity_ || head % kRecordAlignment != 0 || head < head_cache_) {
     corruption_ = "consumer position " + std::to_string(head) + " is inconsistent with tail " +
                   std::to_string(tail_);
@@ -106,6 +111,7 @@ void Producer::Commit(std::size_t used, std::uint32_t type) {
   std::size_t offset = static_cast<std::size_t>(claim_pos_ & (capacity_ - 1));
   StoreHeader(data_ + offset, static_cast<std::uint32_t>(kRecordHeaderBytes + used), type);
   tail_ = claim_pos_ + Align8(kRecordHeaderBytes + used);
+  ++records_;
   claimed_ = false;
 }
 
@@ -121,11 +127,13 @@ ClaimResult Producer::TryWrite(std::span<const std::uint8_t> payload, std::uint3
 }
 
 void Producer::Publish() {
-  ctl_->tail.store(tail_, std::memory_order_release);  // pairs with Consumer::RefreshTail
-  // Dekker with Consumer::WaitForData: tail store before waiting load, both
-  // sides fenced, so a sleeping consumer is never missed.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (ctl_->consumer_waiting.load(std::memory_order_relaxed) != 0) {
+  // Release for Consumer::RefreshTail; seq_cst because this store and the
+  // load of consumer_waiting pair (Dekker) with the consumer's store of
+  // consumer_waiting and load of tail in WaitForData: one side always sees
+  // the other, so a sleeping consumer is never missed.
+  ctl_->records_published.store(records_, std::memory_order_relaxed);
+  ctl_->tail.store(tail_, std::memory_order_seq_cst);
+  if (ctl_->consumer_waiting.load(std::memory_order_seq_cst) != 0) {
     ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
     detail::FutexWakeAll(&ctl_->consumer_waiting);
   }
@@ -143,8 +151,8 @@ bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout,
   }
   const auto deadline = Clock::now() + timeout;
   while (!corrupt()) {
-    ctl_->producer_waiting.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with Consumer::PublishHead's fence
+    // seq_cst: Dekker pair with Consumer::PublishHead (head store, waiting load).
+    ctl_->producer_waiting.store(1, std::memory_order_seq_cst);
     if (room()) {
       ctl_->producer_waiting.store(0, std::memory_order_relaxed);
       return true;
@@ -163,6 +171,7 @@ bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout,
 Consumer::Consumer(void* region, std::size_t capacity, std::size_t max_record)
     : ctl_(ControlOf(region)), data_(DataOf(region)), capacity_(capacity), max_record_(max_record) {
   head_ = ctl_->head.load(std::memory_order_relaxed);
+  records_ = ctl_->records_consumed.load(std::memory_order_relaxed);
   tail_cache_ = head_;
   if (head_ % kRecordAlignment != 0) MarkCorrupt("head " + std::to_string(head_) + " is not 8-aligned");
 }
@@ -172,7 +181,9 @@ void Consumer::MarkCorrupt(std::string why) {
 }
 
 bool Consumer::RefreshTail() {
-  std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);  // pairs with Producer::Publish
+  // seq_cst (a plain load on x86): pairs with Producer::Publish, and is the
+  // second half of the Dekker pair in WaitForData.
+  std::uint64_t tail = ctl_->tail.load(std::memory_order_seq_cst);
   if (tail < tail_cache_ || tail - head_ > capacity_ || tail % kRecordAlignment != 0) {
     MarkCorrupt("producer position " + std::to_string(tail) + " is inconsistent with head " +
                 std::to_string(head_) + " (capacity " + std::to_string(capacity_) + ")");
@@ -224,12 +235,15 @@ PollResult Consumer::Peek(Record* out) {
 void Consumer::Release() {
   head_ += peeked_bytes_;
   peeked_bytes_ = 0;
+  ++records_;
 }
 
 void Consumer::PublishHead() {
-  ctl_->head.store(head_, std::memory_order_release);  // pairs with Producer::RefreshHead
-  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with Producer::WaitForSpace's fence
-  if (ctl_->producer_waiting.load(std::memory_order_relaxed) != 0) {
+  // Release for Producer::RefreshHead; seq_cst for the Dekker pair with
+  // Producer::WaitForSpace (waiting store, head load).
+  ctl_->records_consumed.store(records_, std::memory_order_relaxed);
+  ctl_->head.store(head_, std::memory_order_seq_cst);
+  if (ctl_->producer_waiting.load(std::memory_order_seq_cst) != 0) {
     ctl_->producer_waiting.store(0, std::memory_order_relaxed);
     detail::FutexWakeAll(&ctl_->producer_waiting);
   }
@@ -247,8 +261,8 @@ bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin)
   }
   const auto deadline = Clock::now() + timeout;
   while (!corrupt()) {
-    ctl_->consumer_waiting.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with Producer::Publish's fence
+    // seq_cst: Dekker pair with Producer::Publish (tail store, waiting load).
+    ctl_->consumer_waiting.store(1, std::memory_order_seq_cst);
     if (ready()) {
       ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
       return true;
@@ -268,6 +282,8 @@ RingSnapshot Snapshot(const void* region, std::size_t capacity) {
   RingSnapshot s;
   s.tail = ctl->tail.load(std::memory_order_acquire);  // pairs with Producer::Publish
   s.head = ctl->head.load(std::memory_order_acquire);  // pairs with Consumer::PublishHead
+  s.records_published = ctl->records_published.load(std::memory_order_relaxed);
+  s.records_consumed = ctl->records_consumed.load(std::memory_order_relaxed);
   s.consumer_waiting = ctl->consumer_waiting.load(std::memory_order_relaxed) != 0;
   s.producer_waiting = ctl->producer_waiting.load(std::memory_order_relaxed) != 0;
   if (s.head > s.tail) s.problem = "head is ahead of tail";

@@ -1,6 +1,15 @@
 // The `kvring` tool, run as a real process.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <optional>
+
 #include <gtest/gtest.h>
 
+#include "kvring/protocol/codec.h"
+#include "kvring/ring.h"
+#include "kvring/segment.h"
 #include "process_util.h"
 #include "test_util.h"
 
@@ -107,6 +116,101 @@ TEST(KvringCli, UsageErrorsExitTwoAndHelpExitsZero) {
     EXPECT_EQ(r.exit_code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << r.out;
   }
+}
+
+// ---- kvring inspect -------------------------------------------------------------
+
+struct TestSegment {
+  std::string controller = "inspect" + std::to_string(getpid());
+  std::string shm = segment::SegmentPrefix(controller) + "1.7";
+  std::optional<segment::Segment> seg;
+  TestSegment() {
+    segment::CreateOptions o;
+    o.shm_name = shm;
+    o.request_capacity = 1 << 16;
+    o.reply_capacity = 1 << 14;
+    o.controller_name = controller;
+    o.client_pid = getpid();
+    o.client_id = 7;
+    auto s = segment::Segment::Create(o);
+    if (s.ok()) seg.emplace(std::move(s).value());
+  }
+  ~TestSegment() { (void)segment::Segment::Remove(shm); }
+};
+
+TEST(KvringInspect, ShowsPendingRecordsDecodedWithoutConsumingThem) {
+  TestSegment t;
+  ASSERT_TRUE(t.seg.has_value());
+  ring::Producer p(t.seg->ring_region(segment::kRequestRing), 1 << 16, t.seg->max_record(segment::kRequestRing));
+  for (const char* f : {"KVAdmitMsg__edge.msgpack", "BatchedP2PLookupMsg__32.msgpack", "ErrorMsg__typical.msgpack"}) {
+    std::string b = ReadFile(VectorDir() + f);
+    ASSERT_EQ(p.TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}), ring::ClaimResult::kOk);
+  }
+  p.Publish();
+  auto before = ring::Snapshot(t.seg->ring_region(segment::kRequestRing), 1 << 16);
+  auto r = RunProcess({kCli, "inspect", "--name", t.controller, "--json", "--peek", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  auto j = protocol::ParseJson(r.out);
+  ASSERT_TRUE(j.ok()) << r.out;
+  ASSERT_EQ((*j)["segments"].size(), 1u);
+  const Json& seg = (*j)["segments"][0];
+  EXPECT_EQ(seg["client_id"], 7);
+  EXPECT_EQ(seg["client_alive"], true);
+  EXPECT_EQ(seg["role"], "worker");
+  const Json& req = seg["rings"][0];
+  EXPECT_EQ(req["pending_records"], 3);
+  EXPECT_EQ(req["quarantined"], false);
+  ASSERT_EQ(req["peek"].size(), 2u);
+  EXPECT_EQ(req["peek"][0]["type"], "KVAdmitMsg");
+  EXPECT_EQ(req["peek"][1]["type"], "BatchedP2PLookupMsg");
+  auto after = ring::Snapshot(t.seg->ring_region(segment::kRequestRing), 1 << 16);
+  EXPECT_EQ(after.head, before.head);  // nothing consumed
+  EXPECT_EQ(after.tail, before.tail);
+  auto human = RunProcess({kCli, "inspect", "--name", t.controller});
+  EXPECT_EQ(human.exit_code, 0);
+  EXPECT_NE(human.out.find("pending 3 rec"), std::string::npos) << human.out;
+}
+
+TEST(KvringInspect, DescribesBrokenSegmentsAndExitsNonZero) {
+  TestSegment t;
+  ASSERT_TRUE(t.seg.has_value());
+  // A scribbled ring position...
+  auto* ctl = static_cast<ring::RingControl*>(t.seg->ring_region(segment::kReplyRing));
+  ctl->tail.store(1 << 20);
+  auto r = RunProcess({kCli, "inspect", "--name", t.controller});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("problem: replies (controller->client): more bytes pending than the capacity"),
+            std::string::npos) << r.out;
+  // ...a foreign magic...
+  t.seg->header()->magic = 42;
+  r = RunProcess({kCli, "inspect", "--name", t.controller, "--json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("not a kvring segment"), std::string::npos) << r.out;
+  // ...and a truncated file.
+  std::string small = segment::SegmentPrefix(t.controller) + "1.8";
+  int fd = shm_open(("/" + small).c_str(), O_CREAT | O_RDWR, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 100), 0);
+  close(fd);
+  r = RunProcess({kCli, "inspect", "--name", t.controller});
+  shm_unlink(("/" + small).c_str());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("smaller than a segment header"), std::string::npos) << r.out;
+}
+
+TEST(KvringInspect, NoSegmentsIsSaidPlainly) {
+  auto r = RunProcess({kCli, "inspect", "--name", "nothing-here-" + std::to_string(getpid())});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("no kvring segments"), std::string::npos);
+  EXPECT_EQ(RunProcess({kCli, "inspect", "--name", "bad.name"}).exit_code, 2);
+}
+
+TEST(KvringInspect, WatchRefreshesWithRates) {
+  TestSegment t;
+  ASSERT_TRUE(t.seg.has_value());
+  auto r = RunProcess({kCli, "inspect", "--name", t.controller, "--watch", "--interval", "0.05", "--count", "2"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("rec/s"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -13,5 +13,6 @@ using Command = std::function<int()>;
 Command AddDecode(CLI::App& app);
 Command AddEncode(CLI::App& app);
 Command AddChunkHash(CLI::App& app);
+Command AddInspect(CLI::App& app);
 
 }  // namespace kvring::tools

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   add(kvring::tools::AddEncode, "encode", "Encode JSON lines to msgpack (msgspec's bytes)");
   add(kvring::tools::AddChunkHash, "chunk-hash",
       "Chunk hashes of a token list, as LMCache's builtin-hash token database computes them");
+  add(kvring::tools::AddInspect, "inspect", "Show the shared-memory segments and rings of a controller");
 
   try {
     app.parse(argc, argv);

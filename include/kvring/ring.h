@@ -81,6 +81,7 @@ class Producer {
   std::size_t max_record_;
   std::uint64_t tail_ = 0;        // private: committed, maybe not yet published
   std::uint64_t head_cache_ = 0;  // last head seen (consumer's line is read only when needed)
+  std::uint64_t records_ = 0;     // records committed (statistics)
   std::uint64_t claim_pos_ = 0;   // position of the claimed record's header
   std::size_t claim_size_ = 0;
   bool claimed_ = false;
@@ -142,6 +143,7 @@ class Consumer {
   std::uint64_t head_ = 0;        // private read position
   std::uint64_t tail_cache_ = 0;  // last tail seen
   std::size_t peeked_bytes_ = 0;  // aligned size of the peeked record, 0 if none
+  std::uint64_t records_ = 0;     // records released (statistics)
   std::string corruption_;
 };
 
@@ -150,6 +152,8 @@ class Consumer {
 struct RingSnapshot {
   std::uint64_t head = 0;
   std::uint64_t tail = 0;
+  std::uint64_t records_published = 0;  // as the producer reports it (not validated)
+  std::uint64_t records_consumed = 0;
   bool consumer_waiting = false;
   bool producer_waiting = false;
   std::string problem;  // empty when the positions are consistent

@@ -5,9 +5,11 @@
 //   ring region (offset of the region is 4096-aligned inside its segment)
 //   +--------------------------------------------------------------+ 0
 //   | tail        u64  published write position (producer's line)  |
+//   | records_published u64  records below tail (for inspection)   |
 //   | ...                                                          |
 //   +--------------------------------------------------------------+ 128
 //   | head        u64  published read position (consumer's line)   |
+//   | records_consumed u64  records below head (for inspection)    |
 //   | ...                                                          |
 //   +--------------------------------------------------------------+ 256
 //   | consumer_waiting u32  1 while the consumer sleeps (wake-up)  |
@@ -69,16 +71,20 @@ inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 30;
 
 struct alignas(kCacheLine) RingControl {
   std::atomic<std::uint64_t> tail;
-  char pad0[kLineSpacing - sizeof(std::atomic<std::uint64_t>)];
+  std::atomic<std::uint64_t> records_published;  // statistics only: never trusted
+  char pad0[kLineSpacing - 2 * sizeof(std::atomic<std::uint64_t>)];
   std::atomic<std::uint64_t> head;
-  char pad1[kLineSpacing - sizeof(std::atomic<std::uint64_t>)];
+  std::atomic<std::uint64_t> records_consumed;   // statistics only: never trusted
+  char pad1[kLineSpacing - 2 * sizeof(std::atomic<std::uint64_t>)];
   std::atomic<std::uint32_t> consumer_waiting;
   std::atomic<std::uint32_t> producer_waiting;
   char pad2[kRingDataOffset - kWaitOffset - 2 * sizeof(std::atomic<std::uint32_t>)];
 };
 
 static_assert(offsetof(RingControl, tail) == kTailOffset);
+static_assert(offsetof(RingControl, records_published) == kTailOffset + 8);
 static_assert(offsetof(RingControl, head) == kHeadOffset);
+static_assert(offsetof(RingControl, records_consumed) == kHeadOffset + 8);
 static_assert(offsetof(RingControl, consumer_waiting) == kWaitOffset);
 static_assert(offsetof(RingControl, producer_waiting) == kWaitOffset + 4);
 static_assert(sizeof(RingControl) == kRingDataOffset);

@@ -1,0 +1,99 @@
+// Shared-memory layout of one client segment: a versioned header page and the
+// client's two rings. One segment per attached client (worker or
+// orchestrator), created by the controller, named
+//   /dev/shm/kvring.<controller name>.<controller generation>.<client id>
+//
+//   +--------------------------------------------------------------+ 0
+//   | SegmentHeader (one 4 KiB page)                               |
+//   |   magic "KVRSEG\0\1", layout version, header/segment sizes   |
+//   |   ring offsets, capacities, max record                       |
+//   |   controller pid + start time, client pid + start time       |
+//   |   role, client id, generation                                |
+//   |   heartbeats (CLOCK_MONOTONIC ns) of both sides              |
+//   |   quarantine word, ready word (written last, with release)   |
+//   +--------------------------------------------------------------+ 4096
+//   | ring 0: client -> controller (requests and events)           |
+//   |   RingControl (512 B) + data (capacity 0)                    |
+//   +--------------------------------------------------------------+ 4096 + region 0, page-aligned
+//   | ring 1: controller -> client (replies and commands)          |
+//   +--------------------------------------------------------------+ segment_bytes
+//
+// Nothing here is a pointer. A reader checks magic, version, every size and
+// offset against the segment's real size before it touches a ring; the ready
+// word is stored last (release) and loaded first (acquire), so a segment seen
+// ready is completely initialised.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "kvring/ring_descriptor.h"
+
+namespace kvring::segment {
+
+inline constexpr std::uint64_t kMagic = 0x01'00'47'45'53'52'56'4bULL;  // "KVRSEG\0\1" little-endian
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::size_t kHeaderBytes = 4096;
+inline constexpr std::size_t kPageBytes = 4096;
+inline constexpr std::uint32_t kReady = 0x52454459;  // "READY"-ish; anything else is not ready
+inline constexpr std::uint32_t kClosed = 0x434c5344;
+
+enum class Role : std::uint32_t { kWorker = 1, kOrchestrator = 2 };
+
+inline constexpr int kRequestRing = 0;  // client -> controller
+inline constexpr int kReplyRing = 1;    // controller -> client
+
+struct SegmentHeader {
+  std::uint64_t magic;
+  std::uint32_t layout_version;
+  std::uint32_t header_bytes;
+  std::uint64_t segment_bytes;
+  std::uint64_t ring_offset[2];
+  std::uint64_t ring_capacity[2];
+  std::uint32_t max_record[2];
+  std::uint32_t role;
+  std::uint32_t controller_pid;
+  std::uint64_t controller_start_ticks;  // /proc/<pid>/stat field 22: tells a reused pid apart
+  std::uint32_t client_pid;
+  std::uint32_t reserved0;
+  std::uint64_t client_start_ticks;
+  std::uint64_t client_id;
+  std::uint64_t generation;               // the controller's start time, ns since the epoch
+  char controller_name[64];               // NUL-terminated
+  alignas(64) std::atomic<std::uint64_t> controller_heartbeat_ns;  // CLOCK_MONOTONIC
+  alignas(64) std::atomic<std::uint64_t> client_heartbeat_ns;
+  alignas(64) std::atomic<std::uint32_t> quarantined;  // bit per ring: its consumer found it corrupt
+  std::atomic<std::uint32_t> state;                    // kReady once initialised; kClosed at shutdown
+};
+
+static_assert(offsetof(SegmentHeader, magic) == 0);
+static_assert(offsetof(SegmentHeader, layout_version) == 8);
+static_assert(offsetof(SegmentHeader, segment_bytes) == 16);
+static_assert(offsetof(SegmentHeader, ring_offset) == 24);
+static_assert(offsetof(SegmentHeader, ring_capacity) == 40);
+static_assert(offsetof(SegmentHeader, max_record) == 56);
+static_assert(offsetof(SegmentHeader, role) == 64);
+static_assert(offsetof(SegmentHeader, controller_pid) == 68);
+static_assert(offsetof(SegmentHeader, controller_start_ticks) == 72);
+static_assert(offsetof(SegmentHeader, client_pid) == 80);
+static_assert(offsetof(SegmentHeader, client_start_ticks) == 88);
+static_assert(offsetof(SegmentHeader, client_id) == 96);
+static_assert(offsetof(SegmentHeader, generation) == 104);
+static_assert(offsetof(SegmentHeader, controller_name) == 112);
+static_assert(offsetof(SegmentHeader, controller_heartbeat_ns) == 192);
+static_assert(offsetof(SegmentHeader, client_heartbeat_ns) == 256);
+static_assert(offsetof(SegmentHeader, quarantined) == 320);
+static_assert(offsetof(SegmentHeader, state) == 324);
+static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
+
+constexpr std::size_t PageAlign(std::size_t n) { return (n + kPageBytes - 1) & ~(kPageBytes - 1); }
+// Where each ring lives and how large the segment is, for given capacities.
+constexpr std::size_t RingOffset(int ring, std::size_t cap0) {
+  return ring == 0 ? kHeaderBytes : kHeaderBytes + PageAlign(ring::RegionBytes(cap0));
+}
+constexpr std::size_t SegmentBytes(std::size_t cap0, std::size_t cap1) {
+  return RingOffset(1, cap0) + PageAlign(ring::RegionBytes(cap1));
+}
+
+}  // namespace kvring::segment

@@ -1,0 +1,131 @@
+// How clients join a controller (the design and its reasons: docs/DESIGN.md).
+//
+// The controller named N listens on the abstract Unix socket "\0kvring/N"
+// (SOCK_SEQPACKET). Binding it is the single-instance lock: a second live
+// controller of the same name fails to bind and refuses to start; the name
+// vanishes with the process, so a crash leaves no socket file behind.
+//
+// A client connects and sends Hello; the controller reads the client's pid
+// and uid from the kernel (SO_PEERCRED), creates the client's segment
+// (segment.h) exclusively and replies Welcome with its name. The client maps
+// and validates it. The connection then stays open and carries nothing: its
+// only job is to tell each side, at once, that the other has gone (EOF).
+//
+// Thread-safety: a Listener belongs to the controller thread; a Connection
+// to one client thread at a time.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvring/ring.h"
+#include "kvring/segment.h"
+#include "kvring/status.h"
+
+namespace kvring::transport {
+
+struct ListenerOptions {
+  std::string name = "kvring";
+  std::size_t request_capacity = std::size_t{4} << 20;
+  std::size_t reply_capacity = std::size_t{1} << 20;
+  unsigned segment_mode = 0600;  // 0660 lets the group attach too
+  bool allow_other_uids = false; // accept clients of other users (with segment_mode 0660/0666)
+  std::size_t max_clients = 1024;
+};
+
+struct Client {
+  std::uint64_t id = 0;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  segment::Role role = segment::Role::kWorker;
+  segment::Segment segment;
+  ring::Consumer requests;  // client -> controller
+  ring::Producer replies;   // controller -> client
+  int socket = -1;
+  bool quarantined = false;
+};
+
+class Listener {
+ public:
+  // Binds the name (fails if a live controller holds it), then removes the
+  // segments of earlier, dead controllers of that name.
+  static Result<std::unique_ptr<Listener>> Start(const ListenerOptions& options);
+  ~Listener();  // closes every connection and removes every segment
+
+  struct Events {
+    std::vector<std::uint64_t> attached;
+    std::vector<std::uint64_t> detached;  // their segments are already gone
+    std::vector<std::string> rejected;    // handshakes refused, with the reason
+  };
+  // Waits up to `timeout` for handshakes and departures and handles them.
+  Events Poll(std::chrono::milliseconds timeout);
+  // Records a ring as quarantined (in the segment header too, for inspect).
+  void Quarantine(Client& c, int ring);
+  // Writes the controller heartbeat into every segment.
+  void Heartbeat();
+
+  const std::vector<std::unique_ptr<Client>>& clients() const { return clients_; }
+  Client* Find(std::uint64_t id) const;
+  // Segments of dead controllers removed at start, one line each.
+  const std::vector<std::string>& stale_segments_removed() const { return stale_; }
+  const ListenerOptions& options() const { return options_; }
+  std::uint64_t generation() const { return generation_; }
+  // The listening socket (readable when a client connects), for a caller's epoll.
+  int listen_fd() const { return listen_fd_; }
+
+ private:
+  Listener() = default;
+  void Accept(Events* ev);
+  void Handshake(int fd, Events* ev);
+  void Drop(std::size_t index, Events* ev);
+
+  ListenerOptions options_;
+  int listen_fd_ = -1;
+  std::uint64_t generation_ = 0;
+  std::uint64_t next_client_id_ = 1;
+  std::vector<int> pending_;  // connected, Hello not yet read
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::vector<std::string> stale_;
+};
+
+struct ConnectOptions {
+  std::string name = "kvring";
+  segment::Role role = segment::Role::kWorker;
+  std::chrono::milliseconds timeout{2000};
+};
+
+class Connection {
+ public:
+  // Connects, handshakes and maps the segment, retrying until the deadline
+  // (a controller that is starting up is not yet an error).
+  static Result<std::unique_ptr<Connection>> Open(const ConnectOptions& options);
+  ~Connection();
+
+  ring::Producer& requests() { return requests_; }
+  ring::Consumer& replies() { return replies_; }
+  segment::Segment& segment() { return segment_; }
+  std::uint64_t client_id() const { return client_id_; }
+  // False once the controller process has gone (its end of the socket closed).
+  bool ControllerAlive();
+  void Heartbeat();
+  int socket_fd() const { return fd_; }
+
+ private:
+  Connection(int fd, std::uint64_t id, segment::Segment seg);
+  int fd_;
+  std::uint64_t client_id_;
+  segment::Segment segment_;
+  ring::Producer requests_;
+  ring::Consumer replies_;
+};
+
+// The abstract socket address of controller `name` (for tools and tests).
+std::string SocketName(const std::string& name);
+
+}  // namespace kvring::transport

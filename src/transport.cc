@@ -1,0 +1,334 @@
+#include "kvring/transport.h"
+
+#include <dirent.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+namespace kvring::transport {
+namespace {
+
+constexpr std::uint64_t kHandshakeMagic = 0x4b56524e47484b31ULL;  // "KVRNGHK1"
+constexpr std::uint32_t kHandshakeVersion = 1;
+
+// Handshake messages: fixed-size, trivially copyable, one datagram each.
+struct Hello {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t role;
+};
+struct Welcome {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t ok;
+  std::uint64_t client_id;
+  char shm_name[128];
+  char error[256];
+};
+
+sockaddr_un Address(const std::string& name, socklen_t* len) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::string s = SocketName(name);  // leading NUL: abstract namespace
+  std::memcpy(a.sun_path, s.data(), s.size());
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + s.size());
+  return a;
+}
+
+Status Errno(const std::string& what) { return Status(ErrorKind::kIo, what + ": " + std::strerror(errno)); }
+
+void CopyString(char* dst, std::size_t cap, const std::string& s) {
+  std::size_t n = std::min(cap - 1, s.size());
+  std::memcpy(dst, s.data(), n);
+  dst[n] = '\0';
+}
+
+std::uint64_t RealtimeNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Removes /dev/shm/kvring.<name>.* left by controllers that are gone.
+std::vector<std::string> RemoveStaleSegments(const std::string& name) {
+  std::vector<std::string> removed;
+  std::string prefix = segment::SegmentPrefix(name);
+  DIR* d = opendir("/dev/shm");
+  if (!d) return removed;
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d))
+    if (std::strncmp(e->d_name, prefix.data(), prefix.size()) == 0) names.emplace_back(e->d_name);
+  closedir(d);
+  for (const auto& n : names) {
+    std::string why = "unreadable or not a kvring segment";
+    auto seg = segment::Segment::Attach(n, std::chrono::milliseconds(0), /*read_only=*/true);
+    if (seg.ok()) {
+      const auto* h = seg->header();
+      if (segment::ProcessAlive(static_cast<pid_t>(h->controller_pid), h->controller_start_ticks) &&
+          h->controller_pid != static_cast<std::uint32_t>(getpid())) {
+        // We hold the name, so a live creator is not a kvring controller of
+        // this name any more (another namespace?): leave it alone.
+        continue;
+      }
+      why = "controller pid " + std::to_string(h->controller_pid) + " is gone";
+    }
+    if (segment::Segment::Remove(n).ok()) removed.push_back(n + " (" + why + ")");
+  }
+  return removed;
+}
+
+}  // namespace
+
+std::string SocketName(const std::string& name) { return std::string(1, '\0') + "kvring/" + name; }
+
+// ---- Listener -------------------------------------------------------------------
+
+Result<std::unique_ptr<Listener>> Listener::Start(const ListenerOptions& options) {
+  if (Status s = segment::ValidateControllerName(options.name); !s.ok()) return s;
+  std::unique_ptr<Listener> l(new Listener());
+  l->options_ = options;
+  l->listen_fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (l->listen_fd_ < 0) return Errno("socket");
+  socklen_t len;
+  sockaddr_un addr = Address(options.name, &len);
+  if (bind(l->listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    if (errno == EADDRINUSE)
+      return Status(ErrorKind::kUnavailable,
+                    "another kvring controller named '" + options.name +
+                        "' is already running on this machine; stop it or choose another --name");
+    return Errno("bind");
+  }
+  if (listen(l->listen_fd_, 128) != 0) return Errno("listen");
+  l->generation_ = RealtimeNs();
+  l->stale_ = RemoveStaleSegments(options.name);
+  return l;
+}
+
+Listener::~Listener() {
+  for (int fd : pending_) close(fd);
+  for (auto& c : clients_) {
+    c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
+    (void)segment::Segment::Remove(c->segment.shm_name());
+    close(c->socket);
+  }
+  if (listen_fd_ >= 0) close(listen_fd_);
+}
+
+Client* Listener::Find(std::uint64_t id) const {
+  for (const auto& c : clients_)
+    if (c->id == id) return c.get();
+  return nullptr;
+}
+
+Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
+  Events ev;
+  std::vector<pollfd> fds;
+  fds.push_back({listen_fd_, POLLIN, 0});
+  for (int fd : pending_) fds.push_back({fd, POLLIN, 0});
+  for (const auto& c : clients_) fds.push_back({c->socket, POLLIN, 0});
+  int n = poll(fds.data(), fds.size(), static_cast<int>(timeout.count()));
+  if (n <= 0) return ev;
+  if (fds[0].revents) Accept(&ev);
+  // Handshakes whose Hello arrived.
+  std::vector<int> still_pending;
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    if (fds[1 + i].revents) Handshake(pending_[i], &ev);
+    else still_pending.push_back(pending_[i]);
+  }
+  // Departures: a client socket becomes readable only at EOF (clients send
+  // nothing after Hello); anything else read is discarded.
+  std::size_t base = 1 + pending_.size();
+  std::vector<std::uint64_t> gone;
+  for (std::size_t i = 0; i < clients_.size(); ++i) {
+    if (!fds[base + i].revents) continue;
+    char buf[64];
+    ssize_t r = recv(clients_[i]->socket, buf, sizeof buf, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) || (fds[base + i].revents & (POLLHUP | POLLERR)))
+      gone.push_back(clients_[i]->id);
+  }
+  pending_ = std::move(still_pending);
+  for (std::uint64_t id : gone)
+    for (std::size_t i = 0; i < clients_.size(); ++i)
+      if (clients_[i]->id == id) { Drop(i, &ev); break; }
+  return ev;
+}
+
+void Listener::Accept(Events* ev) {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    if (clients_.size() + pending_.size() >= options_.max_clients) {
+      ev->rejected.push_back("connection refused: " + std::to_string(options_.max_clients) + " clients attached");
+      close(fd);
+      continue;
+    }
+    pending_.push_back(fd);
+  }
+}
+
+void Listener::Handshake(int fd, Events* ev) {
+  Welcome w{};
+  w.magic = kHandshakeMagic;
+  w.version = kHandshakeVersion;
+  auto refuse = [&](const std::string& why) {
+    CopyString(w.error, sizeof w.error, why);
+    (void)send(fd, &w, sizeof w, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd);
+    ev->rejected.push_back(why);
+  };
+  Hello h{};
+  ssize_t r = recv(fd, &h, sizeof h, MSG_DONTWAIT);
+  if (r != static_cast<ssize_t>(sizeof h) || h.magic != kHandshakeMagic)
+    return refuse("handshake: not a kvring client");
+  if (h.version != kHandshakeVersion)
+    return refuse("handshake version " + std::to_string(h.version) + ", controller speaks version " +
+                  std::to_string(kHandshakeVersion));
+  if (h.role != static_cast<std::uint32_t>(segment::Role::kWorker) &&
+      h.role != static_cast<std::uint32_t>(segment::Role::kOrchestrator))
+    return refuse("handshake: unknown role " + std::to_string(h.role));
+  ucred cred{};
+  socklen_t clen = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) return refuse("cannot read peer credentials");
+  if (!options_.allow_other_uids && cred.uid != getuid())
+    return refuse("uid " + std::to_string(cred.uid) + " may not attach (controller runs as uid " +
+                  std::to_string(getuid()) + ")");
+
+  segment::CreateOptions co;
+  std::uint64_t id = next_client_id_++;
+  co.shm_name = segment::SegmentPrefix(options_.name) + std::to_string(generation_) + "." + std::to_string(id);
+  co.request_capacity = options_.request_capacity;
+  co.reply_capacity = options_.reply_capacity;
+  co.mode = options_.segment_mode;
+  co.role = static_cast<segment::Role>(h.role);
+  co.client_pid = cred.pid;
+  co.client_start_ticks = segment::ProcessStartTicks(cred.pid);
+  co.client_id = id;
+  co.generation = generation_;
+  co.controller_name = options_.name;
+  auto seg = segment::Segment::Create(co);
+  if (!seg.ok()) return refuse(seg.status().message());
+
+  w.ok = 1;
+  w.client_id = id;
+  CopyString(w.shm_name, sizeof w.shm_name, co.shm_name);
+  if (send(fd, &w, sizeof w, MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof w)) {
+    (void)segment::Segment::Remove(co.shm_name);
+    close(fd);
+    ev->rejected.push_back("client pid " + std::to_string(cred.pid) + " left during the handshake");
+    return;
+  }
+  segment::Segment s = std::move(seg).value();
+  void* req = s.ring_region(segment::kRequestRing);
+  void* rep = s.ring_region(segment::kReplyRing);
+  std::size_t req_cap = s.capacity(segment::kRequestRing), rep_cap = s.capacity(segment::kReplyRing);
+  std::size_t req_rec = s.max_record(segment::kRequestRing), rep_rec = s.max_record(segment::kReplyRing);
+  clients_.push_back(std::unique_ptr<Client>(new Client{
+      id, cred.pid, cred.uid, co.role, std::move(s), ring::Consumer(req, req_cap, req_rec),
+      ring::Producer(rep, rep_cap, rep_rec), fd, false}));
+  ev->attached.push_back(id);
+}
+
+void Listener::Drop(std::size_t index, Events* ev) {
+  auto& c = clients_[index];
+  c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
+  (void)segment::Segment::Remove(c->segment.shm_name());
+  close(c->socket);
+  ev->detached.push_back(c->id);
+  clients_.erase(clients_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+void Listener::Quarantine(Client& c, int ring) {
+  c.quarantined = true;
+  c.segment.header()->quarantined.fetch_or(1u << ring, std::memory_order_relaxed);
+}
+
+void Listener::Heartbeat() {
+  std::uint64_t now = segment::MonotonicNs();
+  for (auto& c : clients_) c->segment.header()->controller_heartbeat_ns.store(now, std::memory_order_relaxed);
+}
+
+// ---- Connection -----------------------------------------------------------------
+
+Connection::Connection(int fd, std::uint64_t id, segment::Segment seg)
+    : fd_(fd),
+      client_id_(id),
+      segment_(std::move(seg)),
+      requests_(segment_.ring_region(segment::kRequestRing), segment_.capacity(segment::kRequestRing),
+                segment_.max_record(segment::kRequestRing)),
+      replies_(segment_.ring_region(segment::kReplyRing), segment_.capacity(segment::kReplyRing),
+               segment_.max_record(segment::kReplyRing)) {}
+
+Connection::~Connection() { close(fd_); }
+
+Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
+  if (Status s = segment::ValidateControllerName(o.name); !s.ok()) return s;
+  const auto deadline = std::chrono::steady_clock::now() + o.timeout;
+  auto left_ms = [&] {
+    auto d = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    return std::max<long>(0, static_cast<long>(d.count()));
+  };
+  Status last;
+  do {
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Errno("socket");
+    socklen_t len;
+    sockaddr_un addr = Address(o.name, &len);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+      last = Status(ErrorKind::kUnavailable, "no kvring controller named '" + o.name + "' is running");
+      close(fd);
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<long>(10, left_ms())));
+      continue;
+    }
+    Hello h{kHandshakeMagic, kHandshakeVersion, static_cast<std::uint32_t>(o.role)};
+    Welcome w{};
+    pollfd p{fd, POLLIN, 0};
+    if (send(fd, &h, sizeof h, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof h) ||
+        poll(&p, 1, static_cast<int>(left_ms())) != 1 ||
+        recv(fd, &w, sizeof w, 0) != static_cast<ssize_t>(sizeof w) || w.magic != kHandshakeMagic) {
+      close(fd);
+      last = Status(ErrorKind::kUnavailable, "controller '" + o.name + "' did not complete the handshake");
+      continue;
+    }
+    if (!w.ok) {
+      close(fd);
+      w.error[sizeof w.error - 1] = '\0';
+      return Status(ErrorKind::kUnavailable, "controller '" + o.name + "' refused: " + w.error);
+    }
+    w.shm_name[sizeof w.shm_name - 1] = '\0';
+    auto seg = segment::Segment::Attach(w.shm_name, std::chrono::milliseconds(left_ms()));
+    if (!seg.ok()) {
+      close(fd);
+      return seg.status();
+    }
+    // The segment must be the one made for this process.
+    if (seg->header()->client_pid != static_cast<std::uint32_t>(getpid()) ||
+        seg->header()->client_id != w.client_id) {
+      close(fd);
+      return Status(ErrorKind::kCorrupt, std::string("segment ") + w.shm_name + " was not made for this client");
+    }
+    std::unique_ptr<Connection> c(new Connection(fd, w.client_id, std::move(seg).value()));
+    c->Heartbeat();
+    return c;
+  } while (left_ms() > 0);
+  return last;
+}
+
+bool Connection::ControllerAlive() {
+  pollfd p{fd_, POLLIN, 0};
+  if (poll(&p, 1, 0) == 0) return true;
+  char buf[64];
+  ssize_t r = recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+  return !(r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR));
+}
+
+void Connection::Heartbeat() {
+  segment_.header()->client_heartbeat_ns.store(segment::MonotonicNs(), std::memory_order_relaxed);
+}
+
+}  // namespace kvring::transport

@@ -1,0 +1,206 @@
+#include "kvring/transport.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace kvring::transport {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// Computed once in the test process: forked children must use the same name.
+const std::string kPid = std::to_string(getpid());
+std::string Name(const char* what) { return "t" + kPid + "-" + what; }
+
+ListenerOptions Small(const std::string& name) {
+  ListenerOptions o;
+  o.name = name;
+  o.request_capacity = 1 << 16;
+  o.reply_capacity = 1 << 14;
+  return o;
+}
+
+bool ShmExists(const std::string& shm_name) { return access(("/dev/shm/" + shm_name).c_str(), F_OK) == 0; }
+
+// Polls the listener until `done` or the timeout; returns whether done.
+bool PumpUntil(Listener& l, const std::function<bool(const Listener::Events&)>& done,
+               std::chrono::milliseconds timeout = 5000ms) {
+  auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline)
+    if (done(l.Poll(10ms))) return true;
+  return false;
+}
+
+std::span<const std::uint8_t> Bytes(const char* s) { return {reinterpret_cast<const std::uint8_t*>(s), std::strlen(s)}; }
+
+TEST(Transport, ClientAttachesExchangesRecordsAndDetachesOnExit) {
+  auto l = Listener::Start(Small(Name("basic")));
+  ASSERT_TRUE(l.ok()) << l.status().ToString();
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto c = Connection::Open({Name("basic"), segment::Role::kWorker, 5000ms});
+    if (!c.ok()) _exit(1);
+    if ((*c)->requests().TryWrite(Bytes("ping")) != ring::ClaimResult::kOk) _exit(2);
+    (*c)->requests().Publish();
+    if (!(*c)->replies().WaitForData(5s)) _exit(3);
+    ring::Record r;
+    if ((*c)->replies().Peek(&r) != ring::PollResult::kRecord) _exit(4);
+    _exit(std::string(r.payload.begin(), r.payload.end()) == "pong" ? 0 : 5);
+  }
+  std::uint64_t id = 0;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    if (!e.attached.empty()) id = e.attached[0];
+    return id != 0;
+  }));
+  Client* c = (*l)->Find(id);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->pid, pid);
+  EXPECT_EQ(c->segment.header()->client_pid, static_cast<std::uint32_t>(pid));
+  std::string shm = c->segment.shm_name();
+  ASSERT_TRUE(c->requests.WaitForData(5s));
+  std::string got;
+  c->requests.Drain(1, SIZE_MAX, [&](const ring::Record& r) { got.assign(r.payload.begin(), r.payload.end()); });
+  EXPECT_EQ(got, "ping");
+  ASSERT_EQ(c->replies.TryWrite(Bytes("pong")), ring::ClaimResult::kOk);
+  c->replies.Publish();
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return !e.detached.empty(); }));
+  EXPECT_EQ((*l)->Find(id), nullptr);
+  EXPECT_FALSE(ShmExists(shm));
+}
+
+TEST(Transport, SecondControllerWithTheSameNameRefusesToStart) {
+  auto l = Listener::Start(Small(Name("twice")));
+  ASSERT_TRUE(l.ok());
+  auto again = Listener::Start(Small(Name("twice")));
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.status().message().find("already running"), std::string::npos) << again.status().message();
+  pid_t pid = fork();
+  if (pid == 0) _exit(Listener::Start(Small(Name("twice"))).ok() ? 1 : 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(Transport, KilledClientIsNoticedWithinOneHundredMilliseconds) {
+  auto l = Listener::Start(Small(Name("kill-client")));
+  ASSERT_TRUE(l.ok());
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto c = Connection::Open({Name("kill-client"), segment::Role::kWorker, 5000ms});
+    char b = c.ok() ? 1 : 0;
+    (void)!write(ready[1], &b, 1);
+    pause();
+    _exit(0);
+  }
+  std::string shm;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    if (!e.attached.empty()) shm = (*l)->Find(e.attached[0])->segment.shm_name();
+    return !shm.empty();
+  }));
+  char b = 0;
+  ASSERT_EQ(read(ready[0], &b, 1), 1);
+  ASSERT_EQ(b, 1);
+  EXPECT_TRUE(ShmExists(shm));
+  kill(pid, SIGKILL);
+  auto t0 = Clock::now();
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return !e.detached.empty(); }));
+  auto took = Clock::now() - t0;
+  waitpid(pid, nullptr, 0);
+  EXPECT_LT(took, 100ms);
+  EXPECT_FALSE(ShmExists(shm));
+  EXPECT_TRUE((*l)->clients().empty());
+}
+
+[[noreturn]] void RunController(const std::string& name, int ready_fd) {
+  auto l = Listener::Start(Small(name));
+  char b = l.ok() ? 1 : 0;
+  (void)!write(ready_fd, &b, 1);
+  if (!l.ok()) _exit(1);
+  for (;;) (*l)->Poll(100ms);
+}
+
+TEST(Transport, ClientLearnsTheControllerDiedAndReattachesToANewOne) {
+  const std::string name = Name("kill-controller");
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t ctl = fork();
+  if (ctl == 0) RunController(name, ready[1]);
+  char b = 0;
+  ASSERT_EQ(read(ready[0], &b, 1), 1);
+  auto c = Connection::Open({name, segment::Role::kWorker, 5000ms});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  std::string old_shm = (*c)->segment().shm_name();
+  EXPECT_TRUE((*c)->ControllerAlive());
+  kill(ctl, SIGKILL);
+  waitpid(ctl, nullptr, 0);
+  auto t0 = Clock::now();
+  while ((*c)->ControllerAlive() && Clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
+  EXPECT_LT(Clock::now() - t0, 100ms);
+  EXPECT_TRUE(ShmExists(old_shm));  // a killed controller cannot clean up...
+
+  pid_t ctl2 = fork();
+  if (ctl2 == 0) RunController(name, ready[1]);
+  ASSERT_EQ(read(ready[0], &b, 1), 1);
+  ASSERT_EQ(b, 1);
+  auto c2 = Connection::Open({name, segment::Role::kWorker, 5000ms});
+  ASSERT_TRUE(c2.ok()) << c2.status().ToString();
+  EXPECT_NE((*c2)->segment().shm_name(), old_shm);
+  EXPECT_FALSE(ShmExists(old_shm));  // ...so the next one removes its stale segment
+  kill(ctl2, SIGKILL);
+  waitpid(ctl2, nullptr, 0);
+  (void)segment::Segment::Remove((*c2)->segment().shm_name());
+}
+
+TEST(Transport, NoControllerIsAClearErrorAfterTheDeadline) {
+  auto t0 = Clock::now();
+  auto c = Connection::Open({Name("nobody"), segment::Role::kWorker, 50ms});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("no kvring controller named"), std::string::npos) << c.status().message();
+  EXPECT_LT(Clock::now() - t0, 2s);
+}
+
+TEST(Transport, GarbageHandshakeIsRejectedAndTheControllerCarriesOn) {
+  auto l = Listener::Start(Small(Name("garbage")));
+  ASSERT_TRUE(l.ok());
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::string s = SocketName(Name("garbage"));
+  std::memcpy(a.sun_path, s.data(), s.size());
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + s.size())), 0);
+  ASSERT_EQ(send(fd, "hello?", 6, 0), 6);
+  std::vector<std::string> rejected;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    rejected.insert(rejected.end(), e.rejected.begin(), e.rejected.end());
+    return !rejected.empty();
+  }));
+  EXPECT_EQ(rejected[0], "handshake: not a kvring client");
+  close(fd);
+  // A real client still gets in.
+  pid_t pid = fork();
+  if (pid == 0) _exit(Connection::Open({Name("garbage"), segment::Role::kOrchestrator, 5000ms}).ok() ? 0 : 1);
+  bool attached = PumpUntil(**l, [&](const Listener::Events& e) { return !e.attached.empty(); });
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(attached);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+}  // namespace
+}  // namespace kvring::transport

@@ -1,0 +1,249 @@
+// `kvring inspect`: a read-only look at every kvring segment (in the spirit of
+// Aeron's aeron_stat). Segments are mapped read-only and never written; a
+// garbage, truncated or half-made segment is described, not trusted: nothing
+// in a ring is read until the header has been validated against the real
+// size of the mapping.
+#include <dirent.h>
+#include <unistd.h>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <chrono>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "commands.h"
+#include "kvring/protocol/codec.h"
+#include "kvring/protocol/json.h"
+#include "kvring/ring.h"
+#include "kvring/segment.h"
+
+namespace kvring::tools {
+namespace {
+
+namespace bip = boost::interprocess;
+using protocol::Json;
+using segment::SegmentHeader;
+
+const char* RoleName(std::uint32_t r) {
+  switch (static_cast<segment::Role>(r)) {
+    case segment::Role::kWorker: return "worker";
+    case segment::Role::kOrchestrator: return "orchestrator";
+  }
+  return "unknown";
+}
+
+std::vector<std::string> ListSegments(const std::string& prefix) {
+  std::vector<std::string> out;
+  if (DIR* d = opendir("/dev/shm")) {
+    while (dirent* e = readdir(d))
+      if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) out.emplace_back(e->d_name);
+    closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Everything inspect says about one segment, as JSON; "problems" lists what is wrong.
+Json InspectSegment(const std::string& name, std::size_t peek) {
+  Json j = Json::object();
+  j["segment"] = name;
+  Json problems = Json::array();
+  try {
+    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_only);
+    bip::offset_t size = 0;
+    shm.get_size(size);
+    j["bytes"] = size;
+    if (size < static_cast<bip::offset_t>(sizeof(SegmentHeader))) {
+      problems.push_back("only " + std::to_string(size) + " bytes: smaller than a segment header");
+      j["problems"] = problems;
+      return j;
+    }
+    bip::mapped_region region(shm, bip::read_only, 0, static_cast<std::size_t>(size));
+    const auto* h = static_cast<const SegmentHeader*>(region.get_address());
+    Status valid = segment::Segment::Validate(h, region.get_size(), /*require_ready=*/false);
+    std::uint32_t state = h->state.load(std::memory_order_acquire);  // pairs with Segment::Create
+    j["state"] = state == segment::kReady ? "ready" : state == segment::kClosed ? "closed" : "initialising";
+    if (state != segment::kReady && state != segment::kClosed) problems.push_back("not initialised (no ready word)");
+    if (!valid.ok()) {
+      problems.push_back(valid.message());
+      j["problems"] = problems;
+      return j;
+    }
+    std::string cname(h->controller_name, strnlen(h->controller_name, sizeof h->controller_name));
+    j["controller"] = cname;
+    j["controller_pid"] = h->controller_pid;
+    j["controller_alive"] = segment::ProcessAlive(static_cast<pid_t>(h->controller_pid), h->controller_start_ticks);
+    j["client_pid"] = h->client_pid;
+    j["client_alive"] = segment::ProcessAlive(static_cast<pid_t>(h->client_pid), h->client_start_ticks);
+    j["role"] = RoleName(h->role);
+    j["client_id"] = h->client_id;
+    j["generation"] = h->generation;
+    std::uint64_t now = segment::MonotonicNs();
+    auto age_ms = [&](std::uint64_t t) -> Json {
+      if (t == 0 || t > now) return nullptr;
+      return static_cast<double>(now - t) / 1e6;
+    };
+    j["controller_heartbeat_age_ms"] = age_ms(h->controller_heartbeat_ns.load(std::memory_order_relaxed));
+    j["client_heartbeat_age_ms"] = age_ms(h->client_heartbeat_ns.load(std::memory_order_relaxed));
+    if (!j["controller_alive"].get<bool>()) problems.push_back("controller is gone: stale segment");
+    std::uint32_t quarantined = h->quarantined.load(std::memory_order_relaxed);
+    Json rings = Json::array();
+    for (int r = 0; r < 2; ++r) {
+      const void* region_base = static_cast<const char*>(region.get_address()) + h->ring_offset[r];
+      std::size_t cap = h->ring_capacity[r];
+      ring::RingSnapshot s = ring::Snapshot(region_base, cap);
+      Json rj = Json::object();
+      rj["ring"] = r == segment::kRequestRing ? "requests (client->controller)" : "replies (controller->client)";
+      rj["capacity"] = cap;
+      rj["max_record"] = h->max_record[r];
+      rj["head"] = s.head;
+      rj["tail"] = s.tail;
+      rj["records_published"] = s.records_published;
+      rj["records_consumed"] = s.records_consumed;
+      rj["quarantined"] = (quarantined >> r & 1) != 0;
+      rj["consumer_waiting"] = s.consumer_waiting;
+      if (!s.problem.empty()) {
+        rj["problem"] = s.problem;
+        problems.push_back(std::string(rj["ring"]) + ": " + s.problem);
+      } else {
+        std::uint64_t pending = s.tail - s.head;
+        rj["pending_bytes"] = pending;
+        rj["fill_percent"] = 100.0 * static_cast<double>(pending) / static_cast<double>(cap);
+        std::size_t count = 0;
+        Json peeked = Json::array();
+        std::string bad = ring::PeekPending(region_base, cap, h->max_record[r], SIZE_MAX, [&](const ring::Record& rec) {
+          if (count++ >= peek) return;
+          auto m = protocol::Decode(rec.payload);
+          if (m.ok()) peeked.push_back(protocol::ToJson(*m));
+          else peeked.push_back(Json{{"undecodable", m.status().ToString()}, {"bytes", rec.payload.size()}});
+        });
+        rj["pending_records"] = count;
+        if (peek) rj["peek"] = peeked;
+        if (!bad.empty()) {
+          rj["problem"] = bad;
+          problems.push_back(std::string(rj["ring"]) + ": " + bad);
+        }
+      }
+      if (rj["quarantined"].get<bool>()) problems.push_back(std::string(rj["ring"]) + " is quarantined");
+      rings.push_back(rj);
+    }
+    j["rings"] = rings;
+  } catch (const bip::interprocess_exception& e) {
+    problems.push_back(std::string("cannot map: ") + e.what());
+  }
+  j["problems"] = problems;
+  return j;
+}
+
+void PrintHuman(const Json& seg, const Json* prev, double seconds) {
+  std::cout << seg["segment"].get<std::string>();
+  if (seg.contains("role"))
+    std::cout << "  " << seg["role"].get<std::string>() << " pid " << seg["client_pid"]
+              << (seg["client_alive"].get<bool>() ? " (alive)" : " (gone)") << ", controller '"
+              << seg["controller"].get<std::string>() << "' pid " << seg["controller_pid"]
+              << (seg["controller_alive"].get<bool>() ? " (alive)" : " (gone)") << ", client id "
+              << seg["client_id"] << ", generation " << seg["generation"] << ", " << seg["state"].get<std::string>();
+  std::cout << "\n";
+  if (seg.contains("controller_heartbeat_age_ms")) {
+    auto age = [](const Json& a) { return a.is_null() ? std::string("never") : std::to_string(a.get<double>()) + " ms"; };
+    std::cout << "  heartbeat age: controller " << age(seg["controller_heartbeat_age_ms"]) << ", client "
+              << age(seg["client_heartbeat_age_ms"]) << "\n";
+  }
+  if (seg.contains("rings")) {
+    for (std::size_t r = 0; r < seg["rings"].size(); ++r) {
+      const Json& rj = seg["rings"][r];
+      std::cout << "  " << std::left << std::setw(30) << rj["ring"].get<std::string>() << " cap " << rj["capacity"]
+                << "  head " << rj["head"] << "  tail " << rj["tail"];
+      if (rj.contains("pending_bytes"))
+        std::cout << "  pending " << rj["pending_records"] << " rec / " << rj["pending_bytes"] << " B ("
+                  << std::fixed << std::setprecision(1) << rj["fill_percent"].get<double>() << "%)";
+      if (rj["quarantined"].get<bool>()) std::cout << "  QUARANTINED";
+      if (prev && seconds > 0 && prev->contains("rings")) {
+        const Json& pr = (*prev)["rings"][r];
+        double recs = static_cast<double>(rj["records_consumed"].get<std::uint64_t>() -
+                                          pr["records_consumed"].get<std::uint64_t>()) / seconds;
+        double bytes = static_cast<double>(rj["head"].get<std::uint64_t>() - pr["head"].get<std::uint64_t>()) / seconds;
+        std::cout << "  " << std::setprecision(0) << recs << " rec/s " << bytes << " B/s";
+      }
+      std::cout << "\n";
+      if (rj.contains("peek"))
+        for (const auto& m : rj["peek"]) std::cout << "    " << m.dump() << "\n";
+    }
+  }
+  for (const auto& p : seg["problems"]) std::cout << "  problem: " << p.get<std::string>() << "\n";
+}
+
+}  // namespace
+
+Command AddInspect(CLI::App& app) {
+  struct State {
+    std::string name;
+    bool json = false;
+    bool watch = false;
+    std::size_t peek = 0;
+    double interval = 1.0;
+    int count = 0;
+  };
+  auto st = std::make_shared<State>();
+  app.description(
+      "Show every shared-memory segment of a kvring controller (or of all controllers): owner\n"
+      "processes and whether they live, ring positions, pending records, fill, heartbeat age,\n"
+      "quarantine. Read-only: segments are mapped read-only and nothing is consumed.\n"
+      "Exit 0 when every segment is sound, 1 when a problem was found or none exists.");
+  app.add_option("--name", st->name, "Controller name (default: every kvring segment)");
+  app.add_flag("--json", st->json, "One JSON object per refresh: {\"segments\": [...]}");
+  app.add_option("--peek", st->peek, "Decode the next K pending records of each ring (not consumed)");
+  app.add_flag("--watch", st->watch, "Refresh every --interval seconds with rates");
+  app.add_option("--interval", st->interval, "Seconds between refreshes with --watch")->check(CLI::Range(0.05, 3600.0));
+  app.add_option("--count", st->count, "With --watch: stop after N refreshes (0 = forever)");
+  return [st]() -> int {
+    if (!st->name.empty()) {
+      if (Status s = segment::ValidateControllerName(st->name); !s.ok()) {
+        std::cerr << "error: " << s.message() << "\n";
+        return 2;
+      }
+    }
+    std::string prefix = st->name.empty() ? "kvring." : segment::SegmentPrefix(st->name);
+    std::map<std::string, Json> prev;
+    auto last = std::chrono::steady_clock::now();
+    int rc = 0;
+    for (int round = 0;; ++round) {
+      auto now = std::chrono::steady_clock::now();
+      double seconds = std::chrono::duration<double>(now - last).count();
+      last = now;
+      Json all = Json::array();
+      rc = 0;
+      for (const auto& name : ListSegments(prefix)) {
+        Json seg = InspectSegment(name, st->peek);
+        if (!seg["problems"].empty()) rc = 1;
+        all.push_back(seg);
+      }
+      if (all.empty()) rc = 1;
+      if (st->json) {
+        std::cout << Json{{"segments", all}}.dump() << std::endl;
+      } else {
+        if (st->watch) std::cout << "--- " << all.size() << " segment(s)\n";
+        if (all.empty())
+          std::cout << "no kvring segments" << (st->name.empty() ? "" : " for controller '" + st->name + "'") << "\n";
+        for (const auto& seg : all) {
+          auto it = prev.find(seg["segment"].get<std::string>());
+          PrintHuman(seg, it == prev.end() ? nullptr : &it->second, seconds);
+        }
+        std::cout.flush();
+      }
+      if (!st->watch || (st->count > 0 && round + 1 >= st->count)) break;
+      prev.clear();
+      for (const auto& seg : all) prev[seg["segment"].get<std::string>()] = seg;
+      std::this_thread::sleep_for(std::chrono::duration<double>(st->interval));
+    }
+    return rc;
+  };
+}
+
+}  // namespace kvring::tools
