@@ -134,18 +134,20 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   for (const auto& c : clients_) fds.push_back({c->socket, POLLIN, 0});
   int n = poll(fds.data(), fds.size(), static_cast<int>(timeout.count()));
   if (n <= 0) return ev;
-  if (fds[0].revents) Accept(&ev);
-  // Handshakes whose Hello arrived.
+  // fds covers the pending and client sockets as they were before poll();
+  // Handshake() appends to clients_, so work from the counts polled.
+  const std::size_t polled_pending = pending_.size();
+  const std::size_t polled_clients = clients_.size();
   std::vector<int> still_pending;
-  for (std::size_t i = 0; i < pending_.size(); ++i) {
-    if (fds[1 + i].revents) Handshake(pending_[i], &ev);
+  for (std::size_t i = 0; i < polled_pending; ++i) {
+    if (fds[1 + i].revents) Handshake(pending_[i], &ev);  // its Hello arrived (or it hung up)
     else still_pending.push_back(pending_[i]);
   }
   // Departures: a client socket becomes readable only at EOF (clients send
   // nothing after Hello); anything else read is discarded.
-  std::size_t base = 1 + pending_.size();
+  const std::size_t base = 1 + polled_pending;
   std::vector<std::uint64_t> gone;
-  for (std::size_t i = 0; i < clients_.size(); ++i) {
+  for (std::size_t i = 0; i < polled_clients; ++i) {
     if (!fds[base + i].revents) continue;
     char buf[64];
     ssize_t r = recv(clients_[i]->socket, buf, sizeof buf, MSG_DONTWAIT);
@@ -153,6 +155,7 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
       gone.push_back(clients_[i]->id);
   }
   pending_ = std::move(still_pending);
+  if (fds[0].revents) Accept(&ev);  // new connections wait for their Hello in pending_
   for (std::uint64_t id : gone)
     for (std::size_t i = 0; i < clients_.size(); ++i)
       if (clients_[i]->id == id) { Drop(i, &ev); break; }

@@ -1,0 +1,239 @@
+// Cross-process transport benchmarks. Two processes, pinned to CPUs 0 and 1,
+// share one MAP_SHARED mapping; the child echoes or drains.
+//
+//   BM_Floor_CacheLinePingPong     the floor: a bare atomic word bounced between the cores
+//   BM_Ring_PingPong_Spin          64-byte record there and back over two kvring rings, spinning
+//   BM_Ring_PingPong_Blocking      the same, both sides asleep on a futex between messages
+//   BM_BoostSpsc_PingPong          boost::lockfree::spsc_queue of fixed 64-byte elements, spinning
+//   BM_Ring_Throughput/64, /4096   one-way records/s, producer publishing every 32 records
+//   BM_BoostSpsc_Throughput        one-way 64-byte elements/s
+//
+// Round trips report p50/p99/p99.9 in ns as counters (per-iteration clock
+// reads are included in every row alike, the floor too).
+#include <benchmark/benchmark.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <boost/lockfree/spsc_queue.hpp>
+#include <chrono>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "kvring/ring.h"
+
+namespace {
+
+using namespace kvring::ring;
+using Clock = std::chrono::steady_clock;
+
+void Pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu % static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))), &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+void* SharedMap(std::size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) std::abort();
+  return p;
+}
+
+struct Child {
+  pid_t pid = -1;
+  ~Child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+void ReportPercentiles(benchmark::State& state, std::vector<std::int64_t>& ns) {
+  if (ns.empty()) return;
+  std::sort(ns.begin(), ns.end());
+  auto at = [&](double q) { return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<std::size_t>(q * ns.size()))]); };
+  state.counters["p50_ns"] = at(0.50);
+  state.counters["p99_ns"] = at(0.99);
+  state.counters["p999_ns"] = at(0.999);
+}
+
+// ---- the floor ---------------------------------------------------------------------
+
+void BM_Floor_CacheLinePingPong(benchmark::State& state) {
+  auto* word = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    for (std::uint64_t expect = 1;; expect += 2) {
+      while (word->load(std::memory_order_acquire) != expect) {}  // pairs with the parent's release
+      word->store(expect + 1, std::memory_order_release);          // pairs with the parent's acquire
+    }
+  }
+  Pin(0);
+  std::vector<std::int64_t> ns;
+  ns.reserve(1 << 20);
+  std::uint64_t v = 0;
+  for (auto _ : state) {
+    auto t0 = Clock::now();
+    word->store(++v, std::memory_order_release);
+    while (word->load(std::memory_order_acquire) != v + 1) {}
+    ++v;
+    if (ns.size() < ns.capacity()) ns.push_back((Clock::now() - t0).count());
+  }
+  ReportPercentiles(state, ns);
+}
+BENCHMARK(BM_Floor_CacheLinePingPong)->UseRealTime()->MinTime(1.0);
+
+// ---- kvring rings ------------------------------------------------------------------
+
+constexpr std::size_t kCap = 1 << 16;
+
+template <bool kBlocking>
+void RingPingPong(benchmark::State& state) {
+  char* mem = static_cast<char*>(SharedMap(2 * RegionBytes(kCap)));
+  void* a = mem;                      // parent -> child
+  void* b = mem + RegionBytes(kCap);  // child -> parent
+  (void)InitializeRegion(a, kCap);
+  (void)InitializeRegion(b, kCap);
+  const std::uint32_t spin = kBlocking ? 0 : UINT32_MAX;
+  const auto wait = std::chrono::seconds(10);
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    Consumer in(a, kCap, DefaultMaxRecord(kCap));
+    Producer out(b, kCap, DefaultMaxRecord(kCap));
+    for (;;) {
+      if (!in.WaitForData(wait, spin)) continue;
+      Record r;
+      while (in.Peek(&r) == PollResult::kRecord) {
+        (void)out.TryWrite(r.payload);
+        in.Release();
+      }
+      in.PublishHead();
+      out.Publish();
+    }
+  }
+  Pin(0);
+  Producer out(a, kCap, DefaultMaxRecord(kCap));
+  Consumer in(b, kCap, DefaultMaxRecord(kCap));
+  std::array<std::uint8_t, 64> msg{};
+  std::vector<std::int64_t> ns;
+  ns.reserve(1 << 20);
+  for (auto _ : state) {
+    auto t0 = Clock::now();
+    (void)out.TryWrite(msg);
+    out.Publish();
+    while (!in.WaitForData(wait, spin)) {}
+    in.Drain(1, SIZE_MAX, [](const Record&) {});
+    if (ns.size() < ns.capacity()) ns.push_back((Clock::now() - t0).count());
+  }
+  ReportPercentiles(state, ns);
+}
+void BM_Ring_PingPong_Spin(benchmark::State& state) { RingPingPong<false>(state); }
+void BM_Ring_PingPong_Blocking(benchmark::State& state) { RingPingPong<true>(state); }
+BENCHMARK(BM_Ring_PingPong_Spin)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_Ring_PingPong_Blocking)->UseRealTime()->MinTime(1.0);
+
+void BM_Ring_Throughput(benchmark::State& state) {
+  const std::size_t size = static_cast<std::size_t>(state.range(0));
+  constexpr std::size_t kBigCap = 1 << 20;
+  void* region = SharedMap(RegionBytes(kBigCap));
+  (void)InitializeRegion(region, kBigCap);
+  auto* done = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    Consumer in(region, kBigCap, DefaultMaxRecord(kBigCap));
+    std::uint64_t n = 0;
+    for (;;) {
+      n += in.Drain(256, SIZE_MAX, [](const Record&) {});
+      done->store(n, std::memory_order_release);  // pairs with the parent's acquire
+    }
+  }
+  Pin(0);
+  Producer out(region, kBigCap, DefaultMaxRecord(kBigCap));
+  std::vector<std::uint8_t> msg(size, 7);
+  std::uint64_t sent = 0;
+  for (auto _ : state) {
+    while (out.TryWrite(msg) != ClaimResult::kOk) out.Publish();
+    if (++sent % 32 == 0) out.Publish();
+  }
+  out.Publish();
+  while (done->load(std::memory_order_acquire) < sent) {}  // count only delivered records
+  state.SetItemsProcessed(static_cast<std::int64_t>(sent));
+  state.SetBytesProcessed(static_cast<std::int64_t>(sent * size));
+}
+BENCHMARK(BM_Ring_Throughput)->Arg(64)->Arg(4096)->UseRealTime()->MinTime(1.0);
+
+// ---- boost::lockfree::spsc_queue, fixed 64-byte elements -----------------------------
+
+using Elem = std::array<std::uint8_t, 64>;
+using BoostQueue = boost::lockfree::spsc_queue<Elem, boost::lockfree::capacity<1024>>;
+
+void BM_BoostSpsc_PingPong(benchmark::State& state) {
+  char* mem = static_cast<char*>(SharedMap(2 * sizeof(BoostQueue) + 128));
+  auto* to_child = new (mem) BoostQueue();
+  auto* to_parent = new (mem + sizeof(BoostQueue) + 64) BoostQueue();
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    Elem e;
+    for (;;)
+      if (to_child->pop(e)) while (!to_parent->push(e)) {}
+  }
+  Pin(0);
+  Elem e{};
+  std::vector<std::int64_t> ns;
+  ns.reserve(1 << 20);
+  for (auto _ : state) {
+    auto t0 = Clock::now();
+    while (!to_child->push(e)) {}
+    while (!to_parent->pop(e)) {}
+    if (ns.size() < ns.capacity()) ns.push_back((Clock::now() - t0).count());
+  }
+  ReportPercentiles(state, ns);
+}
+BENCHMARK(BM_BoostSpsc_PingPong)->UseRealTime()->MinTime(1.0);
+
+void BM_BoostSpsc_Throughput(benchmark::State& state) {
+  auto* q = new (SharedMap(sizeof(BoostQueue) + 64)) BoostQueue();
+  auto* done = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    Elem e;
+    std::uint64_t n = 0;
+    for (;;) {
+      while (q->pop(e)) ++n;
+      done->store(n, std::memory_order_release);  // pairs with the parent's acquire
+    }
+  }
+  Pin(0);
+  Elem e{};
+  std::uint64_t sent = 0;
+  for (auto _ : state) {
+    while (!q->push(e)) {}
+    ++sent;
+  }
+  while (done->load(std::memory_order_acquire) < sent) {}
+  state.SetItemsProcessed(static_cast<std::int64_t>(sent));
+  state.SetBytesProcessed(static_cast<std::int64_t>(sent * sizeof(Elem)));
+}
+BENCHMARK(BM_BoostSpsc_Throughput)->UseRealTime()->MinTime(1.0);
+
+}  // namespace
+
+BENCHMARK_MAIN();
