@@ -145,7 +145,7 @@ bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout,
   if (corrupt()) return false;
   if (room()) return true;
   for (std::uint32_t i = 0; i < spin; ++i) {
-    detail::CpuRelax();
+    detail::SpinPoll(i);
     if (room()) return true;
     if (corrupt()) return false;
   }
@@ -256,7 +256,7 @@ bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin)
   };
   if (ready()) return true;
   for (std::uint32_t i = 0; i < spin && !corrupt(); ++i) {
-    detail::CpuRelax();
+    detail::SpinPoll(i);
     if (ready()) return true;
   }
   const auto deadline = Clock::now() + timeout;
