@@ -7,6 +7,8 @@
 //   BM_BoostSpsc_PingPong          boost::lockfree::spsc_queue of fixed 64-byte elements, spinning
 //   BM_Ring_Throughput/64, /4096   one-way records/s, producer publishing every 32 records
 //   BM_BoostSpsc_Throughput        one-way 64-byte elements/s
+//   BM_Zmq_ReqRep_PingPong         ZeroMQ ipc:// REQ/REP, 64-byte message (LMCache's transport)
+//   BM_Zmq_PushPull_Throughput     ZeroMQ ipc:// PUSH/PULL, one-way 64-byte messages/s
 //
 // Round trips report p50/p99/p99.9 in ns as counters (per-iteration clock
 // reads are included in every row alike, the floor too).
@@ -21,6 +23,7 @@
 #include <array>
 #include <atomic>
 #include <boost/lockfree/spsc_queue.hpp>
+#include <zmq.h>
 #include <chrono>
 #include <cstring>
 #include <new>
@@ -233,6 +236,83 @@ void BM_BoostSpsc_Throughput(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(sent * sizeof(Elem)));
 }
 BENCHMARK(BM_BoostSpsc_Throughput)->UseRealTime()->MinTime(1.0);
+
+// ---- ZeroMQ over ipc:// ---------------------------------------------------------------
+
+std::string ZmqEndpoint(const char* what) {
+  return "ipc:///tmp/kvring-bench-" + std::to_string(getpid()) + "-" + what;
+}
+
+void BM_Zmq_ReqRep_PingPong(benchmark::State& state) {
+  const std::string ep = ZmqEndpoint("reqrep");
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    void* ctx = zmq_ctx_new();
+    void* rep = zmq_socket(ctx, ZMQ_REP);
+    zmq_bind(rep, ep.c_str());
+    char buf[64];
+    for (;;) {
+      int n = zmq_recv(rep, buf, sizeof buf, 0);
+      if (n >= 0) zmq_send(rep, buf, static_cast<std::size_t>(n), 0);
+    }
+  }
+  Pin(0);
+  void* ctx = zmq_ctx_new();
+  void* req = zmq_socket(ctx, ZMQ_REQ);
+  zmq_connect(req, ep.c_str());  // ZeroMQ queues until the child has bound
+  char msg[64] = {};
+  std::vector<std::int64_t> ns;
+  ns.reserve(1 << 20);
+  for (auto _ : state) {
+    auto t0 = Clock::now();
+    zmq_send(req, msg, sizeof msg, 0);
+    zmq_recv(req, msg, sizeof msg, 0);
+    if (ns.size() < ns.capacity()) ns.push_back((Clock::now() - t0).count());
+  }
+  ReportPercentiles(state, ns);
+  zmq_close(req);
+  zmq_ctx_term(ctx);
+  unlink(ep.substr(6).c_str());
+}
+BENCHMARK(BM_Zmq_ReqRep_PingPong)->UseRealTime()->MinTime(1.0);
+
+void BM_Zmq_PushPull_Throughput(benchmark::State& state) {
+  const std::string ep = ZmqEndpoint("pushpull");
+  auto* done = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
+  Child child;
+  child.pid = fork();
+  if (child.pid == 0) {
+    Pin(1);
+    void* ctx = zmq_ctx_new();
+    void* pull = zmq_socket(ctx, ZMQ_PULL);
+    zmq_bind(pull, ep.c_str());
+    char buf[64];
+    std::uint64_t n = 0;
+    for (;;) {
+      if (zmq_recv(pull, buf, sizeof buf, 0) >= 0) ++n;
+      done->store(n, std::memory_order_release);  // pairs with the parent's acquire
+    }
+  }
+  Pin(0);
+  void* ctx = zmq_ctx_new();
+  void* push = zmq_socket(ctx, ZMQ_PUSH);
+  zmq_connect(push, ep.c_str());
+  char msg[64] = {};
+  std::uint64_t sent = 0;
+  for (auto _ : state) {
+    zmq_send(push, msg, sizeof msg, 0);
+    ++sent;
+  }
+  while (done->load(std::memory_order_acquire) < sent) {}
+  state.SetItemsProcessed(static_cast<std::int64_t>(sent));
+  state.SetBytesProcessed(static_cast<std::int64_t>(sent * sizeof msg));
+  zmq_close(push);
+  zmq_ctx_term(ctx);
+  unlink(ep.substr(6).c_str());
+}
+BENCHMARK(BM_Zmq_PushPull_Throughput)->UseRealTime()->MinTime(1.0);
 
 }  // namespace
 

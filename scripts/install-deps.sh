@@ -10,6 +10,7 @@ packages=(
   libxxhash-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev
+  libzmq3-dev             # ZeroMQ: LMCache's transport, the baseline in bench/
   libcli11-dev            # command-line parsing
   nlohmann-json3-dev      # JSON for the CLI
   clang libclang-rt-14-dev # libFuzzer target and sanitizer builds

@@ -1,13 +1,18 @@
 #include "kvring/transport.h"
 
+#include "kvring/protocol/codec.h"
+
 #include <signal.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -200,6 +205,62 @@ TEST(Transport, GarbageHandshakeIsRejectedAndTheControllerCarriesOn) {
   waitpid(pid, &status, 0);
   EXPECT_TRUE(attached);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(Transport, IdleListenerWithEightClientsUsesUnderOnePercentOfACore) {
+  auto l = Listener::Start(Small(Name("idle")));
+  ASSERT_TRUE(l.ok());
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 8; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      auto c = Connection::Open({Name("idle"), segment::Role::kWorker, 5000ms});
+      if (!c.ok()) _exit(1);
+      pause();
+      _exit(0);
+    }
+    kids.push_back(pid);
+  }
+  std::size_t attached = 0;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return (attached += e.attached.size()) == 8; }));
+  // Measure the CPU the controller side burns over one idle second.
+  timespec c0{}, c1{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  auto end = Clock::now() + 1s;
+  while (Clock::now() < end) (void)(*l)->Poll(100ms);
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6;
+  for (pid_t pid : kids) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+  EXPECT_EQ((*l)->clients().size(), 8u);
+  EXPECT_LT(cpu_ms, 10.0);  // 1% of one core over the second
+}
+
+TEST(Transport, DefaultRequestRingTakesA10000OpBatchDecodedInPlace) {
+  ListenerOptions defaults;
+  const std::size_t cap = defaults.request_capacity;
+  std::vector<std::uint64_t> mem(ring::RegionBytes(cap) / 8);
+  ASSERT_TRUE(ring::InitializeRegion(mem.data(), cap).ok());
+  ring::Producer p(mem.data(), cap, ring::DefaultMaxRecord(cap));
+  ring::Consumer c(mem.data(), cap, ring::DefaultMaxRecord(cap));
+  std::ifstream f(std::string(KVRING_TEST_DATA) + "/lmcache-msgspec/BatchedKVOperationMsg__10000ops.msgpack",
+                  std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  ASSERT_GT(bytes.size(), 200000u);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(p.TryWrite({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}),
+              ring::ClaimResult::kOk);
+  }
+  p.Publish();
+  protocol::BatchedKVOperationView view;
+  std::size_t ops = 0;
+  c.Drain(SIZE_MAX, SIZE_MAX, [&](const ring::Record& r) {
+    ASSERT_TRUE(protocol::Decode(r.payload, &view).ok());  // straight from ring memory
+    ops += view.operations.size();
+  });
+  EXPECT_EQ(ops, 30000u);
 }
 
 }  // namespace
