@@ -31,6 +31,46 @@ void StoreHeader(std::uint8_t* p, std::uint32_t length, std::uint32_t type) {
 
 using Clock = std::chrono::steady_clock;
 
+// Makes `value` the published position and wakes the peer if it announced
+// that it sleeps. The seq_cst store of the position and the seq_cst load of
+// the waiting word pair (Dekker) with the sleeper's seq_cst store of the
+// waiting word and load of the position in SpinThenSleep: one of the two
+// always sees the other, so a wake-up is never lost. The store is also the
+// release that makes the records (or the freed space) visible.
+void PublishAndWake(std::atomic<std::uint64_t>* position, std::uint64_t value,
+                    std::atomic<std::uint32_t>* peer_waiting) {
+  position->store(value, std::memory_order_seq_cst);
+  if (peer_waiting->load(std::memory_order_seq_cst) != 0) {
+    peer_waiting->store(0, std::memory_order_relaxed);
+    detail::FutexWakeAll(peer_waiting);
+  }
+}
+
+// Polls ready() `spin` times, then announces sleep in `waiting` and sleeps on
+// it in slices (a peer that dies without waking costs at most one slice)
+// until ready(), broken() or the timeout. Returns ready().
+template <typename Ready, typename Broken>
+bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds timeout,
+                   std::uint32_t spin, Ready ready, Broken broken) {
+  if (ready()) return true;
+  for (std::uint32_t i = 0; i < spin && !broken(); ++i) {
+    detail::SpinPoll(i);
+    if (ready()) return true;
+  }
+  const auto deadline = Clock::now() + timeout;
+  while (!broken()) {
+    waiting->store(1, std::memory_order_seq_cst);  // Dekker pair with PublishAndWake
+    if (ready()) {
+      waiting->store(0, std::memory_order_relaxed);
+      return true;
+    }
+    auto left = deadline - Clock::now();
+    if (left <= std::chrono::nanoseconds::zero()) break;
+    detail::FutexWait(waiting, 1, std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
+  }
+  return !broken() && ready();
+}
+
 }  // namespace
 
 Status ValidateGeometry(std::size_t capacity, std::size_t max_record) {
@@ -127,43 +167,16 @@ ClaimResult Producer::TryWrite(std::span<const std::uint8_t> payload, std::uint3
 }
 
 void Producer::Publish() {
-  // Release for Consumer::RefreshTail; seq_cst because this store and the
-  // load of consumer_waiting pair (Dekker) with the consumer's store of
-  // consumer_waiting and load of tail in WaitForData: one side always sees
-  // the other, so a sleeping consumer is never missed.
   ctl_->records_published.store(records_, std::memory_order_relaxed);
-  ctl_->tail.store(tail_, std::memory_order_seq_cst);
-  if (ctl_->consumer_waiting.load(std::memory_order_seq_cst) != 0) {
-    ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
-    detail::FutexWakeAll(&ctl_->consumer_waiting);
-  }
+  PublishAndWake(&ctl_->tail, tail_, &ctl_->consumer_waiting);  // pairs with Consumer::RefreshTail
 }
 
 bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin) {
   const std::size_t need = Align8(kRecordHeaderBytes + bytes) * 2;  // worst case: padding + record
-  auto room = [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); };
-  if (corrupt()) return false;
-  if (room()) return true;
-  for (std::uint32_t i = 0; i < spin; ++i) {
-    detail::SpinPoll(i);
-    if (room()) return true;
-    if (corrupt()) return false;
-  }
-  const auto deadline = Clock::now() + timeout;
-  while (!corrupt()) {
-    // seq_cst: Dekker pair with Consumer::PublishHead (head store, waiting load).
-    ctl_->producer_waiting.store(1, std::memory_order_seq_cst);
-    if (room()) {
-      ctl_->producer_waiting.store(0, std::memory_order_relaxed);
-      return true;
-    }
-    auto left = deadline - Clock::now();
-    if (left <= std::chrono::nanoseconds::zero()) break;
-    // Sleep in slices so a peer that dies without waking us costs at most one.
-    detail::FutexWait(&ctl_->producer_waiting, 1,
-                      std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
-  }
-  return !corrupt() && room();
+  return SpinThenSleep(
+      &ctl_->producer_waiting, timeout, spin,
+      [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); },
+      [&] { return corrupt(); });
 }
 
 // ---- Consumer -----------------------------------------------------------------
@@ -239,40 +252,15 @@ void Consumer::Release() {
 }
 
 void Consumer::PublishHead() {
-  // Release for Producer::RefreshHead; seq_cst for the Dekker pair with
-  // Producer::WaitForSpace (waiting store, head load).
   ctl_->records_consumed.store(records_, std::memory_order_relaxed);
-  ctl_->head.store(head_, std::memory_order_seq_cst);
-  if (ctl_->producer_waiting.load(std::memory_order_seq_cst) != 0) {
-    ctl_->producer_waiting.store(0, std::memory_order_relaxed);
-    detail::FutexWakeAll(&ctl_->producer_waiting);
-  }
+  PublishAndWake(&ctl_->head, head_, &ctl_->producer_waiting);  // pairs with Producer::RefreshHead
 }
 
 bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin) {
-  auto ready = [&] {
-    if (head_ != tail_cache_) return true;
-    return RefreshTail() && head_ != tail_cache_;
-  };
-  if (ready()) return true;
-  for (std::uint32_t i = 0; i < spin && !corrupt(); ++i) {
-    detail::SpinPoll(i);
-    if (ready()) return true;
-  }
-  const auto deadline = Clock::now() + timeout;
-  while (!corrupt()) {
-    // seq_cst: Dekker pair with Producer::Publish (tail store, waiting load).
-    ctl_->consumer_waiting.store(1, std::memory_order_seq_cst);
-    if (ready()) {
-      ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
-      return true;
-    }
-    auto left = deadline - Clock::now();
-    if (left <= std::chrono::nanoseconds::zero()) break;
-    detail::FutexWait(&ctl_->consumer_waiting, 1,
-                      std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
-  }
-  return !corrupt() && ready();
+  return SpinThenSleep(
+      &ctl_->consumer_waiting, timeout, spin,
+      [&] { return head_ != tail_cache_ || (RefreshTail() && head_ != tail_cache_); },
+      [&] { return corrupt(); });
 }
 
 // ---- read-only inspection -------------------------------------------------------
