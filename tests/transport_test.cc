@@ -207,6 +207,38 @@ TEST(Transport, GarbageHandshakeIsRejectedAndTheControllerCarriesOn) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+TEST(Transport, CleanShutdownRemovesEverySegmentAndTellsTheClients) {
+  auto l = Listener::Start(Small(Name("shutdown")));
+  ASSERT_TRUE(l.ok());
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto c = Connection::Open({Name("shutdown"), segment::Role::kWorker, 5000ms});
+    char b = c.ok() ? 1 : 0;
+    (void)!write(ready[1], &b, 1);
+    if (!c.ok()) _exit(1);
+    auto t0 = Clock::now();
+    while ((*c)->ControllerAlive() && Clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
+    // The segment it still maps is marked closed.
+    bool closed = (*c)->segment().header()->state.load() == segment::kClosed;
+    _exit(!(*c)->ControllerAlive() && closed ? 0 : 2);
+  }
+  std::string shm;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    if (!e.attached.empty()) shm = (*l)->Find(e.attached[0])->segment.shm_name();
+    return !shm.empty();
+  }));
+  char b = 0;
+  ASSERT_EQ(read(ready[0], &b, 1), 1);
+  EXPECT_TRUE(ShmExists(shm));
+  l->reset();  // the controller shuts down cleanly
+  EXPECT_FALSE(ShmExists(shm));
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
 TEST(Transport, IdleListenerWithEightClientsUsesUnderOnePercentOfACore) {
   auto l = Listener::Start(Small(Name("idle")));
   ASSERT_TRUE(l.ok());
