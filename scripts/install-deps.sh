@@ -10,6 +10,7 @@ packages=(
   libxxhash-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev
+  libabsl-dev             # absl::flat_hash_map: the index's baseline in bench/
   libzmq3-dev             # ZeroMQ: LMCache's transport, the baseline in bench/
   libcli11-dev            # command-line parsing
   nlohmann-json3-dev      # JSON for the CLI

@@ -1,0 +1,146 @@
+// ChunkIndex: chunk hash (64 bits) -> the holders that have it, where a
+// holder is an interned (instance, worker, location) id.
+//
+// Design (in the manner of the comment at the top of Abseil's raw_hash_set.h):
+//
+//  * The index is a multimap of (key, holder) pairs, split into 2^k shards by
+//    the top bits of a mixed key. Each shard is an open-addressing table with
+//    linear probing whose slots are 16 bytes: key, holder, and the pair's
+//    position in its holder's key list. Most keys have one holder, so most
+//    keys cost one slot; a key with several holders has one slot each, found
+//    by scanning its probe run.
+//  * No stop-the-world rehash. When a shard passes 7/8 full it allocates a
+//    table twice the size and from then on every operation on the shard moves
+//    a fixed number of old slots over; lookups consult both tables until the
+//    old one is drained. The old table is never shrunk or re-probed while it
+//    drains: a slot below the migration cursor counts as moved, a removed pair
+//    still in it becomes a tombstone, so its probe runs stay intact.
+//  * Deletions in the current table use backward-shift deletion (no
+//    tombstones accumulate).
+//  * Per-holder membership: each holder keeps the list of its keys (chunked,
+//    so growth wastes at most one chunk per holder). Dropping a holder costs
+//    time proportional to its own keys and runs in bounded slices
+//    (DropHolderSlice) so lookups keep being served while a million keys go.
+//  * A per-holder quota (keys) bounds what one flooding worker can take.
+//
+// Thread-safety: none; owned by the single controller thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace kvring::index {
+
+using HolderId = std::uint32_t;
+inline constexpr HolderId kMaxHolder = 0xfffffffdu;
+
+struct Options {
+  std::uint32_t shard_bits = 8;           // 256 shards: a growth step touches 1/256 of the index
+  std::size_t initial_shard_slots = 1024; // power of two
+  std::size_t per_holder_quota = 0;       // 0: unlimited
+  std::size_t migrate_per_op = 64;        // old slots moved per operation while a shard grows
+};
+
+enum class AddResult : std::uint8_t { kAdded, kAlreadyPresent, kOverQuota };
+
+class ChunkIndex {
+ public:
+  explicit ChunkIndex(Options options = {});
+  ~ChunkIndex();
+  ChunkIndex(const ChunkIndex&) = delete;
+  ChunkIndex& operator=(const ChunkIndex&) = delete;
+
+  AddResult Add(std::uint64_t key, HolderId holder);
+  // Returns whether the pair was present.
+  bool Remove(std::uint64_t key, HolderId holder);
+  bool Contains(std::uint64_t key, HolderId holder) const;
+  // Calls fn(HolderId) for every holder of `key` (order unspecified).
+  template <typename Fn>
+  void ForEachHolder(std::uint64_t key, Fn&& fn) const;
+  // Number of holders of `key`.
+  std::size_t HolderCount(std::uint64_t key) const;
+
+  // Removes up to `budget` keys of `holder`; returns how many remain.
+  std::size_t DropHolderSlice(HolderId holder, std::size_t budget);
+  std::size_t KeysOf(HolderId holder) const;
+
+  // Prefetches the home slots of `keys` (call before a run of lookups: the
+  // misses then overlap instead of queueing one after another).
+  void Prefetch(std::span<const std::uint64_t> keys) const;
+
+  std::size_t pairs() const { return pairs_; }
+  std::size_t over_quota() const { return over_quota_; }
+  // Heap bytes held by tables and holder lists.
+  std::size_t MemoryBytes() const;
+  // Shards currently migrating to a bigger table (for tests and stats).
+  std::size_t GrowingShards() const;
+
+  // All-zero bytes are an empty slot, so a new table comes from calloc (the
+  // kernel's zero pages) with no initialisation pass: growing a shard costs
+  // no O(capacity) step, pages fault in as pairs arrive.
+  struct Slot {
+    std::uint64_t key;
+    std::uint32_t tag;  // 0: empty; kTombstone: removed while migrating; else holder + 1
+    std::uint32_t pos;  // position in the holder's key list
+  };
+  static constexpr std::uint32_t kEmptyTag = 0;
+  static constexpr std::uint32_t kTombstone = 0xffffffffu;
+  static constexpr std::uint32_t Tag(HolderId h) { return h + 1; }
+
+ private:
+  struct FreeDeleter {
+    void operator()(Slot* p) const;
+  };
+  struct Table {
+    std::unique_ptr<Slot[], FreeDeleter> slots;
+    std::size_t mask = 0;  // capacity - 1
+  };
+  static Table NewTable(std::size_t capacity);
+  struct Shard {
+    Table cur;
+    Table old;               // non-empty while migrating
+    std::size_t migrate_at = 0;
+    std::size_t used = 0;    // pairs in cur
+  };
+  struct HolderKeys;
+
+  static std::uint64_t Mix(std::uint64_t key);
+  Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
+  const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
+  Slot* FindIn(Table& t, std::uint64_t mixed, std::uint64_t key, HolderId holder, bool old, std::size_t cursor) const;
+  void InsertInto(Table& t, std::uint64_t mixed, const Slot& s);
+  void EraseAt(Table& t, std::size_t i);
+  void MigrateStep(Shard& sh);
+  void StartGrowth(Shard& sh);
+  void SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos);
+  HolderKeys& Keys(HolderId holder);
+
+  Options options_;
+  std::vector<Shard> shards_;
+  std::vector<std::unique_ptr<HolderKeys>> holders_;
+  std::size_t pairs_ = 0;
+  std::size_t over_quota_ = 0;
+};
+
+// ---- inline lookups ----------------------------------------------------------------
+
+template <typename Fn>
+void ChunkIndex::ForEachHolder(std::uint64_t key, Fn&& fn) const {
+  const std::uint64_t m = Mix(key);
+  const Shard& sh = ShardOf(m);
+  for (int which = 0; which < 2; ++which) {
+    const Table& t = which == 0 ? sh.cur : sh.old;
+    if (!t.slots) continue;
+    for (std::size_t i = m & t.mask;; i = (i + 1) & t.mask) {
+      const Slot& s = t.slots[i];
+      if (s.tag == kEmptyTag) break;
+      if (which == 1 && i < sh.migrate_at) continue;  // already moved to cur
+      if (s.key == key && s.tag != kTombstone) fn(static_cast<HolderId>(s.tag - 1));
+    }
+  }
+}
+
+}  // namespace kvring::index

@@ -1,0 +1,249 @@
+#include "kvring/index.h"
+
+#include <cassert>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace kvring::index {
+
+// A holder's keys in fixed chunks: growth never copies and wastes at most one
+// partly filled chunk per holder.
+struct ChunkIndex::HolderKeys {
+  static constexpr std::size_t kChunk = 1024;
+  std::vector<std::unique_ptr<std::uint64_t[]>> chunks;
+  std::size_t size = 0;
+
+  std::uint64_t& at(std::size_t i) { return chunks[i / kChunk][i % kChunk]; }
+  std::uint32_t Push(std::uint64_t key) {
+    if (size == chunks.size() * kChunk) chunks.emplace_back(new std::uint64_t[kChunk]);
+    at(size) = key;
+    return static_cast<std::uint32_t>(size++);
+  }
+  // Removes position `pos` by moving the last key into it; returns that key
+  // (or `pos`'s own key if it was the last).
+  std::uint64_t SwapRemove(std::size_t pos) {
+    std::uint64_t last = at(size - 1);
+    at(pos) = last;
+    --size;
+    if (size % kChunk == 0 && chunks.size() > size / kChunk) chunks.pop_back();
+    return last;
+  }
+};
+
+namespace {
+
+ChunkIndex::Slot EmptySlot() { return {0, ChunkIndex::kEmptyTag, 0}; }
+
+}  // namespace
+
+void ChunkIndex::FreeDeleter::operator()(Slot* p) const { std::free(p); }
+
+ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
+  Table t;
+  auto* p = static_cast<Slot*>(std::calloc(capacity, sizeof(Slot)));
+  if (!p) throw std::bad_alloc();
+  t.slots.reset(p);
+  t.mask = capacity - 1;
+  return t;
+}
+
+std::uint64_t ChunkIndex::Mix(std::uint64_t key) {
+  // Chunk hashes are already hashes, but a worker may send structured values:
+  // a multiply-xorshift finaliser (from MurmurHash3's fmix64) spreads them.
+  key ^= key >> 33;
+  key *= 0xff51afd7ed558ccdULL;
+  key ^= key >> 33;
+  key *= 0xc4ceb9fe1a85ec53ULL;
+  key ^= key >> 33;
+  return key;
+}
+
+ChunkIndex::ChunkIndex(Options options) : options_(options) {
+  if (options_.shard_bits < 1) options_.shard_bits = 1;
+  if (options_.shard_bits > 16) options_.shard_bits = 16;
+  std::size_t slots = 16;
+  while (slots < options_.initial_shard_slots) slots <<= 1;
+  if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
+  shards_.resize(std::size_t{1} << options_.shard_bits);
+  for (auto& sh : shards_) sh.cur = NewTable(slots);
+}
+
+ChunkIndex::~ChunkIndex() = default;
+
+ChunkIndex::HolderKeys& ChunkIndex::Keys(HolderId holder) {
+  if (holder >= holders_.size()) holders_.resize(holder + 1);
+  if (!holders_[holder]) holders_[holder] = std::make_unique<HolderKeys>();
+  return *holders_[holder];
+}
+
+std::size_t ChunkIndex::KeysOf(HolderId holder) const {
+  return holder < holders_.size() && holders_[holder] ? holders_[holder]->size : 0;
+}
+
+ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, std::uint64_t key, HolderId holder,
+                                     bool old, std::size_t cursor) const {
+  if (!t.slots) return nullptr;
+  for (std::size_t i = mixed & t.mask;; i = (i + 1) & t.mask) {
+    Slot& s = t.slots[i];
+    if (s.tag == kEmptyTag) return nullptr;
+    if (old && i < cursor) continue;
+    if (s.key == key && s.tag == Tag(holder)) return &s;
+  }
+}
+
+void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
+  std::size_t i = mixed & t.mask;
+  while (t.slots[i].tag != kEmptyTag) i = (i + 1) & t.mask;
+  t.slots[i] = s;
+}
+
+// Backward-shift deletion for linear probing: pulls later members of the
+// probe run into the hole so that no run is ever broken by an empty slot.
+void ChunkIndex::EraseAt(Table& t, std::size_t i) {
+  std::size_t j = i;
+  for (;;) {
+    j = (j + 1) & t.mask;
+    const Slot& s = t.slots[j];
+    if (s.tag == kEmptyTag) break;
+    std::size_t home = Mix(s.key) & t.mask;
+    // Slot j may move to i unless its home lies cyclically in (i, j].
+    bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (!stays) {
+      t.slots[i] = s;
+      i = j;
+    }
+  }
+  t.slots[i] = EmptySlot();
+}
+
+void ChunkIndex::StartGrowth(Shard& sh) {
+  std::size_t cap = (sh.cur.mask + 1) * 2;
+  sh.old = std::move(sh.cur);
+  sh.cur = NewTable(cap);
+  sh.migrate_at = 0;
+  sh.used = 0;
+  // Pairs are counted in `used` as they arrive in the new table.
+}
+
+void ChunkIndex::MigrateStep(Shard& sh) {
+  if (!sh.old.slots) return;
+  const std::size_t end = sh.old.mask + 1;
+  std::size_t n = options_.migrate_per_op;
+  while (n-- > 0 && sh.migrate_at < end) {
+    const Slot s = sh.old.slots[sh.migrate_at];
+    ++sh.migrate_at;  // from here on this slot counts as moved
+    if (s.tag == kEmptyTag || s.tag == kTombstone) continue;
+    InsertInto(sh.cur, Mix(s.key), s);
+    ++sh.used;
+  }
+  if (sh.migrate_at >= end) sh.old = Table{};
+}
+
+void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {
+  const std::uint64_t m = Mix(key);
+  Shard& sh = ShardOf(m);
+  Slot* s = FindIn(sh.cur, m, key, holder, false, 0);
+  if (!s) s = FindIn(sh.old, m, key, holder, true, sh.migrate_at);
+  if (s) s->pos = pos;
+}
+
+AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
+  if (holder > kMaxHolder) return AddResult::kOverQuota;
+  const std::uint64_t m = Mix(key);
+  Shard& sh = ShardOf(m);
+  MigrateStep(sh);
+  if (FindIn(sh.cur, m, key, holder, false, 0) || FindIn(sh.old, m, key, holder, true, sh.migrate_at))
+    return AddResult::kAlreadyPresent;
+  HolderKeys& hk = Keys(holder);
+  if (options_.per_holder_quota && hk.size >= options_.per_holder_quota) {
+    ++over_quota_;
+    return AddResult::kOverQuota;
+  }
+  // Grow at 7/8: the new table is twice as large, so it absorbs the rest of
+  // the old one and the inserts made while it drains.
+  if ((sh.used + 1) * 8 > (sh.cur.mask + 1) * 7) {
+    while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
+    StartGrowth(sh);
+    MigrateStep(sh);
+  }
+  Slot s{key, Tag(holder), hk.Push(key)};
+  InsertInto(sh.cur, m, s);
+  ++sh.used;
+  ++pairs_;
+  return AddResult::kAdded;
+}
+
+bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
+  const std::uint64_t m = Mix(key);
+  Shard& sh = ShardOf(m);
+  MigrateStep(sh);
+  std::uint32_t pos;
+  if (Slot* s = FindIn(sh.cur, m, key, holder, false, 0)) {
+    pos = s->pos;
+    EraseAt(sh.cur, static_cast<std::size_t>(s - sh.cur.slots.get()));
+    --sh.used;
+  } else if (Slot* o = FindIn(sh.old, m, key, holder, true, sh.migrate_at)) {
+    pos = o->pos;
+    o->tag = kTombstone;  // the old table keeps its runs intact until it is dropped
+  } else {
+    return false;
+  }
+  HolderKeys& hk = *holders_[holder];
+  std::uint64_t moved = hk.SwapRemove(pos);
+  if (pos < hk.size) SetPos(moved, holder, pos);
+  --pairs_;
+  return true;
+}
+
+bool ChunkIndex::Contains(std::uint64_t key, HolderId holder) const {
+  bool found = false;
+  ForEachHolder(key, [&](HolderId h) { found |= h == holder; });
+  return found;
+}
+
+std::size_t ChunkIndex::HolderCount(std::uint64_t key) const {
+  std::size_t n = 0;
+  ForEachHolder(key, [&](HolderId) { ++n; });
+  return n;
+}
+
+std::size_t ChunkIndex::DropHolderSlice(HolderId holder, std::size_t budget) {
+  if (holder >= holders_.size() || !holders_[holder]) return 0;
+  HolderKeys& hk = *holders_[holder];
+  while (budget-- > 0 && hk.size > 0) {
+    std::uint64_t key = hk.at(hk.size - 1);  // from the end: no swaps needed
+    Remove(key, holder);
+  }
+  std::size_t left = hk.size;
+  if (left == 0) holders_[holder].reset();
+  return left;
+}
+
+void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
+  for (std::uint64_t key : keys) {
+    const std::uint64_t m = Mix(key);
+    const Shard& sh = ShardOf(m);
+    __builtin_prefetch(&sh.cur.slots[m & sh.cur.mask]);
+  }
+}
+
+std::size_t ChunkIndex::MemoryBytes() const {
+  std::size_t bytes = shards_.capacity() * sizeof(Shard) + holders_.capacity() * sizeof(void*);
+  for (const auto& sh : shards_) {
+    bytes += (sh.cur.mask + 1) * sizeof(Slot);
+    if (sh.old.slots) bytes += (sh.old.mask + 1) * sizeof(Slot);
+  }
+  for (const auto& h : holders_)
+    if (h) bytes += sizeof(HolderKeys) + h->chunks.capacity() * sizeof(void*) +
+                    h->chunks.size() * HolderKeys::kChunk * sizeof(std::uint64_t);
+  return bytes;
+}
+
+std::size_t ChunkIndex::GrowingShards() const {
+  std::size_t n = 0;
+  for (const auto& sh : shards_) n += sh.old.slots != nullptr;
+  return n;
+}
+
+}  // namespace kvring::index

@@ -1,0 +1,117 @@
+#include "kvring/index.h"
+
+#include <random>
+#include <set>
+#include <unordered_map>
+
+#include <gtest/gtest.h>
+
+namespace kvring::index {
+namespace {
+
+TEST(ChunkIndex, AddFindRemoveOneHolder) {
+  ChunkIndex idx;
+  EXPECT_EQ(idx.Add(42, 1), AddResult::kAdded);
+  EXPECT_EQ(idx.Add(42, 1), AddResult::kAlreadyPresent);  // idempotent admit
+  EXPECT_TRUE(idx.Contains(42, 1));
+  EXPECT_FALSE(idx.Contains(42, 2));
+  EXPECT_FALSE(idx.Contains(43, 1));
+  EXPECT_EQ(idx.pairs(), 1u);
+  EXPECT_TRUE(idx.Remove(42, 1));
+  EXPECT_FALSE(idx.Remove(42, 1));  // evicting a missing key is not an error
+  EXPECT_FALSE(idx.Contains(42, 1));
+  EXPECT_EQ(idx.pairs(), 0u);
+}
+
+TEST(ChunkIndex, KeysWithSeveralHoldersListThemAll) {
+  ChunkIndex idx;
+  for (HolderId h : {3u, 1u, 7u}) ASSERT_EQ(idx.Add(~0ULL, h), AddResult::kAdded);
+  std::set<HolderId> got;
+  idx.ForEachHolder(~0ULL, [&](HolderId h) { got.insert(h); });
+  EXPECT_EQ(got, (std::set<HolderId>{1, 3, 7}));
+  EXPECT_TRUE(idx.Remove(~0ULL, 3));
+  EXPECT_EQ(idx.HolderCount(~0ULL), 2u);
+  EXPECT_EQ(idx.KeysOf(3), 0u);
+  EXPECT_EQ(idx.KeysOf(7), 1u);
+}
+
+// A random mix of admits and evicts against a simple model, through many
+// incremental growths (tiny initial tables, two shards).
+TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
+  Options o;
+  o.shard_bits = 1;
+  o.initial_shard_slots = 16;
+  ChunkIndex idx(o);
+  std::unordered_map<std::uint64_t, std::set<HolderId>> model;
+  std::size_t model_pairs = 0;
+  std::mt19937_64 rng(99);
+  bool saw_growth = false;
+  for (int op = 0; op < 400000; ++op) {
+    // A small key space makes evictions hit; sequential keys test structure.
+    std::uint64_t key = op % 3 ? rng() % 50000 : static_cast<std::uint64_t>(op / 3);
+    HolderId h = static_cast<HolderId>(rng() % 5);
+    if (rng() % 3) {
+      bool added = idx.Add(key, h) == AddResult::kAdded;
+      bool model_added = model[key].insert(h).second;
+      ASSERT_EQ(added, model_added) << op;
+      model_pairs += model_added;
+    } else {
+      bool removed = idx.Remove(key, h);
+      auto it = model.find(key);
+      bool model_removed = it != model.end() && it->second.erase(h) == 1;
+      ASSERT_EQ(removed, model_removed) << op;
+      model_pairs -= model_removed;
+    }
+    saw_growth |= idx.GrowingShards() > 0;
+    ASSERT_EQ(idx.pairs(), model_pairs);
+  }
+  EXPECT_TRUE(saw_growth);
+  std::vector<std::size_t> per_holder(5, 0);
+  for (const auto& [key, holders] : model) {
+    std::set<HolderId> got;
+    idx.ForEachHolder(key, [&](HolderId x) { got.insert(x); });
+    ASSERT_EQ(got, holders) << key;
+    for (HolderId x : holders) ++per_holder[x];
+  }
+  for (HolderId h = 0; h < 5; ++h) EXPECT_EQ(idx.KeysOf(h), per_holder[h]);
+}
+
+TEST(ChunkIndex, DroppingAHolderInSlicesLeavesOthersServed) {
+  ChunkIndex idx;
+  for (std::uint64_t k = 0; k < 200000; ++k) {
+    ASSERT_EQ(idx.Add(k * 7919, 1), AddResult::kAdded);
+    if (k % 4 == 0) {
+      ASSERT_EQ(idx.Add(k * 7919, 2), AddResult::kAdded);
+    }
+  }
+  std::size_t left = idx.KeysOf(1);
+  int slices = 0;
+  while ((left = idx.DropHolderSlice(1, 10000)) > 0) {
+    ++slices;
+    // Between slices the index answers correctly for both holders.
+    EXPECT_TRUE(idx.Contains(4 * 7919, 2));
+    EXPECT_EQ(idx.KeysOf(1), left);
+  }
+  EXPECT_EQ(slices, 19);
+  EXPECT_EQ(idx.KeysOf(1), 0u);
+  EXPECT_EQ(idx.KeysOf(2), 50000u);
+  EXPECT_EQ(idx.pairs(), 50000u);
+  EXPECT_FALSE(idx.Contains(7919, 1));
+  EXPECT_TRUE(idx.Contains(8 * 7919, 2));
+}
+
+TEST(ChunkIndex, QuotaStopsAFloodingHolderOnly) {
+  Options o;
+  o.per_holder_quota = 1000;
+  ChunkIndex idx(o);
+  for (std::uint64_t k = 0; k < 1500; ++k) (void)idx.Add(k, 9);
+  EXPECT_EQ(idx.KeysOf(9), 1000u);
+  EXPECT_EQ(idx.over_quota(), 500u);
+  EXPECT_EQ(idx.Add(5000, 3), AddResult::kAdded);  // others are unaffected
+  EXPECT_EQ(idx.Add(5001, 9), AddResult::kOverQuota);
+  EXPECT_TRUE(idx.Remove(0, 9));
+  EXPECT_EQ(idx.Add(5001, 9), AddResult::kAdded);  // room again after an evict
+}
+
+}  // namespace
+}  // namespace kvring::index
