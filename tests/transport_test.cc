@@ -46,6 +46,35 @@ bool PumpUntil(Listener& l, const std::function<bool(const Listener::Events&)>& 
   return false;
 }
 
+// Forks a client that attaches to `name`, then runs `then` (its return value
+// is the exit code). Returns once the client has attached and mapped its
+// segment, with the segment's name.
+struct AttachedClient {
+  pid_t pid = -1;
+  std::string shm;
+};
+AttachedClient StartClient(Listener& l, const std::string& name, const std::function<int(Connection&)>& then) {
+  int ready[2];
+  if (pipe(ready) != 0) return {};
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto c = Connection::Open({name, segment::Role::kWorker, 5000ms});
+    char b = c.ok() ? 1 : 0;
+    (void)!write(ready[1], &b, 1);
+    _exit(c.ok() ? then(**c) : 100);
+  }
+  close(ready[1]);
+  AttachedClient a{pid, ""};
+  bool seen = PumpUntil(l, [&](const Listener::Events& e) {
+    if (!e.attached.empty()) a.shm = l.Find(e.attached[0])->segment.shm_name();
+    return !a.shm.empty();
+  });
+  char b = 0;
+  if (!seen || read(ready[0], &b, 1) != 1 || b != 1) a.shm.clear();
+  close(ready[0]);
+  return a;
+}
+
 std::span<const std::uint8_t> Bytes(const char* s) { return {reinterpret_cast<const std::uint8_t*>(s), std::strlen(s)}; }
 
 TEST(Transport, ClientAttachesExchangesRecordsAndDetachesOnExit) {
@@ -103,32 +132,16 @@ TEST(Transport, SecondControllerWithTheSameNameRefusesToStart) {
 TEST(Transport, KilledClientIsNoticedWithinOneHundredMilliseconds) {
   auto l = Listener::Start(Small(Name("kill-client")));
   ASSERT_TRUE(l.ok());
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    auto c = Connection::Open({Name("kill-client"), segment::Role::kWorker, 5000ms});
-    char b = c.ok() ? 1 : 0;
-    (void)!write(ready[1], &b, 1);
-    pause();
-    _exit(0);
-  }
-  std::string shm;
-  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
-    if (!e.attached.empty()) shm = (*l)->Find(e.attached[0])->segment.shm_name();
-    return !shm.empty();
-  }));
-  char b = 0;
-  ASSERT_EQ(read(ready[0], &b, 1), 1);
-  ASSERT_EQ(b, 1);
-  EXPECT_TRUE(ShmExists(shm));
-  kill(pid, SIGKILL);
+  AttachedClient c = StartClient(**l, Name("kill-client"), [](Connection&) { pause(); return 0; });
+  ASSERT_FALSE(c.shm.empty());
+  EXPECT_TRUE(ShmExists(c.shm));
+  kill(c.pid, SIGKILL);
   auto t0 = Clock::now();
   ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return !e.detached.empty(); }));
   auto took = Clock::now() - t0;
-  waitpid(pid, nullptr, 0);
+  waitpid(c.pid, nullptr, 0);
   EXPECT_LT(took, 100ms);
-  EXPECT_FALSE(ShmExists(shm));
+  EXPECT_FALSE(ShmExists(c.shm));
   EXPECT_TRUE((*l)->clients().empty());
 }
 
@@ -210,32 +223,19 @@ TEST(Transport, GarbageHandshakeIsRejectedAndTheControllerCarriesOn) {
 TEST(Transport, CleanShutdownRemovesEverySegmentAndTellsTheClients) {
   auto l = Listener::Start(Small(Name("shutdown")));
   ASSERT_TRUE(l.ok());
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    auto c = Connection::Open({Name("shutdown"), segment::Role::kWorker, 5000ms});
-    char b = c.ok() ? 1 : 0;
-    (void)!write(ready[1], &b, 1);
-    if (!c.ok()) _exit(1);
+  AttachedClient c = StartClient(**l, Name("shutdown"), [](Connection& conn) {
     auto t0 = Clock::now();
-    while ((*c)->ControllerAlive() && Clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
+    while (conn.ControllerAlive() && Clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
     // The segment it still maps is marked closed.
-    bool closed = (*c)->segment().header()->state.load() == segment::kClosed;
-    _exit(!(*c)->ControllerAlive() && closed ? 0 : 2);
-  }
-  std::string shm;
-  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
-    if (!e.attached.empty()) shm = (*l)->Find(e.attached[0])->segment.shm_name();
-    return !shm.empty();
-  }));
-  char b = 0;
-  ASSERT_EQ(read(ready[0], &b, 1), 1);
-  EXPECT_TRUE(ShmExists(shm));
+    bool closed = conn.segment().header()->state.load() == segment::kClosed;
+    return !conn.ControllerAlive() && closed ? 0 : 2;
+  });
+  ASSERT_FALSE(c.shm.empty());
+  EXPECT_TRUE(ShmExists(c.shm));
   l->reset();  // the controller shuts down cleanly
-  EXPECT_FALSE(ShmExists(shm));
+  EXPECT_FALSE(ShmExists(c.shm));
   int status = 0;
-  waitpid(pid, &status, 0);
+  waitpid(c.pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
@@ -244,17 +244,10 @@ TEST(Transport, IdleListenerWithEightClientsUsesUnderOnePercentOfACore) {
   ASSERT_TRUE(l.ok());
   std::vector<pid_t> kids;
   for (int i = 0; i < 8; ++i) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      auto c = Connection::Open({Name("idle"), segment::Role::kWorker, 5000ms});
-      if (!c.ok()) _exit(1);
-      pause();
-      _exit(0);
-    }
-    kids.push_back(pid);
+    AttachedClient c = StartClient(**l, Name("idle"), [](Connection&) { pause(); return 0; });
+    ASSERT_FALSE(c.shm.empty());
+    kids.push_back(c.pid);
   }
-  std::size_t attached = 0;
-  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return (attached += e.attached.size()) == 8; }));
   // Measure the CPU the controller side burns over one idle second.
   timespec c0{}, c1{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
