@@ -1,0 +1,124 @@
+#include "kvring/registry.h"
+
+#include <algorithm>
+
+namespace kvring::registry {
+namespace {
+
+std::string WorkerKey(std::string_view instance, std::int64_t worker_id) {
+  std::string k(instance);
+  k.push_back('\0');
+  k += std::to_string(worker_id);
+  return k;
+}
+std::string HolderKey(std::uint32_t worker, std::string_view location) {
+  std::string k = std::to_string(worker);
+  k.push_back('\0');
+  k += location;
+  return k;
+}
+
+}  // namespace
+
+std::uint32_t Registry::Upsert(const WorkerRecord& w, bool* is_new) {
+  std::string key = WorkerKey(w.instance_id, w.worker_id);
+  auto it = by_name_.find(key);
+  if (it != by_name_.end()) {
+    // Unlike LMCache, a worker that comes back on a new address is updated.
+    WorkerRecord& cur = workers_[it->second];
+    cur.ip = w.ip;
+    cur.port = w.port;
+    cur.peer_init_url = w.peer_init_url;
+    *is_new = false;
+    return it->second;
+  }
+  std::uint32_t idx;
+  if (!free_workers_.empty()) {
+    idx = free_workers_.back();
+    free_workers_.pop_back();
+  } else {
+    idx = static_cast<std::uint32_t>(workers_.size());
+    workers_.emplace_back();
+    live_.push_back(false);
+    holders_of_worker_.emplace_back();
+  }
+  workers_[idx] = w;
+  workers_[idx].order = next_order_++;
+  live_[idx] = true;
+  ++live_workers_;
+  by_name_.emplace(std::move(key), idx);
+  InstanceRecord& inst = instances_[w.instance_id];
+  if (inst.workers++ == 0) inst.order = workers_[idx].order;
+  *is_new = true;
+  return idx;
+}
+
+std::optional<std::uint32_t> Registry::Find(std::string_view instance_id, std::int64_t worker_id) const {
+  auto it = by_name_.find(WorkerKey(instance_id, worker_id));
+  if (it == by_name_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<HolderId> Registry::Remove(std::uint32_t worker) {
+  std::vector<HolderId> gone;
+  if (!worker_live(worker)) return gone;
+  by_name_.erase(WorkerKey(workers_[worker].instance_id, workers_[worker].worker_id));
+  auto inst = instances_.find(workers_[worker].instance_id);
+  if (inst != instances_.end() && --inst->second.workers == 0) instances_.erase(inst);
+  for (HolderId h : holders_of_worker_[worker]) {
+    holders_[h].live = false;
+    holder_by_name_.erase(HolderKey(worker, holders_[h].location));
+    gone.push_back(h);
+  }
+  holders_of_worker_[worker].clear();
+  live_[worker] = false;
+  --live_workers_;
+  free_workers_.push_back(worker);
+  return gone;
+}
+
+void Registry::ReleaseHolder(HolderId h) {
+  if (h < holders_.size() && !holders_[h].live) {
+    holders_[h] = HolderInfo{};
+    free_holders_.push_back(h);
+  }
+}
+
+HolderId Registry::Holder(std::uint32_t worker, std::string_view location) {
+  std::string key = HolderKey(worker, location);
+  auto it = holder_by_name_.find(key);
+  if (it != holder_by_name_.end()) return it->second;
+  HolderId h;
+  if (!free_holders_.empty()) {
+    h = free_holders_.back();
+    free_holders_.pop_back();
+  } else {
+    h = static_cast<HolderId>(holders_.size());
+    holders_.emplace_back();
+  }
+  holders_[h] = HolderInfo{worker, std::string(location), holders_of_worker_[worker].size(), true};
+  holders_of_worker_[worker].push_back(h);
+  holder_by_name_.emplace(std::move(key), h);
+  return h;
+}
+
+std::optional<HolderId> Registry::FindHolder(std::uint32_t worker, std::string_view location) const {
+  auto it = holder_by_name_.find(HolderKey(worker, location));
+  if (it == holder_by_name_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::uint32_t> Registry::Workers() const {
+  std::vector<std::uint32_t> out;
+  for (std::uint32_t w = 0; w < workers_.size(); ++w)
+    if (live_[w]) out.push_back(w);
+  std::sort(out.begin(), out.end(), [&](std::uint32_t a, std::uint32_t b) { return workers_[a].order < workers_[b].order; });
+  return out;
+}
+
+std::uint64_t Registry::InstanceOrder(std::string_view instance_id) const {
+  auto it = instances_.find(std::string(instance_id));
+  return it == instances_.end() ? 0 : it->second.order;
+}
+
+}  // namespace kvring::registry
