@@ -1,5 +1,7 @@
 #include "kvring/index.h"
 
+#include <sys/mman.h>
+
 #include <cassert>
 #include <cstdlib>
 #include <cstring>
@@ -37,14 +39,29 @@ ChunkIndex::Slot EmptySlot() { return {0, ChunkIndex::kEmptyTag, 0}; }
 
 }  // namespace
 
-void ChunkIndex::FreeDeleter::operator()(Slot* p) const { std::free(p); }
+namespace {
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+}  // namespace
+
+void ChunkIndex::TableMemory::operator()(Slot* p) const {
+  if (mapped) munmap(p, bytes);
+  else std::free(p);
+}
 
 ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
+  const std::size_t bytes = capacity * sizeof(Slot);
   Table t;
+  t.mask = capacity - 1;
+  if (bytes >= kHugePage) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    (void)madvise(p, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
+    t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, true});
+    return t;
+  }
   auto* p = static_cast<Slot*>(std::calloc(capacity, sizeof(Slot)));
   if (!p) throw std::bad_alloc();
-  t.slots.reset(p);
-  t.mask = capacity - 1;
+  t.slots = std::unique_ptr<Slot[], TableMemory>(p, TableMemory{bytes, false});
   return t;
 }
 
@@ -84,35 +101,45 @@ std::size_t ChunkIndex::KeysOf(HolderId holder) const {
 ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, std::uint64_t key, HolderId holder,
                                      bool old, std::size_t cursor) const {
   if (!t.slots) return nullptr;
-  for (std::size_t i = mixed & t.mask;; i = (i + 1) & t.mask) {
+  for (std::size_t i = mixed & t.mask, dist = 0;; i = (i + 1) & t.mask, ++dist) {
     Slot& s = t.slots[i];
     if (s.tag == kEmptyTag) return nullptr;
+    if (s.key != key) {
+      if (((i - (Mix(s.key) & t.mask)) & t.mask) < dist) return nullptr;  // Robin Hood stop
+      continue;
+    }
     if (old && i < cursor) continue;
-    if (s.key == key && s.tag == Tag(holder)) return &s;
+    if (s.tag == Tag(holder)) return &s;
   }
 }
 
+// Robin Hood insertion: the new pair takes the place of the first slot that
+// is nearer its home than the new pair is to its own, and that slot moves on.
 void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
+  Slot cur = s;
   std::size_t i = mixed & t.mask;
-  while (t.slots[i].tag != kEmptyTag) i = (i + 1) & t.mask;
-  t.slots[i] = s;
+  for (std::size_t dist = 0;; i = (i + 1) & t.mask, ++dist) {
+    Slot& here = t.slots[i];
+    if (here.tag == kEmptyTag) {
+      here = cur;
+      return;
+    }
+    std::size_t here_dist = (i - (Mix(here.key) & t.mask)) & t.mask;
+    if (here_dist < dist) {
+      std::swap(cur, here);
+      dist = here_dist;
+    }
+  }
 }
 
-// Backward-shift deletion for linear probing: pulls later members of the
-// probe run into the hole so that no run is ever broken by an empty slot.
+// Backward-shift deletion: the rest of the run moves back one slot until an
+// empty slot or a slot at its home, keeping runs unbroken and in Robin Hood
+// order.
 void ChunkIndex::EraseAt(Table& t, std::size_t i) {
-  std::size_t j = i;
-  for (;;) {
-    j = (j + 1) & t.mask;
+  for (std::size_t j = (i + 1) & t.mask;; i = j, j = (j + 1) & t.mask) {
     const Slot& s = t.slots[j];
-    if (s.tag == kEmptyTag) break;
-    std::size_t home = Mix(s.key) & t.mask;
-    // Slot j may move to i unless its home lies cyclically in (i, j].
-    bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-    if (!stays) {
-      t.slots[i] = s;
-      i = j;
-    }
+    if (s.tag == kEmptyTag || ((j - (Mix(s.key) & t.mask)) & t.mask) == 0) break;
+    t.slots[i] = s;
   }
   t.slots[i] = EmptySlot();
 }

@@ -12,7 +12,7 @@ using index::HolderId;
 // past the inline capacity the extras are ignored, which can only shorten a
 // tie list, never lose the longest prefix of those kept.
 constexpr std::size_t kMaxCandidates = 64;
-constexpr std::size_t kPrefetchBatch = 16;
+constexpr std::size_t kPrefetchAhead = 16;
 
 Hit MakeHit(const registry::Registry& reg, HolderId h, std::uint64_t hits) {
   const auto& info = reg.holder(h);
@@ -32,6 +32,9 @@ Hit Lookup::Run(const index::ChunkIndex& idx, const registry::Registry& reg, std
 Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry& reg,
                           std::span<const std::uint64_t> hashes, std::string_view requester_instance,
                           std::int64_t requester_worker) {
+  // Keep kPrefetchAhead home slots in flight: the random reads of a long
+  // request then overlap instead of waiting one after another.
+  idx.Prefetch(hashes.subspan(0, std::min(kPrefetchAhead, hashes.size())));
   std::array<HolderId, kMaxCandidates> cand;
   std::size_t n = 0;
   idx.ForEachHolder(hashes[0], [&](HolderId h) {
@@ -45,7 +48,7 @@ Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry
   std::size_t len = 1;
   std::array<bool, kMaxCandidates> keep;
   for (std::size_t i = 1; i < hashes.size(); ++i) {
-    if (i % kPrefetchBatch == 1) idx.Prefetch(hashes.subspan(i, std::min(kPrefetchBatch, hashes.size() - i)));
+    if (i + kPrefetchAhead < hashes.size()) idx.Prefetch(hashes.subspan(i + kPrefetchAhead, 1));
     keep.fill(false);
     std::size_t kept = 0;
     idx.ForEachHolder(hashes[i], [&](HolderId h) {
@@ -87,7 +90,11 @@ Hit Lookup::LMCacheRule(const index::ChunkIndex& idx, const registry::Registry& 
   });
   if (!any || !reg.worker(reg.holder(best).worker).peer_init_url) return Hit{};  // no fallback, as LMCache
   std::size_t len = 1;
-  while (len < hashes.size() && idx.Contains(hashes[len], best)) ++len;
+  idx.Prefetch(hashes.subspan(1, std::min(kPrefetchAhead, hashes.size() - 1)));
+  while (len < hashes.size() && idx.Contains(hashes[len], best)) {
+    if (len + kPrefetchAhead < hashes.size()) idx.Prefetch(hashes.subspan(len + kPrefetchAhead, 1));
+    ++len;
+  }
   return MakeHit(reg, best, len);
 }
 
