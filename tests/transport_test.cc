@@ -3,6 +3,7 @@
 #include "kvring/protocol/codec.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -58,6 +59,7 @@ AttachedClient StartClient(Listener& l, const std::string& name, const std::func
   if (pipe(ready) != 0) return {};
   pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
     auto c = Connection::Open({name, segment::Role::kWorker, 5000ms});
     char b = c.ok() ? 1 : 0;
     (void)!write(ready[1], &b, 1);
