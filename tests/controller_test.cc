@@ -96,6 +96,19 @@ int Exit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Runs the controller loop until the worker process exits; its exit code.
+int RunUntilExit(Controller& ctl, pid_t pid) {
+  std::atomic<bool> stop{false};
+  int code = -2;
+  std::thread waiter([&] {
+    code = Exit(pid);
+    stop = true;
+  });
+  ctl.Run(stop, 100);
+  waiter.join();
+  return code;
+}
+
 TEST(Controller, RegisterAdmitLookupEvictLookup) {
   auto ctl = Controller::Start(Small(Name("basic")));
   ASSERT_TRUE(ctl.ok()) << ctl.status().ToString();
@@ -119,12 +132,7 @@ TEST(Controller, RegisterAdmitLookupEvictLookup) {
     if (!self || std::get<BatchedP2PLookupRetMsg>(*self).layout_info[0].num_hit_chunks != Int(0)) return 8;
     return 0;
   });
-  std::atomic<bool> stop{false};
-  int code = -2;
-  std::thread waiter([&] { code = Exit(pid); stop = true; });
-  (*ctl)->Run(stop, 100);
-  waiter.join();
-  EXPECT_EQ(code, 0);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
   EXPECT_EQ((*ctl)->stats().kv_ops, 4u);
   EXPECT_EQ((*ctl)->stats().p2p_lookups, 3u);
   EXPECT_EQ((*ctl)->stats().errors, 0u);
@@ -174,12 +182,7 @@ TEST(Controller, MalformedRecordsAreCountedAndBadRequestsGetErrorMsg) {
     auto r = w.Ask(Reg("A", 0));
     return r && std::holds_alternative<RegisterRetMsg>(*r) ? 0 : 6;
   });
-  std::atomic<bool> stop{false};
-  int code = -2;
-  std::thread waiter([&] { code = Exit(pid); stop = true; });
-  (*ctl)->Run(stop, 100);
-  waiter.join();
-  EXPECT_EQ(code, 0);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
   EXPECT_EQ((*ctl)->stats().errors, 3u);
 }
 
@@ -202,12 +205,7 @@ TEST(Controller, SequenceGapAsksForAFullSyncInTheNextHeartbeat) {
     if (!rereg || std::get<HeartbeatRetMsg>(*rereg).commands.size() != 1) return 5;
     return 0;
   });
-  std::atomic<bool> stop{false};
-  int code = -2;
-  std::thread waiter([&] { code = Exit(pid); stop = true; });
-  (*ctl)->Run(stop, 100);
-  waiter.join();
-  EXPECT_EQ(code, 0);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
   EXPECT_EQ((*ctl)->stats().seq_discontinuities, 1u);
 }
 
