@@ -1,27 +1,36 @@
 #include "kvring/registry.h"
 
 #include <algorithm>
+#include <charconv>
 
 namespace kvring::registry {
 namespace {
 
-std::string WorkerKey(std::string_view instance, std::int64_t worker_id) {
-  std::string k(instance);
-  k.push_back('\0');
-  k += std::to_string(worker_id);
-  return k;
+// Map keys are built in a caller-owned buffer: lookups on the hot path reuse
+// its capacity instead of allocating a string per message.
+const std::string& WorkerKey(std::string_view instance, std::int64_t worker_id, std::string* buf) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, worker_id);
+  (void)ec;
+  buf->assign(instance);
+  buf->push_back('\0');
+  buf->append(digits, end);
+  return *buf;
 }
-std::string HolderKey(std::uint32_t worker, std::string_view location) {
-  std::string k = std::to_string(worker);
-  k.push_back('\0');
-  k += location;
-  return k;
+const std::string& HolderKey(std::uint32_t worker, std::string_view location, std::string* buf) {
+  char digits[16];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, worker);
+  (void)ec;
+  buf->assign(digits, end);
+  buf->push_back('\0');
+  buf->append(location);
+  return *buf;
 }
 
 }  // namespace
 
 std::uint32_t Registry::Upsert(const WorkerRecord& w, bool* is_new) {
-  std::string key = WorkerKey(w.instance_id, w.worker_id);
+  std::string key = WorkerKey(w.instance_id, w.worker_id, &scratch_);
   auto it = by_name_.find(key);
   if (it != by_name_.end()) {
     // Unlike LMCache, a worker that comes back on a new address is updated.
@@ -54,7 +63,7 @@ std::uint32_t Registry::Upsert(const WorkerRecord& w, bool* is_new) {
 }
 
 std::optional<std::uint32_t> Registry::Find(std::string_view instance_id, std::int64_t worker_id) const {
-  auto it = by_name_.find(WorkerKey(instance_id, worker_id));
+  auto it = by_name_.find(WorkerKey(instance_id, worker_id, &scratch_));
   if (it == by_name_.end()) return std::nullopt;
   return it->second;
 }
@@ -62,12 +71,12 @@ std::optional<std::uint32_t> Registry::Find(std::string_view instance_id, std::i
 std::vector<HolderId> Registry::Remove(std::uint32_t worker) {
   std::vector<HolderId> gone;
   if (!worker_live(worker)) return gone;
-  by_name_.erase(WorkerKey(workers_[worker].instance_id, workers_[worker].worker_id));
+  by_name_.erase(WorkerKey(workers_[worker].instance_id, workers_[worker].worker_id, &scratch_));
   auto inst = instances_.find(workers_[worker].instance_id);
   if (inst != instances_.end() && --inst->second.workers == 0) instances_.erase(inst);
   for (HolderId h : holders_of_worker_[worker]) {
     holders_[h].live = false;
-    holder_by_name_.erase(HolderKey(worker, holders_[h].location));
+    holder_by_name_.erase(HolderKey(worker, holders_[h].location, &scratch_));
     gone.push_back(h);
   }
   holders_of_worker_[worker].clear();
@@ -85,9 +94,9 @@ void Registry::ReleaseHolder(HolderId h) {
 }
 
 HolderId Registry::Holder(std::uint32_t worker, std::string_view location) {
-  std::string key = HolderKey(worker, location);
-  auto it = holder_by_name_.find(key);
+  auto it = holder_by_name_.find(HolderKey(worker, location, &scratch_));
   if (it != holder_by_name_.end()) return it->second;
+  std::string key = scratch_;
   HolderId h;
   if (!free_holders_.empty()) {
     h = free_holders_.back();
@@ -103,7 +112,7 @@ HolderId Registry::Holder(std::uint32_t worker, std::string_view location) {
 }
 
 std::optional<HolderId> Registry::FindHolder(std::uint32_t worker, std::string_view location) const {
-  auto it = holder_by_name_.find(HolderKey(worker, location));
+  auto it = holder_by_name_.find(HolderKey(worker, location, &scratch_));
   if (it == holder_by_name_.end()) return std::nullopt;
   return it->second;
 }
@@ -117,7 +126,8 @@ std::vector<std::uint32_t> Registry::Workers() const {
 }
 
 std::uint64_t Registry::InstanceOrder(std::string_view instance_id) const {
-  auto it = instances_.find(std::string(instance_id));
+  scratch_.assign(instance_id);
+  auto it = instances_.find(scratch_);
   return it == instances_.end() ? 0 : it->second.order;
 }
 

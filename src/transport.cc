@@ -128,7 +128,8 @@ Client* Listener::Find(std::uint64_t id) const {
 
 Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   Events ev;
-  std::vector<pollfd> fds;
+  std::vector<pollfd>& fds = pollfds_;  // reused: no allocation per pass once sized
+  fds.clear();
   fds.push_back({listen_fd_, POLLIN, 0});
   for (int fd : pending_) fds.push_back({fd, POLLIN, 0});
   for (const auto& c : clients_) fds.push_back({c->socket, POLLIN, 0});
@@ -139,6 +140,7 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   const std::size_t polled_pending = pending_.size();
   const std::size_t polled_clients = clients_.size();
   std::vector<int> still_pending;
+  if (polled_pending) still_pending.reserve(polled_pending);
   for (std::size_t i = 0; i < polled_pending; ++i) {
     if (fds[1 + i].revents) Handshake(pending_[i], &ev);  // its Hello arrived (or it hung up)
     else still_pending.push_back(pending_[i]);

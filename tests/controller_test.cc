@@ -1,6 +1,8 @@
 // The controller core with real worker processes on real shared memory.
 #include "kvring/controller.h"
 
+#include "alloc_counter.h"
+
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -207,6 +209,41 @@ TEST(Controller, SequenceGapAsksForAFullSyncInTheNextHeartbeat) {
   });
   EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
   EXPECT_EQ((*ctl)->stats().seq_discontinuities, 1u);
+}
+
+TEST(Controller, KvBatchesAndP2PLookupsAllocateNothingOnceWarm) {
+  auto ctl = Controller::Start(Small(Name("alloc")));
+  ASSERT_TRUE(ctl.ok());
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  constexpr int kRounds = 40;
+  pid_t pid = Spawn(Name("alloc"), [&](Worker& w) {
+    const std::string inst = "lmcache_instance_0";  // longer than the small-string buffer
+    if (!w.Ask(Reg(inst, 0))) return 1;
+    auto lookup = BatchedP2PLookupMsg{{Int(1), Int(2), Int(3)}, "lmcache_instance_1", Int(0)};
+    w.Send(Ops(inst, 0, OpType::kAdmit, {1, 2, 3}, 0));  // warm-up round
+    if (!w.Ask(lookup)) return 2;
+    char b;
+    if (read(go[0], &b, 1) != 1) return 3;  // the parent counts from here
+    for (int i = 0; i < kRounds; ++i) {
+      w.Send(Ops(inst, 0, i % 2 ? OpType::kAdmit : OpType::kEvict, {3}, 3 + i));
+      w.Send(lookup);
+    }
+    for (int i = 0; i < kRounds; ++i)
+      if (!w.Receive()) return 4;
+    return 0;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->stats().p2p_lookups == 1; }));
+  long allocations;
+  {
+    kvring::testing::AllocationCounter counter;
+    ASSERT_EQ(write(go[1], "g", 1), 1);
+    while ((*ctl)->stats().p2p_lookups < 1 + kRounds) (*ctl)->PollOnce(std::chrono::milliseconds(1));
+    allocations = counter.count();
+  }
+  EXPECT_EQ(Exit(pid), 0);
+  EXPECT_EQ((*ctl)->stats().kv_ops, 3u + kRounds);
+  EXPECT_EQ(allocations, 0);
 }
 
 }  // namespace

@@ -78,6 +78,7 @@ class Registry {
   std::vector<HolderId> free_holders_;
   std::unordered_map<std::string, HolderId> holder_by_name_;  // "<worker index>\0<location>"
   std::vector<std::vector<HolderId>> holders_of_worker_;
+  mutable std::string scratch_;  // map keys are built here (see registry.cc)
   std::uint64_t next_order_ = 1;
   std::size_t live_workers_ = 0;
 };

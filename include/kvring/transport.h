@@ -15,6 +15,7 @@
 // to one client thread at a time.
 #pragma once
 
+#include <poll.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -90,6 +91,7 @@ class Listener {
   std::uint64_t generation_ = 0;
   std::uint64_t next_client_id_ = 1;
   std::vector<int> pending_;  // connected, Hello not yet read
+  std::vector<struct pollfd> pollfds_;
   std::vector<std::unique_ptr<Client>> clients_;
   std::vector<std::string> stale_;
 };
