@@ -24,6 +24,27 @@ Header LoadHeader(const std::uint8_t* p) {
   std::memcpy(&h, p, sizeof h);
   return h;
 }
+// Every rule a record header must follow, in one place for the consumer and
+// the read-only inspector. `available`: bytes published from `pos` on.
+// Returns "" when the header is sound.
+std::string CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::size_t available,
+                        std::size_t capacity, std::size_t max_record) {
+  const std::size_t aligned = Align8(h.length);
+  if (h.length < kRecordHeaderBytes || aligned > available || aligned > capacity - offset)
+    return "record at position " + std::to_string(pos) + " has length " + std::to_string(h.length) + " (" +
+           std::to_string(available) + " bytes published, " + std::to_string(capacity - offset) +
+           " before the end)";
+  if (h.type == kRecordPadding) {
+    if (offset + aligned != capacity)
+      return "padding record at position " + std::to_string(pos) + " does not reach the end";
+    return "";
+  }
+  if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record)
+    return "record at position " + std::to_string(pos) + " has type " + std::to_string(h.type) +
+           " and length " + std::to_string(h.length) + " (max record " + std::to_string(max_record) + ")";
+  return "";
+}
+
 void StoreHeader(std::uint8_t* p, std::uint32_t length, std::uint32_t type) {
   Header h{length, type};
   std::memcpy(p, &h, sizeof h);
@@ -216,26 +237,15 @@ PollResult Consumer::Peek(Record* out) {
     const std::size_t offset = static_cast<std::size_t>(head_ & (capacity_ - 1));
     const std::size_t available = static_cast<std::size_t>(tail_cache_ - head_);
     const Header h = LoadHeader(data_ + offset);
-    const std::size_t aligned = Align8(h.length);
-    if (h.length < kRecordHeaderBytes || aligned > available || aligned > capacity_ - offset) {
-      MarkCorrupt("record at position " + std::to_string(head_) + " has length " +
-                  std::to_string(h.length) + " (" + std::to_string(available) + " bytes published, " +
-                  std::to_string(capacity_ - offset) + " before the end)");
+    if (std::string problem = CheckRecord(h, head_, offset, available, capacity_, max_record_);
+        !problem.empty()) {
+      MarkCorrupt(std::move(problem));
       return PollResult::kCorrupt;
     }
+    const std::size_t aligned = Align8(h.length);
     if (h.type == kRecordPadding) {
-      if (offset + aligned != capacity_) {
-        MarkCorrupt("padding record at position " + std::to_string(head_) + " does not reach the end");
-        return PollResult::kCorrupt;
-      }
       head_ += aligned;
       continue;
-    }
-    if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record_) {
-      MarkCorrupt("record at position " + std::to_string(head_) + " has type " + std::to_string(h.type) +
-                  " and length " + std::to_string(h.length) + " (max record " +
-                  std::to_string(max_record_) + ")");
-      return PollResult::kCorrupt;
     }
     out->type = h.type;
     out->payload = std::span<const std::uint8_t>(data_ + offset + kRecordHeaderBytes,
@@ -290,13 +300,10 @@ std::string PeekPending(const void* region, std::size_t capacity, std::size_t ma
   while (pos < s.tail && n < max_records) {
     const std::size_t offset = static_cast<std::size_t>(pos & (capacity - 1));
     const Header h = LoadHeader(data + offset);
-    const std::size_t aligned = Align8(h.length);
-    if (h.length < kRecordHeaderBytes || aligned > s.tail - pos || aligned > capacity - offset)
-      return "record at position " + std::to_string(pos) + " has invalid length " + std::to_string(h.length);
-    pos += aligned;
+    std::string problem = CheckRecord(h, pos, offset, static_cast<std::size_t>(s.tail - pos), capacity, max_record);
+    if (!problem.empty()) return problem;
+    pos += Align8(h.length);
     if (h.type == kRecordPadding) continue;
-    if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record)
-      return "record at position " + std::to_string(pos - aligned) + " has invalid type or length";
     Record r{h.type, std::span<const std::uint8_t>(data + offset + kRecordHeaderBytes,
                                                    h.length - kRecordHeaderBytes)};
     fn(r);
