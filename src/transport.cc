@@ -83,6 +83,16 @@ std::vector<std::string> RemoveStaleSegments(const std::string& name) {
   return removed;
 }
 
+// For a socket that poll() reported readable: whether the peer has gone. The
+// connection carries nothing after the handshake, so whatever arrives is
+// read and discarded; EOF or an error means the other process is gone.
+bool PeerClosed(int fd, short revents) {
+  if (revents & (POLLHUP | POLLERR)) return true;
+  char buf[64];
+  ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+  return r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR);
+}
+
 }  // namespace
 
 std::string SocketName(const std::string& name) { return std::string(1, '\0') + "kvring/" + name; }
@@ -146,14 +156,11 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
     else still_pending.push_back(pending_[i]);
   }
   // Departures: a client socket becomes readable only at EOF (clients send
-  // nothing after Hello); anything else read is discarded.
+  // nothing after Hello).
   const std::size_t base = 1 + polled_pending;
   std::vector<std::uint64_t> gone;
   for (std::size_t i = 0; i < polled_clients; ++i) {
-    if (!fds[base + i].revents) continue;
-    char buf[64];
-    ssize_t r = recv(clients_[i]->socket, buf, sizeof buf, MSG_DONTWAIT);
-    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) || (fds[base + i].revents & (POLLHUP | POLLERR)))
+    if (fds[base + i].revents && PeerClosed(clients_[i]->socket, fds[base + i].revents))
       gone.push_back(clients_[i]->id);
   }
   pending_ = std::move(still_pending);
@@ -327,9 +334,7 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
 bool Connection::ControllerAlive() {
   pollfd p{fd_, POLLIN, 0};
   if (poll(&p, 1, 0) == 0) return true;
-  char buf[64];
-  ssize_t r = recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
-  return !(r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR));
+  return !PeerClosed(fd_, p.revents);
 }
 
 void Connection::Heartbeat() {
