@@ -26,23 +26,28 @@ Header LoadHeader(const std::uint8_t* p) {
 }
 // Every rule a record header must follow, in one place for the consumer and
 // the read-only inspector. `available`: bytes published from `pos` on.
-// Returns "" when the header is sound.
-std::string CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::size_t available,
-                        std::size_t capacity, std::size_t max_record) {
+// Returns whether the header is sound; only a failure builds text (the
+// consumer calls this once per record).
+bool CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::size_t available,
+                 std::size_t capacity, std::size_t max_record, std::string* problem) {
   const std::size_t aligned = Align8(h.length);
-  if (h.length < kRecordHeaderBytes || aligned > available || aligned > capacity - offset)
-    return "record at position " + std::to_string(pos) + " has length " + std::to_string(h.length) + " (" +
+  if (h.length < kRecordHeaderBytes || aligned > available || aligned > capacity - offset) {
+    *problem = "record at position " + std::to_string(pos) + " has length " + std::to_string(h.length) + " (" +
            std::to_string(available) + " bytes published, " + std::to_string(capacity - offset) +
            " before the end)";
-  if (h.type == kRecordPadding) {
-    if (offset + aligned != capacity)
-      return "padding record at position " + std::to_string(pos) + " does not reach the end";
-    return "";
+    return false;
   }
-  if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record)
-    return "record at position " + std::to_string(pos) + " has type " + std::to_string(h.type) +
-           " and length " + std::to_string(h.length) + " (max record " + std::to_string(max_record) + ")";
-  return "";
+  if (h.type == kRecordPadding) {
+    if (offset + aligned == capacity) return true;
+    *problem = "padding record at position " + std::to_string(pos) + " does not reach the end";
+    return false;
+  }
+  if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record) {
+    *problem = "record at position " + std::to_string(pos) + " has type " + std::to_string(h.type) +
+               " and length " + std::to_string(h.length) + " (max record " + std::to_string(max_record) + ")";
+    return false;
+  }
+  return true;
 }
 
 void StoreHeader(std::uint8_t* p, std::uint32_t length, std::uint32_t type) {
@@ -237,8 +242,7 @@ PollResult Consumer::Peek(Record* out) {
     const std::size_t offset = static_cast<std::size_t>(head_ & (capacity_ - 1));
     const std::size_t available = static_cast<std::size_t>(tail_cache_ - head_);
     const Header h = LoadHeader(data_ + offset);
-    if (std::string problem = CheckRecord(h, head_, offset, available, capacity_, max_record_);
-        !problem.empty()) {
+    if (std::string problem; !CheckRecord(h, head_, offset, available, capacity_, max_record_, &problem)) {
       MarkCorrupt(std::move(problem));
       return PollResult::kCorrupt;
     }
@@ -300,8 +304,9 @@ std::string PeekPending(const void* region, std::size_t capacity, std::size_t ma
   while (pos < s.tail && n < max_records) {
     const std::size_t offset = static_cast<std::size_t>(pos & (capacity - 1));
     const Header h = LoadHeader(data + offset);
-    std::string problem = CheckRecord(h, pos, offset, static_cast<std::size_t>(s.tail - pos), capacity, max_record);
-    if (!problem.empty()) return problem;
+    std::string problem;
+    if (!CheckRecord(h, pos, offset, static_cast<std::size_t>(s.tail - pos), capacity, max_record, &problem))
+      return problem;
     pos += Align8(h.length);
     if (h.type == kRecordPadding) continue;
     Record r{h.type, std::span<const std::uint8_t>(data + offset + kRecordHeaderBytes,
