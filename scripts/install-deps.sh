@@ -13,7 +13,8 @@ packages=(
   libabsl-dev             # absl::flat_hash_map: the index's baseline in bench/
   libzmq3-dev             # ZeroMQ: LMCache's transport, the baseline in bench/
   libcli11-dev            # command-line parsing
-  nlohmann-json3-dev      # JSON for the CLI
+  nlohmann-json3-dev      # JSON for the CLI and the control records
+  libspdlog-dev           # kvringd's log
   clang libclang-rt-14-dev # libFuzzer target and sanitizer builds
 )
 

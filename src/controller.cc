@@ -1,18 +1,30 @@
 #include "kvring/controller.h"
 
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <thread>
+
+#include <nlohmann/json.hpp>
 
 namespace kvring::controller {
 namespace {
 
 constexpr std::int64_t kNoSeq = INT64_MIN;
 constexpr std::uint64_t kNoClient = ~0ULL;
+constexpr double kHousekeepingPeriod = 0.1;  // seconds
 
-double NowSeconds() {
+double WallSeconds() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+double MonoSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
@@ -28,36 +40,63 @@ bool ExpectsReply(std::string_view tag) {
   return false;
 }
 
+// Bulk records (events and full-sync batches) may wait; everything else is a
+// request someone is waiting on, or cheap bookkeeping.
+bool IsBulk(const ring::Record& r, const protocol::DecodeLimits& limits) {
+  if (r.type != ring::kRecordMessage) return false;
+  auto tag = protocol::PeekTag(r.payload, limits);
+  if (!tag.ok()) return false;
+  return *tag == protocol::BatchedKVOperationView::kTag || *tag == "FullSyncBatchMsg" || *tag == "KVAdmitMsg" ||
+         *tag == "KVEvictMsg";
+}
+
+std::uint64_t Mix64(std::uint64_t x) {  // splitmix64's finaliser
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
 }  // namespace
 
-Controller::Controller(const Options& options) : options_(options), index_(options.index) {}
+Controller::Controller(const Options& options)
+    : options_(options), index_(options.index), full_sync_all_(options.full_sync_on_start),
+      started_mono_(MonoSeconds()) {}
 
 Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
+  if (options.request_check_ops == 0 || options.ring_budget_records == 0 || options.drop_slice == 0)
+    return Status(ErrorKind::kInvalidArgument, "request_check_ops, ring_budget_records and drop_slice must be > 0");
+  if (!(options.full_sync_threshold >= 0 && options.full_sync_threshold <= 1))
+    return Status(ErrorKind::kInvalidArgument, "full_sync_threshold must be within [0, 1]");
   auto l = transport::Listener::Start(options.listen);
   if (!l.ok()) return l.status();
   std::unique_ptr<Controller> c(new Controller(options));
   c->listener_ = std::move(l).value();
+  c->listener_->Heartbeat();
+  Controller* self = c.get();
+  c->listener_->OnDeparture([self](transport::Client& gone) { self->ServeClient(gone, SIZE_MAX, SIZE_MAX, false); });
   return c;
 }
 
 std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   transport::Listener::Events ev = listener_->Poll(idle_wait);
   stats_.errors += ev.rejected.size();
+  if (options_.log)
+    for (const std::string& why : ev.rejected) options_.log("client refused: " + why);
   for (std::uint64_t id : ev.detached) ClientGone(id);
   std::size_t handled = 0;
-  for (const auto& cp : listener_->clients()) {
-    transport::Client& c = *cp;
-    if (c.quarantined) continue;
-    handled += c.requests.Drain(options_.ring_budget_records, SIZE_MAX, [&](const ring::Record& r) {
-      HandleRecord(c, r.payload);
-    });
-    if (c.requests.corrupt()) {
-      listener_->Quarantine(c, segment::kRequestRing);
-      ++stats_.quarantined_rings;
-    }
-    c.replies.Publish();
+  const auto& clients = listener_->clients();
+  const std::size_t n = clients.size();
+  // Requests first, everywhere; then bulk, round-robin from a rotating start.
+  ServeWaitingRequests(nullptr);
+  for (std::size_t k = 0; k < n; ++k) {
+    transport::Client& c = *clients[(next_client_ + k) % n];
+    handled += ServeClient(c, options_.ring_budget_records, options_.ring_budget_bytes, false);
   }
+  if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
+  Housekeeping();
   return handled;
 }
 
@@ -70,57 +109,116 @@ void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes) {
   }
 }
 
-void Controller::HandleRecord(transport::Client& c, std::span<const std::uint8_t> bytes) {
+std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes,
+                                    bool requests_only) {
+  if (c.quarantined) return 0;
+  std::size_t n = 0, bytes = 0;
+  ring::Record r;
+  while (n < max_records && bytes < max_bytes && c.requests.Peek(&r) == ring::PollResult::kRecord) {
+    if (requests_only && IsBulk(r, options_.limits)) break;
+    HandleRecord(c, r);
+    bytes += r.payload.size();
+    c.requests.Release();
+    ++n;
+  }
+  if (n) c.requests.PublishHead();
+  if (c.requests.corrupt()) {
+    listener_->Quarantine(c, segment::kRequestRing);
+    ++stats_.quarantined_rings;
+    Problem(c, "request ring quarantined: " + c.requests.corruption());
+  }
+  c.replies.Publish();
+  return n;
+}
+
+void Controller::ServeWaitingRequests(const transport::Client* busy) {
+  if (serving_waiting_) return;
+  serving_waiting_ = true;
+  for (const auto& cp : listener_->clients())
+    if (cp.get() != busy) ServeClient(*cp, options_.ring_budget_records, options_.ring_budget_bytes, true);
+  serving_waiting_ = false;
+}
+
+void Controller::HandleRecord(transport::Client& c, const ring::Record& r) {
   ++stats_.messages;
-  auto tag = protocol::PeekTag(bytes, options_.limits);
+  if (r.type == ring::kRecordControl) return HandleControl(c, r.payload);
+  auto tag = protocol::PeekTag(r.payload, options_.limits);
   if (!tag.ok()) {
     // No tag, so no way to know whether the sender waits for an answer; an
     // unsolicited ErrorMsg would be read as the reply to its next request.
     ++stats_.errors;
-    return;
+    return Problem(c, "undecodable record: " + tag.status().message());
   }
-  if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(bytes);
-  if (*tag == protocol::BatchedP2PLookupView::kTag) return HandleP2P(c, bytes);
-  auto m = protocol::Decode(bytes, options_.limits);
+  if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, r.payload);
+  if (*tag == protocol::BatchedP2PLookupView::kTag) return HandleP2P(c, r.payload);
+  auto m = protocol::Decode(r.payload, options_.limits);
   if (!m.ok()) {
     ++stats_.errors;
+    Problem(c, std::string(*tag) + ": " + m.status().message());
     if (ExpectsReply(*tag)) ReplyError(c, m.status().message());
     return;
   }
   HandleGeneric(c, std::move(m).value());
 }
 
-void Controller::ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
-                         const protocol::Int& seq) {
-  if (op == protocol::OpType::kAdmit) (void)index_.Add(key, holder);
+bool Controller::ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
+                         const protocol::Int& seq, bool* gap_counted) {
+  if (op == protocol::OpType::kAdmit) (void)index_.Add(key, holder);  // over quota: counted by the index
   else index_.Remove(key, holder);
   ++stats_.kv_ops;
   if (holder >= last_seq_.size()) last_seq_.resize(holder + 1, kNoSeq);
   std::int64_t s = Small(seq);
-  if (last_seq_[holder] != kNoSeq && s != last_seq_[holder] + 1) {
+  bool gap = last_seq_[holder] != kNoSeq && s != last_seq_[holder] + 1;
+  if (gap && !*gap_counted) {
+    *gap_counted = true;  // as LMCache: the first gap of a batch counts once
     ++stats_.seq_discontinuities;
-    needs_full_sync_[worker] = true;  // better than LMCache: ask for a full sync
+    workers_[worker].seq_gap = true;  // better than LMCache: ask for a full sync
   }
   last_seq_[holder] = s;
+  return gap;
 }
 
-void Controller::HandleKvBatch(std::span<const std::uint8_t> bytes) {
+void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes) {
   if (Status s = protocol::Decode(bytes, &kv_view_, options_.limits); !s.ok()) {
     ++stats_.errors;
-    return;
+    return Problem(c, "BatchedKVOperationMsg: " + s.message());
   }
-  auto w = registry_.Find(kv_view_.instance_id, Small(kv_view_.worker_id));
-  if (!w) {
-    ++stats_.dropped_unknown_worker;  // LMCache drops these too
-    return;
+  const std::size_t n = kv_view_.operations.size();
+  auto resolve = [&](std::uint32_t* w, index::HolderId* h, std::size_t from) {
+    auto found = registry_.Find(kv_view_.instance_id, Small(kv_view_.worker_id));
+    if (!found) {
+      stats_.dropped_unknown_worker += n - from;  // LMCache drops these too
+      return false;
+    }
+    if (workers_[*found].sync == SyncState::kSyncing) {
+      stats_.dropped_syncing += n - from;  // as LMCache: the sync's snapshot supersedes them
+      return false;
+    }
+    *w = *found;
+    *h = registry_.Holder(*w, kv_view_.location);
+    return true;
+  };
+  std::uint32_t w;
+  index::HolderId h;
+  if (n == 0 || !resolve(&w, &h, 0)) return;
+  bool gap_counted = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i > 0 && i % options_.request_check_ops == 0 && !serving_waiting_) {
+      // Let waiting lookups in; the view still points into this client's
+      // ring, which is not released until the whole batch is applied.
+      std::uint64_t epoch = registry_epoch_;
+      ServeWaitingRequests(&c);
+      if (epoch != registry_epoch_ && !resolve(&w, &h, i)) return;
+    }
+    const protocol::KVOpEvent& op = kv_view_.operations[i];
+    ApplyOp(w, h, op.op_type, op.key.bits(), op.seq_num, &gap_counted);
   }
-  index::HolderId h = registry_.Holder(*w, kv_view_.location);
-  for (const auto& op : kv_view_.operations) ApplyOp(*w, h, op.op_type, op.key.bits(), op.seq_num);
 }
 
 void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes) {
   if (Status s = protocol::Decode(bytes, &p2p_view_, options_.limits); !s.ok()) {
     ++stats_.errors;
+    Problem(c, "BatchedP2PLookupMsg: " + s.message());
     return ReplyError(c, s.message());
   }
   ++stats_.p2p_lookups;
@@ -161,8 +259,51 @@ void Controller::Reply(transport::Client& c, const protocol::Message& m) {
   c.replies.Commit(bytes.size());
 }
 
+void Controller::ReplyControl(transport::Client& c, const std::string& json) {
+  std::span<std::uint8_t> out;
+  if (c.replies.TryClaim(json.size(), &out) != ring::ClaimResult::kOk) {
+    ++stats_.reply_ring_full;
+    return;
+  }
+  std::memcpy(out.data(), json.data(), json.size());
+  c.replies.Commit(json.size(), ring::kRecordControl);
+}
+
 void Controller::ReplyError(transport::Client& c, const std::string& text) {
   Reply(c, protocol::ErrorMsg{text});
+}
+
+void Controller::Problem(const transport::Client& c, const std::string& what) {
+  if (!options_.log) return;
+  double now = MonoSeconds();
+  auto [it, fresh] = last_problem_log_.try_emplace(c.id, now);
+  if (!fresh && now - it->second < 1.0) return;  // one line per client per second
+  it->second = now;
+  options_.log("client " + std::to_string(c.id) + " (pid " + std::to_string(c.pid) + "): " + what);
+}
+
+void Controller::HandleControl(transport::Client& c, std::span<const std::uint8_t> bytes) {
+  ++stats_.control_requests;
+  auto req = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
+  std::string op = req.is_object() && req.contains("op") && req["op"].is_string() ? req["op"].get<std::string>() : "";
+  if (op == "stats") return ReplyControl(c, StatsJson());
+  if (op == "digest") {
+    char hex[19];
+    std::snprintf(hex, sizeof hex, "0x%016llx", static_cast<unsigned long long>(IndexDigest()));
+    return ReplyControl(c, nlohmann::json{{"digest", hex}, {"keys", index_.pairs()}}.dump());
+  }
+  ++stats_.errors;
+  Problem(c, "unknown control request");
+  ReplyControl(c, nlohmann::json{{"error", "unknown control request; expected {\"op\": \"stats\"|\"digest\"}"}}.dump());
+}
+
+std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new) {
+  std::uint32_t w = registry_.Upsert(rec, is_new);
+  if (w >= workers_.size()) workers_.resize(w + 1);
+  if (*is_new) workers_[w] = WorkerState{};
+  workers_[w].client = c.id;
+  workers_[w].last_heartbeat_mono = MonoSeconds();
+  return w;
 }
 
 void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
@@ -174,77 +315,217 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
     w.ip = msg.ip;
     w.port = Small(msg.port);
     w.peer_init_url = msg.peer_init_url;
-    w.registration_time = w.last_heartbeat_time = NowSeconds();
-    return w;
-  };
-  auto upsert = [&](const registry::WorkerRecord& rec, bool* is_new) {
-    std::uint32_t w = registry_.Upsert(rec, is_new);
-    if (w >= worker_client_.size()) {
-      worker_client_.resize(w + 1, kNoClient);
-      needs_full_sync_.resize(w + 1, false);
-    }
-    worker_client_[w] = c.id;
-    if (*is_new) needs_full_sync_[w] = false;
+    w.registration_time = w.last_heartbeat_time = WallSeconds();
     return w;
   };
   if (auto* reg = std::get_if<RegisterMsg>(&m)) {
+    // As LMCache: a repeated registration starts the worker's keys afresh.
+    if (auto known = registry_.Find(reg->instance_id, Small(reg->worker_id))) ForgetWorker(*known);
     bool is_new;
-    std::uint32_t w = upsert(worker_record(*reg), &is_new);
-    if (!is_new) {
-      // As LMCache: a repeated registration starts the worker's keys afresh.
-      for (index::HolderId h : registry_.Remove(w)) dropping_.push_back(h);
-      w = upsert(worker_record(*reg), &is_new);
-    }
+    UpsertWorker(c, worker_record(*reg), &is_new);
     RegisterRetMsg ret;
     ret.extra_config.emplace_back("heartbeat_interval_s", std::to_string(options_.heartbeat_interval_s));
+    ret.extra_config.emplace_back("full_sync_timeout_s", std::to_string(options_.full_sync_timeout_s));
     return Reply(c, ret);
   }
-  if (auto* hb = std::get_if<HeartbeatMsg>(&m)) {
-    HeartbeatRetMsg ret;
-    auto w = registry_.Find(hb->instance_id, Small(hb->worker_id));
-    if (!w) {
-      bool is_new;
-      upsert(worker_record(*hb), &is_new);
-      ret.commands.push_back({CommandKind::kFullSync, std::string("worker_re_registered"), std::nullopt});
-    } else {
-      registry_.worker(*w).last_heartbeat_time = NowSeconds();
-      if (needs_full_sync_[*w]) {
-        needs_full_sync_[*w] = false;
-        ret.commands.push_back({CommandKind::kFullSync, std::string("kv_op_seq_gap"), std::nullopt});
-      }
-    }
-    return Reply(c, ret);
-  }
+  if (auto* hb = std::get_if<HeartbeatMsg>(&m)) return HandleHeartbeat(c, *hb);
   if (auto* de = std::get_if<DeRegisterMsg>(&m)) {
     if (auto w = registry_.Find(de->instance_id, Small(de->worker_id))) ForgetWorker(*w);
     return;
   }
+  if (std::holds_alternative<FullSyncStartMsg>(m) || std::holds_alternative<FullSyncBatchMsg>(m) ||
+      std::holds_alternative<FullSyncEndMsg>(m) || std::holds_alternative<FullSyncStatusMsg>(m))
+    return HandleFullSync(c, m);
   auto single = [&](const auto& op, OpType type) {
     auto w = registry_.Find(op.instance_id, Small(op.worker_id));
-    if (!w) {
-      ++stats_.dropped_unknown_worker;
-      return;
-    }
-    ApplyOp(*w, registry_.Holder(*w, op.location), type, op.key.bits(), op.seq_num);
+    if (!w) return void(++stats_.dropped_unknown_worker);
+    if (workers_[*w].sync == SyncState::kSyncing) return void(++stats_.dropped_syncing);
+    bool gap_counted = false;
+    ApplyOp(*w, registry_.Holder(*w, op.location), type, op.key.bits(), op.seq_num, &gap_counted);
   };
   if (auto* a = std::get_if<KVAdmitMsg>(&m)) return single(*a, OpType::kAdmit);
   if (auto* e = std::get_if<KVEvictMsg>(&m)) return single(*e, OpType::kEvict);
   ++stats_.errors;
   std::string tag(TagOf(m));
+  Problem(c, tag + " is not handled by this controller");
   if (ExpectsReply(tag)) ReplyError(c, "kvring: " + tag + " is not handled by this controller yet");
 }
 
-void Controller::ForgetWorker(std::uint32_t worker) {
-  for (index::HolderId h : registry_.Remove(worker)) {
-    if (h < last_seq_.size()) last_seq_[h] = kNoSeq;
-    dropping_.push_back(h);
+void Controller::HandleHeartbeat(transport::Client& c, const protocol::HeartbeatMsg& hb) {
+  using namespace protocol;
+  HeartbeatRetMsg ret;
+  auto ask = [&](std::uint32_t w, const char* reason) {
+    ret.commands.push_back({CommandKind::kFullSync, std::string(reason), std::nullopt});
+    workers_[w].sync = SyncState::kRequested;
+    workers_[w].sync_activity_mono = MonoSeconds();
+    workers_[w].seq_gap = false;
+    ++stats_.full_sync_requests;
+  };
+  auto known = registry_.Find(hb.instance_id, Small(hb.worker_id));
+  if (!known) {
+    // Unknown (a restarted controller, or reaped): re-register and rebuild.
+    registry::WorkerRecord rec;
+    rec.instance_id = hb.instance_id;
+    rec.worker_id = Small(hb.worker_id);
+    rec.ip = hb.ip;
+    rec.port = Small(hb.port);
+    rec.peer_init_url = hb.peer_init_url;
+    rec.registration_time = rec.last_heartbeat_time = WallSeconds();
+    bool is_new;
+    ask(UpsertWorker(c, rec, &is_new), "worker_re_registered");
+    return Reply(c, ret);
   }
-  if (worker < worker_client_.size()) worker_client_[worker] = kNoClient;
+  std::uint32_t w = *known;
+  registry_.worker(w).last_heartbeat_time = WallSeconds();
+  workers_[w].last_heartbeat_mono = MonoSeconds();
+  workers_[w].client = c.id;
+  SyncState s = workers_[w].sync;
+  if (full_sync_all_ && (s == SyncState::kNone || s == SyncState::kFailed)) ask(w, "controller_restart");
+  else if (s == SyncState::kFailed) ask(w, "sync_failed_retry");
+  else if (workers_[w].seq_gap && s != SyncState::kSyncing && s != SyncState::kRequested) ask(w, "kv_op_seq_gap");
+  Reply(c, ret);
+}
+
+void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
+  using namespace protocol;
+  const double now = MonoSeconds();
+  if (auto* st = std::get_if<FullSyncStartMsg>(&m)) {
+    FullSyncStartRetMsg ret{st->sync_id, false, std::nullopt};
+    auto w = registry_.Find(st->instance_id, Small(st->worker_id));
+    std::int64_t batches = Small(st->batch_count), keys = Small(st->total_keys);
+    if (!w) {
+      ret.error_msg = "Failed to start sync: worker " + st->instance_id + "/" + std::to_string(Small(st->worker_id)) +
+                      " is not registered";
+    } else if (workers_[*w].sync == SyncState::kSyncing && workers_[*w].sync_id != st->sync_id) {
+      ret.error_msg = "Failed to start sync: worker already syncing with sync_id " + workers_[*w].sync_id;
+    } else if (batches < 0 || batches > options_.full_sync_max_batches || keys < 0) {
+      ret.error_msg = "Failed to start sync: batch_count " + std::to_string(batches) + " / total_keys " +
+                      std::to_string(keys) + " out of range (batch_count at most " +
+                      std::to_string(options_.full_sync_max_batches) + ")";
+    } else {
+      WorkerState& ws = workers_[*w];
+      ws.sync = SyncState::kSyncing;
+      ws.sync_id = st->sync_id;
+      ws.sync_activity_mono = now;
+      ws.sync_expected_keys = keys;
+      ws.sync_received_keys = 0;
+      ws.batches.assign(static_cast<std::size_t>(batches), false);
+      ws.batches_missing = static_cast<std::size_t>(batches);
+      ws.sync_end_seen = false;
+      ws.seq_gap = false;
+      // The location starts afresh: its old keys drain in slices while the
+      // batches fill a new holder.
+      if (auto old = registry_.RetireHolder(*w, st->location)) RetireHolder(*old);
+      ret.accepted = true;
+      ++stats_.full_syncs_started;
+    }
+    if (!ret.accepted) {
+      ++stats_.errors;
+      Problem(c, *ret.error_msg);
+    }
+    return Reply(c, ret);
+  }
+  if (auto* b = std::get_if<FullSyncBatchMsg>(&m)) {
+    auto w = registry_.Find(b->instance_id, Small(b->worker_id));
+    if (!w || workers_[*w].sync != SyncState::kSyncing || workers_[*w].sync_id != b->sync_id) {
+      ++stats_.errors;
+      return Problem(c, "FullSyncBatchMsg for " + b->sync_id + " outside a running sync: dropped");
+    }
+    WorkerState& ws = workers_[*w];
+    std::int64_t id = Small(b->batch_id);
+    if (id < 0 || static_cast<std::size_t>(id) >= ws.batches.size()) {
+      ++stats_.errors;
+      return Problem(c, "FullSyncBatchMsg batch_id " + std::to_string(id) + " outside the announced batch_count");
+    }
+    if (!ws.batches[static_cast<std::size_t>(id)]) {
+      ws.batches[static_cast<std::size_t>(id)] = true;
+      --ws.batches_missing;
+      ws.sync_received_keys += static_cast<std::int64_t>(b->keys.size());
+    }
+    ws.sync_activity_mono = now;
+    index::HolderId h = registry_.Holder(*w, b->location);
+    for (const Int& k : b->keys) (void)index_.Add(k.bits(), h);
+    if (ws.sync_end_seen && ws.batches_missing == 0) {  // a resent batch completes an ended sync
+      ws.sync = SyncState::kCompleted;
+      ++stats_.full_syncs_completed;
+    }
+    return;
+  }
+  if (auto* e = std::get_if<FullSyncEndMsg>(&m)) {
+    auto w = registry_.Find(e->instance_id, Small(e->worker_id));
+    if (!w || workers_[*w].sync != SyncState::kSyncing || workers_[*w].sync_id != e->sync_id) {
+      ++stats_.errors;
+      return Problem(c, "FullSyncEndMsg for " + e->sync_id + " outside a running sync: ignored");
+    }
+    WorkerState& ws = workers_[*w];
+    ws.sync_end_seen = true;
+    ws.sync_activity_mono = now;
+    if (Small(e->actual_total_keys) != ws.sync_received_keys)
+      Problem(c, "full sync " + e->sync_id + ": End reports " + std::to_string(Small(e->actual_total_keys)) +
+                     " keys, batches brought " + std::to_string(ws.sync_received_keys));
+    // Unlike LMCache, End with missing batches does not complete the sync:
+    // Status lists them and the worker resends.
+    if (ws.batches_missing == 0) {
+      ws.sync = SyncState::kCompleted;
+      ++stats_.full_syncs_completed;
+    }
+    return;
+  }
+  auto& q = std::get<FullSyncStatusMsg>(m);
+  FullSyncStatusRetMsg ret;
+  ret.sync_id = q.sync_id;
+  auto w = registry_.Find(q.instance_id, Small(q.worker_id));
+  if (w) {
+    const WorkerState& ws = workers_[*w];
+    ret.is_complete = ws.sync == SyncState::kCompleted && ws.sync_id == q.sync_id;
+    if (ws.sync == SyncState::kSyncing && ws.sync_id == q.sync_id)
+      for (std::size_t i = 0; i < ws.batches.size(); ++i)
+        if (!ws.batches[i]) ret.missing_batches.push_back(Int(static_cast<long long>(i)));
+  }
+  ret.global_progress = GlobalSyncProgress();
+  ret.can_exit_freeze = ret.global_progress >= options_.full_sync_threshold;
+  if (ret.can_exit_freeze) full_sync_all_ = false;  // as LMCache: the restart-wide request ends here
+  Reply(c, ret);
+}
+
+double Controller::GlobalSyncProgress() const {
+  std::size_t live = registry_.worker_count();
+  return live == 0 ? 1.0 : static_cast<double>(CompletedWorkers()) / static_cast<double>(live);
+}
+
+std::size_t Controller::CompletedWorkers() const {
+  std::size_t n = 0;
+  for (std::uint32_t w = 0; w < workers_.size(); ++w)
+    if (registry_.worker_live(w) && workers_[w].sync == SyncState::kCompleted) ++n;
+  return n;
+}
+
+std::size_t Controller::SyncingWorkers() const {
+  std::size_t n = 0;
+  for (std::uint32_t w = 0; w < workers_.size(); ++w)
+    if (registry_.worker_live(w) && workers_[w].sync == SyncState::kSyncing) ++n;
+  return n;
+}
+
+void Controller::RetireHolder(index::HolderId h) {
+  if (h < last_seq_.size()) last_seq_[h] = kNoSeq;
+  dropping_.push_back(h);
+  ++registry_epoch_;
+}
+
+void Controller::ForgetWorker(std::uint32_t worker) {
+  for (index::HolderId h : registry_.Remove(worker)) RetireHolder(h);
+  if (worker < workers_.size()) {
+    workers_[worker] = WorkerState{};
+    workers_[worker].client = kNoClient;
+  }
+  ++registry_epoch_;
 }
 
 void Controller::ClientGone(std::uint64_t client_id) {
-  for (std::uint32_t w = 0; w < worker_client_.size(); ++w)
-    if (worker_client_[w] == client_id && registry_.worker_live(w)) ForgetWorker(w);
+  last_problem_log_.erase(client_id);
+  for (std::uint32_t w = 0; w < workers_.size(); ++w)
+    if (workers_[w].client == client_id && registry_.worker_live(w)) ForgetWorker(w);
 }
 
 void Controller::DropSomeKeys() {
@@ -259,6 +540,84 @@ void Controller::DropSomeKeys() {
       dropping_.pop_back();
     }
   }
+}
+
+void Controller::Housekeeping() {
+  double now = MonoSeconds();
+  if (now < next_housekeeping_) return;
+  next_housekeeping_ = now + kHousekeepingPeriod;
+  listener_->Heartbeat();
+  for (std::uint32_t w = 0; w < workers_.size(); ++w) {
+    if (!registry_.worker_live(w)) continue;
+    WorkerState& ws = workers_[w];
+    if (options_.worker_timeout_s > 0 && now - ws.last_heartbeat_mono > options_.worker_timeout_s) {
+      if (options_.log)
+        options_.log("worker " + registry_.worker(w).instance_id + "/" + std::to_string(registry_.worker(w).worker_id) +
+                     " missed its heartbeats for " + std::to_string(options_.worker_timeout_s) + " s: deregistered");
+      ForgetWorker(w);
+      ++stats_.workers_reaped;
+      continue;
+    }
+    if (options_.full_sync_timeout_s > 0 && now - ws.sync_activity_mono > options_.full_sync_timeout_s) {
+      if (ws.sync == SyncState::kSyncing) {
+        // Unlike LMCache (whose timeout check never runs), a stalled sync
+        // fails and the next heartbeat asks for it again.
+        ws.sync = SyncState::kFailed;
+        ++stats_.full_syncs_failed;
+        if (options_.log) options_.log("full sync " + ws.sync_id + " stalled: failed, will be asked again");
+      } else if (ws.sync == SyncState::kRequested) {
+        ws.sync = SyncState::kFailed;  // asked, never started: ask again
+      }
+    }
+  }
+}
+
+std::uint64_t Controller::IndexDigest() const {
+  std::uint64_t sum = 0;
+  for (std::uint32_t w : registry_.Workers()) {
+    const registry::WorkerRecord& rec = registry_.worker(w);
+    for (index::HolderId h : registry_.HoldersOf(w)) {
+      std::string id = rec.instance_id + '\0' + std::to_string(rec.worker_id) + '\0' + registry_.holder(h).location;
+      std::uint64_t idh = XXH3_64bits(id.data(), id.size());
+      index_.ForEachKeyOf(h, [&](std::uint64_t key) { sum += Mix64(key ^ idh) ^ idh; });
+    }
+  }
+  return sum;
+}
+
+std::string Controller::StatsJson() const {
+  std::size_t quarantined_now = 0;
+  for (const auto& c : listener_->clients()) quarantined_now += c->quarantined ? 1 : 0;
+  nlohmann::json j = {
+      {"name", options_.listen.name},
+      {"uptime_s", MonoSeconds() - started_mono_},
+      {"clients", listener_->clients().size()},
+      {"workers", registry_.worker_count()},
+      {"instances", registry_.Instances().size()},
+      {"keys", index_.pairs()},
+      {"index_bytes", index_.MemoryBytes()},
+      {"messages_total", stats_.messages},
+      {"kv_ops_total", stats_.kv_ops},
+      {"p2p_lookups_total", stats_.p2p_lookups},
+      {"errors_total", stats_.errors},
+      {"quarantined_rings", stats_.quarantined_rings},
+      {"quarantined_clients", quarantined_now},
+      {"dropped_unknown_worker", stats_.dropped_unknown_worker},
+      {"dropped_syncing", stats_.dropped_syncing},
+      {"over_quota", index_.over_quota()},
+      {"kv_op_seq_discontinuity_count", stats_.seq_discontinuities},
+      {"reply_ring_full", stats_.reply_ring_full},
+      {"full_sync_requests", stats_.full_sync_requests},
+      {"full_syncs_started", stats_.full_syncs_started},
+      {"full_syncs_completed", stats_.full_syncs_completed},
+      {"full_syncs_failed", stats_.full_syncs_failed},
+      {"full_sync_workers_syncing", SyncingWorkers()},
+      {"full_sync_workers_completed", CompletedWorkers()},
+      {"full_sync_global_progress", GlobalSyncProgress()},
+      {"workers_reaped", stats_.workers_reaped},
+      {"control_requests", stats_.control_requests},
+  };
+  return j.dump();
 }
 
 }  // namespace kvring::controller

@@ -98,6 +98,12 @@ std::size_t ChunkIndex::KeysOf(HolderId holder) const {
   return holder < holders_.size() && holders_[holder] ? holders_[holder]->size : 0;
 }
 
+void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uint64_t)>& fn) const {
+  if (holder >= holders_.size() || !holders_[holder]) return;
+  HolderKeys& hk = *holders_[holder];
+  for (std::size_t i = 0; i < hk.size; ++i) fn(hk.at(i));
+}
+
 ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, std::uint64_t key, HolderId holder,
                                      bool old, std::size_t cursor) const {
   if (!t.slots) return nullptr;

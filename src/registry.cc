@@ -105,10 +105,30 @@ HolderId Registry::Holder(std::uint32_t worker, std::string_view location) {
     h = static_cast<HolderId>(holders_.size());
     holders_.emplace_back();
   }
-  holders_[h] = HolderInfo{worker, std::string(location), holders_of_worker_[worker].size(), true};
+  holders_[h] = HolderInfo{worker, std::string(location), next_location_order_++, true};
   holders_of_worker_[worker].push_back(h);
   holder_by_name_.emplace(std::move(key), h);
   return h;
+}
+
+std::optional<HolderId> Registry::RetireHolder(std::uint32_t worker, std::string_view location) {
+  auto it = holder_by_name_.find(HolderKey(worker, location, &scratch_));
+  if (it == holder_by_name_.end()) return std::nullopt;
+  HolderId h = it->second;
+  holder_by_name_.erase(it);
+  holders_[h].live = false;
+  auto& mine = holders_of_worker_[worker];
+  mine.erase(std::find(mine.begin(), mine.end(), h));
+  return h;
+}
+
+std::vector<std::string> Registry::Instances() const {
+  std::vector<std::pair<std::uint64_t, std::string>> v;
+  for (const auto& [name, rec] : instances_) v.emplace_back(rec.order, name);
+  std::sort(v.begin(), v.end());
+  std::vector<std::string> out;
+  for (auto& [order, name] : v) out.push_back(std::move(name));
+  return out;
 }
 
 std::optional<HolderId> Registry::FindHolder(std::uint32_t worker, std::string_view location) const {

@@ -248,6 +248,7 @@ void Listener::Handshake(int fd, Events* ev) {
 
 void Listener::Drop(std::size_t index, Events* ev) {
   auto& c = clients_[index];
+  if (on_departure_) on_departure_(*c);
   c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
   (void)segment::Segment::Remove(c->segment.shm_name());
   close(c->socket);

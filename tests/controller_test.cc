@@ -3,11 +3,13 @@
 
 #include "alloc_counter.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <functional>
 
 #include <gtest/gtest.h>
@@ -28,6 +30,7 @@ Options Small(const std::string& name) {
   o.listen.request_capacity = 1 << 16;
   o.listen.reply_capacity = 1 << 14;
   o.index.shard_bits = 2;
+  o.full_sync_on_start = false;  // tests of full sync turn it on
   return o;
 }
 
@@ -244,6 +247,228 @@ TEST(Controller, KvBatchesAndP2PLookupsAllocateNothingOnceWarm) {
   EXPECT_EQ(Exit(pid), 0);
   EXPECT_EQ((*ctl)->stats().kv_ops, 3u + kRounds);
   EXPECT_EQ(allocations, 0);
+}
+
+}  // namespace
+}  // namespace kvring::controller
+
+namespace kvring::controller {
+namespace {
+
+std::string HolderKeysOf(Controller& c, const std::string& inst, int wid, const std::string& loc) {
+  auto w = c.registry().Find(inst, wid);
+  if (!w) return "no worker";
+  auto h = c.registry().FindHolder(*w, loc);
+  if (!h) return "no holder";
+  std::vector<std::uint64_t> keys;
+  c.index().ForEachKeyOf(*h, [&](std::uint64_t k) { keys.push_back(k); });
+  std::sort(keys.begin(), keys.end());
+  std::string out;
+  for (auto k : keys) out += std::to_string(k) + ",";
+  return out;
+}
+
+FullSyncBatchMsg SyncBatch(const std::string& id, int batch, std::vector<std::int64_t> keys) {
+  FullSyncBatchMsg m{"A", Int(0), "LocalCPUBackend", id, Int(batch), {}};
+  for (auto k : keys) m.keys.push_back(Int::FromI64(k));
+  return m;
+}
+
+TEST(Controller, FullSyncReplacesTheLocationAndReportsMissingBatchesUntilResent) {
+  Options o = Small(Name("sync"));
+  o.full_sync_on_start = true;
+  auto ctl = Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  int checked[2], release[2];
+  ASSERT_EQ(pipe(checked), 0);
+  ASSERT_EQ(pipe(release), 0);
+  pid_t pid = Spawn(Name("sync"), [&](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    HeartbeatMsg hb{"A", Int(0), "127.0.0.1", Int(8000), std::string("A:8200")};
+    // A fresh controller asks every worker once (LMCache: controller_restart).
+    auto first = w.Ask(hb);
+    if (!first || std::get<HeartbeatRetMsg>(*first).commands.size() != 1 ||
+        std::get<HeartbeatRetMsg>(*first).commands[0].reason != std::optional<std::string>("controller_restart"))
+      return 2;
+    w.Send(Ops("A", 0, OpType::kAdmit, {1, 2, 3}, 0));  // stale keys the sync must replace
+    auto start = w.Ask(FullSyncStartMsg{"A", Int(0), "LocalCPUBackend", "s1", Int(4), Int(2)});
+    if (!start || !std::get<FullSyncStartRetMsg>(*start).accepted) return 3;
+    // A second sync id while the first runs is refused, naming the running one.
+    auto other = w.Ask(FullSyncStartMsg{"A", Int(0), "LocalCPUBackend", "s2", Int(0), Int(1)});
+    if (!other || std::get<FullSyncStartRetMsg>(*other).accepted ||
+        std::get<FullSyncStartRetMsg>(*other).error_msg->find("s1") == std::string::npos)
+      return 4;
+    w.Send(Ops("A", 0, OpType::kAdmit, {99}, 3));  // during the sync: discarded, as LMCache
+    w.Send(SyncBatch("s1", 0, {10, 11}));
+    w.Send(FullSyncEndMsg{"A", Int(0), "LocalCPUBackend", "s1", Int(4)});
+    auto st = w.Ask(FullSyncStatusMsg{"A", Int(0), "s1"});
+    if (!st) return 5;
+    auto& s = std::get<FullSyncStatusRetMsg>(*st);
+    if (s.is_complete || s.missing_batches != std::vector<Int>{Int(1)} || s.can_exit_freeze) return 6;
+    w.Send(SyncBatch("s1", 1, {12, 13}));
+    auto done = w.Ask(FullSyncStatusMsg{"A", Int(0), "s1"});
+    if (!done) return 7;
+    auto& d = std::get<FullSyncStatusRetMsg>(*done);
+    if (!d.is_complete || !d.missing_batches.empty() || !d.can_exit_freeze || d.global_progress != 1.0) return 8;
+    // Completed: no further request in heartbeats.
+    auto quiet = w.Ask(hb);
+    if (!quiet || !std::get<HeartbeatRetMsg>(*quiet).commands.empty()) return 9;
+    if (write(checked[1], "c", 1) != 1) return 10;
+    char c;
+    return read(release[0], &c, 1) == 1 ? 0 : 11;  // stay registered while the parent looks
+  });
+  pollfd p{checked[0], POLLIN, 0};
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return poll(&p, 1, 0) == 1; }));
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->index().pairs() == 4; }));  // stale keys drained
+  EXPECT_EQ(HolderKeysOf(**ctl, "A", 0, "LocalCPUBackend"), "10,11,12,13,");
+  ASSERT_EQ(write(release[1], "d", 1), 1);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
+  EXPECT_EQ((*ctl)->stats().full_syncs_started, 1u);
+  EXPECT_EQ((*ctl)->stats().full_syncs_completed, 1u);
+  EXPECT_EQ((*ctl)->stats().dropped_syncing, 1u);
+  EXPECT_FALSE((*ctl)->full_sync_all_pending());
+}
+
+TEST(Controller, StalledFullSyncFailsAndIsAskedAgain) {
+  Options o = Small(Name("stall"));
+  o.full_sync_timeout_s = 0.1;
+  o.full_sync_on_start = false;
+  auto ctl = Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  pid_t pid = Spawn(Name("stall"), [&](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    auto start = w.Ask(FullSyncStartMsg{"A", Int(0), "LocalCPUBackend", "s1", Int(10), Int(5)});
+    if (!start || !std::get<FullSyncStartRetMsg>(*start).accepted) return 2;
+    char b;
+    if (read(go[0], &b, 1) != 1) return 3;  // the parent saw the sync fail
+    auto hb = w.Ask(HeartbeatMsg{"A", Int(0), "127.0.0.1", Int(8000), std::nullopt});
+    if (!hb) return 4;
+    const auto& cmds = std::get<HeartbeatRetMsg>(*hb).commands;
+    return cmds.size() == 1 && cmds[0].reason == std::optional<std::string>("sync_failed_retry") ? 0 : 5;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->stats().full_syncs_failed == 1; }));
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
+}
+
+TEST(Controller, SilentWorkerIsDeregisteredAfterTheHeartbeatTimeout) {
+  Options o = Small(Name("reap"));
+  o.worker_timeout_s = 0.2;
+  auto ctl = Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  pid_t pid = Spawn(Name("reap"), [](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    w.Send(Ops("A", 0, OpType::kAdmit, {1, 2, 3}, 0));
+    pause();  // alive, attached, but silent
+    return 0;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->index().pairs() == 3; }));
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 0 && (*ctl)->index().pairs() == 0; }));
+  EXPECT_EQ((*ctl)->stats().workers_reaped, 1u);
+  EXPECT_EQ((*ctl)->listener().clients().size(), 1u);  // the process itself is still attached
+  kill(pid, SIGKILL);
+  Exit(pid);
+}
+
+TEST(Controller, FloodingWorkerIsHeldToItsQuotaWhileOthersAreServed) {
+  Options o = Small(Name("quota"));
+  o.index.per_holder_quota = 1000;
+  auto ctl = Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  pid_t flooder = Spawn(Name("quota"), [](Worker& w) {
+    if (!w.Ask(Reg("F", 0))) return 1;
+    for (int i = 0; i < 5000; i += 250) {
+      std::vector<std::int64_t> keys;
+      for (int k = i; k < i + 250; ++k) keys.push_back(1000000 + k);
+      while (!w.Send(Ops("F", 0, OpType::kAdmit, keys, i))) w.conn->requests().WaitForSpace(8192, 1s);
+    }
+    HeartbeatMsg hb{"F", Int(0), "127.0.0.1", Int(1), std::nullopt};
+    while (!w.Send(hb)) w.conn->requests().WaitForSpace(256, 1s);
+    return w.Receive() ? 0 : 2;  // the reply comes after everything before it was applied
+  });
+  pid_t good = Spawn(Name("quota"), [](Worker& w) {
+    if (!w.Ask(Reg("G", 0))) return 1;
+    w.Send(Ops("G", 0, OpType::kAdmit, {7, 8}, 0));
+    auto hit = w.Ask(BatchedP2PLookupMsg{{Int(7), Int(8)}, "X", Int(0)});
+    return hit && std::get<BatchedP2PLookupRetMsg>(*hit).layout_info[0].num_hit_chunks == Int(2) ? 0 : 2;
+  });
+  std::atomic<bool> stop{false};
+  int code_f = -1, code_g = -1;
+  std::thread waiter([&] {
+    code_f = Exit(flooder);
+    code_g = Exit(good);
+    stop = true;
+  });
+  (*ctl)->Run(stop, 100);
+  waiter.join();
+  EXPECT_EQ(code_f, 0);
+  EXPECT_EQ(code_g, 0);
+  EXPECT_EQ((*ctl)->index().over_quota(), 4000u);
+}
+
+TEST(Controller, EventsPublishedJustBeforeAWorkerExitsAreStillApplied) {
+  auto ctl = Controller::Start(Small(Name("exit")));
+  ASSERT_TRUE(ctl.ok());
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  pid_t pid = Spawn(Name("exit"), [&](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    char c;
+    if (read(go[0], &c, 1) != 1) return 2;
+    for (int b = 0; b < 20; ++b) {
+      std::vector<std::int64_t> keys;
+      for (int k = 0; k < 50; ++k) keys.push_back(b * 50 + k);
+      if (!w.Send(Ops("A", 0, OpType::kAdmit, keys, b * 50))) return 3;
+    }
+    return 0;  // exits at once: the records are in the ring, nobody consumed them yet
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 1; }));
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  EXPECT_EQ(Exit(pid), 0);  // no polling until the worker has gone
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->listener().clients().empty(); }));
+  EXPECT_EQ((*ctl)->stats().kv_ops, 1000u);
+  EXPECT_EQ((*ctl)->stats().seq_discontinuities, 0u);
+}
+
+TEST(Controller, WaitingLookupIsServedAheadOfBulkEventsQueuedBeforeIt) {
+  auto ctl = Controller::Start(Small(Name("prio")));
+  ASSERT_TRUE(ctl.ok());
+  int go_a[2], a_wrote[2], go_b[2], b_wrote[2], done[2];
+  for (int* p : {go_a, a_wrote, go_b, b_wrote, done}) ASSERT_EQ(pipe(p), 0);
+  auto wait_on = [](int fd) {
+    char c;
+    return read(fd, &c, 1) == 1;
+  };
+  pid_t a = Spawn(Name("prio"), [&](Worker& w) {
+    if (!w.Ask(Reg("A", 0)) || !wait_on(go_a[0])) return 1;
+    if (!w.Send(Ops("A", 0, OpType::kAdmit, {5, 6}, 0))) return 2;
+    if (write(a_wrote[1], "a", 1) != 1) return 3;
+    return wait_on(done[0]) ? 0 : 4;  // stay attached: a detach would drop A's keys
+  });
+  pid_t b = Spawn(Name("prio"), [&](Worker& w) {
+    if (!wait_on(go_b[0])) return 1;
+    if (!w.Send(BatchedP2PLookupMsg{{Int(5), Int(6)}, "B", Int(0)})) return 2;
+    if (write(b_wrote[1], "b", 1) != 1) return 3;
+    auto r = w.Receive();
+    if (!r) return 4;
+    // Served before A's events, although they were queued first.
+    return std::get<BatchedP2PLookupRetMsg>(*r).layout_info[0].num_hit_chunks == Int(0) ? 0 : 5;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] {
+    return (*ctl)->registry().worker_count() == 1 && (*ctl)->listener().clients().size() == 2;
+  }));
+  // The controller is not polled while both records are written: A's batch,
+  // then B's lookup.
+  ASSERT_EQ(write(go_a[1], "g", 1), 1);
+  ASSERT_TRUE(wait_on(a_wrote[0]));
+  ASSERT_EQ(write(go_b[1], "g", 1), 1);
+  ASSERT_TRUE(wait_on(b_wrote[0]));
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->stats().p2p_lookups == 1 && (*ctl)->index().pairs() == 2; }));
+  EXPECT_EQ(Exit(b), 0);
+  ASSERT_EQ(write(done[1], "d", 1), 1);
+  EXPECT_EQ(Exit(a), 0);
 }
 
 }  // namespace

@@ -14,5 +14,7 @@ Command AddDecode(CLI::App& app);
 Command AddEncode(CLI::App& app);
 Command AddChunkHash(CLI::App& app);
 Command AddInspect(CLI::App& app);
+Command AddStats(CLI::App& app);
+Command AddLoad(CLI::App& app);
 
 }  // namespace kvring::tools

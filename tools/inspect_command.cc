@@ -119,6 +119,10 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
         Json peeked = Json::array();
         std::string bad = ring::PeekPending(region_base, cap, h->max_record[r], SIZE_MAX, [&](const ring::Record& rec) {
           if (count++ >= peek) return;
+          if (rec.type == ring::kRecordControl) {
+            peeked.push_back(Json{{"control", std::string(rec.payload.begin(), rec.payload.end())}});
+            return;
+          }
           auto m = protocol::Decode(rec.payload);
           if (m.ok()) peeked.push_back(protocol::ToJson(*m));
           else peeked.push_back(Json{{"undecodable", m.status().ToString()}, {"bytes", rec.payload.size()}});

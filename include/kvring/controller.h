@@ -1,12 +1,23 @@
 // The controller core: one thread drains every client's request ring, applies
-// KV events to the chunk index, answers registrations, heartbeats and P2P
-// lookups into the client's reply ring, and forgets a client's workers when
-// the client goes away.
+// KV events to the chunk index, answers registrations, heartbeats, full-sync
+// requests and P2P lookups into the client's reply ring, and forgets a
+// client's workers when the client goes away (or stops heartbeating).
 //
-// This is the first slice of issue 4: message handling and liveness. Not yet
-// here: full sync, orchestrator messages, request-before-bulk scheduling
-// across clients beyond per-ring budgets, the eventfd wake-up for a sleeping
-// controller, kvringd/client library/load generator.
+// Scheduling: each pass serves every client's ring round-robin with a record
+// and byte budget, so one flooding worker cannot starve the others. A KV batch
+// is applied in slices of `request_check_ops`; between slices the controller
+// serves the requests (lookups, registrations, heartbeats, control records)
+// waiting at the head of the other clients' rings, so a lookup waits behind at
+// most one slice of ingest work, not behind a 10,000-op batch.
+//
+// Full sync (LMCache's protocol, lmcache-controller.md §3.8, with fixes): a
+// worker is asked to full-sync through its heartbeat reply after a controller
+// start (every worker once, until the global completed fraction reaches
+// `full_sync_threshold`), after it re-registers through a heartbeat, after a
+// sequence gap, and after a sync of its stalled past `full_sync_timeout_s`.
+// Start retires the location's keys (dropped in slices) and collects the
+// batches into a fresh holder; End completes the sync only when no batch is
+// missing (Status lists the missing ones, so the worker resends them).
 //
 // Hot paths (BatchedKVOperationMsg, BatchedP2PLookupMsg) decode straight from
 // ring memory into reused views and encode the reply straight into the reply
@@ -18,8 +29,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "kvring/index.h"
@@ -34,10 +48,20 @@ struct Options {
   transport::ListenerOptions listen;
   p2p::Policy policy = p2p::Policy::kLongestPrefix;
   index::Options index;
-  std::size_t ring_budget_records = 64;  // per client per pass: one flooder cannot starve others
-  std::size_t drop_slice = 4096;         // keys of a departed worker dropped per pass
-  double heartbeat_interval_s = 10;      // told to workers in RegisterRetMsg.extra_config
+  std::size_t ring_budget_records = 64;        // per client per pass: one flooder cannot starve others
+  std::size_t ring_budget_bytes = 1u << 20;    // likewise, in payload bytes
+  std::size_t request_check_ops = 256;         // KV ops applied between scans for waiting requests
+  std::size_t drop_slice = 4096;               // keys of a departed worker dropped per pass
+  double heartbeat_interval_s = 10;            // told to workers in RegisterRetMsg.extra_config
+  double worker_timeout_s = 0;                 // > 0: a worker silent this long is deregistered
+  double full_sync_threshold = 0.8;            // completed fraction at which workers may leave freeze
+  double full_sync_timeout_s = 30;             // a sync idle this long fails and is asked again
+  bool full_sync_on_start = true;              // ask every worker to full-sync (rebuilds after a restart)
+  std::uint32_t full_sync_max_batches = 1u << 20;  // a Start announcing more is refused
   protocol::DecodeLimits limits;
+  // Receives log lines (problems with a client are rate-limited to one per
+  // client per second). Null: no logging.
+  std::function<void(std::string_view)> log;
 };
 
 struct Stats {
@@ -46,10 +70,19 @@ struct Stats {
   std::uint64_t p2p_lookups = 0;
   std::uint64_t errors = 0;            // undecodable, unknown or out-of-place messages
   std::uint64_t dropped_unknown_worker = 0;
+  std::uint64_t dropped_syncing = 0;   // KV ops of a worker in the middle of a full sync
   std::uint64_t seq_discontinuities = 0;
   std::uint64_t quarantined_rings = 0;
   std::uint64_t reply_ring_full = 0;
+  std::uint64_t full_syncs_started = 0;
+  std::uint64_t full_syncs_completed = 0;
+  std::uint64_t full_syncs_failed = 0;  // timed out
+  std::uint64_t full_sync_requests = 0; // FullSyncCommands sent in heartbeat replies
+  std::uint64_t workers_reaped = 0;     // missed-heartbeat timeouts
+  std::uint64_t control_requests = 0;
 };
+
+enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
 
 class Controller {
  public:
@@ -66,20 +99,55 @@ class Controller {
   const index::ChunkIndex& index() const { return index_; }
   const registry::Registry& registry() const { return registry_; }
   transport::Listener& listener() { return *listener_; }
+  const Options& options() const { return options_; }
+  // The counters as one JSON object (what `kvring stats --json` prints).
+  std::string StatsJson() const;
+  // An order-independent digest of every (key, instance, worker, location)
+  // pair: equal digests mean equal indexes (for restart tests and operators).
+  std::uint64_t IndexDigest() const;
+  // Workers whose full sync is complete / in progress (LMCache's gauges).
+  std::size_t SyncingWorkers() const;
+  std::size_t CompletedWorkers() const;
+  bool full_sync_all_pending() const { return full_sync_all_; }
 
  private:
+  struct WorkerState {
+    std::uint64_t client = 0;
+    double last_heartbeat_mono = 0;
+    bool seq_gap = false;  // ask for a full sync in the next heartbeat reply
+    SyncState sync = SyncState::kNone;
+    double sync_activity_mono = 0;  // last Start/Batch/End, or when the sync was asked for
+    std::string sync_id;
+    std::int64_t sync_expected_keys = 0;
+    std::int64_t sync_received_keys = 0;
+    std::vector<bool> batches;  // received flags, one per announced batch
+    std::size_t batches_missing = 0;
+    bool sync_end_seen = false;
+  };
+
   explicit Controller(const Options& options);
-  void HandleRecord(transport::Client& c, std::span<const std::uint8_t> bytes);
-  void HandleKvBatch(std::span<const std::uint8_t> bytes);
+  std::size_t ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes, bool requests_only);
+  void ServeWaitingRequests(const transport::Client* busy);
+  void HandleRecord(transport::Client& c, const ring::Record& r);
+  void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleGeneric(transport::Client& c, protocol::Message&& m);
-  void ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
-               const protocol::Int& seq);
+  void HandleControl(transport::Client& c, std::span<const std::uint8_t> bytes);
+  void HandleHeartbeat(transport::Client& c, const protocol::HeartbeatMsg& hb);
+  void HandleFullSync(transport::Client& c, protocol::Message& m);
+  bool ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
+               const protocol::Int& seq, bool* gap_counted);
   void Reply(transport::Client& c, const protocol::Message& m);
+  void ReplyControl(transport::Client& c, const std::string& json);
   void ReplyError(transport::Client& c, const std::string& text);
+  void Problem(const transport::Client& c, const std::string& what);
+  std::uint32_t UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new);
   void ForgetWorker(std::uint32_t worker);
+  void RetireHolder(index::HolderId h);
   void ClientGone(std::uint64_t client_id);
   void DropSomeKeys();
+  void Housekeeping();
+  double GlobalSyncProgress() const;
 
   Options options_;
   std::unique_ptr<transport::Listener> listener_;
@@ -92,11 +160,16 @@ class Controller {
   protocol::BatchedP2PLookupView p2p_view_;
   std::vector<std::uint64_t> hashes_;
   protocol::BatchedP2PLookupRetMsg p2p_reply_;
-  // Per worker index: the client that registered it, last seq per holder.
-  std::vector<std::uint64_t> worker_client_;
+  std::vector<WorkerState> workers_;          // by worker index
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
-  std::vector<bool> needs_full_sync_;         // per worker
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
+  std::uint64_t registry_epoch_ = 0;          // bumped whenever a worker or holder goes away
+  bool full_sync_all_ = false;
+  bool serving_waiting_ = false;              // inside ServeWaitingRequests (no nesting)
+  std::size_t next_client_ = 0;               // round-robin start
+  double next_housekeeping_ = 0;
+  double started_mono_ = 0;
+  std::unordered_map<std::uint64_t, double> last_problem_log_;  // client id -> monotonic seconds
 };
 
 }  // namespace kvring::controller

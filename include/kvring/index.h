@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -69,6 +70,8 @@ class ChunkIndex {
   // Removes up to `budget` keys of `holder`; returns how many remain.
   std::size_t DropHolderSlice(HolderId holder, std::size_t budget);
   std::size_t KeysOf(HolderId holder) const;
+  // Calls fn(key) for every key of `holder` (a cold path: stats, digests).
+  void ForEachKeyOf(HolderId holder, const std::function<void(std::uint64_t)>& fn) const;
 
   // Prefetches the home slots of `keys` (call before a run of lookups: the
   // misses then overlap instead of queueing one after another).

@@ -48,6 +48,11 @@ class Registry {
   // handed back with ReleaseHolder once it holds no key.
   std::vector<HolderId> Remove(std::uint32_t worker);
   void ReleaseHolder(HolderId h);
+  // Detaches the worker's holder for `location` (a full sync starts that
+  // location afresh): the old holder turns dead like Remove's, and the next
+  // Holder(worker, location) interns a new one, so the old keys can drain in
+  // slices while the new ones arrive. Returns the old holder, if there was one.
+  std::optional<HolderId> RetireHolder(std::uint32_t worker, std::string_view location);
 
   // The holder for (worker, location), created on first use.
   HolderId Holder(std::uint32_t worker, std::string_view location);
@@ -60,6 +65,10 @@ class Registry {
   std::size_t worker_count() const { return live_workers_; }
   // Live worker indices in registration order.
   std::vector<std::uint32_t> Workers() const;
+  // The worker's live holders, in first-seen order of their locations.
+  const std::vector<HolderId>& HoldersOf(std::uint32_t worker) const { return holders_of_worker_[worker]; }
+  // Live instances in order of first appearance.
+  std::vector<std::string> Instances() const;
   // When the instance first appeared (it keeps its place while any of its
   // workers stays registered, as in LMCache); 0 for an unknown instance.
   std::uint64_t InstanceOrder(std::string_view instance_id) const;
@@ -80,6 +89,7 @@ class Registry {
   std::vector<std::vector<HolderId>> holders_of_worker_;
   mutable std::string scratch_;  // map keys are built here (see registry.cc)
   std::uint64_t next_order_ = 1;
+  std::uint64_t next_location_order_ = 1;
   std::size_t live_workers_ = 0;
 };
 

@@ -64,7 +64,10 @@ inline constexpr std::size_t kRecordAlignment = 8;
 
 inline constexpr std::uint32_t kRecordPadding = 0;  // fills the tail end of data
 inline constexpr std::uint32_t kRecordMessage = 1;  // payload: one msgpack-encoded Msg
-inline constexpr std::uint32_t kMaxRecordType = kRecordMessage;
+// payload: a kvring control request or reply (JSON, e.g. {"op":"stats"}):
+// kvring's own tools talk to the controller without adding to LMCache's Msg union.
+inline constexpr std::uint32_t kRecordControl = 2;
+inline constexpr std::uint32_t kMaxRecordType = kRecordControl;
 
 inline constexpr std::size_t kMinCapacity = 4096;
 inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 30;

@@ -20,6 +20,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -70,6 +71,10 @@ class Listener {
   void Quarantine(Client& c, int ring);
   // Writes the controller heartbeat into every segment.
   void Heartbeat();
+  // Called with a departing client while its segment still exists, so that
+  // whatever it published before it went (its last events, a DeRegisterMsg)
+  // is still consumed: nothing a client committed is lost to its exit.
+  void OnDeparture(std::function<void(Client&)> fn) { on_departure_ = std::move(fn); }
 
   const std::vector<std::unique_ptr<Client>>& clients() const { return clients_; }
   Client* Find(std::uint64_t id) const;
@@ -94,6 +99,7 @@ class Listener {
   std::vector<struct pollfd> pollfds_;
   std::vector<std::unique_ptr<Client>> clients_;
   std::vector<std::string> stale_;
+  std::function<void(Client&)> on_departure_;
 };
 
 struct ConnectOptions {

@@ -1,0 +1,128 @@
+// The worker-side client library: what a serving process (one per GPU) links
+// to talk to a kvring controller on the same machine.
+//
+//   auto w = kvring::client::Worker::Connect(options);   // attach + RegisterMsg
+//   (*w)->Admit("LocalCPUBackend", chunk_hash);           // queued, batched per location
+//   auto hit = (*w)->Lookup(hashes, 5ms);                 // BatchedP2PLookupMsg, blocking
+//   (*w)->Tick();                                         // timers: flush, heartbeat, full sync
+//
+// Events: admits and evicts are queued per location in call order and sent as
+// BatchedKVOperationMsg when a location holds `batch_ops` of them, when Tick()
+// finds the oldest older than `flush_interval`, on Flush(), and before any
+// request. Sequence numbers are assigned per location at send time, from 0,
+// as LMCache's BatchedMessageSender does. Each batch is msgpack-encoded
+// straight into the request ring.
+//
+// Requests (register, heartbeat, P2P lookup, full-sync start/status) wait for
+// their reply with a deadline. Replies come back in request order; a reply
+// that missed its deadline is skipped when it arrives, so it can never be
+// taken for the answer to a later request.
+//
+// Controller restarts: when the controller process goes away (the attach
+// socket tells at once), the next call reattaches to the controller of the
+// same name, re-registers through a heartbeat and full-syncs every location
+// it has used, with keys from `keys_of` (the engine's own cache is the truth,
+// as in LMCache). Full sync follows LMCache's FullSyncSender: Start (retried),
+// batches of `full_sync_batch_keys`, End, then Status polls until the
+// controller says the worker may leave freeze (resending missing batches).
+//
+// Thread-safety: every public member may be called from several threads; one
+// internal mutex serialises them (a lookup holds it while it waits for its
+// reply, so lookups from several threads take turns). keys_of is called with
+// that mutex held: it must not call back into the Worker.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvring/status.h"
+
+namespace kvring::client {
+
+struct WorkerOptions {
+  std::string controller = "kvring";  // the controller's name
+  std::string instance_id;            // LMCache's lmcache_instance_id
+  std::int64_t worker_id = 0;         // the TP rank
+  std::string ip = "127.0.0.1";
+  std::int64_t port = 0;
+  std::optional<std::string> peer_init_url;  // null: this worker serves no P2P transfers
+  std::chrono::milliseconds attach_timeout{2000};
+  std::chrono::milliseconds request_timeout{2000};  // one request's reply, or room in a full ring
+  std::size_t batch_ops = 256;                      // a location's queue is sent at this size
+  std::chrono::microseconds flush_interval{10000};  // ... or when its oldest op is this old (Tick)
+  std::chrono::milliseconds heartbeat_interval{0};  // 0: the controller's (RegisterRetMsg)
+  std::size_t full_sync_batch_keys = 2000;
+  std::chrono::milliseconds full_sync_status_poll{20};
+  int full_sync_max_polls = 500;
+  int full_sync_start_retries = 3;
+  bool reattach = true;  // follow a restarted controller
+  // The keys this worker holds at `location`, for a full sync.
+  std::function<std::vector<std::uint64_t>(const std::string& location)> keys_of;
+  // Locations to full-sync besides those this client has sent events for.
+  std::vector<std::string> sync_locations;
+};
+
+struct P2PHit {
+  std::string instance_id;  // empty: no peer holds hashes[0]
+  std::string location;
+  std::uint64_t num_hit_chunks = 0;
+  std::string peer_init_url;
+};
+
+struct WorkerCounters {
+  std::uint64_t ops_sent = 0;
+  std::uint64_t batches_sent = 0;
+  std::uint64_t lookups = 0;
+  std::uint64_t heartbeats = 0;
+  std::uint64_t full_syncs = 0;
+  std::uint64_t reattaches = 0;
+  std::uint64_t late_replies_skipped = 0;
+};
+
+class Worker {
+ public:
+  // Attaches (waiting up to attach_timeout for the controller) and registers.
+  static Result<std::unique_ptr<Worker>> Connect(WorkerOptions options);
+  ~Worker();  // Close(), best effort
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void Admit(std::string_view location, std::uint64_t key);
+  void Evict(std::string_view location, std::uint64_t key);
+  // Sends every queued op (waits for ring space up to request_timeout).
+  Status Flush();
+  // Which peer holds the longest prefix of `hashes` (BatchedP2PLookupMsg).
+  Result<P2PHit> Lookup(std::span<const std::uint64_t> hashes, std::chrono::milliseconds timeout);
+  // Timer work: flushes old queues, heartbeats when due (acting on the
+  // commands: full sync), reattaches after a controller restart.
+  Status Tick();
+  // One heartbeat now, acting on its commands.
+  Status Heartbeat();
+  // Flushes and deregisters; later calls fail.
+  Status Close();
+  // Runs Tick() on a thread of the Worker's own every flush_interval until
+  // Close() or destruction.
+  void StartBackgroundTicks();
+
+  WorkerCounters counters() const;
+  bool attached() const;
+
+ private:
+  struct Impl;
+  explicit Worker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sends one kvring control request (JSON, e.g. {"op":"stats"}) to controller
+// `name` and returns its JSON reply: what `kvring stats` uses.
+Result<std::string> ControlRequest(const std::string& name, const std::string& request_json,
+                                   std::chrono::milliseconds timeout);
+
+}  // namespace kvring::client

@@ -1,0 +1,209 @@
+// kvringd and the controller-facing CLI commands as real processes: the
+// command-line contract, clean shutdown, and a kill -9 restart that the
+// workers repair by full sync.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "kvring/client.h"
+#include "process_util.h"
+
+namespace kvring {
+namespace {
+
+using namespace std::chrono_literals;
+using Json = nlohmann::json;
+using testing::RunProcess;
+
+const std::string kPid = std::to_string(getpid());
+std::string Name(const char* what) { return "d" + kPid + "-" + what; }
+
+struct Daemon {
+  pid_t pid = -1;
+  std::string log;
+  Daemon() = default;
+  Daemon(Daemon&& o) noexcept : pid(std::exchange(o.pid, -1)), log(std::move(o.log)) {}
+  Daemon(const Daemon&) = delete;
+  static Daemon Start(const std::string& name, std::vector<std::string> extra = {}) {
+    Daemon d;
+    d.log = "/tmp/kvringd-test-" + name + ".log";
+    std::vector<std::string> argv{KVRINGD_PATH, "--name", name, "--stats-interval", "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    d.pid = fork();
+    if (d.pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      int fd = open(d.log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      dup2(fd, 2);
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    return d;
+  }
+  int Stop(int sig) {
+    kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  }
+  ~Daemon() {
+    if (pid > 0) Stop(SIGKILL);
+  }
+};
+
+// `kvring stats --json`, waiting up to `timeout` for the controller.
+Json Stats(const std::string& name, bool digest = false, int timeout_ms = 5000) {
+  std::vector<std::string> argv{KVRING_CLI_PATH, "stats", "--name", name, "--json", "--timeout",
+                                std::to_string(timeout_ms)};
+  if (digest) argv.push_back("--digest");
+  auto r = RunProcess(argv);
+  if (r.exit_code != 0) return Json();
+  return Json::parse(r.out, nullptr, false);
+}
+
+std::vector<std::string> Segments(const std::string& name) {
+  std::vector<std::string> out;
+  std::string prefix = "kvring." + name + ".";
+  if (DIR* d = opendir("/dev/shm")) {
+    while (dirent* e = readdir(d))
+      if (std::string(e->d_name).rfind(prefix, 0) == 0) out.push_back(e->d_name);
+    closedir(d);
+  }
+  return out;
+}
+
+TEST(Kvringd, StatsAndLoadFollowTheCommandLineContractAndShutdownIsClean) {
+  const std::string name = Name("contract");
+  Daemon d = Daemon::Start(name);
+  Json s = Stats(name);
+  ASSERT_TRUE(s.is_object()) << "kvring stats did not answer";
+  for (const char* k : {"clients", "workers", "keys", "kv_ops_total", "p2p_lookups_total", "quarantined_rings",
+                        "errors_total"})
+    EXPECT_TRUE(s.contains(k)) << k;
+  auto load = RunProcess({KVRING_CLI_PATH, "load", "--name", name, "--instances", "2", "--tp", "2", "--seconds",
+                          "0.5", "--json"});
+  ASSERT_EQ(load.exit_code, 0) << load.out << load.err;
+  Json l = Json::parse(load.out, nullptr, false);
+  ASSERT_TRUE(l.is_object()) << load.out;
+  for (const char* k : {"kv_ops_per_s", "p2p_lookups", "p2p_p50_us", "p2p_p99_us", "p2p_hit_rate", "errors"})
+    EXPECT_TRUE(l.contains(k)) << k;
+  EXPECT_EQ(l["errors"], 0);
+  EXPECT_GT(l["kv_ops_per_s"].get<double>(), 0);
+  EXPECT_GT(l["p2p_lookups"].get<int>(), 0);
+  EXPECT_GT(l["p2p_hit_rate"].get<double>(), 0);  // instances share prefixes
+  Json after = Stats(name);
+  EXPECT_GE(after["kv_ops_total"].get<std::uint64_t>(), l["kv_ops"].get<std::uint64_t>());
+  EXPECT_EQ(after["p2p_lookups_total"], l["p2p_lookups"]);
+  EXPECT_EQ(after["errors_total"], 0);
+  // The human summary too.
+  auto human = RunProcess({KVRING_CLI_PATH, "load", "--name", name, "--seconds", "0.2"});
+  EXPECT_EQ(human.exit_code, 0) << human.err;
+  EXPECT_NE(human.out.find("lookup round trip"), std::string::npos) << human.out;
+
+  EXPECT_EQ(d.Stop(SIGTERM), 0);
+  EXPECT_TRUE(Segments(name).empty());
+  auto gone = RunProcess({KVRING_CLI_PATH, "stats", "--name", name, "--timeout", "100"});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_NE(gone.err.find("no kvring controller named '" + name + "'"), std::string::npos) << gone.err;
+  auto no_load = RunProcess({KVRING_CLI_PATH, "load", "--name", name, "--seconds", "0.1"});
+  EXPECT_EQ(no_load.exit_code, 1);
+}
+
+TEST(Kvringd, SecondDaemonOfTheSameNameRefusesToStart) {
+  const std::string name = Name("twice");
+  Daemon first = Daemon::Start(name);
+  ASSERT_TRUE(Stats(name).is_object());
+  auto second = RunProcess({KVRINGD_PATH, "--name", name});
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_NE(second.err.find("cannot start"), std::string::npos) << second.err;
+  EXPECT_TRUE(Stats(name).is_object());  // the first one is unharmed
+  EXPECT_EQ(first.Stop(SIGINT), 0);
+}
+
+TEST(Kvringd, BadFlagsAreAUsageError) {
+  EXPECT_EQ(RunProcess({KVRINGD_PATH, "--p2p-policy", "random"}).exit_code, 2);
+  EXPECT_EQ(RunProcess({KVRINGD_PATH, "--full-sync-threshold", "2"}).exit_code, 2);
+  auto help = RunProcess({KVRINGD_PATH, "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--heartbeat-interval"), std::string::npos);
+}
+
+// A worker process: admits its keys, then keeps ticking (heartbeats, and the
+// reattach + full sync after a controller restart) until killed.
+pid_t StartWorker(const std::string& name, const std::string& inst, int rank, std::uint64_t first, std::uint64_t n) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    std::vector<std::uint64_t> cpu, disk;
+    for (std::uint64_t k = first; k < first + n; ++k) (k % 3 ? cpu : disk).push_back(k);
+    client::WorkerOptions o;
+    o.controller = name;
+    o.instance_id = inst;
+    o.worker_id = rank;
+    o.peer_init_url = inst + ":" + std::to_string(9000 + rank);
+    o.attach_timeout = 5000ms;
+    o.full_sync_batch_keys = 500;
+    o.keys_of = [&](const std::string& loc) { return loc == "LocalCPUBackend" ? cpu : disk; };
+    auto w = client::Worker::Connect(o);
+    if (!w.ok()) _exit(1);
+    for (auto k : cpu) (*w)->Admit("LocalCPUBackend", k);
+    for (auto k : disk) (*w)->Admit("LocalDiskBackend", k);
+    if (!(*w)->Flush().ok()) _exit(2);
+    for (;;) {
+      (void)(*w)->Tick();  // a failed reattach is retried on the next tick
+      std::this_thread::sleep_for(1ms);  // the worker's own pace, not a test synchronisation
+    }
+  }
+  return pid;
+}
+
+TEST(Kvringd, KilledAndRestartedControllerIsRebuiltByTheWorkersFullSyncs) {
+  const std::string name = Name("restart");
+  auto d = std::make_unique<Daemon>(Daemon::Start(name, {"--heartbeat-interval", "0.05"}));
+  ASSERT_TRUE(Stats(name).is_object());
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(StartWorker(name, "inst" + std::to_string(i % 2), i, 100000 * (i + 1), 3000));
+  auto wait_for = [&](const std::function<bool(const Json&)>& ok, std::chrono::seconds limit) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    Json s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      s = Stats(name, true);
+      if (s.is_object() && ok(s)) return s;
+    }
+    return Json();
+  };
+  Json before = wait_for([](const Json& s) { return s["keys"] == 9000 && s["workers"] == 3; }, 20s);
+  ASSERT_TRUE(before.is_object()) << "the workers' keys never all arrived";
+  EXPECT_NE(before["digest"], "0x0000000000000000");
+
+  EXPECT_EQ(d->Stop(SIGKILL), -SIGKILL);
+  d = std::make_unique<Daemon>(Daemon::Start(name, {"--heartbeat-interval", "0.05"}));
+  Json after = wait_for([&](const Json& s) { return s["digest"] == before["digest"] && s["keys"] == 9000; }, 30s);
+  ASSERT_TRUE(after.is_object()) << "the index was not rebuilt; last stats: " << Stats(name, true).dump();
+  EXPECT_EQ(after["workers"], 3);
+  EXPECT_GE(after["full_syncs_completed"].get<int>(), 6);  // 3 workers x 2 locations
+  EXPECT_EQ(after["errors_total"], 0);
+  for (pid_t p : workers) {
+    kill(p, SIGKILL);
+    waitpid(p, nullptr, 0);
+  }
+  EXPECT_EQ(d->Stop(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace kvring

@@ -1,0 +1,133 @@
+// kvringd: the kvring controller daemon. Runs one single-threaded controller
+// (controller.h) in the foreground until SIGINT or SIGTERM, then removes its
+// segments and exits 0. Logs to stderr, with one stats line every
+// --stats-interval seconds.
+//
+// Exit codes: 0 clean shutdown, 1 could not start (another controller of that
+// name runs, /dev/shm too small, ...), 2 usage error.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "kvring/controller.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+
+void OnSignal(int) { g_stop.store(true, std::memory_order_relaxed); }  // relaxed: a flag, no data rides on it
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace kvring;
+  controller::Options o;
+  std::string policy = "longest-prefix", log_level = "info";
+  double stats_interval = 10;
+  std::uint32_t spin_passes = 2000;
+  bool group_access = false, no_full_sync_on_start = false;
+
+  CLI::App app{"kvringd: the kvring controller daemon (LMCache cache-controller protocol over shared memory)"};
+  app.add_option("--name", o.listen.name, "Controller name: workers and tools attach by it")->capture_default_str();
+  app.add_option("--request-ring-bytes", o.listen.request_capacity, "Each client's request ring (power of two)")
+      ->capture_default_str();
+  app.add_option("--reply-ring-bytes", o.listen.reply_capacity, "Each client's reply ring (power of two)")
+      ->capture_default_str();
+  app.add_option("--max-clients", o.listen.max_clients, "Attached clients at most")->capture_default_str();
+  app.add_flag("--group-access", group_access, "Segments 0660 and clients of other uids accepted (default 0600, own uid)");
+  app.add_option("--heartbeat-interval", o.heartbeat_interval_s, "Seconds between worker heartbeats (told at registration)")
+      ->check(CLI::Range(0.01, 86400.0))->capture_default_str();
+  app.add_option("--worker-timeout", o.worker_timeout_s,
+                 "Deregister a worker silent this many seconds (0: off; dead processes are noticed at once anyway)")
+      ->check(CLI::Range(0.0, 1e7))->capture_default_str();
+  app.add_option("--full-sync-threshold", o.full_sync_threshold,
+                 "Completed fraction of workers at which full-syncing workers may leave freeze")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--full-sync-timeout", o.full_sync_timeout_s, "Seconds a full sync may stall before it fails and is asked again")
+      ->check(CLI::Range(0.0, 1e7))->capture_default_str();
+  app.add_flag("--no-full-sync-on-start", no_full_sync_on_start,
+               "Do not ask every worker to full-sync after start (LMCache always asks)");
+  app.add_option("--p2p-policy", policy, "longest-prefix (kvring) or lmcache (LMCache's exact rule)")
+      ->check(CLI::IsMember({"longest-prefix", "lmcache"}))->capture_default_str();
+  app.add_option("--key-quota", o.index.per_holder_quota, "Keys per (worker, location) at most (0: unlimited)")
+      ->capture_default_str();
+  app.add_option("--spin", spin_passes, "Idle passes spun before sleeping (latency vs. idle CPU)")->capture_default_str();
+  app.add_option("--stats-interval", stats_interval, "Seconds between stats lines in the log (0: none)")
+      ->check(CLI::Range(0.0, 86400.0))->capture_default_str();
+  app.add_option("--log-level", log_level, "error, warn, info or debug")
+      ->check(CLI::IsMember({"error", "warn", "info", "debug"}))->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+
+  auto log = spdlog::stderr_color_mt("kvringd");
+  log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%L%$ kvringd[%P]: %v");
+  log->set_level(spdlog::level::from_str(log_level));
+  if (group_access) {
+    o.listen.segment_mode = 0660;
+    o.listen.allow_other_uids = true;
+  }
+  o.full_sync_on_start = !no_full_sync_on_start;
+  o.policy = policy == "lmcache" ? p2p::Policy::kLMCache : p2p::Policy::kLongestPrefix;
+  o.log = [log](std::string_view line) { log->warn("{}", line); };
+
+  struct sigaction sa{};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto started = controller::Controller::Start(o);
+  if (!started.ok()) {
+    log->error("cannot start: {}", started.status().message());
+    return 1;
+  }
+  controller::Controller& ctl = **started;
+  for (const std::string& s : ctl.listener().stale_segments_removed()) log->info("removed stale segment {}", s);
+  log->info("controller '{}' running (pid {}, p2p policy {}, heartbeat {} s, full sync on start: {})", o.listen.name,
+            getpid(), policy, o.heartbeat_interval_s, o.full_sync_on_start ? "yes" : "no");
+
+  using Clock = std::chrono::steady_clock;
+  auto next_stats = Clock::now() + std::chrono::duration<double>(stats_interval);
+  auto last_stats = Clock::now();
+  controller::Stats prev = ctl.stats();
+  std::uint32_t idle = 0;
+  while (!g_stop.load(std::memory_order_relaxed)) {
+    bool sleep = idle >= spin_passes;
+    if (ctl.PollOnce(sleep ? std::chrono::milliseconds(1) : std::chrono::milliseconds(0)) > 0) idle = 0;
+    else ++idle;
+    if (stats_interval > 0 && (idle == 0 || sleep || idle % 1024 == 0)) {
+      auto now = Clock::now();
+      if (now >= next_stats) {
+        double dt = std::chrono::duration<double>(now - last_stats).count();
+        const controller::Stats& s = ctl.stats();
+        log->info("stats: clients={} workers={} keys={} kv_ops/s={:.0f} lookups/s={:.0f} errors={} quarantined={}",
+                  ctl.listener().clients().size(), ctl.registry().worker_count(), ctl.index().pairs(),
+                  static_cast<double>(s.kv_ops - prev.kv_ops) / dt,
+                  static_cast<double>(s.p2p_lookups - prev.p2p_lookups) / dt, s.errors, s.quarantined_rings);
+        prev = s;
+        last_stats = now;
+        next_stats = now + std::chrono::duration<double>(stats_interval);
+      }
+    }
+  }
+  const controller::Stats& s = ctl.stats();
+  log->info("shutting down: {} messages, {} kv ops, {} lookups, {} errors; removing segments", s.messages, s.kv_ops,
+            s.p2p_lookups, s.errors);
+  started = Status(ErrorKind::kUnavailable, "stopped");  // destroys the controller: segments removed
+  log->info("stopped cleanly");
+  return 0;
+}
