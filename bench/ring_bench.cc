@@ -29,71 +29,15 @@
 #include <new>
 #include <vector>
 
+#include "bench_util.h"
 #include "kvring/ring.h"
 
 namespace {
 
 using namespace kvring::ring;
-using Clock = std::chrono::steady_clock;
+using namespace kvring::bench;
 
-void Pin(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu % static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))), &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
-void* SharedMap(std::size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) std::abort();
-  return p;
-}
-
-struct Child {
-  pid_t pid = -1;
-  ~Child() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
-void ReportPercentiles(benchmark::State& state, std::vector<std::int64_t>& ns) {
-  if (ns.empty()) return;
-  std::sort(ns.begin(), ns.end());
-  auto at = [&](double q) { return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<std::size_t>(q * ns.size()))]); };
-  state.counters["p50_ns"] = at(0.50);
-  state.counters["p99_ns"] = at(0.99);
-  state.counters["p999_ns"] = at(0.999);
-}
-
-// ---- the floor ---------------------------------------------------------------------
-
-void BM_Floor_CacheLinePingPong(benchmark::State& state) {
-  auto* word = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
-  Child child;
-  child.pid = fork();
-  if (child.pid == 0) {
-    Pin(1);
-    for (std::uint64_t expect = 1;; expect += 2) {
-      while (word->load(std::memory_order_acquire) != expect) {}  // pairs with the parent's release
-      word->store(expect + 1, std::memory_order_release);          // pairs with the parent's acquire
-    }
-  }
-  Pin(0);
-  std::vector<std::int64_t> ns;
-  ns.reserve(1 << 20);
-  std::uint64_t v = 0;
-  for (auto _ : state) {
-    auto t0 = Clock::now();
-    word->store(++v, std::memory_order_release);
-    while (word->load(std::memory_order_acquire) != v + 1) {}
-    ++v;
-    if (ns.size() < ns.capacity()) ns.push_back((Clock::now() - t0).count());
-  }
-  ReportPercentiles(state, ns);
-}
+void BM_Floor_CacheLinePingPong(benchmark::State& state) { CacheLinePingPong(state); }
 BENCHMARK(BM_Floor_CacheLinePingPong)->UseRealTime()->MinTime(1.0);
 
 // ---- kvring rings ------------------------------------------------------------------

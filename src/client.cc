@@ -120,7 +120,7 @@ struct Worker::Impl {
         if (!conn->ControllerAlive()) return Dead();
         return Status(ErrorKind::kTimeout, "no reply from controller '" + o.controller + "' in time");
       }
-      if (!c.WaitForData(std::min<Clock::duration>(left, std::chrono::milliseconds(50)))) {
+      if (!c.WaitForData(std::min<Clock::duration>(left, std::chrono::milliseconds(50)), o.reply_spin)) {
         if (c.corrupt()) return Status(ErrorKind::kCorrupt, "reply ring: " + c.corruption());
         if (!conn->ControllerAlive()) return Dead();
         continue;

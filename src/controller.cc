@@ -14,7 +14,8 @@ namespace {
 
 constexpr std::int64_t kNoSeq = INT64_MIN;
 constexpr std::uint64_t kNoClient = ~0ULL;
-constexpr double kHousekeepingPeriod = 0.1;  // seconds
+constexpr double kHousekeepingPeriod = 0.1;     // seconds
+constexpr double kListenerPollPeriod = 50e-6;   // seconds
 
 double WallSeconds() {
   timespec ts{};
@@ -80,11 +81,17 @@ Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
 }
 
 std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
-  transport::Listener::Events ev = listener_->Poll(idle_wait);
-  stats_.errors += ev.rejected.size();
-  if (options_.log)
-    for (const std::string& why : ev.rejected) options_.log("client refused: " + why);
-  for (std::uint64_t id : ev.detached) ClientGone(id);
+  // Attaches and departures are rare: while busy, the poll() system call
+  // (about a microsecond) runs every kListenerPollPeriod, not every pass.
+  const double now = MonoSeconds();
+  if (idle_wait.count() > 0 || now >= next_listener_poll_) {
+    next_listener_poll_ = now + kListenerPollPeriod;
+    transport::Listener::Events ev = listener_->Poll(idle_wait);
+    stats_.errors += ev.rejected.size();
+    if (options_.log)
+      for (const std::string& why : ev.rejected) options_.log("client refused: " + why);
+    for (std::uint64_t id : ev.detached) ClientGone(id);
+  }
   std::size_t handled = 0;
   const auto& clients = listener_->clients();
   const std::size_t n = clients.size();
@@ -202,10 +209,21 @@ void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_
   index::HolderId h;
   if (n == 0 || !resolve(&w, &h, 0)) return;
   bool gap_counted = false;
+  // Keep the home slots of the next kPrefetchOps keys in flight: independent
+  // DRAM reads overlap instead of each op waiting for its own miss.
+  constexpr std::size_t kPrefetchOps = 16;
+  auto prefetch = [&](std::size_t i) {
+    std::uint64_t key = kv_view_.operations[i].key.bits();
+    index_.Prefetch(std::span<const std::uint64_t>(&key, 1));
+  };
+  for (std::size_t i = 0; i < std::min(n, kPrefetchOps); ++i) prefetch(i);
   for (std::size_t i = 0; i < n; ++i) {
-    if (i > 0 && i % options_.request_check_ops == 0 && !serving_waiting_) {
-      // Let waiting lookups in; the view still points into this client's
-      // ring, which is not released until the whole batch is applied.
+    if (i + kPrefetchOps < n) prefetch(i + kPrefetchOps);
+    // Every request_check_ops ops, across batches and clients, let waiting
+    // requests in; the view still points into this client's ring, which is
+    // not released until the whole batch is applied.
+    if (++ops_since_scan_ >= options_.request_check_ops && !serving_waiting_) {
+      ops_since_scan_ = 0;
       std::uint64_t epoch = registry_epoch_;
       ServeWaitingRequests(&c);
       if (epoch != registry_epoch_ && !resolve(&w, &h, i)) return;

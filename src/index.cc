@@ -53,8 +53,15 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
   Table t;
   t.mask = capacity - 1;
   if (bytes >= kHugePage) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
+    // Map one huge page more and trim to a 2 MiB boundary: a table that
+    // starts mid-page could never be backed by huge pages at all.
+    void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    auto start = reinterpret_cast<std::uintptr_t>(raw);
+    auto aligned = (start + kHugePage - 1) & ~(std::uintptr_t{kHugePage} - 1);
+    if (aligned > start) munmap(raw, aligned - start);
+    if (std::size_t tail = start + kHugePage - aligned; tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
+    void* p = reinterpret_cast<void*>(aligned);
     (void)madvise(p, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
     t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, true});
     return t;
@@ -258,6 +265,7 @@ void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
     const std::uint64_t m = Mix(key);
     const Shard& sh = ShardOf(m);
     __builtin_prefetch(&sh.cur.slots[m & sh.cur.mask]);
+    if (sh.old.slots) __builtin_prefetch(&sh.old.slots[m & sh.old.mask]);  // a growing shard is probed twice
   }
 }
 

@@ -130,6 +130,7 @@ Producer::Producer(void* region, std::size_t capacity, std::size_t max_record)
     : ctl_(ControlOf(region)), data_(DataOf(region)), capacity_(capacity), max_record_(max_record) {
   // Resume where the ring stands (a re-attached producer continues the stream).
   tail_ = ctl_->tail.load(std::memory_order_relaxed);
+  published_ = tail_;
   records_ = ctl_->records_published.load(std::memory_order_relaxed);
   if (tail_ % kRecordAlignment != 0) corruption_ = "tail " + std::to_string(tail_) + " is not 8-aligned";
   else if (!RefreshHead() && corruption_.empty()) corruption_ = "head is invalid";
@@ -193,6 +194,9 @@ ClaimResult Producer::TryWrite(std::span<const std::uint8_t> payload, std::uint3
 }
 
 void Producer::Publish() {
+  // Nothing new: no store (a seq_cst store is a full fence) and no one to wake.
+  if (tail_ == published_) return;
+  published_ = tail_;
   ctl_->records_published.store(records_, std::memory_order_relaxed);
   PublishAndWake(&ctl_->tail, tail_, &ctl_->consumer_waiting);  // pairs with Consumer::RefreshTail
 }

@@ -55,6 +55,10 @@ struct WorkerOptions {
   std::optional<std::string> peer_init_url;  // null: this worker serves no P2P transfers
   std::chrono::milliseconds attach_timeout{2000};
   std::chrono::milliseconds request_timeout{2000};  // one request's reply, or room in a full ring
+  // Polls of the reply ring before a waiting request sleeps on its futex: a
+  // lookup's reply usually comes within microseconds, and a futex wake-up
+  // costs more than that (about 16 us here). 0: sleep at once.
+  std::uint32_t reply_spin = 200000;
   std::size_t batch_ops = 256;                      // a location's queue is sent at this size
   std::chrono::microseconds flush_interval{10000};  // ... or when its oldest op is this old (Tick)
   std::chrono::milliseconds heartbeat_interval{0};  // 0: the controller's (RegisterRetMsg)

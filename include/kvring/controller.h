@@ -3,12 +3,14 @@
 // requests and P2P lookups into the client's reply ring, and forgets a
 // client's workers when the client goes away (or stops heartbeating).
 //
-// Scheduling: each pass serves every client's ring round-robin with a record
-// and byte budget, so one flooding worker cannot starve the others. A KV batch
-// is applied in slices of `request_check_ops`; between slices the controller
-// serves the requests (lookups, registrations, heartbeats, control records)
-// waiting at the head of the other clients' rings, so a lookup waits behind at
-// most one slice of ingest work, not behind a 10,000-op batch.
+// Scheduling: each pass first serves the requests (lookups, registrations,
+// heartbeats, control records) waiting at the head of every client's ring,
+// then every client's ring round-robin with a record and byte budget, so one
+// flooding worker cannot starve the others. While KV events are applied, every
+// `request_check_ops` ops (across batches, inside a 10,000-op batch too) the
+// controller again serves the requests waiting at the head of the other
+// clients' rings: a lookup waits behind at most that much ingest work. Within
+// one client's ring everything stays in order.
 //
 // Full sync (LMCache's protocol, lmcache-controller.md §3.8, with fixes): a
 // worker is asked to full-sync through its heartbeat reply after a controller
@@ -50,7 +52,7 @@ struct Options {
   index::Options index;
   std::size_t ring_budget_records = 64;        // per client per pass: one flooder cannot starve others
   std::size_t ring_budget_bytes = 1u << 20;    // likewise, in payload bytes
-  std::size_t request_check_ops = 256;         // KV ops applied between scans for waiting requests
+  std::size_t request_check_ops = 16;          // KV ops applied between scans for waiting requests
   std::size_t drop_slice = 4096;               // keys of a departed worker dropped per pass
   double heartbeat_interval_s = 10;            // told to workers in RegisterRetMsg.extra_config
   double worker_timeout_s = 0;                 // > 0: a worker silent this long is deregistered
@@ -166,8 +168,10 @@ class Controller {
   std::uint64_t registry_epoch_ = 0;          // bumped whenever a worker or holder goes away
   bool full_sync_all_ = false;
   bool serving_waiting_ = false;              // inside ServeWaitingRequests (no nesting)
+  std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
   double next_housekeeping_ = 0;
+  double next_listener_poll_ = 0;
   double started_mono_ = 0;
   std::unordered_map<std::uint64_t, double> last_problem_log_;  // client id -> monotonic seconds
 };

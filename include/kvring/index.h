@@ -42,7 +42,9 @@ using HolderId = std::uint32_t;
 inline constexpr HolderId kMaxHolder = 0xfffffffdu;
 
 struct Options {
-  std::uint32_t shard_bits = 8;           // 256 shards: a growth step touches 1/256 of the index
+  // 64 shards: at 10 M keys each table is 4-8 MiB, so huge pages back it (a
+  // 1 MiB table cannot be); growth is incremental whatever the shard size.
+  std::uint32_t shard_bits = 6;
   std::size_t initial_shard_slots = 1024; // power of two
   std::size_t per_holder_quota = 0;       // 0: unlimited
   std::size_t migrate_per_op = 64;        // old slots moved per operation while a shard grows

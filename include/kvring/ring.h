@@ -80,6 +80,7 @@ class Producer {
   std::size_t capacity_;
   std::size_t max_record_;
   std::uint64_t tail_ = 0;        // private: committed, maybe not yet published
+  std::uint64_t published_ = 0;   // the tail last stored for the consumer
   std::uint64_t head_cache_ = 0;  // last head seen (consumer's line is read only when needed)
   std::uint64_t records_ = 0;     // records committed (statistics)
   std::uint64_t claim_pos_ = 0;   // position of the claimed record's header
