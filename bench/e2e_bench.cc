@@ -44,13 +44,7 @@ std::size_t IndexKeys() {
   return e ? std::strtoull(e, nullptr, 10) : std::size_t{10'000'000};
 }
 
-std::uint64_t Mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  return x ^ (x >> 33);
-}
+std::uint64_t Mix(std::uint64_t x) { return index::ChunkIndex::Mix(x); }
 std::uint64_t ChainHash(int inst, std::size_t chain, std::size_t k) {
   return Mix((static_cast<std::uint64_t>(inst + 1) << 48) ^ (static_cast<std::uint64_t>(chain) << 20) ^ k);
 }

@@ -41,6 +41,19 @@ bool ExpectsReply(std::string_view tag) {
   return false;
 }
 
+// The registry's record of a worker from its RegisterMsg or HeartbeatMsg.
+template <typename Msg>
+registry::WorkerRecord WorkerRecordOf(const Msg& msg) {
+  registry::WorkerRecord w;
+  w.instance_id = msg.instance_id;
+  w.worker_id = Small(msg.worker_id);
+  w.ip = msg.ip;
+  w.port = Small(msg.port);
+  w.peer_init_url = msg.peer_init_url;
+  w.registration_time = w.last_heartbeat_time = WallSeconds();
+  return w;
+}
+
 // Bulk records (events and full-sync batches) may wait; everything else is a
 // request someone is waiting on, or cheap bookkeeping.
 bool IsBulk(const ring::Record& r, const protocol::DecodeLimits& limits) {
@@ -326,21 +339,11 @@ std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::Wor
 
 void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   using namespace protocol;
-  auto worker_record = [](const auto& msg) {
-    registry::WorkerRecord w;
-    w.instance_id = msg.instance_id;
-    w.worker_id = Small(msg.worker_id);
-    w.ip = msg.ip;
-    w.port = Small(msg.port);
-    w.peer_init_url = msg.peer_init_url;
-    w.registration_time = w.last_heartbeat_time = WallSeconds();
-    return w;
-  };
   if (auto* reg = std::get_if<RegisterMsg>(&m)) {
     // As LMCache: a repeated registration starts the worker's keys afresh.
     if (auto known = registry_.Find(reg->instance_id, Small(reg->worker_id))) ForgetWorker(*known);
     bool is_new;
-    UpsertWorker(c, worker_record(*reg), &is_new);
+    UpsertWorker(c, WorkerRecordOf(*reg), &is_new);
     RegisterRetMsg ret;
     ret.extra_config.emplace_back("heartbeat_interval_s", std::to_string(options_.heartbeat_interval_s));
     ret.extra_config.emplace_back("full_sync_timeout_s", std::to_string(options_.full_sync_timeout_s));
@@ -382,15 +385,8 @@ void Controller::HandleHeartbeat(transport::Client& c, const protocol::Heartbeat
   auto known = registry_.Find(hb.instance_id, Small(hb.worker_id));
   if (!known) {
     // Unknown (a restarted controller, or reaped): re-register and rebuild.
-    registry::WorkerRecord rec;
-    rec.instance_id = hb.instance_id;
-    rec.worker_id = Small(hb.worker_id);
-    rec.ip = hb.ip;
-    rec.port = Small(hb.port);
-    rec.peer_init_url = hb.peer_init_url;
-    rec.registration_time = rec.last_heartbeat_time = WallSeconds();
     bool is_new;
-    ask(UpsertWorker(c, rec, &is_new), "worker_re_registered");
+    ask(UpsertWorker(c, WorkerRecordOf(hb), &is_new), "worker_re_registered");
     return Reply(c, ret);
   }
   std::uint32_t w = *known;

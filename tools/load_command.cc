@@ -28,6 +28,7 @@
 
 #include "commands.h"
 #include "kvring/client.h"
+#include "kvring/index.h"
 #include "latency_histogram.h"
 
 namespace kvring::tools {
@@ -63,13 +64,7 @@ struct Shared {  // one per worker, in a MAP_SHARED region made before fork
   LatencyHistogram latency_ns;
 };
 
-std::uint64_t Mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  return x ^ (x >> 33);
-}
+std::uint64_t Mix(std::uint64_t x) { return index::ChunkIndex::Mix(x); }
 
 std::uint64_t ChunkHash(const LoadConfig& c, std::uint64_t doc, std::uint64_t k) {
   if (static_cast<int>(k) < c.shared_prefix) return Mix((doc % c.apps) << 20 | k | (1ull << 62));

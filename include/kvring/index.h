@@ -81,6 +81,10 @@ class ChunkIndex {
 
   std::size_t pairs() const { return pairs_; }
   std::size_t over_quota() const { return over_quota_; }
+  // The key mixer (MurmurHash3's fmix64): spreads structured keys over the
+  // shards and slots. Also a handy generator of well-spread test keys.
+  static std::uint64_t Mix(std::uint64_t key);
+
   // Heap bytes held by tables and holder lists.
   std::size_t MemoryBytes() const;
   // Shards currently migrating to a bigger table (for tests and stats).
@@ -120,7 +124,6 @@ class ChunkIndex {
   };
   struct HolderKeys;
 
-  static std::uint64_t Mix(std::uint64_t key);
   Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
   const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
   Slot* FindIn(Table& t, std::uint64_t mixed, std::uint64_t key, HolderId holder, bool old, std::size_t cursor) const;
