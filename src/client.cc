@@ -64,6 +64,7 @@ struct Worker::Impl {
           if (r.fits) {
             p.Commit(r.bytes, type);
             p.Publish();
+            conn->RingDoorbell();
             return Status::Ok();
           }
           p.Abort();
@@ -442,6 +443,7 @@ Result<std::string> ControlRequest(const std::string& name, const std::string& r
   if (conn.requests().TryWrite(bytes, ring::kRecordControl) != ring::ClaimResult::kOk)
     return Status(ErrorKind::kInvalidArgument, "control request does not fit the request ring");
   conn.requests().Publish();
+  conn.RingDoorbell();
   if (!conn.replies().WaitForData(timeout)) return Status(ErrorKind::kTimeout, "controller '" + name + "' did not answer");
   ring::Record r;
   if (conn.replies().Peek(&r) != ring::PollResult::kRecord) return Status(ErrorKind::kCorrupt, "reply ring");

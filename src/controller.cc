@@ -99,7 +99,19 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   const double now = MonoSeconds();
   if (idle_wait.count() > 0 || now >= next_listener_poll_) {
     next_listener_poll_ = now + kListenerPollPeriod;
+    const bool sleeping = idle_wait.count() > 0;
+    if (sleeping) {
+      // Announce the sleep, then look once more: a client that published
+      // before seeing the mark has its record seen here (doorbell Dekker pair).
+      listener_->SetControllerSleeping(true);
+      for (const auto& c : listener_->clients())
+        if (!c->quarantined && c->requests.HasData()) {
+          idle_wait = std::chrono::milliseconds(0);
+          break;
+        }
+    }
     transport::Listener::Events ev = listener_->Poll(idle_wait);
+    if (sleeping) listener_->SetControllerSleeping(false);
     stats_.errors += ev.rejected.size();
     if (options_.log)
       for (const std::string& why : ev.rejected) options_.log("client refused: " + why);
@@ -109,7 +121,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   const auto& clients = listener_->clients();
   const std::size_t n = clients.size();
   // Requests first, everywhere; then bulk, round-robin from a rotating start.
-  ServeWaitingRequests(nullptr);
+  handled += ServeWaitingRequests(nullptr);
   for (std::size_t k = 0; k < n; ++k) {
     transport::Client& c = *clients[(next_client_ + k) % n];
     handled += ServeClient(c, options_.ring_budget_records, options_.ring_budget_bytes, false);
@@ -124,7 +136,7 @@ void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes) {
   std::uint32_t idle = 0;
   while (!stop.load(std::memory_order_relaxed)) {  // relaxed: a flag, no data rides on it
     bool sleep = idle >= spin_passes;
-    if (PollOnce(sleep ? std::chrono::milliseconds(1) : std::chrono::milliseconds(0)) > 0) idle = 0;
+    if (PollOnce(sleep ? kIdleSleep : std::chrono::milliseconds(0)) > 0) idle = 0;
     else ++idle;
   }
 }
@@ -151,12 +163,14 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
   return n;
 }
 
-void Controller::ServeWaitingRequests(const transport::Client* busy) {
-  if (serving_waiting_) return;
+std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
+  if (serving_waiting_) return 0;
   serving_waiting_ = true;
+  std::size_t n = 0;
   for (const auto& cp : listener_->clients())
-    if (cp.get() != busy) ServeClient(*cp, options_.ring_budget_records, options_.ring_budget_bytes, true);
+    if (cp.get() != busy) n += ServeClient(*cp, options_.ring_budget_records, options_.ring_budget_bytes, true);
   serving_waiting_ = false;
+  return n;
 }
 
 void Controller::HandleRecord(transport::Client& c, const ring::Record& r) {

@@ -261,6 +261,13 @@ void Listener::Quarantine(Client& c, int ring) {
   c.segment.header()->quarantined.fetch_or(1u << ring, std::memory_order_relaxed);
 }
 
+void Listener::SetControllerSleeping(bool sleeping) {
+  for (auto& c : clients_)
+    c->segment.header()->controller_sleeping.store(sleeping ? 1 : 0,
+                                                   sleeping ? std::memory_order_seq_cst   // Dekker pair with RingDoorbell
+                                                            : std::memory_order_relaxed);
+}
+
 void Listener::Heartbeat() {
   std::uint64_t now = segment::MonotonicNs();
   for (auto& c : clients_) c->segment.header()->controller_heartbeat_ns.store(now, std::memory_order_relaxed);
@@ -336,6 +343,16 @@ bool Connection::ControllerAlive() {
   pollfd p{fd_, POLLIN, 0};
   if (poll(&p, 1, 0) == 0) return true;
   return !PeerClosed(fd_, p.revents);
+}
+
+void Connection::RingDoorbell() {
+  // seq_cst: pairs with Listener::SetControllerSleeping; the publish before
+  // this is a seq_cst store, so either this load sees the controller asleep or
+  // the controller's check of the ring (after its store) sees the record.
+  if (segment_.header()->controller_sleeping.load(std::memory_order_seq_cst) != 0) {
+    char b = 'd';
+    (void)send(fd_, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);  // full buffer: a wake-up is pending anyway
+  }
 }
 
 void Connection::Heartbeat() {

@@ -52,12 +52,14 @@ struct Worker {
         ring::ClaimResult::kOk)
       return false;
     conn->requests().Publish();
+    conn->RingDoorbell();
     return true;
   }
   bool SendRaw(const std::string& b) {
     bool ok = conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}) ==
               ring::ClaimResult::kOk;
     conn->requests().Publish();
+    conn->RingDoorbell();
     return ok;
   }
   std::optional<Message> Receive() {
@@ -430,6 +432,27 @@ TEST(Controller, EventsPublishedJustBeforeAWorkerExitsAreStillApplied) {
   ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->listener().clients().empty(); }));
   EXPECT_EQ((*ctl)->stats().kv_ops, 1000u);
   EXPECT_EQ((*ctl)->stats().seq_discontinuities, 0u);
+}
+
+TEST(Controller, SleepingControllerIsWokenByTheDoorbellOfAClientThatPublishes) {
+  auto ctl = Controller::Start(Small(Name("bell")));
+  ASSERT_TRUE(ctl.ok());
+  pid_t pid = Spawn(Name("bell"), [](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    // Publish only once the controller has announced its sleep.
+    while (w.conn->segment().header()->controller_sleeping.load() == 0) {
+    }
+    auto r = w.Ask(HeartbeatMsg{"A", Int(0), "127.0.0.1", Int(1), std::nullopt});
+    return r && std::holds_alternative<HeartbeatRetMsg>(*r) ? 0 : 2;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 1; }));
+  // One long sleep: without the doorbell it would last the whole minute.
+  auto t0 = Clock::now();
+  std::size_t handled = 0;
+  while (handled == 0 && Clock::now() - t0 < 60s) handled = (*ctl)->PollOnce(60000ms);
+  EXPECT_LT(Clock::now() - t0, 30s);
+  EXPECT_EQ(handled, 1u);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
 }
 
 TEST(Controller, WaitingLookupIsServedAheadOfBulkEventsQueuedBeforeIt) {

@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
   std::uint32_t idle = 0;
   while (!g_stop.load(std::memory_order_relaxed)) {
     bool sleep = idle >= spin_passes;
-    if (ctl.PollOnce(sleep ? std::chrono::milliseconds(1) : std::chrono::milliseconds(0)) > 0) idle = 0;
+    if (ctl.PollOnce(sleep ? controller::kIdleSleep : std::chrono::milliseconds(0)) > 0) idle = 0;
     else ++idle;
     if (stats_interval > 0 && (idle == 0 || sleep || idle % 1024 == 0)) {
       auto now = Clock::now();

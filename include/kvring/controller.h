@@ -46,6 +46,11 @@
 
 namespace kvring::controller {
 
+// How long an idle controller sleeps in poll() at a time. A client that
+// publishes while it sleeps rings the doorbell (transport.h), so this bounds
+// only the housekeeping period and how soon a stop flag is seen.
+inline constexpr std::chrono::milliseconds kIdleSleep{20};
+
 struct Options {
   transport::ListenerOptions listen;
   p2p::Policy policy = p2p::Policy::kLongestPrefix;
@@ -94,7 +99,8 @@ class Controller {
   // number of records handled (0: idle).
   std::size_t PollOnce(std::chrono::milliseconds idle_wait = std::chrono::milliseconds(0));
   // Runs passes until `stop`; spins `spin_passes` idle passes, then sleeps in
-  // the transport's poll for up to 1 ms at a time.
+  // the transport's poll for up to kIdleSleep at a time (woken at once by a
+  // client's doorbell).
   void Run(const std::atomic<bool>& stop, std::uint32_t spin_passes = 2000);
 
   const Stats& stats() const { return stats_; }
@@ -129,7 +135,7 @@ class Controller {
 
   explicit Controller(const Options& options);
   std::size_t ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes, bool requests_only);
-  void ServeWaitingRequests(const transport::Client* busy);
+  std::size_t ServeWaitingRequests(const transport::Client* busy);
   void HandleRecord(transport::Client& c, const ring::Record& r);
   void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes);

@@ -129,6 +129,10 @@ class Consumer {
   // Returns whether data is available.
   bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000);
 
+  // Whether a record is waiting, without consuming it (seq_cst load of the
+  // producer's position: the controller's half of the doorbell's Dekker pair).
+  bool HasData() { return head_ != tail_cache_ || (RefreshTail() && head_ != tail_cache_); }
+
   bool corrupt() const { return !corruption_.empty(); }
   const std::string& corruption() const { return corruption_; }
   std::uint64_t read_position() const { return head_; }

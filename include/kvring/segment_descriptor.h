@@ -11,6 +11,8 @@
 //   |   role, client id, generation                                |
 //   |   heartbeats (CLOCK_MONOTONIC ns) of both sides              |
 //   |   quarantine word, ready word (written last, with release)   |
+//   |   controller-sleeping word (a client that publishes while it |
+//   |   is set rings the doorbell: a byte on the attach socket)    |
 //   +--------------------------------------------------------------+ 4096
 //   | ring 0: client -> controller (requests and events)           |
 //   |   RingControl (512 B) + data (capacity 0)                    |
@@ -65,6 +67,7 @@ struct SegmentHeader {
   alignas(64) std::atomic<std::uint64_t> client_heartbeat_ns;
   alignas(64) std::atomic<std::uint32_t> quarantined;  // bit per ring: its consumer found it corrupt
   std::atomic<std::uint32_t> state;                    // kReady once initialised; kClosed at shutdown
+  alignas(64) std::atomic<std::uint32_t> controller_sleeping;  // 1 while the controller sleeps in poll()
 };
 
 static_assert(offsetof(SegmentHeader, magic) == 0);
@@ -85,6 +88,7 @@ static_assert(offsetof(SegmentHeader, controller_heartbeat_ns) == 192);
 static_assert(offsetof(SegmentHeader, client_heartbeat_ns) == 256);
 static_assert(offsetof(SegmentHeader, quarantined) == 320);
 static_assert(offsetof(SegmentHeader, state) == 324);
+static_assert(offsetof(SegmentHeader, controller_sleeping) == 384);
 static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
 
 constexpr std::size_t PageAlign(std::size_t n) { return (n + kPageBytes - 1) & ~(kPageBytes - 1); }

@@ -71,6 +71,9 @@ class Listener {
   void Quarantine(Client& c, int ring);
   // Writes the controller heartbeat into every segment.
   void Heartbeat();
+  // Marks every segment "controller sleeping" (or awake). While the mark is
+  // set, clients ring the doorbell after they publish (Connection::RingDoorbell).
+  void SetControllerSleeping(bool sleeping);
   // Called with a departing client while its segment still exists, so that
   // whatever it published before it went (its last events, a DeRegisterMsg)
   // is still consumed: nothing a client committed is lost to its exit.
@@ -122,6 +125,9 @@ class Connection {
   // False once the controller process has gone (its end of the socket closed).
   bool ControllerAlive();
   void Heartbeat();
+  // Call after publishing requests: if the controller sleeps in poll(), one
+  // byte on the attach socket wakes it at once. Costs a load when it is awake.
+  void RingDoorbell();
   int socket_fd() const { return fd_; }
 
  private:
