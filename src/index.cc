@@ -62,7 +62,10 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
     if (aligned > start) munmap(raw, aligned - start);
     if (std::size_t tail = start + kHugePage - aligned; tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
     void* p = reinterpret_cast<void*>(aligned);
-    (void)madvise(p, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
+    // Not advised for huge pages yet: a huge-page fault can stall for
+    // milliseconds (zeroing 2 MiB, and compaction when memory is
+    // fragmented), and a growing table takes its faults on the insert path.
+    // AdviseHugePages() runs once the table is fully populated.
     t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, true});
     return t;
   }
@@ -177,7 +180,18 @@ void ChunkIndex::MigrateStep(Shard& sh) {
     InsertInto(sh.cur, Mix(s.key), s);
     ++sh.used;
   }
-  if (sh.migrate_at >= end) sh.old = Table{};
+  if (sh.migrate_at >= end) {
+    sh.old = Table{};
+    AdviseHugePages(sh.cur);
+  }
+}
+
+// The kernel's khugepaged collapses an advised, already-populated table into
+// huge pages in the background (lookups then miss the TLB far less), without
+// ever stalling the controller's thread.
+void ChunkIndex::AdviseHugePages(const Table& t) {
+  const std::size_t bytes = (t.mask + 1) * sizeof(Slot);
+  if (t.slots && bytes >= kHugePage) (void)madvise(t.slots.get(), bytes, MADV_HUGEPAGE);  // best effort
 }
 
 void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {

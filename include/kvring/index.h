@@ -103,9 +103,10 @@ class ChunkIndex {
   static constexpr std::uint32_t Tag(HolderId h) { return h + 1; }
 
  private:
-  // Slots of one table. Large tables are mmap-ed and advised to use
-  // transparent huge pages: a random probe then misses the TLB far less
-  // (4 KiB pages over a 10 M-key index cost a page walk per lookup).
+  // Slots of one table. Large tables are mmap-ed on a 2 MiB boundary and,
+  // once fully populated, advised to use transparent huge pages: a random
+  // probe then misses the TLB far less (4 KiB pages over a 10 M-key index
+  // cost a page walk per lookup).
   struct TableMemory {  // no member initialisers: unique_ptr needs it default-constructible here
     std::size_t bytes;
     bool mapped;
@@ -116,6 +117,7 @@ class ChunkIndex {
     std::size_t mask = 0;  // capacity - 1
   };
   static Table NewTable(std::size_t capacity);
+  static void AdviseHugePages(const Table& t);
   struct Shard {
     Table cur;
     Table old;               // non-empty while migrating
