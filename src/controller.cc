@@ -518,20 +518,13 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
 
 double Controller::GlobalSyncProgress() const {
   std::size_t live = registry_.worker_count();
-  return live == 0 ? 1.0 : static_cast<double>(CompletedWorkers()) / static_cast<double>(live);
+  return live == 0 ? 1.0 : static_cast<double>(WorkersIn(SyncState::kCompleted)) / static_cast<double>(live);
 }
 
-std::size_t Controller::CompletedWorkers() const {
+std::size_t Controller::WorkersIn(SyncState state) const {
   std::size_t n = 0;
   for (std::uint32_t w = 0; w < workers_.size(); ++w)
-    if (registry_.worker_live(w) && workers_[w].sync == SyncState::kCompleted) ++n;
-  return n;
-}
-
-std::size_t Controller::SyncingWorkers() const {
-  std::size_t n = 0;
-  for (std::uint32_t w = 0; w < workers_.size(); ++w)
-    if (registry_.worker_live(w) && workers_[w].sync == SyncState::kSyncing) ++n;
+    if (registry_.worker_live(w) && workers_[w].sync == state) ++n;
   return n;
 }
 
@@ -639,8 +632,8 @@ std::string Controller::StatsJson() const {
       {"full_syncs_started", stats_.full_syncs_started},
       {"full_syncs_completed", stats_.full_syncs_completed},
       {"full_syncs_failed", stats_.full_syncs_failed},
-      {"full_sync_workers_syncing", SyncingWorkers()},
-      {"full_sync_workers_completed", CompletedWorkers()},
+      {"full_sync_workers_syncing", WorkersIn(SyncState::kSyncing)},
+      {"full_sync_workers_completed", WorkersIn(SyncState::kCompleted)},
       {"full_sync_global_progress", GlobalSyncProgress()},
       {"workers_reaped", stats_.workers_reaped},
       {"control_requests", stats_.control_requests},

@@ -113,9 +113,9 @@ class Controller {
   // An order-independent digest of every (key, instance, worker, location)
   // pair: equal digests mean equal indexes (for restart tests and operators).
   std::uint64_t IndexDigest() const;
-  // Workers whose full sync is complete / in progress (LMCache's gauges).
-  std::size_t SyncingWorkers() const;
-  std::size_t CompletedWorkers() const;
+  // Live workers whose full sync is in `state` (LMCache's gauges count
+  // kSyncing and kCompleted).
+  std::size_t WorkersIn(SyncState state) const;
   bool full_sync_all_pending() const { return full_sync_all_; }
 
  private:
