@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <tuple>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -371,6 +372,9 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   if (std::holds_alternative<FullSyncStartMsg>(m) || std::holds_alternative<FullSyncBatchMsg>(m) ||
       std::holds_alternative<FullSyncEndMsg>(m) || std::holds_alternative<FullSyncStatusMsg>(m))
     return HandleFullSync(c, m);
+  if (auto* lk = std::get_if<LookupMsg>(&m)) return HandleTokenLookup(c, *lk);
+  if (std::holds_alternative<QueryInstMsg>(m) || std::holds_alternative<QueryWorkerInfoMsg>(m))
+    return HandleQuery(c, m);
   auto single = [&](const auto& op, OpType type) {
     auto w = registry_.Find(op.instance_id, Small(op.worker_id));
     if (!w) return void(++stats_.dropped_unknown_worker);
@@ -513,6 +517,105 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
   ret.global_progress = GlobalSyncProgress();
   ret.can_exit_freeze = ret.global_progress >= options_.full_sync_threshold;
   if (ret.can_exit_freeze) full_sync_all_ = false;  // as LMCache: the restart-wide request ends here
+  Reply(c, ret);
+}
+
+// LookupMsg, with LMCache's pending fix (its PR #4471): every instance that
+// holds chunk 0 appears, credited with the end token of its own contiguous
+// prefix and the location of its last chunk in it; the first entry is the
+// holder of chunk 0 that LMCache's own walk would find (registration order).
+void Controller::HandleTokenLookup(transport::Client& c, const protocol::LookupMsg& m) {
+  using namespace protocol;
+  std::vector<std::int64_t> tokens;
+  tokens.reserve(m.tokens.size());
+  for (const Int& t : m.tokens) {
+    if (!t.FitsI64()) return ReplyError(c, "LookupMsg: a token does not fit in 64 bits");
+    tokens.push_back(t.AsI64());
+  }
+  if (options_.lookup_chunk_size == 0) return ReplyError(c, "LookupMsg: lookup_chunk_size is 0");
+  ChunkHasher hasher(options_.lookup_chunk_size, pyhash::HashInt(options_.lookup_none_hash));
+  std::vector<ChunkHash> chunks = hasher.Hash(tokens);
+  struct Credit {
+    std::string_view instance;
+    std::string_view location;
+    std::uint64_t end = 0;
+    bool contiguous = true;
+    std::tuple<std::uint64_t, std::uint64_t, std::uint64_t> rank;  // LMCache's find order
+  };
+  std::vector<Credit> credits;
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    // This chunk's holders, one (the first in LMCache's order) per instance.
+    std::vector<Credit> here;
+    index_.ForEachHolder(Int::FromI64(chunks[i].hash).bits(), [&](index::HolderId h) {
+      const registry::HolderInfo& info = registry_.holder(h);
+      if (!info.live) return;
+      const registry::WorkerRecord& w = registry_.worker(info.worker);
+      Credit cr{w.instance_id, info.location, chunks[i].end, true,
+                {registry_.InstanceOrder(w.instance_id), w.order, info.location_order}};
+      for (Credit& e : here)
+        if (e.instance == cr.instance) {
+          if (cr.rank < e.rank) e = cr;
+          return;
+        }
+      here.push_back(cr);
+    });
+    if (i == 0) {
+      credits = std::move(here);
+      std::sort(credits.begin(), credits.end(), [](const Credit& a, const Credit& b) { return a.rank < b.rank; });
+    } else {
+      for (Credit& cr : credits) {
+        if (!cr.contiguous) continue;
+        auto it = std::find_if(here.begin(), here.end(), [&](const Credit& e) { return e.instance == cr.instance; });
+        if (it == here.end()) cr.contiguous = false;
+        else cr.location = it->location, cr.end = it->end;
+      }
+    }
+    if (std::none_of(credits.begin(), credits.end(), [](const Credit& cr) { return cr.contiguous; })) break;
+  }
+  LookupRetMsg ret{m.event_id, {}};
+  for (const Credit& cr : credits)
+    ret.layout_info.push_back({std::string(cr.instance), LocationEnd{std::string(cr.location), Int::FromU64(cr.end)}});
+  Reply(c, ret);
+}
+
+void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
+  using namespace protocol;
+  auto info = [&](std::uint32_t w) {
+    const registry::WorkerRecord& r = registry_.worker(w);
+    return WorkerInfo{r.instance_id, Int::FromI64(r.worker_id), r.ip, Int::FromI64(r.port), r.peer_init_url,
+                      r.registration_time, r.last_heartbeat_time};
+  };
+  if (auto* q = std::get_if<QueryInstMsg>(&m)) {
+    // As LMCache: the first instance (registration order) with a worker on that ip.
+    QueryInstRetMsg ret{q->event_id, std::nullopt};
+    std::uint64_t best = 0;
+    for (std::uint32_t w : registry_.Workers()) {
+      const registry::WorkerRecord& r = registry_.worker(w);
+      std::uint64_t order = registry_.InstanceOrder(r.instance_id);
+      if (r.ip == q->ip && (!ret.instance_id || order < best)) {
+        ret.instance_id = r.instance_id;
+        best = order;
+      }
+    }
+    return Reply(c, ret);
+  }
+  const auto& q = std::get<QueryWorkerInfoMsg>(m);
+  // Live values (LMCache serves "all" from a cache up to 30 s stale). Unknown
+  // instances or workers give an empty list, as LMCache.
+  QueryWorkerInfoRetMsg ret{q.event_id, {}};
+  const bool filter = q.worker_ids && !q.worker_ids->empty();
+  auto wanted = [&](std::int64_t id) {
+    return !filter || std::any_of(q.worker_ids->begin(), q.worker_ids->end(),
+                                  [&](const Int& x) { return x.FitsI64() && x.AsI64() == id; });
+  };
+  std::vector<std::uint32_t> workers = registry_.Workers();
+  if (q.instance_id != "all") {
+    std::erase_if(workers, [&](std::uint32_t w) { return registry_.worker(w).instance_id != q.instance_id; });
+    std::sort(workers.begin(), workers.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return registry_.worker(a).worker_id < registry_.worker(b).worker_id; });
+  }
+  for (std::uint32_t w : workers)
+    if (wanted(registry_.worker(w).worker_id)) ret.worker_infos.push_back(info(w));
   Reply(c, ret);
 }
 

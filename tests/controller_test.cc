@@ -455,6 +455,49 @@ TEST(Controller, SleepingControllerIsWokenByTheDoorbellOfAClientThatPublishes) {
   EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
 }
 
+TEST(Controller, TokenLookupCreditsEveryChunkZeroHolderWithItsOwnPrefixAndQueriesAnswerLive) {
+  auto ctl = Controller::Start(Small(Name("orch")));
+  ASSERT_TRUE(ctl.ok());
+  // 700 tokens: chunks ending at 256, 512 and 700 (the last one partial).
+  std::vector<std::int64_t> tokens(700);
+  for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<std::int64_t>(i * 7 + 1);
+  std::vector<ChunkHash> chunks = ChunkHasher(256, pyhash::HashInt(0)).Hash(tokens);
+  ASSERT_EQ(chunks.size(), 3u);
+  pid_t pid = Spawn(Name("orch"), [&](Worker& w) {
+    // B registers first but holds only chunk 1: no prefix, so it is not credited
+    // (LMCache's current walk would credit it with 512).
+    if (!w.Ask(Reg("B", 0)) || !w.Ask(Reg("A", 0)) || !w.Ask(Reg("A", 1)) || !w.Ask(Reg("C", 0))) return 1;
+    w.Send(Ops("B", 0, OpType::kAdmit, {chunks[1].hash}, 0));
+    w.Send(Ops("A", 0, OpType::kAdmit, {chunks[0].hash, chunks[1].hash, chunks[2].hash}, 0));
+    w.Send(Ops("C", 0, OpType::kAdmit, {chunks[0].hash}, 0));
+    LookupMsg lookup{"ev-1", {}};
+    for (auto t : tokens) lookup.tokens.push_back(Int::FromI64(t));
+    auto r = w.Ask(lookup);
+    if (!r || !std::holds_alternative<LookupRetMsg>(*r)) return 2;
+    const auto& ret = std::get<LookupRetMsg>(*r);
+    LayoutDict want{{"A", LocationEnd{"LocalCPUBackend", Int(700)}}, {"C", LocationEnd{"LocalCPUBackend", Int(256)}}};
+    if (ret.event_id != "ev-1" || ret.layout_info != want) return 3;
+    auto miss = w.Ask(LookupMsg{"ev-2", {Int(999999)}});
+    if (!miss || !std::get<LookupRetMsg>(*miss).layout_info.empty()) return 4;
+    auto inst = w.Ask(QueryInstMsg{"ev-3", "127.0.0.1"});
+    if (!inst || std::get<QueryInstRetMsg>(*inst).instance_id != std::optional<std::string>("B")) return 5;
+    auto none = w.Ask(QueryInstMsg{"ev-4", "10.9.9.9"});
+    if (!none || std::get<QueryInstRetMsg>(*none).instance_id.has_value()) return 6;
+    auto one = w.Ask(QueryWorkerInfoMsg{"ev-5", "A", std::vector<Int>{Int(1)}});
+    if (!one) return 7;
+    const auto& infos = std::get<QueryWorkerInfoRetMsg>(*one).worker_infos;
+    if (infos.size() != 1 || infos[0].worker_id != Int(1) || infos[0].port != Int(8001) ||
+        infos[0].peer_init_url != std::optional<std::string>("A:8201") || infos[0].registration_time <= 0)
+      return 8;
+    auto all = w.Ask(QueryWorkerInfoMsg{"ev-6", "all", std::nullopt});
+    if (!all || std::get<QueryWorkerInfoRetMsg>(*all).worker_infos.size() != 4) return 9;
+    auto unknown = w.Ask(QueryWorkerInfoMsg{"ev-7", "nobody", std::nullopt});
+    return unknown && std::get<QueryWorkerInfoRetMsg>(*unknown).worker_infos.empty() ? 0 : 10;
+  });
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
+  EXPECT_EQ((*ctl)->stats().errors, 0u);
+}
+
 TEST(Controller, WaitingLookupIsServedAheadOfBulkEventsQueuedBeforeIt) {
   auto ctl = Controller::Start(Small(Name("prio")));
   ASSERT_TRUE(ctl.ok());

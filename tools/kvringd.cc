@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
                "Do not ask every worker to full-sync after start (LMCache always asks)");
   app.add_option("--p2p-policy", policy, "longest-prefix (kvring) or lmcache (LMCache's exact rule)")
       ->check(CLI::IsMember({"longest-prefix", "lmcache"}))->capture_default_str();
+  app.add_option("--lookup-chunk-size", o.lookup_chunk_size, "Tokens per chunk when LookupMsg hashes tokens (LMCache: 256)")
+      ->check(CLI::Range(1u, 1u << 20))->capture_default_str();
+  app.add_option("--lookup-none-hash", o.lookup_none_hash,
+                 "NONE_HASH that the first chunk hash chains to (LMCache without vLLM: 0)")->capture_default_str();
   app.add_option("--key-quota", o.index.per_holder_quota, "Keys per (worker, location) at most (0: unlimited)")
       ->capture_default_str();
   app.add_option("--spin", spin_passes, "Idle passes spun before sleeping (latency vs. idle CPU)")->capture_default_str();

@@ -38,6 +38,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kvring/chunk_hash.h"
 #include "kvring/index.h"
 #include "kvring/p2p.h"
 #include "kvring/protocol/codec.h"
@@ -66,6 +67,11 @@ struct Options {
   bool full_sync_on_start = true;              // ask every worker to full-sync (rebuilds after a restart)
   std::uint32_t full_sync_max_batches = 1u << 20;  // a Start announcing more is refused
   protocol::DecodeLimits limits;
+  // LookupMsg turns tokens into chunk hashes as LMCache's controller does:
+  // chunks of 256 tokens (the last one partial), CPython's builtin hash, the
+  // first chunk chained to NONE_HASH (0 when vLLM is not importable there).
+  std::uint32_t lookup_chunk_size = 256;
+  std::int64_t lookup_none_hash = 0;
   // Receives log lines (problems with a client are rate-limited to one per
   // client per second). Null: no logging.
   std::function<void(std::string_view)> log;
@@ -143,6 +149,8 @@ class Controller {
   void HandleControl(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleHeartbeat(transport::Client& c, const protocol::HeartbeatMsg& hb);
   void HandleFullSync(transport::Client& c, protocol::Message& m);
+  void HandleTokenLookup(transport::Client& c, const protocol::LookupMsg& m);
+  void HandleQuery(transport::Client& c, const protocol::Message& m);
   bool ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
                const protocol::Int& seq, bool* gap_counted);
   void Reply(transport::Client& c, const protocol::Message& m);
