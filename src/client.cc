@@ -434,24 +434,43 @@ bool Worker::attached() const {
   return impl_->conn != nullptr;
 }
 
-Result<std::string> ControlRequest(const std::string& name, const std::string& request_json,
-                                   std::chrono::milliseconds timeout) {
+namespace {
+
+// One request record to a fresh orchestrator connection, one reply record back.
+Result<std::string> RoundTrip(const std::string& name, std::span<const std::uint8_t> request, std::uint32_t type,
+                              std::chrono::milliseconds timeout) {
   auto c = transport::Connection::Open({name, segment::Role::kOrchestrator, timeout});
   if (!c.ok()) return c.status();
   transport::Connection& conn = **c;
-  auto bytes = std::span(reinterpret_cast<const std::uint8_t*>(request_json.data()), request_json.size());
-  if (conn.requests().TryWrite(bytes, ring::kRecordControl) != ring::ClaimResult::kOk)
-    return Status(ErrorKind::kInvalidArgument, "control request does not fit the request ring");
+  if (conn.requests().TryWrite(request, type) != ring::ClaimResult::kOk)
+    return Status(ErrorKind::kInvalidArgument, "the request does not fit the request ring");
   conn.requests().Publish();
   conn.RingDoorbell();
   if (!conn.replies().WaitForData(timeout)) return Status(ErrorKind::kTimeout, "controller '" + name + "' did not answer");
   ring::Record r;
   if (conn.replies().Peek(&r) != ring::PollResult::kRecord) return Status(ErrorKind::kCorrupt, "reply ring");
-  if (r.type != ring::kRecordControl) return Status(ErrorKind::kDecode, "the reply is not a control record");
+  if (r.type != type) return Status(ErrorKind::kDecode, "the reply is not of the request's record type");
   std::string out(r.payload.begin(), r.payload.end());
   conn.replies().Release();
   conn.replies().PublishHead();
   return out;
+}
+
+}  // namespace
+
+Result<protocol::Message> OrchestratorRequest(const std::string& name, const protocol::Message& request,
+                                              std::chrono::milliseconds timeout) {
+  std::string bytes = Encode(request);
+  auto r = RoundTrip(name, std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()),
+                     ring::kRecordMessage, timeout);
+  if (!r.ok()) return r.status();
+  return Decode(std::span(reinterpret_cast<const std::uint8_t*>(r->data()), r->size()));
+}
+
+Result<std::string> ControlRequest(const std::string& name, const std::string& request_json,
+                                   std::chrono::milliseconds timeout) {
+  return RoundTrip(name, std::span(reinterpret_cast<const std::uint8_t*>(request_json.data()), request_json.size()),
+                   ring::kRecordControl, timeout);
 }
 
 }  // namespace kvring::client

@@ -522,6 +522,8 @@ TEST(Controller, WaitingLookupIsServedAheadOfBulkEventsQueuedBeforeIt) {
     // Served before A's events, although they were queued first.
     return std::get<BatchedP2PLookupRetMsg>(*r).layout_info[0].num_hit_chunks == Int(0) ? 0 : 5;
   });
+  close(a_wrote[1]);  // a child that fails closes them: the reads below return instead of hanging
+  close(b_wrote[1]);
   ASSERT_TRUE(PumpUntil(**ctl, [&] {
     return (*ctl)->registry().worker_count() == 1 && (*ctl)->listener().clients().size() == 2;
   }));

@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "kvring/chunk_hash.h"
 #include "kvring/client.h"
 #include "process_util.h"
 
@@ -141,6 +142,71 @@ TEST(Kvringd, BadFlagsAreAUsageError) {
   auto help = RunProcess({KVRINGD_PATH, "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("--heartbeat-interval"), std::string::npos);
+}
+
+TEST(Kvringd, LookupAndWorkersCommandsAnswerFromTheLiveIndex) {
+  const std::string name = Name("orch");
+  Daemon d = Daemon::Start(name);
+  ASSERT_TRUE(Stats(name).is_object());
+  // 600 tokens: three chunks (256, 256, 88), hashed as LMCache's controller does.
+  std::vector<std::int64_t> tokens(600);
+  std::string token_list;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<std::int64_t>(1000 + i);
+    token_list += (i ? "," : "") + std::to_string(tokens[i]);
+  }
+  std::vector<ChunkHash> chunks = ChunkHasher(256, pyhash::HashInt(0)).Hash(tokens);
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t worker = fork();
+  if (worker == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    client::WorkerOptions o;
+    o.controller = name;
+    o.instance_id = "lmcache_instance_7";
+    o.worker_id = 0;
+    o.port = 8500;
+    o.peer_init_url = "localhost:8200";
+    std::vector<std::uint64_t> held;
+    for (const ChunkHash& c : chunks) held.push_back(static_cast<std::uint64_t>(c.hash));
+    o.keys_of = [&](const std::string&) { return held; };  // a fresh kvringd asks for a full sync
+    auto w = client::Worker::Connect(o);
+    if (!w.ok()) _exit(1);
+    for (const ChunkHash& c : chunks) (*w)->Admit("LocalCPUBackend", static_cast<std::uint64_t>(c.hash));
+    // The heartbeat's reply comes after the admits were applied.
+    if (!(*w)->Heartbeat().ok() || write(ready[1], "r", 1) != 1) _exit(2);
+    pause();
+    _exit(0);
+  }
+  close(ready[1]);  // a worker that fails closes the pipe instead of leaving this read hanging
+  char c;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  auto hit = RunProcess({KVRING_CLI_PATH, "lookup", "--name", name, "--tokens", token_list, "--json"});
+  ASSERT_EQ(hit.exit_code, 0) << hit.err;
+  EXPECT_EQ(Json::parse(hit.out)["layout_info"], Json::parse(R"({"lmcache_instance_7": ["LocalCPUBackend", 600]})"))
+      << hit.out;
+  auto half = RunProcess({KVRING_CLI_PATH, "lookup", "--name", name, "--tokens", "-"},
+                         "[" + token_list.substr(0, token_list.find(",1300,")) + "]");  // 300 tokens
+  EXPECT_EQ(half.exit_code, 0) << half.err;
+  EXPECT_NE(half.out.find("lmcache_instance_7"), std::string::npos) << half.out;
+  EXPECT_NE(half.out.find(" 256"), std::string::npos) << half.out;  // chunk 1 differs: a 300-token tail
+  auto miss = RunProcess({KVRING_CLI_PATH, "lookup", "--name", name, "--tokens", "5,6,7", "--json"});
+  EXPECT_EQ(miss.exit_code, 0);
+  EXPECT_TRUE(Json::parse(miss.out)["layout_info"].empty()) << miss.out;
+  EXPECT_EQ(RunProcess({KVRING_CLI_PATH, "lookup", "--name", name, "--tokens", "1,x"}).exit_code, 2);
+  auto workers = RunProcess({KVRING_CLI_PATH, "workers", "--name", name, "--json"});
+  ASSERT_EQ(workers.exit_code, 0) << workers.err;
+  Json infos = Json::parse(workers.out)["worker_infos"];
+  ASSERT_EQ(infos.size(), 1u) << workers.out;
+  EXPECT_EQ(infos[0]["instance_id"], "lmcache_instance_7");
+  EXPECT_EQ(infos[0]["port"], 8500);
+  auto table = RunProcess({KVRING_CLI_PATH, "workers", "--name", name, "--instance", "lmcache_instance_7"});
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_NE(table.out.find("localhost:8200"), std::string::npos) << table.out;
+  kill(worker, SIGKILL);
+  waitpid(worker, nullptr, 0);
+  EXPECT_EQ(d.Stop(SIGTERM), 0);
+  EXPECT_EQ(RunProcess({KVRING_CLI_PATH, "workers", "--name", name, "--timeout", "100"}).exit_code, 1);
 }
 
 // A worker process: admits its keys, then keeps ticking (heartbeats, and the

@@ -16,5 +16,7 @@ Command AddChunkHash(CLI::App& app);
 Command AddInspect(CLI::App& app);
 Command AddStats(CLI::App& app);
 Command AddLoad(CLI::App& app);
+Command AddLookup(CLI::App& app);
+Command AddWorkers(CLI::App& app);
 
 }  // namespace kvring::tools

@@ -25,6 +25,8 @@ int main(int argc, char** argv) {
       "Chunk hashes of a token list, as LMCache's builtin-hash token database computes them");
   add(kvring::tools::AddInspect, "inspect", "Show the shared-memory segments and rings of a controller");
   add(kvring::tools::AddStats, "stats", "Print a running controller's counters");
+  add(kvring::tools::AddLookup, "lookup", "Which instances hold the longest prefix of a token list (LookupMsg)");
+  add(kvring::tools::AddWorkers, "workers", "List the registered workers (QueryWorkerInfoMsg)");
   add(kvring::tools::AddLoad, "load", "Run worker processes against a controller and report ops/s and lookup latency");
 
   try {

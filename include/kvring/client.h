@@ -42,6 +42,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvring/protocol/messages.h"
 #include "kvring/status.h"
 
 namespace kvring::client {
@@ -123,6 +124,12 @@ class Worker {
   explicit Worker(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Attaches as an orchestrator, sends one LMCache message (LookupMsg,
+// QueryWorkerInfoMsg, ...) to controller `name` and returns its reply: what
+// `kvring lookup` and `kvring workers` use.
+Result<protocol::Message> OrchestratorRequest(const std::string& name, const protocol::Message& request,
+                                              std::chrono::milliseconds timeout);
 
 // Sends one kvring control request (JSON, e.g. {"op":"stats"}) to controller
 // `name` and returns its JSON reply: what `kvring stats` uses.

@@ -1,0 +1,141 @@
+// kvring lookup and kvring workers: orchestrator requests to a running
+// controller over the rings (no HTTP needed), printed as tables or as JSON in
+// the `kvring decode` format of the reply.
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "commands.h"
+#include "kvring/client.h"
+#include "kvring/protocol/json.h"
+
+namespace kvring::tools {
+namespace {
+
+using namespace kvring::protocol;
+
+// "1,2,3", "1 2 3" or "[1, 2, 3]": the token ids.
+Result<std::vector<Int>> ParseTokens(const std::string& text) {
+  std::vector<Int> out;
+  std::string cleaned = text;
+  for (char& c : cleaned)
+    if (c == ',' || c == '[' || c == ']' || c == '\n' || c == '\t') c = ' ';
+  std::istringstream in(cleaned);
+  std::string word;
+  while (in >> word) {
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(word.c_str(), &end, 10);
+    if (errno != 0 || end == word.c_str() || *end != '\0')
+      return Status(ErrorKind::kInvalidArgument, "not a token id: '" + word + "'");
+    out.push_back(Int::FromI64(v));
+  }
+  return out;
+}
+
+// The reply, or an exit code with the message printed.
+template <typename Reply>
+int Ask(const std::string& name, const Message& request, int timeout_ms, Reply* out) {
+  auto r = client::OrchestratorRequest(name, request, std::chrono::milliseconds(timeout_ms));
+  if (!r.ok()) {
+    std::cerr << "error: " << r.status().message() << "\n";
+    return 1;
+  }
+  if (auto* e = std::get_if<ErrorMsg>(&*r)) {
+    std::cerr << "error: the controller answered: " << e->error << "\n";
+    return 1;
+  }
+  auto* reply = std::get_if<Reply>(&*r);
+  if (!reply) {
+    std::cerr << "error: unexpected reply " << TagOf(*r) << "\n";
+    return 1;
+  }
+  *out = std::move(*reply);
+  return 0;
+}
+
+std::string OrDash(const std::optional<std::string>& s) { return s ? *s : "-"; }
+
+}  // namespace
+
+Command AddLookup(CLI::App& app) {
+  struct State {
+    std::string name = "kvring", tokens, event_id = "kvring-cli-lookup";
+    bool json = false;
+    int timeout_ms = 2000;
+  };
+  auto st = std::make_shared<State>();
+  app.description(
+      "Which instances hold the longest prefix of these tokens (LookupMsg): the tokens are chunked\n"
+      "and hashed as LMCache does (kvringd --lookup-chunk-size/--lookup-none-hash). Exit 0 when the\n"
+      "controller answered (a miss too), 1 on failure, 2 on bad arguments.");
+  app.add_option("--name", st->name, "Controller name")->capture_default_str();
+  app.add_option("--tokens", st->tokens, "Token ids: \"1,2,3\", \"1 2 3\" or \"[1, 2, 3]\"; - reads them from stdin")
+      ->required();
+  app.add_option("--event-id", st->event_id, "event_id of the request")->capture_default_str();
+  app.add_flag("--json", st->json, "The reply as JSON (kvring decode's format)");
+  app.add_option("--timeout", st->timeout_ms, "Milliseconds to wait")->check(CLI::Range(1, 600000));
+  return [st]() -> int {
+    std::string text = st->tokens;
+    if (text == "-") {
+      std::ostringstream all;
+      all << std::cin.rdbuf();
+      text = all.str();
+    }
+    auto tokens = ParseTokens(text);
+    if (!tokens.ok()) {
+      std::cerr << "error: " << tokens.status().message() << "\n";
+      return 2;
+    }
+    LookupRetMsg ret;
+    if (int rc = Ask(st->name, LookupMsg{st->event_id, std::move(tokens).value()}, st->timeout_ms, &ret)) return rc;
+    if (st->json) {
+      std::cout << ToJson(Message(ret)).dump() << std::endl;
+      return 0;
+    }
+    if (ret.layout_info.empty()) std::cout << "no instance holds the first chunk\n";
+    else std::printf("%-32s %-24s %s\n", "instance", "location", "prefix end (tokens)");
+    for (const auto& [inst, le] : ret.layout_info)
+      std::printf("%-32s %-24s %lld\n", inst.c_str(), le.location.c_str(), static_cast<long long>(le.end.AsI64()));
+    return 0;
+  };
+}
+
+Command AddWorkers(CLI::App& app) {
+  struct State {
+    std::string name = "kvring", instance = "all";
+    std::vector<long long> ids;
+    bool json = false;
+    int timeout_ms = 2000;
+  };
+  auto st = std::make_shared<State>();
+  app.description("The registered workers (QueryWorkerInfoMsg): address, peer URL, registration and last heartbeat.");
+  app.add_option("--name", st->name, "Controller name")->capture_default_str();
+  app.add_option("--instance", st->instance, "An instance id, or all")->capture_default_str();
+  app.add_option("--worker-ids", st->ids, "Only these worker ids")->delimiter(',');
+  app.add_flag("--json", st->json, "The reply as JSON (kvring decode's format)");
+  app.add_option("--timeout", st->timeout_ms, "Milliseconds to wait")->check(CLI::Range(1, 600000));
+  return [st]() -> int {
+    QueryWorkerInfoMsg q{"kvring-cli-workers", st->instance, std::nullopt};
+    if (!st->ids.empty()) {
+      q.worker_ids.emplace();
+      for (long long id : st->ids) q.worker_ids->push_back(Int::FromI64(id));
+    }
+    QueryWorkerInfoRetMsg ret;
+    if (int rc = Ask(st->name, q, st->timeout_ms, &ret)) return rc;
+    if (st->json) {
+      std::cout << ToJson(Message(ret)).dump() << std::endl;
+      return 0;
+    }
+    std::printf("%-24s %6s %-16s %6s %-24s %s\n", "instance", "worker", "ip", "port", "peer_init_url", "heartbeat age (s)");
+    double now = static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch()).count()) / 1e6;
+    for (const WorkerInfo& w : ret.worker_infos)
+      std::printf("%-24s %6lld %-16s %6lld %-24s %.1f\n", w.instance_id.c_str(),
+                  static_cast<long long>(w.worker_id.AsI64()), w.ip.c_str(), static_cast<long long>(w.port.AsI64()),
+                  OrDash(w.peer_init_url).c_str(), now - w.last_heartbeat_time);
+    return 0;
+  };
+}
+
+}  // namespace kvring::tools
