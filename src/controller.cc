@@ -457,12 +457,24 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
     }
     return Reply(c, ret);
   }
-  if (auto* b = std::get_if<FullSyncBatchMsg>(&m)) {
-    auto w = registry_.Find(b->instance_id, Small(b->worker_id));
-    if (!w || workers_[*w].sync != SyncState::kSyncing || workers_[*w].sync_id != b->sync_id) {
-      ++stats_.errors;
-      return Problem(c, "FullSyncBatchMsg for " + b->sync_id + " outside a running sync: dropped");
+  // The worker whose sync `msg` continues; counted and logged when none is.
+  auto running = [&](const auto& msg) -> std::optional<std::uint32_t> {
+    auto w = registry_.Find(msg.instance_id, Small(msg.worker_id));
+    if (w && workers_[*w].sync == SyncState::kSyncing && workers_[*w].sync_id == msg.sync_id) return w;
+    ++stats_.errors;
+    Problem(c, std::string(TagOf(m)) + " for " + msg.sync_id + " outside a running sync: dropped");
+    return std::nullopt;
+  };
+  // Complete once End was seen and no batch is missing (End may come first).
+  auto complete_if_whole = [&](WorkerState& ws) {
+    if (ws.sync_end_seen && ws.batches_missing == 0) {
+      ws.sync = SyncState::kCompleted;
+      ++stats_.full_syncs_completed;
     }
+  };
+  if (auto* b = std::get_if<FullSyncBatchMsg>(&m)) {
+    auto w = running(*b);
+    if (!w) return;
     WorkerState& ws = workers_[*w];
     std::int64_t id = Small(b->batch_id);
     if (id < 0 || static_cast<std::size_t>(id) >= ws.batches.size()) {
@@ -477,18 +489,11 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
     ws.sync_activity_mono = now;
     index::HolderId h = registry_.Holder(*w, b->location);
     for (const Int& k : b->keys) (void)index_.Add(k.bits(), h);
-    if (ws.sync_end_seen && ws.batches_missing == 0) {  // a resent batch completes an ended sync
-      ws.sync = SyncState::kCompleted;
-      ++stats_.full_syncs_completed;
-    }
-    return;
+    return complete_if_whole(ws);  // a resent batch completes an ended sync
   }
   if (auto* e = std::get_if<FullSyncEndMsg>(&m)) {
-    auto w = registry_.Find(e->instance_id, Small(e->worker_id));
-    if (!w || workers_[*w].sync != SyncState::kSyncing || workers_[*w].sync_id != e->sync_id) {
-      ++stats_.errors;
-      return Problem(c, "FullSyncEndMsg for " + e->sync_id + " outside a running sync: ignored");
-    }
+    auto w = running(*e);
+    if (!w) return;
     WorkerState& ws = workers_[*w];
     ws.sync_end_seen = true;
     ws.sync_activity_mono = now;
@@ -497,11 +502,7 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
                      " keys, batches brought " + std::to_string(ws.sync_received_keys));
     // Unlike LMCache, End with missing batches does not complete the sync:
     // Status lists them and the worker resends.
-    if (ws.batches_missing == 0) {
-      ws.sync = SyncState::kCompleted;
-      ++stats_.full_syncs_completed;
-    }
-    return;
+    return complete_if_whole(ws);
   }
   auto& q = std::get<FullSyncStatusMsg>(m);
   FullSyncStatusRetMsg ret;
