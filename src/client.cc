@@ -312,6 +312,7 @@ struct Worker::Impl {
       conn.reset();
       return Reattach();
     }
+    conn->Heartbeat();  // the segment's liveness word, shown by `kvring inspect`
     auto now = Clock::now();
     for (auto& l : locations)
       if (!l->ops.empty() && now - l->oldest >= o.flush_interval)
