@@ -143,15 +143,22 @@ struct Worker::Impl {
     }
   }
 
+  // The reply as the message a request expects: an ErrorMsg or any other
+  // type becomes a Status naming it.
+  template <typename Reply>
+  static Result<Reply> Expect(Message&& r) {
+    if (auto* e = std::get_if<ErrorMsg>(&r)) return Status(ErrorKind::kUnavailable, "controller: " + e->error);
+    if (auto* want = std::get_if<Reply>(&r)) return std::move(*want);
+    return Status(ErrorKind::kDecode, std::string("expected ") + std::string(Reply::kTag) + ", got " +
+                                          std::string(TagOf(r)));
+  }
+
   template <typename Reply>
   Result<Reply> Ask(const Message& m, Clock::time_point deadline) {
     if (Status s = Send(m); !s.ok()) return s;
     auto r = AwaitReply(deadline);
     if (!r.ok()) return r.status();
-    if (auto* e = std::get_if<ErrorMsg>(&*r)) return Status(ErrorKind::kUnavailable, "controller: " + e->error);
-    if (auto* want = std::get_if<Reply>(&*r)) return std::move(*want);
-    return Status(ErrorKind::kDecode, std::string("expected ") + std::string(Reply::kTag) + ", got " +
-                                          std::string(TagOf(*r)));
+    return Expect<Reply>(std::move(r).value());
   }
   Clock::time_point Deadline() const { return Clock::now() + o.request_timeout; }
 
@@ -368,9 +375,8 @@ Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono
   auto r = m.AwaitReply(deadline);
   if (!r.ok()) return r.status();
   ++m.counters.lookups;
-  if (auto* e = std::get_if<ErrorMsg>(&*r)) return Status(ErrorKind::kUnavailable, "controller: " + e->error);
-  auto* ret = std::get_if<BatchedP2PLookupRetMsg>(&*r);
-  if (!ret) return Status(ErrorKind::kDecode, "expected BatchedP2PLookupRetMsg, got " + std::string(TagOf(*r)));
+  auto ret = Impl::Expect<BatchedP2PLookupRetMsg>(std::move(r).value());
+  if (!ret.ok()) return ret.status();
   P2PHit hit;
   if (!ret->layout_info.empty()) {
     const P2PLayout& l = ret->layout_info[0];

@@ -57,10 +57,8 @@ registry::WorkerRecord WorkerRecordOf(const Msg& msg) {
 
 // Bulk records (events and full-sync batches) may wait; everything else is a
 // request someone is waiting on, or cheap bookkeeping.
-bool IsBulk(const ring::Record& r, const protocol::DecodeLimits& limits) {
-  if (r.type != ring::kRecordMessage) return false;
-  auto tag = protocol::PeekTag(r.payload, limits);
-  if (!tag.ok()) return false;
+bool IsBulk(const ring::Record& r, const Result<std::string_view>& tag) {
+  if (r.type != ring::kRecordMessage || !tag.ok()) return false;
   return *tag == protocol::BatchedKVOperationView::kTag || *tag == "FullSyncBatchMsg" || *tag == "KVAdmitMsg" ||
          *tag == "KVEvictMsg";
 }
@@ -129,7 +127,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   }
   if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
-  Housekeeping();
+  Housekeeping(now);
   return handled;
 }
 
@@ -148,8 +146,11 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
   std::size_t n = 0, bytes = 0;
   ring::Record r;
   while (n < max_records && bytes < max_bytes && c.requests.Peek(&r) == ring::PollResult::kRecord) {
-    if (requests_only && IsBulk(r, options_.limits)) break;
-    HandleRecord(c, r);
+    // The tag is read once: it picks both the scheduling class and the handler.
+    Result<std::string_view> tag = r.type == ring::kRecordMessage ? protocol::PeekTag(r.payload, options_.limits)
+                                                                  : Result<std::string_view>(std::string_view());
+    if (requests_only && IsBulk(r, tag)) break;
+    HandleRecord(c, r, tag);
     bytes += r.payload.size();
     c.requests.Release();
     ++n;
@@ -174,10 +175,9 @@ std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
   return n;
 }
 
-void Controller::HandleRecord(transport::Client& c, const ring::Record& r) {
+void Controller::HandleRecord(transport::Client& c, const ring::Record& r, const Result<std::string_view>& tag) {
   ++stats_.messages;
   if (r.type == ring::kRecordControl) return HandleControl(c, r.payload);
-  auto tag = protocol::PeekTag(r.payload, options_.limits);
   if (!tag.ok()) {
     // No tag, so no way to know whether the sender waits for an answer; an
     // unsolicited ErrorMsg would be read as the reply to its next request.
@@ -667,8 +667,7 @@ void Controller::DropSomeKeys() {
   }
 }
 
-void Controller::Housekeeping() {
-  double now = MonoSeconds();
+void Controller::Housekeeping(double now) {
   if (now < next_housekeeping_) return;
   next_housekeeping_ = now + kHousekeepingPeriod;
   listener_->Heartbeat();

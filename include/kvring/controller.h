@@ -142,7 +142,7 @@ class Controller {
   explicit Controller(const Options& options);
   std::size_t ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes, bool requests_only);
   std::size_t ServeWaitingRequests(const transport::Client* busy);
-  void HandleRecord(transport::Client& c, const ring::Record& r);
+  void HandleRecord(transport::Client& c, const ring::Record& r, const Result<std::string_view>& tag);
   void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleGeneric(transport::Client& c, protocol::Message&& m);
@@ -162,7 +162,7 @@ class Controller {
   void RetireHolder(index::HolderId h);
   void ClientGone(std::uint64_t client_id);
   void DropSomeKeys();
-  void Housekeeping();
+  void Housekeeping(double now);  // now: CLOCK_MONOTONIC seconds, read once per pass
   double GlobalSyncProgress() const;
 
   Options options_;
