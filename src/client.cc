@@ -1,11 +1,17 @@
 #include "kvring/client.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 #include "kvring/protocol/codec.h"
 #include "kvring/transport.h"
@@ -21,7 +27,38 @@ constexpr const char* kDefaultSyncLocation = "LocalCPUBackend";
 
 Status Unavailable(const std::string& what) { return Status(ErrorKind::kUnavailable, what); }
 
+template <typename Handler, typename Msg>
+Message Run(const Handler& h, const Msg& m) {
+  if (!h) return ErrorMsg{"Unknown message: " + std::string(Msg::kTag) + " (this worker registered no handler for it)"};
+  return h(m);
+}
+
+// id, then the encoded message: a correlated record's payload.
+std::string CorrelatedBytes(std::uint64_t id, const Message& m) {
+  std::string bytes(ring::kCorrelationIdBytes, '\0');
+  ring::StoreCorrelationId(std::span(reinterpret_cast<std::uint8_t*>(bytes.data()), bytes.size()), id);
+  bytes += Encode(m);
+  return bytes;
+}
+
 }  // namespace
+
+Message AnswerCommand(const CommandHandlers& h, const Message& command) {
+  try {
+    if (auto* m = std::get_if<ClearWorkerMsg>(&command)) return Run(h.clear, *m);
+    if (auto* m = std::get_if<PinWorkerMsg>(&command)) return Run(h.pin, *m);
+    if (auto* m = std::get_if<CompressWorkerMsg>(&command)) return Run(h.compress, *m);
+    if (auto* m = std::get_if<DecompressWorkerMsg>(&command)) return Run(h.decompress, *m);
+    if (auto* m = std::get_if<MoveWorkerMsg>(&command)) return Run(h.move, *m);
+    if (auto* m = std::get_if<HealthWorkerMsg>(&command)) return Run(h.health, *m);
+    if (auto* m = std::get_if<CheckFinishWorkerMsg>(&command)) return Run(h.check_finish, *m);
+  } catch (const std::exception& e) {
+    return ErrorMsg{std::string("Worker error: ") + e.what()};
+  } catch (...) {
+    return ErrorMsg{"Worker error: unknown exception"};
+  }
+  return ErrorMsg{"Unknown message: " + std::string(TagOf(command))};
+}
 
 struct Worker::Impl {
   struct Location {
@@ -44,8 +81,9 @@ struct Worker::Impl {
   WorkerCounters counters;
   std::mt19937_64 rng{std::random_device{}()};
   std::thread ticker;
-  std::condition_variable ticker_cv;
+  int ticker_wake_fd = -1;  // eventfd: Close() wakes the ticker out of poll()
   bool ticker_stop = false;
+  std::deque<std::pair<std::uint64_t, std::string>> commands;  // (id, encoded ControlMsg) not yet answered
 
   // ---- transport ----------------------------------------------------------
 
@@ -128,6 +166,7 @@ struct Worker::Impl {
       }
       ring::Record r;
       if (c.Peek(&r) != ring::PollResult::kRecord) continue;
+      if (TakeCommand(r)) continue;
       if (stale_replies > 0) {
         --stale_replies;
         ++counters.late_replies_skipped;
@@ -140,6 +179,50 @@ struct Worker::Impl {
       c.PublishHead();
       if (!m.ok()) return Status(ErrorKind::kDecode, "undecodable reply: " + m.status().message());
       return std::move(m).value();
+    }
+  }
+
+  // A command record is kept for the handlers (answered by RunCommands) and
+  // released; anything else is left for the caller.
+  bool TakeCommand(const ring::Record& r) {
+    auto cr = ring::SplitCorrelated(r);
+    if (!cr || r.type != ring::kRecordCommand) return false;
+    commands.emplace_back(cr->id, std::string(cr->message.begin(), cr->message.end()));
+    conn->replies().Release();
+    conn->replies().PublishHead();
+    return true;
+  }
+
+  // Collects commands that arrived while no request was waiting. Stops at a
+  // reply (one a timed-out request still owes is skipped, as in AwaitReply).
+  void CollectCommands() {
+    if (!conn) return;
+    ring::Consumer& c = conn->replies();
+    ring::Record r;
+    while (c.Peek(&r) == ring::PollResult::kRecord) {
+      if (TakeCommand(r)) continue;
+      if (stale_replies == 0) break;
+      --stale_replies;
+      ++counters.late_replies_skipped;
+      c.Release();
+      c.PublishHead();
+    }
+  }
+
+  // Answers every collected command; handlers run with `lock` released.
+  void RunCommands(std::unique_lock<std::mutex>& lock) {
+    CollectCommands();
+    while (!commands.empty()) {
+      auto [id, bytes] = std::move(commands.front());
+      commands.pop_front();
+      const CommandHandlers handlers = o.handlers;
+      lock.unlock();
+      auto m = Decode(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+      Message answer = m.ok() ? AnswerCommand(handlers, *m)
+                              : Message(ErrorMsg{"Worker error: undecodable command: " + m.status().message()});
+      lock.lock();
+      ++counters.commands_handled;
+      (void)WriteBytes(CorrelatedBytes(id, answer), ring::kRecordCommand);  // unanswered: the controller's deadline reports it
     }
   }
 
@@ -389,8 +472,10 @@ Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono
 }
 
 Status Worker::Tick() {
-  std::lock_guard lock(impl_->mu);
-  return impl_->TickLocked();
+  std::unique_lock lock(impl_->mu);
+  Status s = impl_->TickLocked();
+  impl_->RunCommands(lock);
+  return s;
 }
 
 Status Worker::Heartbeat() {
@@ -403,9 +488,13 @@ Status Worker::Close() {
   {
     std::lock_guard lock(impl_->mu);
     impl_->ticker_stop = true;
+    if (impl_->ticker_wake_fd >= 0) {
+      std::uint64_t one = 1;
+      (void)!write(impl_->ticker_wake_fd, &one, sizeof one);
+    }
   }
-  impl_->ticker_cv.notify_all();
   if (impl_->ticker.joinable()) impl_->ticker.join();
+  if (impl_->ticker_wake_fd >= 0) close(impl_->ticker_wake_fd), impl_->ticker_wake_fd = -1;
   std::lock_guard lock(impl_->mu);
   Impl& m = *impl_;
   if (m.closed) return Status::Ok();
@@ -421,12 +510,22 @@ Status Worker::Close() {
 void Worker::StartBackgroundTicks() {
   std::lock_guard lock(impl_->mu);
   if (impl_->ticker.joinable() || impl_->closed) return;
+  impl_->ticker_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   impl_->ticker = std::thread([this] {
-    std::unique_lock lock(impl_->mu);
-    while (!impl_->ticker_stop) {
-      impl_->ticker_cv.wait_for(lock, impl_->o.flush_interval);
-      if (impl_->ticker_stop) break;
-      (void)impl_->TickLocked();  // failures show in the next call's Status
+    Impl& m = *impl_;
+    const int period_ms = static_cast<int>(std::max<std::int64_t>(
+        1, std::chrono::ceil<std::chrono::milliseconds>(m.o.flush_interval).count()));
+    std::unique_lock lock(m.mu);
+    while (!m.ticker_stop) {
+      // Sleeps until the period ends, Close() writes the eventfd, or the
+      // controller sends a byte on the attach socket (a command is waiting).
+      pollfd fds[2] = {{m.ticker_wake_fd, POLLIN, 0}, {m.conn ? m.conn->socket_fd() : -1, POLLIN, 0}};
+      lock.unlock();
+      (void)poll(fds, 2, period_ms);
+      lock.lock();
+      if (m.ticker_stop) break;
+      (void)m.TickLocked();  // failures show in the next call's Status; it also reads the socket's byte
+      m.RunCommands(lock);
     }
   });
 }
@@ -439,6 +538,178 @@ WorkerCounters Worker::counters() const {
 bool Worker::attached() const {
   std::lock_guard lock(impl_->mu);
   return impl_->conn != nullptr;
+}
+
+// ---- Orchestrator ---------------------------------------------------------------
+
+struct Orchestrator::Impl {
+  struct Pending {
+    bool done = false;
+    Status status;
+    std::string bytes;       // the reply's message (or JSON, for control requests)
+  };
+
+  std::string name;
+  std::unique_ptr<transport::Connection> conn;
+  std::mutex write_mu;  // the request ring has one producer at a time
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Pending>> by_id;
+  std::deque<std::shared_ptr<Pending>> controls;  // answered in order (control records carry no id)
+  std::uint64_t next_id = 1;
+  bool dead = false;
+  bool stop = false;
+  std::thread reader;
+
+  void FailAll(const std::string& why) {
+    std::lock_guard lock(mu);
+    dead = true;
+    for (auto& [id, p] : by_id) p->done = true, p->status = Unavailable(why);
+    for (auto& p : controls) p->done = true, p->status = Unavailable(why);
+    by_id.clear();
+    controls.clear();
+    cv.notify_all();
+  }
+
+  // The only consumer of the reply ring.
+  void Read() {
+    ring::Consumer& c = conn->replies();
+    for (;;) {
+      {
+        std::lock_guard lock(mu);
+        if (stop) return;
+      }
+      if (!c.WaitForData(std::chrono::milliseconds(50))) {
+        if (c.corrupt()) return FailAll("reply ring: " + c.corruption());
+        if (!conn->ControllerAlive()) return FailAll("controller '" + name + "' has gone");
+        continue;
+      }
+      ring::Record r;
+      while (c.Peek(&r) == ring::PollResult::kRecord) {
+        std::shared_ptr<Pending> p;
+        std::span<const std::uint8_t> body = r.payload;
+        {
+          std::lock_guard lock(mu);
+          if (auto cr = ring::SplitCorrelated(r); cr && r.type == ring::kRecordRequest) {
+            if (auto it = by_id.find(cr->id); it != by_id.end()) p = it->second, by_id.erase(it);
+            body = cr->message;
+          } else if (r.type == ring::kRecordControl && !controls.empty()) {
+            p = controls.front();
+            controls.pop_front();
+          }
+          if (p) {
+            p->done = true;
+            p->bytes.assign(body.begin(), body.end());
+          }
+        }
+        c.Release();
+        if (p) cv.notify_all();
+      }
+      c.PublishHead();
+    }
+  }
+
+  // Writes one record (waiting for room until `deadline`) and registers its waiter.
+  Result<std::shared_ptr<Pending>> Send(std::uint32_t type, const std::string& body, Clock::time_point deadline) {
+    auto p = std::make_shared<Pending>();
+    std::lock_guard wl(write_mu);
+    std::uint64_t id;
+    {
+      std::lock_guard lock(mu);
+      if (dead) return Unavailable("controller '" + name + "' has gone");
+      id = next_id++;
+      if (type == ring::kRecordControl) controls.push_back(p);
+      else by_id.emplace(id, p);
+    }
+    const std::size_t id_bytes = type == ring::kRecordRequest ? ring::kCorrelationIdBytes : 0;
+    ring::Producer& out = conn->requests();
+    for (;;) {
+      std::span<std::uint8_t> room;
+      ring::ClaimResult cr = out.TryClaim(id_bytes + body.size(), &room);
+      if (cr == ring::ClaimResult::kOk) {
+        if (id_bytes) ring::StoreCorrelationId(room, id);
+        std::memcpy(room.data() + id_bytes, body.data(), body.size());
+        out.Commit(id_bytes + body.size(), type);
+        out.Publish();
+        conn->RingDoorbell();
+        return p;
+      }
+      Status fail;
+      if (cr == ring::ClaimResult::kTooLarge)
+        fail = Status(ErrorKind::kInvalidArgument, "a request of " + std::to_string(body.size()) +
+                                                       " bytes exceeds the ring's record limit");
+      else if (cr == ring::ClaimResult::kCorrupt)
+        fail = Status(ErrorKind::kCorrupt, "request ring: " + out.corruption());
+      else if (Clock::now() >= deadline)
+        fail = Status(ErrorKind::kTimeout, "the request ring stayed full");
+      if (!fail.ok()) {
+        std::lock_guard lock(mu);
+        if (type == ring::kRecordControl) std::erase(controls, p);
+        else by_id.erase(id);
+        return fail;
+      }
+      (void)out.WaitForSpace(id_bytes + body.size(), std::chrono::milliseconds(10));
+    }
+  }
+
+  Result<std::string> Await(const std::shared_ptr<Pending>& p, Clock::time_point deadline) {
+    std::unique_lock lock(mu);
+    if (!cv.wait_until(lock, deadline, [&] { return p->done; })) {
+      // A control waiter stays queued (its answer is dropped when it comes),
+      // so later control answers still meet their own requests.
+      for (auto it = by_id.begin(); it != by_id.end(); ++it)
+        if (it->second == p) {
+          by_id.erase(it);
+          break;
+        }
+      return Status(ErrorKind::kTimeout, "no reply from controller '" + name + "' in time");
+    }
+    if (!p->status.ok()) return p->status;
+    return std::move(p->bytes);
+  }
+};
+
+Orchestrator::Orchestrator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Orchestrator::~Orchestrator() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stop = true;
+  }
+  if (impl_->reader.joinable()) impl_->reader.join();
+}
+
+Result<std::unique_ptr<Orchestrator>> Orchestrator::Connect(const std::string& name,
+                                                             std::chrono::milliseconds attach_timeout) {
+  auto c = transport::Connection::Open({name, segment::Role::kOrchestrator, attach_timeout});
+  if (!c.ok()) return c.status();
+  auto impl = std::make_unique<Impl>();
+  impl->name = name;
+  impl->conn = std::move(c).value();
+  Impl* raw = impl.get();
+  impl->reader = std::thread([raw] { raw->Read(); });
+  return std::unique_ptr<Orchestrator>(new Orchestrator(std::move(impl)));
+}
+
+Result<protocol::Message> Orchestrator::Request(const protocol::Message& request, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  auto p = impl_->Send(ring::kRecordRequest, Encode(request), deadline);
+  if (!p.ok()) return p.status();
+  auto bytes = impl_->Await(*p, deadline);
+  if (!bytes.ok()) return bytes.status();
+  return Decode(std::span(reinterpret_cast<const std::uint8_t*>(bytes->data()), bytes->size()));
+}
+
+Result<std::string> Orchestrator::Control(const std::string& request_json, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  auto p = impl_->Send(ring::kRecordControl, request_json, deadline);
+  if (!p.ok()) return p.status();
+  return impl_->Await(*p, deadline);
+}
+
+bool Orchestrator::alive() const {
+  std::lock_guard lock(impl_->mu);
+  return !impl_->dead;
 }
 
 namespace {

@@ -127,6 +127,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   }
   if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
+  if (next_fanout_deadline_ != 0 && now >= next_fanout_deadline_) ExpireFanOuts(now);
   Housekeeping(now);
   return handled;
 }
@@ -147,10 +148,13 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
   ring::Record r;
   while (n < max_records && bytes < max_bytes && c.requests.Peek(&r) == ring::PollResult::kRecord) {
     // The tag is read once: it picks both the scheduling class and the handler.
-    Result<std::string_view> tag = r.type == ring::kRecordMessage ? protocol::PeekTag(r.payload, options_.limits)
-                                                                  : Result<std::string_view>(std::string_view());
+    std::span<const std::uint8_t> msg = r.payload;
+    if (r.type == ring::kRecordRequest) msg = msg.subspan(std::min(msg.size(), ring::kCorrelationIdBytes));
+    Result<std::string_view> tag = r.type == ring::kRecordMessage || r.type == ring::kRecordRequest
+                                       ? protocol::PeekTag(msg, options_.limits)
+                                       : Result<std::string_view>(std::string_view());
     if (requests_only && IsBulk(r, tag)) break;
-    HandleRecord(c, r, tag);
+    HandleRecord(c, r, msg, tag);
     bytes += r.payload.size();
     c.requests.Release();
     ++n;
@@ -175,18 +179,42 @@ std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
   return n;
 }
 
-void Controller::HandleRecord(transport::Client& c, const ring::Record& r, const Result<std::string_view>& tag) {
+void Controller::HandleRecord(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
+                              const Result<std::string_view>& tag) {
   ++stats_.messages;
   if (r.type == ring::kRecordControl) return HandleControl(c, r.payload);
+  if (r.type == ring::kRecordCommand) {
+    auto cr = ring::SplitCorrelated(r);
+    if (!cr) {
+      ++stats_.errors;
+      return Problem(c, "command reply shorter than its id");
+    }
+    return HandleCommandReply(c, cr->id, cr->message);
+  }
+  // Where this request's reply goes; restored after, since a KV batch lets
+  // other clients' requests in while it is applied.
+  ReplyRoute outer = current_;
+  current_ = ReplyRoute{c.id, r.type, 0};
+  if (auto cr = ring::SplitCorrelated(r)) current_.id = cr->id;
+  HandleMessage(c, r, msg, tag);
+  current_ = outer;
+}
+
+void Controller::HandleMessage(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
+                               const Result<std::string_view>& tag) {
+  if (r.type == ring::kRecordRequest && r.payload.size() < ring::kCorrelationIdBytes) {
+    ++stats_.errors;
+    return Problem(c, "request record shorter than its id");
+  }
   if (!tag.ok()) {
     // No tag, so no way to know whether the sender waits for an answer; an
     // unsolicited ErrorMsg would be read as the reply to its next request.
     ++stats_.errors;
     return Problem(c, "undecodable record: " + tag.status().message());
   }
-  if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, r.payload);
-  if (*tag == protocol::BatchedP2PLookupView::kTag) return HandleP2P(c, r.payload);
-  auto m = protocol::Decode(r.payload, options_.limits);
+  if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, msg);
+  if (*tag == protocol::BatchedP2PLookupView::kTag) return HandleP2P(c, msg);
+  auto m = protocol::Decode(msg, options_.limits);
   if (!m.ok()) {
     ++stats_.errors;
     Problem(c, std::string(*tag) + ": " + m.status().message());
@@ -279,30 +307,39 @@ void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> b
   l.location.assign(hit.location);
   l.num_hit_chunks = protocol::Int::FromU64(hit.num_hit_chunks);
   l.peer_init_url.assign(hit.peer_init_url);
-  // Encode straight into the reply ring.
+  // Encode straight into the reply ring (after the request's id, if it has one).
+  const std::size_t id_bytes = current_.type == ring::kRecordRequest ? ring::kCorrelationIdBytes : 0;
   std::span<std::uint8_t> out;
-  std::size_t guess = 64 + l.instance_id.size() + l.location.size() + l.peer_init_url.size();
+  std::size_t guess = id_bytes + 64 + l.instance_id.size() + l.location.size() + l.peer_init_url.size();
   if (c.replies.TryClaim(guess, &out) != ring::ClaimResult::kOk) {
     ++stats_.reply_ring_full;
     return;
   }
-  protocol::EncodeResult r = protocol::EncodeTo(p2p_reply_, out);
+  if (id_bytes) ring::StoreCorrelationId(out, current_.id);
+  protocol::EncodeResult r = protocol::EncodeTo(p2p_reply_, out.subspan(id_bytes));
   if (!r.fits) {  // cannot happen with the guess above; stay correct anyway
     c.replies.Abort();
     return Reply(c, p2p_reply_);
   }
-  c.replies.Commit(r.bytes);
+  c.replies.Commit(id_bytes + r.bytes, current_.type);
 }
 
 void Controller::Reply(transport::Client& c, const protocol::Message& m) {
+  (void)Emit(c, current_.type, current_.id, m);
+}
+
+bool Controller::Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m) {
+  const std::size_t id_bytes = type == ring::kRecordMessage ? 0 : ring::kCorrelationIdBytes;
   std::span<std::uint8_t> out;
   std::string bytes = protocol::Encode(m);  // the cold path; hot replies encode in place
-  if (c.replies.TryClaim(bytes.size(), &out) != ring::ClaimResult::kOk) {
+  if (c.replies.TryClaim(id_bytes + bytes.size(), &out) != ring::ClaimResult::kOk) {
     ++stats_.reply_ring_full;
-    return;
+    return false;
   }
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  c.replies.Commit(bytes.size());
+  if (id_bytes) ring::StoreCorrelationId(out, id);
+  std::memcpy(out.data() + id_bytes, bytes.data(), bytes.size());
+  c.replies.Commit(id_bytes + bytes.size(), type);
+  return true;
 }
 
 void Controller::ReplyControl(transport::Client& c, const std::string& json) {
@@ -375,6 +412,11 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   if (auto* lk = std::get_if<LookupMsg>(&m)) return HandleTokenLookup(c, *lk);
   if (std::holds_alternative<QueryInstMsg>(m) || std::holds_alternative<QueryWorkerInfoMsg>(m))
     return HandleQuery(c, m);
+  if (auto* cf = std::get_if<CheckFinishMsg>(&m)) return HandleCheckFinish(c, *cf);
+  if (std::holds_alternative<ClearMsg>(m) || std::holds_alternative<PinMsg>(m) ||
+      std::holds_alternative<CompressMsg>(m) || std::holds_alternative<DecompressMsg>(m) ||
+      std::holds_alternative<MoveMsg>(m) || std::holds_alternative<HealthMsg>(m))
+    return HandleOrchestration(c, m);
   auto single = [&](const auto& op, OpType type) {
     auto w = registry_.Find(op.instance_id, Small(op.worker_id));
     if (!w) return void(++stats_.dropped_unknown_worker);
@@ -386,8 +428,8 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   if (auto* e = std::get_if<KVEvictMsg>(&m)) return single(*e, OpType::kEvict);
   ++stats_.errors;
   std::string tag(TagOf(m));
-  Problem(c, tag + " is not handled by this controller");
-  if (ExpectsReply(tag)) ReplyError(c, "kvring: " + tag + " is not handled by this controller yet");
+  Problem(c, tag + " is not a request the controller answers");
+  if (ExpectsReply(tag)) ReplyError(c, "kvring: " + tag + " is not a request the controller answers");
 }
 
 void Controller::HandleHeartbeat(transport::Client& c, const protocol::HeartbeatMsg& hb) {
@@ -649,6 +691,7 @@ void Controller::ForgetWorker(std::uint32_t worker) {
 
 void Controller::ClientGone(std::uint64_t client_id) {
   last_problem_log_.erase(client_id);
+  FailCommandsOf(client_id);
   for (std::uint32_t w = 0; w < workers_.size(); ++w)
     if (workers_[w].client == client_id && registry_.worker_live(w)) ForgetWorker(w);
 }
@@ -740,6 +783,12 @@ std::string Controller::StatsJson() const {
       {"full_sync_global_progress", GlobalSyncProgress()},
       {"workers_reaped", stats_.workers_reaped},
       {"control_requests", stats_.control_requests},
+      {"fanouts_total", stats_.fanouts},
+      {"fanouts_in_flight", fanouts_.size()},
+      {"commands_sent_total", stats_.commands_sent},
+      {"commands_timed_out_total", stats_.commands_timed_out},
+      {"commands_failed_total", stats_.commands_failed},
+      {"late_command_replies_total", stats_.late_command_replies},
   };
   return j.dump();
 }

@@ -268,6 +268,11 @@ void Listener::SetControllerSleeping(bool sleeping) {
                                                             : std::memory_order_relaxed);
 }
 
+void Listener::NotifyClient(const Client& c) {
+  char b = 'c';
+  (void)send(c.socket, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);  // full buffer: a wake-up is pending anyway
+}
+
 void Listener::Heartbeat() {
   std::uint64_t now = segment::MonotonicNs();
   for (auto& c : clients_) c->segment.header()->controller_heartbeat_ns.store(now, std::memory_order_relaxed);

@@ -26,6 +26,16 @@
 // batches of `full_sync_batch_keys`, End, then Status polls until the
 // controller says the worker may leave freeze (resending missing batches).
 //
+// Commands: the controller relays an orchestrator's Clear, Pin, Compress,
+// Decompress, Move, Health and CheckFinish to the workers of an instance as
+// ControlMsgs. The Worker runs the handler registered for each (in
+// WorkerOptions::handlers) and sends back the ControlRetMsg it returns; a
+// missing handler answers ErrorMsg("Unknown message: ...") and a handler that
+// throws answers ErrorMsg("Worker error: ..."), as LMCache's worker does.
+// Handlers run inside Tick() (or on the background ticker, which the
+// controller wakes at once when a command arrives), without the Worker's
+// mutex: a handler may call Evict() and the other members.
+//
 // Thread-safety: every public member may be called from several threads; one
 // internal mutex serialises them (a lookup holds it while it waits for its
 // reply, so lookups from several threads take turns). keys_of is called with
@@ -46,6 +56,22 @@
 #include "kvring/status.h"
 
 namespace kvring::client {
+
+// What a serving engine does when the controller relays an orchestrator's
+// command; each returns the ControlRetMsg to send back (or throws).
+struct CommandHandlers {
+  std::function<protocol::ClearWorkerRetMsg(const protocol::ClearWorkerMsg&)> clear;
+  std::function<protocol::PinWorkerRetMsg(const protocol::PinWorkerMsg&)> pin;
+  std::function<protocol::CompressWorkerRetMsg(const protocol::CompressWorkerMsg&)> compress;
+  std::function<protocol::DecompressWorkerRetMsg(const protocol::DecompressWorkerMsg&)> decompress;
+  std::function<protocol::MoveWorkerRetMsg(const protocol::MoveWorkerMsg&)> move;
+  std::function<protocol::HealthWorkerRetMsg(const protocol::HealthWorkerMsg&)> health;
+  std::function<protocol::CheckFinishWorkerRetMsg(const protocol::CheckFinishWorkerMsg&)> check_finish;
+};
+
+// The answer a worker sends for one command message: the handler's reply, or
+// the ErrorMsg LMCache's worker would send. (Exposed for tests and tools.)
+protocol::Message AnswerCommand(const CommandHandlers& handlers, const protocol::Message& command);
 
 struct WorkerOptions {
   std::string controller = "kvring";  // the controller's name
@@ -72,6 +98,7 @@ struct WorkerOptions {
   std::function<std::vector<std::uint64_t>(const std::string& location)> keys_of;
   // Locations to full-sync besides those this client has sent events for.
   std::vector<std::string> sync_locations;
+  CommandHandlers handlers;
 };
 
 struct P2PHit {
@@ -89,6 +116,7 @@ struct WorkerCounters {
   std::uint64_t full_syncs = 0;
   std::uint64_t reattaches = 0;
   std::uint64_t late_replies_skipped = 0;
+  std::uint64_t commands_handled = 0;
 };
 
 class Worker {
@@ -106,14 +134,15 @@ class Worker {
   // Which peer holds the longest prefix of `hashes` (BatchedP2PLookupMsg).
   Result<P2PHit> Lookup(std::span<const std::uint64_t> hashes, std::chrono::milliseconds timeout);
   // Timer work: flushes old queues, heartbeats when due (acting on the
-  // commands: full sync), reattaches after a controller restart.
+  // commands: full sync), reattaches after a controller restart, and answers
+  // the controller's pending ControlMsgs with the handlers.
   Status Tick();
   // One heartbeat now, acting on its commands.
   Status Heartbeat();
   // Flushes and deregisters; later calls fail.
   Status Close();
-  // Runs Tick() on a thread of the Worker's own every flush_interval until
-  // Close() or destruction.
+  // Runs Tick() on a thread of the Worker's own every flush_interval, and at
+  // once when the controller sends a command, until Close() or destruction.
   void StartBackgroundTicks();
 
   WorkerCounters counters() const;
@@ -122,6 +151,33 @@ class Worker {
  private:
   struct Impl;
   explicit Worker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// An orchestrator's connection: many requests in flight at once, from any
+// number of threads, each answered by its own reply however the controller
+// orders them (requests travel as kRecordRequest records with an id; a
+// reader thread of the Orchestrator's own hands each reply to its caller).
+// If the controller goes away, every waiting and later request fails with
+// kUnavailable: connect again.
+//
+// Thread-safety: every member may be called from any thread.
+class Orchestrator {
+ public:
+  static Result<std::unique_ptr<Orchestrator>> Connect(const std::string& name, std::chrono::milliseconds attach_timeout);
+  ~Orchestrator();
+  Orchestrator(const Orchestrator&) = delete;
+  Orchestrator& operator=(const Orchestrator&) = delete;
+
+  // One LMCache message (an OrchMsg, a BatchedP2PLookupMsg, ...) and its reply.
+  Result<protocol::Message> Request(const protocol::Message& request, std::chrono::milliseconds timeout);
+  // One kvring control request (JSON, e.g. {"op":"stats"}) and its JSON reply.
+  Result<std::string> Control(const std::string& request_json, std::chrono::milliseconds timeout);
+  bool alive() const;
+
+ private:
+  struct Impl;
+  explicit Orchestrator(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -21,6 +21,19 @@
 // batches into a fresh holder; End completes the sync only when no batch is
 // missing (Status lists the missing ones, so the worker resends them).
 //
+// Orchestration (Clear, Pin, Compress, Decompress, Move, Health): the
+// controller sends the matching ControlMsg to every worker of the instance as
+// a command record (ring_descriptor.h: kRecordCommand, numbered by the
+// controller), gathers the workers' answers as they come, in any order, and
+// answers the orchestrator when the last one is in or `command_timeout_s`
+// has passed (a silent worker is reported, never waited for). Many fan-outs
+// may be in flight; none blocks the loop. CheckFinishMsg reports the state of
+// the last `events_remembered` fan-outs by event id.
+//
+// Replies go back in the framing of their request: a kRecordRequest gets a
+// kRecordRequest of the same id, so an orchestrator can keep many requests in
+// flight and match answers that finish out of order.
+//
 // Hot paths (BatchedKVOperationMsg, BatchedP2PLookupMsg) decode straight from
 // ring memory into reused views and encode the reply straight into the reply
 // ring: no heap allocation per message once warmed up.
@@ -31,6 +44,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -72,6 +86,9 @@ struct Options {
   // first chunk chained to NONE_HASH (0 when vLLM is not importable there).
   std::uint32_t lookup_chunk_size = 256;
   std::int64_t lookup_none_hash = 0;
+  double command_timeout_s = 5;          // a fan-out's deadline for its workers' answers
+  std::size_t max_fanouts = 4096;        // in flight at once; more are refused
+  std::size_t events_remembered = 4096;  // finished fan-outs CheckFinishMsg can report
   // Receives log lines (problems with a client are rate-limited to one per
   // client per second). Null: no logging.
   std::function<void(std::string_view)> log;
@@ -93,6 +110,11 @@ struct Stats {
   std::uint64_t full_sync_requests = 0; // FullSyncCommands sent in heartbeat replies
   std::uint64_t workers_reaped = 0;     // missed-heartbeat timeouts
   std::uint64_t control_requests = 0;
+  std::uint64_t fanouts = 0;               // orchestrator commands fanned out to workers
+  std::uint64_t commands_sent = 0;         // ControlMsgs sent to workers
+  std::uint64_t commands_timed_out = 0;    // ... not answered before the deadline
+  std::uint64_t commands_failed = 0;       // ... answered ErrorMsg, wrong or undecodable, undeliverable
+  std::uint64_t late_command_replies = 0;  // answers after the deadline or from the wrong client
 };
 
 enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
@@ -123,6 +145,7 @@ class Controller {
   // kSyncing and kCompleted).
   std::size_t WorkersIn(SyncState state) const;
   bool full_sync_all_pending() const { return full_sync_all_; }
+  std::size_t fanouts_in_flight() const { return fanouts_.size(); }
 
  private:
   struct WorkerState {
@@ -139,10 +162,43 @@ class Controller {
     bool sync_end_seen = false;
   };
 
+  // Where a reply goes: a client, in the framing of its request.
+  struct ReplyRoute {
+    std::uint64_t client = 0;
+    std::uint32_t type = ring::kRecordMessage;  // kRecordMessage or kRecordRequest
+    std::uint64_t id = 0;                       // kRecordRequest's correlation id
+  };
+  enum class FanOutKind : std::uint8_t { kClear, kPin, kCompress, kDecompress, kMove, kHealth };
+  enum class PartState : std::uint8_t { kPending, kFinished, kFailed };
+  struct FanOutPart {
+    std::int64_t worker_id = 0;
+    std::uint64_t client = 0;
+    std::uint64_t command_id = 0;
+    PartState state = PartState::kPending;
+    std::int64_t value = 0;   // num_tokens or health code (failures: a kHealth* code)
+    std::string error;        // why it failed
+  };
+  struct FanOut {
+    FanOutKind kind = FanOutKind::kHealth;
+    std::string event_id;
+    std::string instance_id;
+    ReplyRoute origin;
+    double deadline = 0;  // monotonic seconds
+    std::vector<FanOutPart> parts;
+    std::size_t pending = 0;
+  };
+  struct EventRecord {
+    std::uint64_t fanout = 0;  // in flight: its id; finished: 0
+    std::string status;        // finished: CheckFinishRetMsg.status
+  };
+
   explicit Controller(const Options& options);
   std::size_t ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes, bool requests_only);
   std::size_t ServeWaitingRequests(const transport::Client* busy);
-  void HandleRecord(transport::Client& c, const ring::Record& r, const Result<std::string_view>& tag);
+  void HandleRecord(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
+                    const Result<std::string_view>& tag);
+  void HandleMessage(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
+                     const Result<std::string_view>& tag);
   void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleGeneric(transport::Client& c, protocol::Message&& m);
@@ -154,6 +210,20 @@ class Controller {
   bool ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
                const protocol::Int& seq, bool* gap_counted);
   void Reply(transport::Client& c, const protocol::Message& m);
+  // Writes `m` into c's reply ring as a record of `type` (with `id` when correlated).
+  bool Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m);
+  // Orchestration (controller_commands.cc).
+  void HandleOrchestration(transport::Client& c, const protocol::Message& m);
+  void HandleCheckFinish(transport::Client& c, const protocol::CheckFinishMsg& m);
+  void HandleCommandReply(transport::Client& c, std::uint64_t id, std::span<const std::uint8_t> bytes);
+  void SettlePart(std::uint64_t fanout_id, std::size_t part, PartState state, std::int64_t value, std::string error);
+  void FinishFanOut(std::uint64_t fanout_id);
+  void ExpireFanOuts(double now);
+  void FailCommandsOf(std::uint64_t client_id);
+  std::string EventStatus(const FanOut& f) const;
+  void RememberEvent(const std::string& event_id, EventRecord rec);
+  // The live workers of an instance, sorted by worker id (LMCache's get_workers).
+  std::vector<std::uint32_t> WorkersOf(std::string_view instance_id) const;
   void ReplyControl(transport::Client& c, const std::string& json);
   void ReplyError(transport::Client& c, const std::string& text);
   void Problem(const transport::Client& c, const std::string& what);
@@ -187,6 +257,15 @@ class Controller {
   double next_housekeeping_ = 0;
   double next_listener_poll_ = 0;
   double started_mono_ = 0;
+  ReplyRoute current_;                        // the request being handled
+  std::unordered_map<std::uint64_t, FanOut> fanouts_;  // in flight, by fan-out id
+  // command id -> (fan-out id, part index)
+  std::unordered_map<std::uint64_t, std::pair<std::uint64_t, std::size_t>> commands_;
+  std::unordered_map<std::string, EventRecord> events_;  // by event id
+  std::deque<std::string> event_order_;                  // oldest first, for forgetting
+  std::uint64_t next_fanout_id_ = 1;
+  std::uint64_t next_command_id_ = 1;
+  double next_fanout_deadline_ = 0;            // earliest deadline in flight (0: none)
   std::unordered_map<std::uint64_t, double> last_problem_log_;  // client id -> monotonic seconds
 };
 

@@ -17,10 +17,13 @@
 // thread at a time. The control words are the only shared state.
 #pragma once
 
+#include <bit>
 #include <chrono>
 #include <functional>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -93,6 +96,25 @@ struct Record {
   std::uint32_t type = 0;
   std::span<const std::uint8_t> payload;  // ring memory: valid until Release()
 };
+
+// A correlated record (kRecordRequest, kRecordCommand) split into its id and
+// its msgpack message. nullopt: another type, or a payload shorter than an id.
+struct Correlated {
+  std::uint64_t id = 0;
+  std::span<const std::uint8_t> message;
+};
+static_assert(std::endian::native == std::endian::little, "correlation ids are stored in host order");
+inline std::optional<Correlated> SplitCorrelated(const Record& r) {
+  if ((r.type != kRecordRequest && r.type != kRecordCommand) || r.payload.size() < kCorrelationIdBytes)
+    return std::nullopt;
+  Correlated c;
+  std::memcpy(&c.id, r.payload.data(), kCorrelationIdBytes);
+  c.message = r.payload.subspan(kCorrelationIdBytes);
+  return c;
+}
+inline void StoreCorrelationId(std::span<std::uint8_t> out, std::uint64_t id) {
+  std::memcpy(out.data(), &id, kCorrelationIdBytes);
+}
 
 enum class PollResult : std::uint8_t { kRecord, kEmpty, kCorrupt };
 

@@ -74,6 +74,9 @@ class Listener {
   // Marks every segment "controller sleeping" (or awake). While the mark is
   // set, clients ring the doorbell after they publish (Connection::RingDoorbell).
   void SetControllerSleeping(bool sleeping);
+  // One byte on the client's attach socket: wakes a client that waits in
+  // poll() for commands (a worker's background ticker) without spinning.
+  void NotifyClient(const Client& c);
   // Called with a departing client while its segment still exists, so that
   // whatever it published before it went (its last events, a DeRegisterMsg)
   // is still consumed: nothing a client committed is lost to its exit.
