@@ -132,12 +132,14 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   return handled;
 }
 
-void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes) {
+void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes,
+                     const std::function<void(bool idle)>& after_pass) {
   std::uint32_t idle = 0;
   while (!stop.load(std::memory_order_relaxed)) {  // relaxed: a flag, no data rides on it
     bool sleep = idle >= spin_passes;
     if (PollOnce(sleep ? kIdleSleep : std::chrono::milliseconds(0)) > 0) idle = 0;
     else ++idle;
+    if (after_pass) after_pass(idle != 0);
   }
 }
 
@@ -213,7 +215,12 @@ void Controller::HandleMessage(transport::Client& c, const ring::Record& r, std:
     return Problem(c, "undecodable record: " + tag.status().message());
   }
   if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, msg);
-  if (*tag == protocol::BatchedP2PLookupView::kTag) return HandleP2P(c, msg);
+  if (*tag == protocol::BatchedP2PLookupView::kTag) {
+    const auto t0 = std::chrono::steady_clock::now();
+    HandleP2P(c, msg);
+    stats_.p2p_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return;
+  }
   auto m = protocol::Decode(msg, options_.limits);
   if (!m.ok()) {
     ++stats_.errors;
@@ -370,6 +377,7 @@ void Controller::HandleControl(transport::Client& c, std::span<const std::uint8_
   auto req = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
   std::string op = req.is_object() && req.contains("op") && req["op"].is_string() ? req["op"].get<std::string>() : "";
   if (op == "stats") return ReplyControl(c, StatsJson());
+  if (op == "metrics") return ReplyControl(c, nlohmann::json{{"metrics", MetricsText()}}.dump());
   if (op == "digest") {
     char hex[19];
     std::snprintf(hex, sizeof hex, "0x%016llx", static_cast<unsigned long long>(IndexDigest()));
@@ -377,7 +385,7 @@ void Controller::HandleControl(transport::Client& c, std::span<const std::uint8_
   }
   ++stats_.errors;
   Problem(c, "unknown control request");
-  ReplyControl(c, nlohmann::json{{"error", "unknown control request; expected {\"op\": \"stats\"|\"digest\"}"}}.dump());
+  ReplyControl(c, nlohmann::json{{"error", "unknown control request; expected {\"op\": \"stats\"|\"metrics\"|\"digest\"}"}}.dump());
 }
 
 std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new) {
@@ -409,7 +417,13 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   if (std::holds_alternative<FullSyncStartMsg>(m) || std::holds_alternative<FullSyncBatchMsg>(m) ||
       std::holds_alternative<FullSyncEndMsg>(m) || std::holds_alternative<FullSyncStatusMsg>(m))
     return HandleFullSync(c, m);
-  if (auto* lk = std::get_if<LookupMsg>(&m)) return HandleTokenLookup(c, *lk);
+  if (auto* lk = std::get_if<LookupMsg>(&m)) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ++stats_.token_lookups;
+    HandleTokenLookup(c, *lk);
+    stats_.token_lookup_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return;
+  }
   if (std::holds_alternative<QueryInstMsg>(m) || std::holds_alternative<QueryWorkerInfoMsg>(m))
     return HandleQuery(c, m);
   if (auto* cf = std::get_if<CheckFinishMsg>(&m)) return HandleCheckFinish(c, *cf);
@@ -714,6 +728,7 @@ void Controller::Housekeeping(double now) {
   if (now < next_housekeeping_) return;
   next_housekeeping_ = now + kHousekeepingPeriod;
   listener_->Heartbeat();
+  SampleRates(now);
   for (std::uint32_t w = 0; w < workers_.size(); ++w) {
     if (!registry_.worker_live(w)) continue;
     WorkerState& ws = workers_[w];
@@ -783,6 +798,7 @@ std::string Controller::StatsJson() const {
       {"full_sync_global_progress", GlobalSyncProgress()},
       {"workers_reaped", stats_.workers_reaped},
       {"control_requests", stats_.control_requests},
+      {"token_lookups_total", stats_.token_lookups},
       {"fanouts_total", stats_.fanouts},
       {"fanouts_in_flight", fanouts_.size()},
       {"commands_sent_total", stats_.commands_sent},

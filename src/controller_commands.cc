@@ -50,10 +50,7 @@ void Controller::HandleOrchestration(transport::Client& c, const Message& m) {
   std::vector<std::pair<std::uint32_t, Message>> commands;
   FanOut f;
   f.origin = current_;
-  auto fail = [&](std::string text) {
-    ++stats_.errors;
-    ReplyError(c, text);
-  };
+  auto fail = [&](const std::string& text) { ReplyError(c, text); };  // the orchestrator's mistake, not a protocol error
   auto unknown = [&](const std::string& instance) {
     fail(std::string(orch::kUnknownInstance) + " '" + instance + "': no live worker of it is registered");
   };
@@ -313,7 +310,6 @@ void Controller::RememberEvent(const std::string& event_id, EventRecord rec) {
 void Controller::HandleCheckFinish(transport::Client& c, const CheckFinishMsg& m) {
   auto it = events_.find(m.event_id);
   if (it == events_.end()) {
-    ++stats_.errors;
     return ReplyError(c, std::string(orch::kUnknownEvent) + " '" + m.event_id + "': no clear, pin, compress, " +
                              "decompress, move or health command of that id is known (the last " +
                              std::to_string(options_.events_remembered) + " are remembered)");

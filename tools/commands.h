@@ -18,5 +18,8 @@ Command AddStats(CLI::App& app);
 Command AddLoad(CLI::App& app);
 Command AddLookup(CLI::App& app);
 Command AddWorkers(CLI::App& app);
+Command AddClear(CLI::App& app);
+Command AddHealth(CLI::App& app);
+Command AddCheckFinish(CLI::App& app);
 
 }  // namespace kvring::tools

@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
   add(kvring::tools::AddStats, "stats", "Print a running controller's counters");
   add(kvring::tools::AddLookup, "lookup", "Which instances hold the longest prefix of a token list (LookupMsg)");
   add(kvring::tools::AddWorkers, "workers", "List the registered workers (QueryWorkerInfoMsg)");
+  add(kvring::tools::AddClear, "clear", "Clear a location on every worker of an instance (ClearMsg)");
+  add(kvring::tools::AddHealth, "health", "Health codes of every worker of an instance (HealthMsg)");
+  add(kvring::tools::AddCheckFinish, "check-finish", "State of an earlier clear, pin, move, ... by event id");
   add(kvring::tools::AddLoad, "load", "Run worker processes against a controller and report ops/s and lookup latency");
 
   try {

@@ -1,7 +1,8 @@
 // kvringd: the kvring controller daemon. Runs one single-threaded controller
 // (controller.h) in the foreground until SIGINT or SIGTERM, then removes its
 // segments and exits 0. Logs to stderr, with one stats line every
-// --stats-interval seconds.
+// --stats-interval seconds. With --http it also serves LMCache's HTTP API
+// and /metrics (http_api.h) on threads of their own, as a ring client.
 //
 // Exit codes: 0 clean shutdown, 1 could not start (another controller of that
 // name runs, /dev/shm too small, ...), 2 usage error.
@@ -12,12 +13,15 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <memory>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "kvring/controller.h"
+#include "kvring/http_api.h"
 
 namespace {
 
@@ -35,6 +39,7 @@ int main(int argc, char** argv) {
   double stats_interval = 10;
   std::uint32_t spin_passes = 2000;
   bool group_access = false, no_full_sync_on_start = false;
+  std::string http_at;
 
   CLI::App app{"kvringd: the kvring controller daemon (LMCache cache-controller protocol over shared memory)"};
   app.add_option("--name", o.listen.name, "Controller name: workers and tools attach by it")->capture_default_str();
@@ -62,6 +67,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 1u << 20))->capture_default_str();
   app.add_option("--lookup-none-hash", o.lookup_none_hash,
                  "NONE_HASH that the first chunk hash chains to (LMCache without vLLM: 0)")->capture_default_str();
+  app.add_option("--command-timeout", o.command_timeout_s,
+                 "Seconds the workers of an instance get to answer an orchestrator command (clear, health, ...)")
+      ->check(CLI::Range(0.001, 3600.0))->capture_default_str();
+  app.add_option("--http", http_at,
+                 "Serve LMCache's HTTP API and /metrics on HOST:PORT (port 0: any free port; the log names it). "
+                 "Given without a value: 127.0.0.1:9000")
+      ->expected(0, 1)->default_str("127.0.0.1:9000");
   app.add_option("--key-quota", o.index.per_holder_quota, "Keys per (worker, location) at most (0: unlimited)")
       ->capture_default_str();
   app.add_option("--spin", spin_passes, "Idle passes spun before sleeping (latency vs. idle CPU)")->capture_default_str();
@@ -94,6 +106,26 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  http::Options ho;
+  if (app.count("--http")) {
+    if (http_at.empty()) http_at = "127.0.0.1:9000";
+    auto colon = http_at.rfind(':');
+    unsigned long port = 0;
+    char* end = nullptr;
+    if (colon != std::string::npos) port = std::strtoul(http_at.c_str() + colon + 1, &end, 10);
+    if (colon == std::string::npos || colon == 0 || end == http_at.c_str() + colon + 1 || *end != '\0' || port > 65535) {
+      std::cerr << "--http: expected HOST:PORT (e.g. 127.0.0.1:9000), got '" << http_at << "'\n";
+      return 2;
+    }
+    ho.host = http_at.substr(0, colon);
+    if (ho.host.size() > 2 && ho.host.front() == '[' && ho.host.back() == ']') ho.host = ho.host.substr(1, ho.host.size() - 2);
+    ho.port = static_cast<std::uint16_t>(port);
+    ho.controller = o.listen.name;
+    // The HTTP side waits a little longer than the workers get, so a worker's
+    // deadline is reported as such rather than as the controller's.
+    ho.request_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(o.command_timeout_s * 1000) + 2000);
+  }
+
   auto started = controller::Controller::Start(o);
   if (!started.ok()) {
     log->error("cannot start: {}", started.status().message());
@@ -104,34 +136,64 @@ int main(int argc, char** argv) {
   log->info("controller '{}' running (pid {}, p2p policy {}, heartbeat {} s, full sync on start: {})", o.listen.name,
             getpid(), policy, o.heartbeat_interval_s, o.full_sync_on_start ? "yes" : "no");
 
+  // The HTTP server attaches as a client, so it starts while the loop runs.
+  std::unique_ptr<http::Server> server;
+  std::atomic<int> http_state{0};  // 0 starting (or off), 1 serving, 2 failed
+  Status http_error;
+  std::thread http_starter;
+  if (app.count("--http")) {
+    http_starter = std::thread([&] {
+      auto s = http::Server::Start(ho);
+      if (s.ok()) server = std::move(s).value(), http_state.store(1, std::memory_order_release);  // pairs with the loop's acquire
+      else http_error = s.status(), http_state.store(2, std::memory_order_release);
+    });
+  }
+
   using Clock = std::chrono::steady_clock;
   auto next_stats = Clock::now() + std::chrono::duration<double>(stats_interval);
   auto last_stats = Clock::now();
   controller::Stats prev = ctl.stats();
-  std::uint32_t idle = 0;
-  while (!g_stop.load(std::memory_order_relaxed)) {
-    bool sleep = idle >= spin_passes;
-    if (ctl.PollOnce(sleep ? controller::kIdleSleep : std::chrono::milliseconds(0)) > 0) idle = 0;
-    else ++idle;
-    if (stats_interval > 0 && (idle == 0 || sleep || idle % 1024 == 0)) {
-      auto now = Clock::now();
-      if (now >= next_stats) {
-        double dt = std::chrono::duration<double>(now - last_stats).count();
-        const controller::Stats& s = ctl.stats();
-        log->info("stats: clients={} workers={} keys={} kv_ops/s={:.0f} lookups/s={:.0f} errors={} quarantined={}",
-                  ctl.listener().clients().size(), ctl.registry().worker_count(), ctl.index().pairs(),
-                  static_cast<double>(s.kv_ops - prev.kv_ops) / dt,
-                  static_cast<double>(s.p2p_lookups - prev.p2p_lookups) / dt, s.errors, s.quarantined_rings);
-        prev = s;
-        last_stats = now;
-        next_stats = now + std::chrono::duration<double>(stats_interval);
+  int exit_code = 0;
+  std::atomic<bool> stop{false};
+  std::uint64_t passes = 0;
+  ctl.Run(stop, spin_passes, [&](bool idle) {
+    if (g_stop.load(std::memory_order_relaxed)) stop.store(true, std::memory_order_relaxed);
+    if (http_starter.joinable() && http_state.load(std::memory_order_acquire) != 0) {  // pairs with the starter's release
+      http_starter.join();
+      if (server) {
+        log->info("HTTP API on http://{}:{}/ (LMCache endpoints, GET /metrics)", ho.host, server->port());
+      } else {
+        log->error("cannot start: {}", http_error.message());
+        exit_code = 1;
+        stop.store(true, std::memory_order_relaxed);
       }
     }
-  }
+    if (stats_interval <= 0 || (idle && ++passes % 1024 != 0)) return;
+    auto now = Clock::now();
+    if (now < next_stats) return;
+    double dt = std::chrono::duration<double>(now - last_stats).count();
+    const controller::Stats& s = ctl.stats();
+    log->info("stats: clients={} workers={} keys={} kv_ops/s={:.0f} lookups/s={:.0f} errors={} quarantined={}",
+              ctl.listener().clients().size(), ctl.registry().worker_count(), ctl.index().pairs(),
+              static_cast<double>(s.kv_ops - prev.kv_ops) / dt,
+              static_cast<double>(s.p2p_lookups - prev.p2p_lookups) / dt, s.errors, s.quarantined_rings);
+    prev = s;
+    last_stats = now;
+    next_stats = now + std::chrono::duration<double>(stats_interval);
+  });
+  // The HTTP side closes while the loop still answers its last requests.
+  std::atomic<bool> http_closed{false};
+  std::thread closer([&] {
+    if (http_starter.joinable()) http_starter.join();
+    server.reset();
+    http_closed.store(true, std::memory_order_relaxed);
+  });
+  ctl.Run(http_closed, 0);
+  closer.join();
   const controller::Stats& s = ctl.stats();
   log->info("shutting down: {} messages, {} kv ops, {} lookups, {} errors; removing segments", s.messages, s.kv_ops,
             s.p2p_lookups, s.errors);
   started = Status(ErrorKind::kUnavailable, "stopped");  // destroys the controller: segments removed
-  log->info("stopped cleanly");
-  return 0;
+  if (exit_code == 0) log->info("stopped cleanly");
+  return exit_code;
 }

@@ -7,7 +7,9 @@
 // hashes for the same tokens, as LMCache does), looked up among the peers with
 // a blocking P2P lookup, then admitted into the worker's simulated CPU cache,
 // which evicts its oldest chunks past --cache-chunks. Workers answer full-sync
-// requests from their simulated cache. Each worker fills a latency histogram
+// requests from their simulated cache, and the controller's commands (clear,
+// pin, compress, decompress, move, health, check-finish) against it, so that
+// `kvring clear`/`health` and the HTTP API can be tried end to end. Each worker fills a latency histogram
 // in shared memory; the parent merges them and reports.
 #include <signal.h>
 #include <sys/mman.h>
@@ -27,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "kvring/chunk_hash.h"
 #include "kvring/client.h"
 #include "kvring/index.h"
 #include "latency_histogram.h"
@@ -88,6 +91,53 @@ int RunWorker(const LoadConfig& c, int inst, int rank, Shared& out, const std::a
   o.peer_init_url = "127.0.0.1:" + std::to_string(30000 + inst * c.tp + rank);
   o.batch_ops = c.batch_ops;
   o.keys_of = [&](const std::string&) { return std::vector<std::uint64_t>(order.begin(), order.end()); };
+  // Commands run inside worker.Tick(), on this thread: they may touch the cache.
+  constexpr std::int64_t kChunkTokens = 256;
+  client::Worker* self = nullptr;
+  auto tokens_held = [&](const std::string& location) {
+    return location == kLocation ? static_cast<std::int64_t>(cache.size()) * kChunkTokens : 0;
+  };
+  // Tokens of the longest cached prefix of `tokens` (LMCache's chunk hashes).
+  auto prefix_tokens = [&](const std::string& location, const std::vector<protocol::Int>& tokens) {
+    if (location != kLocation) return std::int64_t{0};
+    std::vector<std::int64_t> ids;
+    for (const protocol::Int& t : tokens) ids.push_back(t.FitsI64() ? t.AsI64() : 0);
+    std::int64_t end = 0;
+    for (const auto& ch : ChunkHasher(kChunkTokens, pyhash::HashInt(0)).Hash(ids)) {
+      if (!cache.count(protocol::Int::FromI64(ch.hash).bits())) break;
+      end = static_cast<std::int64_t>(ch.end);
+    }
+    return end;
+  };
+  auto some_tokens = [&](const std::string& location, const std::optional<std::vector<protocol::Int>>& tokens) {
+    return tokens && !tokens->empty() ? prefix_tokens(location, *tokens) : tokens_held(location);
+  };
+  o.handlers.clear = [&](const protocol::ClearWorkerMsg& m) {
+    std::int64_t n = tokens_held(m.location);
+    if (m.location == kLocation) {
+      for (std::uint64_t h : order) self->Evict(kLocation, h);
+      out.ops += order.size();
+      order.clear();
+      cache.clear();
+    }
+    return protocol::ClearWorkerRetMsg{protocol::Int::FromI64(n)};
+  };
+  o.handlers.pin = [&](const protocol::PinWorkerMsg& m) {
+    return protocol::PinWorkerRetMsg{protocol::Int::FromI64(prefix_tokens(m.location, m.tokens))};
+  };
+  o.handlers.compress = [&](const protocol::CompressWorkerMsg& m) {
+    return protocol::CompressWorkerRetMsg{protocol::Int::FromI64(some_tokens(m.location, m.tokens))};
+  };
+  o.handlers.decompress = [&](const protocol::DecompressWorkerMsg& m) {
+    return protocol::DecompressWorkerRetMsg{protocol::Int::FromI64(some_tokens(m.location, m.tokens))};
+  };
+  o.handlers.move = [&](const protocol::MoveWorkerMsg& m) {
+    return protocol::MoveWorkerRetMsg{protocol::Int::FromI64(some_tokens(m.old_position, m.tokens))};
+  };
+  o.handlers.health = [](const protocol::HealthWorkerMsg&) { return protocol::HealthWorkerRetMsg{protocol::Int(0)}; };
+  o.handlers.check_finish = [](const protocol::CheckFinishWorkerMsg&) {
+    return protocol::CheckFinishWorkerRetMsg{"finished"};
+  };
   auto w = client::Worker::Connect(o);
   if (!w.ok()) {
     out.connected = -1;
@@ -96,6 +146,7 @@ int RunWorker(const LoadConfig& c, int inst, int rank, Shared& out, const std::a
   }
   out.connected = 1;
   client::Worker& worker = **w;
+  self = &worker;
   std::mt19937_64 rng(c.seed * 1000003 + static_cast<std::uint64_t>(inst * 1000 + rank));
   std::vector<std::uint64_t> hashes;
   for (std::uint64_t iter = 0; !stop.load(std::memory_order_relaxed); ++iter) {  // relaxed: a flag

@@ -1,4 +1,4 @@
-// kvring lookup and kvring workers: orchestrator requests to a running
+// kvring lookup, workers, clear, health and check-finish: orchestrator requests to a running
 // controller over the rings (no HTTP needed), printed as tables or as JSON in
 // the `kvring decode` format of the reply.
 #include <cstdio>
@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "kvring/client.h"
+#include "kvring/orchestration.h"
 #include "kvring/protocol/json.h"
 
 namespace kvring::tools {
@@ -135,6 +136,82 @@ Command AddWorkers(CLI::App& app) {
                   static_cast<long long>(w.worker_id.AsI64()), w.ip.c_str(), static_cast<long long>(w.port.AsI64()),
                   OrDash(w.peer_init_url).c_str(), now - w.last_heartbeat_time);
     return 0;
+  };
+}
+
+// The flags every fan-out command shares.
+struct FanOutFlags {
+  std::string name = "kvring", instance;
+  bool json = false;
+  int timeout_ms = 10000;
+  void Add(CLI::App& app) {
+    app.add_option("--name", name, "Controller name")->capture_default_str();
+    app.add_option("--instance", instance, "The instance id")->required();
+    app.add_flag("--json", json, "The reply as JSON (kvring decode's format)");
+    app.add_option("--timeout", timeout_ms, "Milliseconds to wait (keep above kvringd --command-timeout)")
+        ->check(CLI::Range(1, 600000))->capture_default_str();
+  }
+};
+
+Command AddClear(CLI::App& app) {
+  auto st = std::make_shared<FanOutFlags>();
+  auto location = std::make_shared<std::string>("LocalCPUBackend");
+  app.description(
+      "Clear a storage location on every worker of an instance (ClearMsg, fanned out as ClearWorkerMsg).\n"
+      "Exit 0 when every worker cleared it, 1 otherwise (the reason is printed).");
+  st->Add(app);
+  app.add_option("--location", *location, "The storage location (backend name)")->capture_default_str();
+  return [st, location]() -> int {
+    ClearRetMsg ret;
+    std::string id = orchestration::NewEventId("Clear");
+    if (int rc = Ask(st->name, ClearMsg{id, st->instance, *location}, st->timeout_ms, &ret)) return rc;
+    if (st->json) std::cout << ToJson(Message(ret)).dump() << std::endl;
+    else std::printf("cleared %lld tokens (event %s)\n", static_cast<long long>(ret.num_tokens.AsI64()), ret.event_id.c_str());
+    return 0;
+  };
+}
+
+Command AddHealth(CLI::App& app) {
+  auto st = std::make_shared<FanOutFlags>();
+  app.description(
+      "Health codes of every worker of an instance (HealthMsg): 0 healthy; -1001 the worker answered an error,\n"
+      "-1002 a wrong reply, -1003 an undecodable one, -1004 no answer before the deadline, -1005 unreachable.\n"
+      "Exit 0 when every worker reports 0 (an unknown instance has no workers), 1 otherwise.");
+  st->Add(app);
+  return [st]() -> int {
+    HealthRetMsg ret;
+    if (int rc = Ask(st->name, HealthMsg{orchestration::NewEventId("health"), st->instance}, st->timeout_ms, &ret))
+      return rc;
+    bool healthy = true;
+    for (const auto& [w, code] : ret.error_codes) healthy &= code == Int(0);
+    if (st->json) {
+      std::cout << ToJson(Message(ret)).dump() << std::endl;
+      return healthy ? 0 : 1;
+    }
+    if (ret.error_codes.empty()) std::cout << "instance '" << st->instance << "' has no registered worker\n";
+    else std::printf("%6s %s\n", "worker", "code");
+    for (const auto& [w, code] : ret.error_codes)
+      std::printf("%6lld %lld\n", static_cast<long long>(w.AsI64()), static_cast<long long>(code.AsI64()));
+    return healthy ? 0 : 1;
+  };
+}
+
+Command AddCheckFinish(CLI::App& app) {
+  auto st = std::make_shared<FanOutFlags>();
+  auto event = std::make_shared<std::string>();
+  app.description(
+      "The state of an earlier clear, pin, compress, decompress, move or health command (CheckFinishMsg):\n"
+      "pending, finished or failed, with each worker's state unless all finished. Exit 0 when finished.");
+  app.add_option("--name", st->name, "Controller name")->capture_default_str();
+  app.add_option("--event-id", *event, "The command's event_id")->required();
+  app.add_flag("--json", st->json, "The reply as JSON (kvring decode's format)");
+  app.add_option("--timeout", st->timeout_ms, "Milliseconds to wait")->check(CLI::Range(1, 600000));
+  return [st, event]() -> int {
+    CheckFinishRetMsg ret;
+    if (int rc = Ask(st->name, CheckFinishMsg{*event}, st->timeout_ms, &ret)) return rc;
+    if (st->json) std::cout << ToJson(Message(ret)).dump() << std::endl;
+    else std::cout << ret.status << "\n";
+    return ret.status == orchestration::kStatusFinished ? 0 : 1;
   };
 }
 

@@ -44,6 +44,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <iterator>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -94,6 +95,21 @@ struct Options {
   std::function<void(std::string_view)> log;
 };
 
+// Service time of lookups inside the controller (decode to reply encoded), in
+// Prometheus' cumulative-bucket form.
+struct LatencyBuckets {
+  static constexpr double kBoundsSeconds[] = {1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2, 1e-1};
+  static constexpr std::size_t kBounds = std::size(kBoundsSeconds);
+  std::uint64_t le[kBounds] = {};  // observations <= each bound (cumulative)
+  std::uint64_t count = 0;
+  double sum_seconds = 0;
+  void Record(double seconds) {
+    for (std::size_t i = kBounds; i > 0 && seconds <= kBoundsSeconds[i - 1]; --i) ++le[i - 1];
+    ++count;
+    sum_seconds += seconds;
+  }
+};
+
 struct Stats {
   std::uint64_t messages = 0;
   std::uint64_t kv_ops = 0;
@@ -115,6 +131,9 @@ struct Stats {
   std::uint64_t commands_timed_out = 0;    // ... not answered before the deadline
   std::uint64_t commands_failed = 0;       // ... answered ErrorMsg, wrong or undecodable, undeliverable
   std::uint64_t late_command_replies = 0;  // answers after the deadline or from the wrong client
+  std::uint64_t token_lookups = 0;         // LookupMsg
+  LatencyBuckets p2p_latency;
+  LatencyBuckets token_lookup_latency;
 };
 
 enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
@@ -129,7 +148,10 @@ class Controller {
   // Runs passes until `stop`; spins `spin_passes` idle passes, then sleeps in
   // the transport's poll for up to kIdleSleep at a time (woken at once by a
   // client's doorbell).
-  void Run(const std::atomic<bool>& stop, std::uint32_t spin_passes = 2000);
+  // `after_pass`, when set, runs after every pass with whether it was idle
+  // (kvringd's stats lines and start-up checks).
+  void Run(const std::atomic<bool>& stop, std::uint32_t spin_passes = 2000,
+           const std::function<void(bool idle)>& after_pass = {});
 
   const Stats& stats() const { return stats_; }
   const index::ChunkIndex& index() const { return index_; }
@@ -138,6 +160,9 @@ class Controller {
   const Options& options() const { return options_; }
   // The counters as one JSON object (what `kvring stats --json` prints).
   std::string StatsJson() const;
+  // Everything in Prometheus' text format (`GET /metrics`): LMCache's gauge
+  // names where LMCache has one, kvring_* for the rest.
+  std::string MetricsText() const;
   // An order-independent digest of every (key, instance, worker, location)
   // pair: equal digests mean equal indexes (for restart tests and operators).
   std::uint64_t IndexDigest() const;
@@ -266,6 +291,16 @@ class Controller {
   std::uint64_t next_fanout_id_ = 1;
   std::uint64_t next_command_id_ = 1;
   double next_fanout_deadline_ = 0;            // earliest deadline in flight (0: none)
+  // Per-second rates, refreshed by housekeeping (controller_metrics.cc).
+  struct RateSample {
+    double at = 0;
+    std::uint64_t kv_ops = 0, p2p_lookups = 0, token_lookups = 0, messages = 0;
+    std::unordered_map<std::uint64_t, std::uint64_t> ring_records;  // (client id << 1 | ring) -> records published
+  };
+  RateSample rate_prev_;
+  double kv_ops_per_s_ = 0, p2p_lookups_per_s_ = 0, token_lookups_per_s_ = 0, messages_per_s_ = 0;
+  std::unordered_map<std::uint64_t, double> ring_records_per_s_;  // same keys as RateSample::ring_records
+  void SampleRates(double now);
   std::unordered_map<std::uint64_t, double> last_problem_log_;  // client id -> monotonic seconds
 };
 

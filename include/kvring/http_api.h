@@ -1,0 +1,67 @@
+// LMCache's controller HTTP API (lmcache/v1/api_server/__main__.py), served by
+// kvringd --http: the same endpoints, methods, JSON bodies, response shapes
+// and generated event_id prefixes, so LMCache's UI and production-stack's
+// router work unchanged. Where LMCache answers a bare HTTP 500, kvring answers
+// {"detail": "<what went wrong>"} with a fitting status:
+//   400 malformed JSON, missing or mistyped fields, or a request the
+//       controller refuses;  404 unknown instance or event id, unknown path;
+//   405 wrong method;  413 body over the limit;  502 a worker failed;
+//   503 controller unreachable;  504 a worker (or the controller) missed the
+//   deadline.
+//
+// The server runs on threads of its own (one accepting, one per connection,
+// up to max_connections) and reaches the controller as an ordinary ring
+// client (client::Orchestrator), so the controller stays single-threaded.
+//
+// Thread-safety: Handle() may be called from any thread; a Server is started
+// and destroyed by one thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "kvring/client.h"
+#include "kvring/status.h"
+
+namespace kvring::http {
+
+struct Options {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 9000;               // 0: any free port (see Server::port())
+  std::string controller = "kvring";       // the controller's name
+  std::size_t max_body_bytes = 8u << 20;   // larger bodies get 413
+  std::size_t max_connections = 256;       // more get 503 and are closed
+  std::chrono::milliseconds request_timeout{10000};  // keep above the controller's command deadline
+  std::chrono::milliseconds idle_timeout{60000};     // a keep-alive connection idle this long is closed
+};
+
+struct Response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+// One request to the API: what the server does for each, without sockets.
+Response Handle(client::Orchestrator& controller, std::string_view method, std::string_view path,
+                std::string_view body, const Options& options);
+
+class Server {
+ public:
+  // Binds host:port (an error if that fails), attaches to the controller and
+  // starts serving.
+  static Result<std::unique_ptr<Server>> Start(const Options& options);
+  ~Server();  // stops accepting, closes every connection, joins every thread
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  std::uint16_t port() const;  // the bound port
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvring::http

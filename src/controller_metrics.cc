@@ -1,0 +1,176 @@
+// The controller's Prometheus exposition (GET /metrics) and the per-second
+// rates behind its *_per_second gauges. LMCache's gauges keep their names and
+// their role="controller" label, so dashboards built for LMCache keep working.
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include "kvring/controller.h"
+
+namespace kvring::controller {
+namespace {
+
+// One metric family: HELP and TYPE lines, then its samples.
+class Exposition {
+ public:
+  void Family(const char* name, const char* type, const char* help) {
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    out_ += help;
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+  void Sample(const std::string& name_and_labels, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.17g\n", v);
+    out_ += name_and_labels;
+    out_ += buf;
+  }
+  void One(const char* name, const char* type, const char* help, double v, const char* labels = "") {
+    Family(name, type, help);
+    Sample(std::string(name) + labels, v);
+  }
+  void Histogram(const char* name, const char* help, const LatencyBuckets& h) {
+    Family(name, "histogram", help);
+    for (std::size_t i = 0; i < LatencyBuckets::kBounds; ++i) {
+      char le[32];
+      std::snprintf(le, sizeof le, "%g", LatencyBuckets::kBoundsSeconds[i]);
+      Sample(std::string(name) + "_bucket{le=\"" + le + "\"}", static_cast<double>(h.le[i]));
+    }
+    Sample(std::string(name) + "_bucket{le=\"+Inf\"}", static_cast<double>(h.count));
+    Sample(std::string(name) + "_sum", h.sum_seconds);
+    Sample(std::string(name) + "_count", static_cast<double>(h.count));
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+constexpr const char* kRole = "{role=\"controller\"}";
+
+std::uint64_t RingKey(std::uint64_t client, int ring) { return client << 1 | static_cast<std::uint64_t>(ring); }
+
+}  // namespace
+
+void Controller::SampleRates(double now) {
+  if (now - rate_prev_.at < 1.0) return;
+  RateSample cur;
+  cur.at = now;
+  cur.kv_ops = stats_.kv_ops;
+  cur.p2p_lookups = stats_.p2p_lookups;
+  cur.token_lookups = stats_.token_lookups;
+  cur.messages = stats_.messages;
+  for (const auto& c : listener_->clients())
+    for (int r : {segment::kRequestRing, segment::kReplyRing}) {
+      std::size_t cap = r == segment::kRequestRing ? options_.listen.request_capacity : options_.listen.reply_capacity;
+      cur.ring_records[RingKey(c->id, r)] = ring::Snapshot(c->segment.ring_region(r), cap).records_published;
+    }
+  if (rate_prev_.at > 0) {
+    const double dt = now - rate_prev_.at;
+    auto rate = [dt](std::uint64_t a, std::uint64_t b) { return b >= a ? static_cast<double>(b - a) / dt : 0.0; };
+    kv_ops_per_s_ = rate(rate_prev_.kv_ops, cur.kv_ops);
+    p2p_lookups_per_s_ = rate(rate_prev_.p2p_lookups, cur.p2p_lookups);
+    token_lookups_per_s_ = rate(rate_prev_.token_lookups, cur.token_lookups);
+    messages_per_s_ = rate(rate_prev_.messages, cur.messages);
+    ring_records_per_s_.clear();
+    for (const auto& [key, n] : cur.ring_records) {
+      auto prev = rate_prev_.ring_records.find(key);
+      ring_records_per_s_[key] = prev == rate_prev_.ring_records.end() ? 0.0 : rate(prev->second, n);
+    }
+  }
+  rate_prev_ = std::move(cur);
+}
+
+std::string Controller::MetricsText() const {
+  Exposition e;
+  auto d = [](auto v) { return static_cast<double>(v); };
+  std::size_t syncing_missing = 0;
+  for (std::uint32_t w = 0; w < workers_.size(); ++w)
+    if (registry_.worker_live(w) && workers_[w].sync == SyncState::kSyncing) syncing_missing += workers_[w].batches_missing;
+
+  // LMCache's names (lmcache/v1/cache_controller/observability.py).
+  e.One("lmcache:cache_controller_kv_pool_keys_count", "gauge", "(key, holder) pairs in the index", d(index_.pairs()), kRole);
+  e.One("lmcache:cache_controller_registered_workers_count", "gauge", "registered workers (live, not cached)",
+        d(registry_.worker_count()), kRole);
+  e.One("lmcache:cache_controller_kv_op_seq_discontinuity_count", "gauge", "KV batches whose sequence numbers had a gap",
+        d(stats_.seq_discontinuities), kRole);
+  e.One("lmcache:cache_controller_full_sync_workers_syncing", "gauge", "workers in the middle of a full sync",
+        d(WorkersIn(SyncState::kSyncing)), kRole);
+  e.One("lmcache:cache_controller_full_sync_workers_completed", "gauge", "workers whose full sync completed",
+        d(WorkersIn(SyncState::kCompleted)), kRole);
+  e.One("lmcache:cache_controller_full_sync_global_progress", "gauge", "fraction of workers with a completed sync",
+        GlobalSyncProgress(), kRole);
+  e.One("lmcache:cache_controller_full_sync_missing_batches_total", "gauge", "batches still missing, over syncing workers",
+        d(syncing_missing), kRole);
+
+  // kvring's own.
+  e.One("kvring_clients", "gauge", "attached clients (workers and orchestrators)", d(listener_->clients().size()));
+  e.One("kvring_instances", "gauge", "instances with a registered worker", d(registry_.Instances().size()));
+  e.One("kvring_index_bytes", "gauge", "memory held by the chunk index", d(index_.MemoryBytes()));
+  e.One("kvring_messages_total", "counter", "records handled", d(stats_.messages));
+  e.One("kvring_messages_per_second", "gauge", "records handled per second (last second)", messages_per_s_);
+  e.One("kvring_kv_ops_total", "counter", "admit and evict operations applied", d(stats_.kv_ops));
+  e.One("kvring_kv_ops_per_second", "gauge", "KV operations applied per second (last second)", kv_ops_per_s_);
+  e.One("kvring_p2p_lookups_total", "counter", "BatchedP2PLookupMsg answered", d(stats_.p2p_lookups));
+  e.One("kvring_p2p_lookups_per_second", "gauge", "P2P lookups per second (last second)", p2p_lookups_per_s_);
+  e.One("kvring_token_lookups_total", "counter", "LookupMsg (POST /lookup) answered", d(stats_.token_lookups));
+  e.One("kvring_token_lookups_per_second", "gauge", "token lookups per second (last second)", token_lookups_per_s_);
+  e.Histogram("kvring_p2p_lookup_seconds", "controller service time of a P2P lookup", stats_.p2p_latency);
+  e.Histogram("kvring_token_lookup_seconds", "controller service time of a token lookup", stats_.token_lookup_latency);
+  e.One("kvring_errors_total", "counter", "undecodable, unknown or out-of-place messages", d(stats_.errors));
+  e.Family("kvring_dropped_total", "counter", "messages or operations dropped, by reason");
+  e.Sample("kvring_dropped_total{reason=\"unknown_worker\"}", d(stats_.dropped_unknown_worker));
+  e.Sample("kvring_dropped_total{reason=\"syncing\"}", d(stats_.dropped_syncing));
+  e.Sample("kvring_dropped_total{reason=\"over_quota\"}", d(index_.over_quota()));
+  e.Sample("kvring_dropped_total{reason=\"reply_ring_full\"}", d(stats_.reply_ring_full));
+  e.One("kvring_quarantined_rings_total", "counter", "rings quarantined for corruption", d(stats_.quarantined_rings));
+  e.One("kvring_full_syncs_failed_total", "counter", "full syncs that stalled past the timeout", d(stats_.full_syncs_failed));
+  e.One("kvring_workers_reaped_total", "counter", "workers deregistered for missed heartbeats", d(stats_.workers_reaped));
+  e.One("kvring_fanouts_total", "counter", "orchestrator commands fanned out to workers", d(stats_.fanouts));
+  e.One("kvring_fanouts_in_flight", "gauge", "fan-outs waiting for workers", d(fanouts_.size()));
+  e.One("kvring_commands_timed_out_total", "counter", "worker commands unanswered at the deadline",
+        d(stats_.commands_timed_out));
+  e.One("kvring_commands_failed_total", "counter", "worker commands that failed", d(stats_.commands_failed));
+
+  // Per ring, for the first kMaxClientSeries clients: the whole text has to
+  // fit one control reply record (a quarter of the reply ring).
+  constexpr std::size_t kMaxClientSeries = 256;
+  std::string records, rates, quarantined;
+  e.Family("kvring_ring_fill_ratio", "gauge", "pending bytes / capacity, per client ring");
+  const auto& clients = listener_->clients();
+  for (std::size_t i = 0; i < std::min(clients.size(), kMaxClientSeries); ++i) {
+    const transport::Client* c = clients[i].get();
+    for (int r : {segment::kRequestRing, segment::kReplyRing}) {
+      std::size_t cap = r == segment::kRequestRing ? options_.listen.request_capacity : options_.listen.reply_capacity;
+      ring::RingSnapshot s = ring::Snapshot(c->segment.ring_region(r), cap);
+      std::string labels = "{client=\"" + std::to_string(c->id) + "\",pid=\"" + std::to_string(c->pid) + "\",role=\"" +
+                           (c->role == segment::Role::kOrchestrator ? "orchestrator" : "worker") + "\",ring=\"" +
+                           (r == segment::kRequestRing ? "requests" : "replies") + "\"}";
+      const bool sane = s.problem.empty();
+      e.Sample("kvring_ring_fill_ratio" + labels, sane ? d(s.tail - s.head) / d(cap) : 1.0);
+      records += "kvring_ring_records_total" + labels + " " + std::to_string(s.records_published) + "\n";
+      auto rate = ring_records_per_s_.find(RingKey(c->id, r));
+      rates += "kvring_ring_records_per_second" + labels + " " +
+               std::to_string(rate == ring_records_per_s_.end() ? 0.0 : rate->second) + "\n";
+    }
+    quarantined += "kvring_client_quarantined{client=\"" + std::to_string(c->id) + "\"} " +
+                   (c->quarantined ? "1" : "0") + "\n";
+  }
+  std::string out = e.Take();
+  out += "# HELP kvring_ring_records_total records published into the ring\n# TYPE kvring_ring_records_total counter\n" +
+         records;
+  out += "# HELP kvring_ring_records_per_second records published per second (last second)\n"
+         "# TYPE kvring_ring_records_per_second gauge\n" +
+         rates;
+  out += "# HELP kvring_client_quarantined 1 when a ring of the client is quarantined\n"
+         "# TYPE kvring_client_quarantined gauge\n" +
+         quarantined;
+  return out;
+}
+
+}  // namespace kvring::controller
