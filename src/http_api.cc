@@ -232,6 +232,15 @@ struct Server::Impl {
       bhttp::read(s, buf, parser, ec);
       if (ec == bhttp::error::body_limit) {
         Write(s, 11, Detail(413, "the body exceeds " + std::to_string(o.max_body_bytes) + " bytes"), false, ec);
+        // Lingering close: the client may still be sending its body; closing
+        // with unread data would reset the connection before it reads the 413.
+        s.shutdown(tcp::socket::shutdown_send, ec);
+        char sink[65536];
+        for (std::size_t drained = 0; drained < 4 * o.max_body_bytes;) {
+          std::size_t n = s.read_some(asio::buffer(sink), ec);
+          if (ec) break;
+          drained += n;
+        }
         break;
       }
       if (ec == bhttp::error::end_of_stream || ec == asio::error::eof) break;

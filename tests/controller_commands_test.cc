@@ -17,6 +17,7 @@
 #include "kvring/client.h"
 #include "kvring/controller.h"
 #include "kvring/orchestration.h"
+#include "worker_process.h"
 
 namespace kvring::controller {
 namespace {
@@ -28,6 +29,8 @@ using client::Orchestrator;
 using client::Worker;
 using client::WorkerOptions;
 namespace orch = kvring::orchestration;
+using testing::StartWorker;
+using testing::WorkerProcess;
 
 const std::string kPid = std::to_string(getpid());
 std::string Name(const char* what) { return "cc" + kPid + "-" + what; }
@@ -52,37 +55,6 @@ pid_t Spawn(const std::function<int()>& body) {
   return pid;
 }
 
-// A worker process: registers with `handlers`, answers commands on its
-// background ticker (or, with ticks = false, never reads them) until the
-// test closes `release`.
-struct WorkerProcess {
-  pid_t pid = -1;
-  int release_w = -1;
-};
-WorkerProcess StartWorker(const std::string& name, const std::string& inst, int rank, CommandHandlers handlers,
-                          bool ticks = true) {
-  int p[2];
-  if (pipe(p) != 0) return {};
-  pid_t pid = Spawn([&] {
-    close(p[1]);
-    WorkerOptions o;
-    o.controller = name;
-    o.instance_id = inst;
-    o.worker_id = rank;
-    o.peer_init_url = inst + ":" + std::to_string(8200 + rank);
-    o.attach_timeout = 5000ms;
-    o.handlers = std::move(handlers);
-    auto w = Worker::Connect(o);
-    if (!w.ok()) return 1;
-    if (ticks) (*w)->StartBackgroundTicks();
-    char c;
-    (void)!read(p[0], &c, 1);  // EOF: the test is done with this worker
-    return 0;
-  });
-  close(p[0]);
-  return {pid, p[1]};
-}
-
 // Runs the controller until the process exits; its exit code.
 int RunUntilExit(Controller& ctl, pid_t pid) {
   int status = 0;
@@ -98,10 +70,10 @@ bool AwaitWorkers(Controller& ctl, std::size_t n) {
 }
 
 void Finish(Controller& ctl, std::vector<WorkerProcess>& ws) {
-  for (auto& w : ws) close(w.release_w);
+  for (auto& w : ws) w.LetGo();
   for (auto& w : ws) {
     int status = 0;
-    while (waitpid(w.pid, &status, WNOHANG) == 0) ctl.PollOnce(1ms);
+    while (waitpid(w.pid, &status, WNOHANG) == 0) ctl.PollOnce(1ms);  // the controller serves their goodbyes
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   }
 }

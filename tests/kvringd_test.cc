@@ -20,6 +20,7 @@
 #include "kvring/chunk_hash.h"
 #include "kvring/client.h"
 #include "process_util.h"
+#include "worker_process.h"
 
 namespace kvring {
 namespace {
@@ -31,41 +32,7 @@ using testing::RunProcess;
 const std::string kPid = std::to_string(getpid());
 std::string Name(const char* what) { return "d" + kPid + "-" + what; }
 
-struct Daemon {
-  pid_t pid = -1;
-  std::string log;
-  Daemon() = default;
-  Daemon(Daemon&& o) noexcept : pid(std::exchange(o.pid, -1)), log(std::move(o.log)) {}
-  Daemon(const Daemon&) = delete;
-  static Daemon Start(const std::string& name, std::vector<std::string> extra = {}) {
-    Daemon d;
-    d.log = "/tmp/kvringd-test-" + name + ".log";
-    std::vector<std::string> argv{KVRINGD_PATH, "--name", name, "--stats-interval", "0"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    d.pid = fork();
-    if (d.pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int fd = open(d.log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      dup2(fd, 2);
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      execv(args[0], args.data());
-      _exit(127);
-    }
-    return d;
-  }
-  int Stop(int sig) {
-    kill(pid, sig);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-  }
-  ~Daemon() {
-    if (pid > 0) Stop(SIGKILL);
-  }
-};
+using testing::Daemon;
 
 // `kvring stats --json`, waiting up to `timeout` for the controller.
 Json Stats(const std::string& name, bool digest = false, int timeout_ms = 5000) {
@@ -236,6 +203,51 @@ pid_t StartWorker(const std::string& name, const std::string& inst, int rank, st
     }
   }
   return pid;
+}
+
+TEST(Kvringd, ClearHealthAndCheckFinishCommandsFanOutToTheWorkers) {
+  const std::string name = Name("fanout");
+  Daemon d = Daemon::Start(name, {"--command-timeout", "0.3", "--no-full-sync-on-start"});
+  ASSERT_TRUE(Stats(name).is_object());
+  client::CommandHandlers ok, sick;
+  ok.health = [](const protocol::HealthWorkerMsg&) { return protocol::HealthWorkerRetMsg{protocol::Int(0)}; };
+  ok.clear = [](const protocol::ClearWorkerMsg& m) {
+    return protocol::ClearWorkerRetMsg{protocol::Int(m.location == "LocalDiskBackend" ? 512 : 0)};
+  };
+  sick.health = [](const protocol::HealthWorkerMsg&) { return protocol::HealthWorkerRetMsg{protocol::Int(3)}; };
+  std::vector<testing::WorkerProcess> ws = {testing::StartWorker(name, "A", 0, ok), testing::StartWorker(name, "A", 1, ok),
+                                            testing::StartWorker(name, "B", 0, sick)};
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (Stats(name)["workers"] != 3 && std::chrono::steady_clock::now() < deadline) {
+  }
+  ASSERT_EQ(Stats(name)["workers"], 3);
+
+  auto healthy = RunProcess({KVRING_CLI_PATH, "health", "--name", name, "--instance", "A", "--json"});
+  EXPECT_EQ(healthy.exit_code, 0) << healthy.err;
+  EXPECT_EQ(Json::parse(healthy.out)["error_codes"], Json::parse(R"({"0": 0, "1": 0})")) << healthy.out;
+  auto unhealthy = RunProcess({KVRING_CLI_PATH, "health", "--name", name, "--instance", "B"});
+  EXPECT_EQ(unhealthy.exit_code, 1);
+  EXPECT_NE(unhealthy.out.find("     0 3"), std::string::npos) << unhealthy.out;
+
+  auto clear = RunProcess({KVRING_CLI_PATH, "clear", "--name", name, "--instance", "A", "--location",
+                           "LocalDiskBackend", "--json"});
+  ASSERT_EQ(clear.exit_code, 0) << clear.err;
+  Json cleared = Json::parse(clear.out);
+  EXPECT_EQ(cleared["num_tokens"], 512);
+  auto finished = RunProcess({KVRING_CLI_PATH, "check-finish", "--name", name, "--event-id",
+                              cleared["event_id"].get<std::string>()});
+  EXPECT_EQ(finished.exit_code, 0) << finished.err;
+  EXPECT_EQ(finished.out, "finished\n");
+  // B's worker has no clear handler: the worker's own error text comes back.
+  auto refused = RunProcess({KVRING_CLI_PATH, "clear", "--name", name, "--instance", "B"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("Unknown message: ClearWorkerMsg"), std::string::npos) << refused.err;
+  auto nobody = RunProcess({KVRING_CLI_PATH, "clear", "--name", name, "--instance", "nobody"});
+  EXPECT_EQ(nobody.exit_code, 1);
+  EXPECT_NE(nobody.err.find("unknown instance 'nobody'"), std::string::npos) << nobody.err;
+
+  for (auto& w : ws) EXPECT_EQ(w.Release(), 0);
+  EXPECT_EQ(d.Stop(SIGTERM), 0);
 }
 
 TEST(Kvringd, KilledAndRestartedControllerIsRebuiltByTheWorkersFullSyncs) {

@@ -1,13 +1,21 @@
 // Runs a program as a real child process (fork/exec) with the given stdin,
-// capturing stdout, stderr and the exit status.
+// capturing stdout, stderr and the exit status; and (where the test defines
+// KVRINGD_PATH) a kvringd running in the background.
 #pragma once
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/inotify.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvring::testing {
@@ -73,5 +81,78 @@ inline ProcessResult RunProcess(const std::vector<std::string>& argv, const std:
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+#ifdef KVRINGD_PATH
+// A kvringd in the background, its stderr in a log file; killed (SIGKILL) if
+// the test does not stop it.
+struct Daemon {
+  pid_t pid = -1;
+  std::string log;
+  Daemon() = default;
+  Daemon(Daemon&& o) noexcept : pid(std::exchange(o.pid, -1)), log(std::move(o.log)) {}
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(Daemon&& o) noexcept {
+    if (this != &o) {
+      if (pid > 0) Stop(SIGKILL);
+      pid = std::exchange(o.pid, -1);
+      log = std::move(o.log);
+    }
+    return *this;
+  }
+  static Daemon Start(const std::string& name, std::vector<std::string> extra = {}) {
+    Daemon d;
+    d.log = "/tmp/kvringd-test-" + name + ".log";
+    unlink(d.log.c_str());
+    std::vector<std::string> argv{KVRINGD_PATH, "--name", name, "--stats-interval", "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    int fd = open(d.log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    d.pid = fork();
+    if (d.pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      dup2(fd, 2);
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    close(fd);
+    return d;
+  }
+  // The log once it contains `needle` (woken by inotify as the daemon writes),
+  // or "" when `timeout` passes first.
+  std::string AwaitLog(const std::string& needle, std::chrono::milliseconds timeout) const {
+    int in = inotify_init1(IN_CLOEXEC);
+    inotify_add_watch(in, log.c_str(), IN_MODIFY);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string text;
+    for (;;) {
+      std::ifstream f(log);
+      std::stringstream all;
+      all << f.rdbuf();
+      text = all.str();
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (text.find(needle) != std::string::npos || left.count() <= 0) break;
+      pollfd p{in, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
+        char buf[4096];
+        (void)!read(in, buf, sizeof buf);
+      }
+    }
+    close(in);
+    return text.find(needle) != std::string::npos ? text : "";
+  }
+  int Stop(int sig) {
+    kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  }
+  ~Daemon() {
+    if (pid > 0) Stop(SIGKILL);
+  }
+};
+#endif
 
 }  // namespace kvring::testing
