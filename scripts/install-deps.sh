@@ -15,6 +15,7 @@ packages=(
   libcli11-dev            # command-line parsing
   nlohmann-json3-dev      # JSON for the CLI and the control records
   libspdlog-dev           # kvringd's log
+  curl                    # the demo calls the HTTP API with it
   clang libclang-rt-14-dev # libFuzzer target and sanitizer builds
 )
 

@@ -4,7 +4,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -542,9 +545,12 @@ bool Worker::attached() const {
 
 // ---- Orchestrator ---------------------------------------------------------------
 
+constexpr std::chrono::microseconds kAwaitSpin{50};
+
 struct Orchestrator::Impl {
   struct Pending {
-    bool done = false;
+    // Written under `mu`; read without it only by a waiter's spin (below).
+    std::atomic<bool> done{false};
     Status status;
     std::string bytes;       // the reply's message (or JSON, for control requests)
   };
@@ -564,8 +570,8 @@ struct Orchestrator::Impl {
   void FailAll(const std::string& why) {
     std::lock_guard lock(mu);
     dead = true;
-    for (auto& [id, p] : by_id) p->done = true, p->status = Unavailable(why);
-    for (auto& p : controls) p->done = true, p->status = Unavailable(why);
+    for (auto& [id, p] : by_id) p->status = Unavailable(why), p->done.store(true, std::memory_order_release);
+    for (auto& p : controls) p->status = Unavailable(why), p->done.store(true, std::memory_order_release);
     by_id.clear();
     controls.clear();
     cv.notify_all();
@@ -598,8 +604,8 @@ struct Orchestrator::Impl {
             controls.pop_front();
           }
           if (p) {
-            p->done = true;
             p->bytes.assign(body.begin(), body.end());
+            p->done.store(true, std::memory_order_release);  // pairs with the waiter's spin (acquire)
           }
         }
         c.Release();
@@ -653,8 +659,13 @@ struct Orchestrator::Impl {
   }
 
   Result<std::string> Await(const std::shared_ptr<Pending>& p, Clock::time_point deadline) {
+    // Most answers come within microseconds; a condition-variable wake-up
+    // costs tens of them here. Spin a little first (sched_yield keeps other
+    // threads of a busy process moving on a small machine).
+    const auto spin_until = std::min(deadline, Clock::now() + kAwaitSpin);
+    while (!p->done.load(std::memory_order_acquire) && Clock::now() < spin_until) sched_yield();
     std::unique_lock lock(mu);
-    if (!cv.wait_until(lock, deadline, [&] { return p->done; })) {
+    if (!cv.wait_until(lock, deadline, [&] { return p->done.load(std::memory_order_relaxed); })) {
       // A control waiter stays queued (its answer is dropped when it comes),
       // so later control answers still meet their own requests.
       for (auto it = by_id.begin(); it != by_id.end(); ++it)

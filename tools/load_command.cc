@@ -147,7 +147,9 @@ int RunWorker(const LoadConfig& c, int inst, int rank, Shared& out, const std::a
   out.connected = 1;
   client::Worker& worker = **w;
   self = &worker;
-  std::mt19937_64 rng(c.seed * 1000003 + static_cast<std::uint64_t>(inst * 1000 + rank));
+  // Every TP rank of an instance serves the same requests, as in vLLM: their
+  // caches hold the same chunks (so clear, pin, ... counts agree across ranks).
+  std::mt19937_64 rng(c.seed * 1000003 + static_cast<std::uint64_t>(inst));
   std::vector<std::uint64_t> hashes;
   for (std::uint64_t iter = 0; !stop.load(std::memory_order_relaxed); ++iter) {  // relaxed: a flag
     // Popular documents come up more often (a squared uniform: skewed, not Zipf-exact).

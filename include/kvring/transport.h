@@ -8,8 +8,10 @@
 // A client connects and sends Hello; the controller reads the client's pid
 // and uid from the kernel (SO_PEERCRED), creates the client's segment
 // (segment.h) exclusively and replies Welcome with its name. The client maps
-// and validates it. The connection then stays open and carries nothing: its
-// only job is to tell each side, at once, that the other has gone (EOF).
+// and validates it. The connection then stays open and carries no data: it
+// tells each side, at once, that the other has gone (EOF), and a single byte
+// on it wakes a sleeping peer (the doorbells: RingDoorbell, NotifyClient);
+// whatever arrives is read and discarded.
 //
 // Thread-safety: a Listener belongs to the controller thread; a Connection
 // to one client thread at a time.
