@@ -212,6 +212,90 @@ TEST(ControllerCommands, WorkerThatDiesMidCommandIsReportedAtOnceNotAtTheDeadlin
   Finish(**ctl, ws);
 }
 
+// A worker speaking the ring protocol by hand: registers, then answers each
+// command record it gets with `answer(command bytes)` (the payload after the id).
+pid_t RawWorker(const std::string& name, int rank, const std::function<std::string(const Message&)>& answer) {
+  return Spawn([=] {
+    auto c = transport::Connection::Open({name, segment::Role::kWorker, 5000ms});
+    if (!c.ok()) return 1;
+    transport::Connection& conn = **c;
+    auto send = [&](std::uint32_t type, const std::string& bytes) {
+      if (conn.requests().TryWrite({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}, type) !=
+          ring::ClaimResult::kOk)
+        return false;
+      conn.requests().Publish();
+      conn.RingDoorbell();
+      return true;
+    };
+    if (!send(ring::kRecordMessage, Encode(RegisterMsg{"raw", Int(rank), "127.0.0.1", Int(1), "raw:1"}))) return 2;
+    for (;;) {  // until the controller goes away
+      if (!conn.replies().WaitForData(100ms)) {
+        if (!conn.ControllerAlive()) return 0;
+        continue;
+      }
+      ring::Record r;
+      if (conn.replies().Peek(&r) != ring::PollResult::kRecord) return 3;
+      auto cr = ring::SplitCorrelated(r);
+      if (cr) {
+        auto m = Decode(cr->message);
+        if (!m.ok()) return 4;
+        std::string reply(ring::kCorrelationIdBytes, '\0');
+        ring::StoreCorrelationId({reinterpret_cast<std::uint8_t*>(reply.data()), reply.size()}, cr->id);
+        reply += answer(*m);
+        if (!send(ring::kRecordCommand, reply)) return 5;
+      }
+      conn.replies().Release();
+      conn.replies().PublishHead();
+    }
+  });
+}
+
+TEST(ControllerCommands, WrongAndUndecodableWorkerAnswersGetLMCachesHealthCodes) {
+  const std::string name = Name("raw");
+  auto ctl = Controller::Start(Small(name, 5.0));
+  ASSERT_TRUE(ctl.ok());
+  pid_t wrong = RawWorker(name, 0, [](const Message&) { return Encode(ClearWorkerRetMsg{Int(1)}); });
+  pid_t garbage = RawWorker(name, 1, [](const Message&) { return std::string("\xc1 not msgpack"); });
+  pid_t fine = RawWorker(name, 2, [](const Message& m) {
+    return std::holds_alternative<HealthWorkerMsg>(m) ? Encode(HealthWorkerRetMsg{Int(7)}) : std::string();
+  });
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while ((*ctl)->registry().worker_count() < 3 && std::chrono::steady_clock::now() < deadline) (*ctl)->PollOnce(1ms);
+  ASSERT_EQ((*ctl)->registry().worker_count(), 3u);
+  pid_t orchestrator = Spawn([&] {
+    auto o = Orchestrator::Connect(name, 5000ms);
+    if (!o.ok()) return 1;
+    auto h = (*o)->Request(HealthMsg{"raw-health", "raw"}, 5000ms);
+    if (!h.ok() || !std::holds_alternative<HealthRetMsg>(*h)) return 2;
+    const auto& r = std::get<HealthRetMsg>(*h);
+    if (CodeOf(r, 0) != orch::kHealthWrongReply || CodeOf(r, 1) != orch::kHealthUndecodable || CodeOf(r, 2) != 7)
+      return 3;
+    // A clear: worker 0's answer fits; 1 and 2 (an empty answer) are named.
+    auto c = (*o)->Request(ClearMsg{"raw-clear", "raw", "LocalCPUBackend"}, 5000ms);
+    if (!c.ok() || !std::holds_alternative<ErrorMsg>(*c)) return 4;
+    const std::string& why = std::get<ErrorMsg>(*c).error;
+    if (orch::ErrorClassOf(why) != orch::ErrorClass::kWorkerFailed || why.find("worker 0") != std::string::npos)
+      return 5;
+    if (why.find("worker 1: its answer could not be decoded") == std::string::npos ||
+        why.find("worker 2: its answer could not be decoded") == std::string::npos)
+      return 6;
+    // A pin answered with ClearWorkerRetMsg: the wrong type is named.
+    auto p = (*o)->Request(PinMsg{"raw-pin", "raw", "LocalCPUBackend", {}}, 5000ms);
+    if (!p.ok() || !std::holds_alternative<ErrorMsg>(*p)) return 7;
+    return std::get<ErrorMsg>(*p).error.find("worker 0: it answered ClearWorkerRetMsg where PinWorkerRetMsg was due") !=
+                   std::string::npos
+               ? 0
+               : 8;
+  });
+  EXPECT_EQ(RunUntilExit(**ctl, orchestrator), 0);
+  ctl = Status(ErrorKind::kUnavailable, "stopped");  // the raw workers see the controller go and exit
+  for (pid_t p : {wrong, garbage, fine}) {
+    int status = 0;
+    waitpid(p, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+}
+
 TEST(ControllerCommands, AnswerCommandGivesLMCachesWorkerErrors) {
   CommandHandlers h;
   h.clear = [](const ClearWorkerMsg&) -> ClearWorkerRetMsg { throw std::runtime_error("disk full"); };
