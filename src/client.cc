@@ -104,8 +104,7 @@ struct Worker::Impl {
           EncodeResult r = encode(out);
           if (r.fits) {
             p.Commit(r.bytes, type);
-            p.Publish();
-            conn->RingDoorbell();
+            conn->PublishRequests();
             return Status::Ok();
           }
           p.Abort();
@@ -636,8 +635,7 @@ struct Orchestrator::Impl {
         if (id_bytes) ring::StoreCorrelationId(room, id);
         std::memcpy(room.data() + id_bytes, body.data(), body.size());
         out.Commit(id_bytes + body.size(), type);
-        out.Publish();
-        conn->RingDoorbell();
+        conn->PublishRequests();
         return p;
       }
       Status fail;
@@ -733,8 +731,7 @@ Result<std::string> RoundTrip(const std::string& name, std::span<const std::uint
   transport::Connection& conn = **c;
   if (conn.requests().TryWrite(request, type) != ring::ClaimResult::kOk)
     return Status(ErrorKind::kInvalidArgument, "the request does not fit the request ring");
-  conn.requests().Publish();
-  conn.RingDoorbell();
+  conn.PublishRequests();
   if (!conn.replies().WaitForData(timeout)) return Status(ErrorKind::kTimeout, "controller '" + name + "' did not answer");
   ring::Record r;
   if (conn.replies().Peek(&r) != ring::PollResult::kRecord) return Status(ErrorKind::kCorrupt, "reply ring");

@@ -665,12 +665,7 @@ void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
     return !filter || std::any_of(q.worker_ids->begin(), q.worker_ids->end(),
                                   [&](const Int& x) { return x.FitsI64() && x.AsI64() == id; });
   };
-  std::vector<std::uint32_t> workers = registry_.Workers();
-  if (q.instance_id != "all") {
-    std::erase_if(workers, [&](std::uint32_t w) { return registry_.worker(w).instance_id != q.instance_id; });
-    std::sort(workers.begin(), workers.end(),
-              [&](std::uint32_t a, std::uint32_t b) { return registry_.worker(a).worker_id < registry_.worker(b).worker_id; });
-  }
+  const std::vector<std::uint32_t> workers = q.instance_id == "all" ? registry_.Workers() : WorkersOf(q.instance_id);
   for (std::uint32_t w : workers)
     if (wanted(registry_.worker(w).worker_id)) ret.worker_infos.push_back(info(w));
   Reply(c, ret);

@@ -264,7 +264,7 @@ void Listener::Quarantine(Client& c, int ring) {
 void Listener::SetControllerSleeping(bool sleeping) {
   for (auto& c : clients_)
     c->segment.header()->controller_sleeping.store(sleeping ? 1 : 0,
-                                                   sleeping ? std::memory_order_seq_cst   // Dekker pair with RingDoorbell
+                                                   sleeping ? std::memory_order_seq_cst   // Dekker pair with PublishRequests
                                                             : std::memory_order_relaxed);
 }
 
@@ -350,9 +350,10 @@ bool Connection::ControllerAlive() {
   return !PeerClosed(fd_, p.revents);
 }
 
-void Connection::RingDoorbell() {
-  // seq_cst: pairs with Listener::SetControllerSleeping; the publish before
-  // this is a seq_cst store, so either this load sees the controller asleep or
+void Connection::PublishRequests() {
+  requests_.Publish();
+  // seq_cst: pairs with Listener::SetControllerSleeping; the publish above
+  // is a seq_cst store, so either this load sees the controller asleep or
   // the controller's check of the ring (after its store) sees the record.
   if (segment_.header()->controller_sleeping.load(std::memory_order_seq_cst) != 0) {
     char b = 'd';

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "kvring/controller.h"
+#include "process_util.h"
 
 namespace kvring::client {
 namespace {
@@ -59,14 +60,7 @@ bool PumpUntil(controller::Controller& c, const std::function<bool()>& done, std
   return done();
 }
 
-pid_t Spawn(const std::function<int()>& body) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    _exit(body());
-  }
-  return pid;
-}
+using testing::Spawn;
 
 // Runs the controller until the process exits; its exit code.
 int RunUntilExit(controller::Controller& ctl, pid_t pid) {

@@ -17,6 +17,7 @@
 #include "kvring/client.h"
 #include "kvring/controller.h"
 #include "kvring/orchestration.h"
+#include "process_util.h"
 #include "worker_process.h"
 
 namespace kvring::controller {
@@ -46,14 +47,7 @@ Options Small(const std::string& name, double command_timeout_s) {
   return o;
 }
 
-pid_t Spawn(const std::function<int()>& body) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    _exit(body());
-  }
-  return pid;
-}
+using testing::Spawn;
 
 // Runs the controller until the process exits; its exit code.
 int RunUntilExit(Controller& ctl, pid_t pid) {
@@ -223,8 +217,7 @@ pid_t RawWorker(const std::string& name, int rank, const std::function<std::stri
       if (conn.requests().TryWrite({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}, type) !=
           ring::ClaimResult::kOk)
         return false;
-      conn.requests().Publish();
-      conn.RingDoorbell();
+      conn.PublishRequests();
       return true;
     };
     if (!send(ring::kRecordMessage, Encode(RegisterMsg{"raw", Int(rank), "127.0.0.1", Int(1), "raw:1"}))) return 2;

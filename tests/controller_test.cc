@@ -51,15 +51,13 @@ struct Worker {
     if (conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}) !=
         ring::ClaimResult::kOk)
       return false;
-    conn->requests().Publish();
-    conn->RingDoorbell();
+    conn->PublishRequests();
     return true;
   }
   bool SendRaw(const std::string& b) {
     bool ok = conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}) ==
               ring::ClaimResult::kOk;
-    conn->requests().Publish();
-    conn->RingDoorbell();
+    conn->PublishRequests();
     return ok;
   }
   std::optional<Message> Receive() {

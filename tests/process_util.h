@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -80,6 +81,17 @@ inline ProcessResult RunProcess(const std::vector<std::string>& argv, const std:
   waitpid(pid, &status, 0);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// Runs `body` in a forked child (killed if the test process dies); the
+// child's exit code is body's return value.
+inline pid_t Spawn(const std::function<int()>& body) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    _exit(body());
+  }
+  return pid;
 }
 
 #ifdef KVRINGD_PATH

@@ -10,7 +10,7 @@
 // (segment.h) exclusively and replies Welcome with its name. The client maps
 // and validates it. The connection then stays open and carries no data: it
 // tells each side, at once, that the other has gone (EOF), and a single byte
-// on it wakes a sleeping peer (the doorbells: RingDoorbell, NotifyClient);
+// on it wakes a sleeping peer (the doorbells: PublishRequests, NotifyClient);
 // whatever arrives is read and discarded.
 //
 // Thread-safety: a Listener belongs to the controller thread; a Connection
@@ -74,7 +74,7 @@ class Listener {
   // Writes the controller heartbeat into every segment.
   void Heartbeat();
   // Marks every segment "controller sleeping" (or awake). While the mark is
-  // set, clients ring the doorbell after they publish (Connection::RingDoorbell).
+  // set, clients ring the doorbell after they publish (Connection::PublishRequests).
   void SetControllerSleeping(bool sleeping);
   // One byte on the client's attach socket: wakes a client that waits in
   // poll() for commands (a worker's background ticker) without spinning.
@@ -130,9 +130,10 @@ class Connection {
   // False once the controller process has gone (its end of the socket closed).
   bool ControllerAlive();
   void Heartbeat();
-  // Call after publishing requests: if the controller sleeps in poll(), one
-  // byte on the attach socket wakes it at once. Costs a load when it is awake.
-  void RingDoorbell();
+  // Makes every committed request visible and, if the controller sleeps in
+  // poll(), wakes it with one byte on the attach socket (the doorbell; a load
+  // of the segment header when it is awake). The one way clients publish.
+  void PublishRequests();
   int socket_fd() const { return fd_; }
 
  private:
