@@ -216,11 +216,21 @@ TEST(Kvringd, ClearHealthAndCheckFinishCommandsFanOutToTheWorkers) {
   };
   sick.health = [](const protocol::HealthWorkerMsg&) { return protocol::HealthWorkerRetMsg{protocol::Int(3)}; };
   std::vector<testing::WorkerProcess> ws = {testing::StartWorker(name, "A", 0, ok), testing::StartWorker(name, "A", 1, ok),
-                                            testing::StartWorker(name, "B", 0, sick)};
+                                            testing::StartWorker(name, "B", 0, sick),
+                                            testing::StartWorker(name, "C", 0, ok, /*ticks=*/false)};
   auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (Stats(name)["workers"] != 3 && std::chrono::steady_clock::now() < deadline) {
+  while (Stats(name)["workers"] != 4 && std::chrono::steady_clock::now() < deadline) {
   }
-  ASSERT_EQ(Stats(name)["workers"], 3);
+  ASSERT_EQ(Stats(name)["workers"], 4);
+
+  // C never reads its ring: the deadline's code, and the command still
+  // pending there for `kvring inspect --peek` (id and message decoded).
+  auto silent = RunProcess({KVRING_CLI_PATH, "health", "--name", name, "--instance", "C", "--json"});
+  EXPECT_EQ(silent.exit_code, 1);
+  EXPECT_EQ(Json::parse(silent.out)["error_codes"], Json::parse(R"({"0": -1004})")) << silent.out;
+  auto peek = RunProcess({KVRING_CLI_PATH, "inspect", "--name", name, "--peek", "4", "--json"});
+  EXPECT_NE(peek.out.find(R"("correlation_id":)"), std::string::npos) << peek.out;
+  EXPECT_NE(peek.out.find(R"("type":"HealthWorkerMsg","worker_event_id":"HealthWorker0)"), std::string::npos) << peek.out;
 
   auto healthy = RunProcess({KVRING_CLI_PATH, "health", "--name", name, "--instance", "A", "--json"});
   EXPECT_EQ(healthy.exit_code, 0) << healthy.err;

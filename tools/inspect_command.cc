@@ -123,9 +123,15 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
             peeked.push_back(Json{{"control", std::string(rec.payload.begin(), rec.payload.end())}});
             return;
           }
-          auto m = protocol::Decode(rec.payload);
-          if (m.ok()) peeked.push_back(protocol::ToJson(*m));
-          else peeked.push_back(Json{{"undecodable", m.status().ToString()}, {"bytes", rec.payload.size()}});
+          // Correlated records (a request or command id, then the message):
+          // the id is shown under "correlation_id" before the message's fields.
+          auto corr = ring::SplitCorrelated(rec);
+          auto m = protocol::Decode(corr ? corr->message : rec.payload);
+          Json entry = Json::object();
+          if (corr) entry["correlation_id"] = corr->id;
+          if (m.ok()) entry.update(protocol::ToJson(*m));
+          else entry.update(Json{{"undecodable", m.status().ToString()}, {"bytes", rec.payload.size()}});
+          peeked.push_back(entry);
         });
         rj["pending_records"] = count;
         if (peek) rj["peek"] = peeked;
