@@ -12,7 +12,7 @@ using index::HolderId;
 // past the inline capacity the extras are ignored, which can only shorten a
 // tie list, never lose the longest prefix of those kept.
 constexpr std::size_t kMaxCandidates = 64;
-constexpr std::size_t kPrefetchAhead = 16;
+constexpr std::size_t kPrefetchAhead = 32;  // a 32-hash request is prefetched whole before its first probe
 
 Hit MakeHit(const registry::Registry& reg, HolderId h, std::uint64_t hits) {
   const auto& info = reg.holder(h);
