@@ -71,6 +71,14 @@ struct IndexAdapter {
     return hits;
   }
 };
+// The same index with Options::prepare_tables (huge-page tables made by a helper thread).
+struct PreparedIndexAdapter : IndexAdapter {
+  PreparedIndexAdapter() : IndexAdapter{ChunkIndex([] {
+    kvring::index::Options o;
+    o.prepare_tables = true;
+    return o;
+  }())} {}
+};
 template <typename Map>
 struct MapAdapter {
   Map t;
@@ -175,6 +183,7 @@ void WorstInsertPause(benchmark::State& state) {
   BENCHMARK(BM_##Name##_WorstInsertPause)->Arg(10000000)->Unit(benchmark::kMillisecond)->Iterations(1);
 
 KVRING_TABLE_BENCH(ChunkIndex, IndexAdapter)
+KVRING_TABLE_BENCH(ChunkIndexPrepared, PreparedIndexAdapter)
 KVRING_TABLE_BENCH(AbslFlatHashMap, MapAdapter<AbslMap>)
 KVRING_TABLE_BENCH(StdUnorderedMap, MapAdapter<StdMap>)
 

@@ -3,8 +3,15 @@
 #include <sys/mman.h>
 
 #include <cassert>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <new>
 
 namespace kvring::index {
@@ -47,6 +54,101 @@ void ChunkIndex::TableMemory::operator()(Slot* p) const {
   if (mapped) munmap(p, bytes);
   else std::free(p);
 }
+
+// The helper thread behind Options::prepare_tables. It also does the owner's
+// other mmap-lock work on big tables (madvise, munmap): those take the
+// process's mmap lock for writing, which would wait behind this thread's page
+// population; done here, in order, the owner's thread never waits for it.
+// Tasks and prepared tables pass under `mu_`, so a prepared table's pages are
+// populated before the owner's thread sees its pointer.
+class ChunkIndex::TablePreparer {
+ public:
+  TablePreparer() : thread_([this] { Loop(); }) {}
+  ~TablePreparer() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  // Prepares a table of `capacity` slots for `shard` (see Take).
+  void Request(std::size_t shard, std::size_t capacity) { Push(Task{Task::kPrepare, shard, capacity, {}}); }
+  // Advises huge pages for a table the owner filled itself.
+  void Advise(Table&& view) { Push(Task{Task::kAdvise, 0, 0, std::move(view)}); }
+  // Unmaps a drained table.
+  void Retire(Table t) { Push(Task{Task::kRetire, 0, 0, std::move(t)}); }
+  // The table prepared for `shard`, if it is ready and of `capacity` slots.
+  std::optional<Table> Take(std::size_t shard, std::size_t capacity) {
+    std::lock_guard lock(mu_);
+    auto it = ready_.find(shard);
+    if (it == ready_.end() || it->second.mask + 1 != capacity) return std::nullopt;
+    Table t = std::move(it->second);
+    ready_.erase(it);
+    return t;
+  }
+
+ private:
+  struct Task {
+    enum Kind { kPrepare, kAdvise, kRetire } kind;
+    std::size_t shard, capacity;
+    Table table;  // kAdvise: a non-owning view (released, never freed here); kRetire: owned
+  };
+  void Push(Task t) {
+    {
+      std::lock_guard lock(mu_);
+      tasks_.push_back(std::move(t));
+    }
+    cv_.notify_one();
+  }
+  void Loop() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !tasks_.empty(); });
+      if (stop_) break;
+      Task task = std::move(tasks_.front());
+      tasks_.pop_front();
+      lock.unlock();
+      if (task.kind == Task::kAdvise) {
+        AdviseHugePages(task.table);
+        (void)task.table.slots.release();  // the owner's table: not ours to free
+      } else if (task.kind == Task::kRetire) {
+        task.table = Table{};
+      } else {
+        Table t = Prepare(task.capacity);
+        lock.lock();
+        ready_[task.shard] = std::move(t);
+        continue;
+      }
+      lock.lock();
+    }
+    for (Task& t : tasks_)
+      if (t.kind == Task::kAdvise) (void)t.table.slots.release();
+  }
+  static Table Prepare(std::size_t capacity) {
+    Table t = NewTable(capacity);
+    const std::size_t bytes = capacity * sizeof(Slot);
+    AdviseHugePages(t);  // before populating: the table gets huge pages at once
+    // Fault every page in here, not on the owner's thread, one huge page at
+    // a time. The table is all zeros either way, so nothing is written.
+    auto* base = reinterpret_cast<unsigned char*>(t.slots.get());
+    for (std::size_t off = 0; off < bytes; off += kHugePage) {
+      const std::size_t len = std::min(kHugePage, bytes - off);
+      if (madvise(base + off, len, kMadvPopulateWrite) != 0)
+        for (std::size_t b = off; b < off + len; b += 4096)
+          reinterpret_cast<volatile unsigned char*>(base)[b] = 0;  // kernels before 5.14
+    }
+    return t;
+  }
+
+  static constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE (Linux 5.14)
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> tasks_;
+  std::unordered_map<std::size_t, Table> ready_;
+  bool stop_ = false;
+  std::thread thread_;  // last: started once the members above exist
+};
 
 ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
   const std::size_t bytes = capacity * sizeof(Slot);
@@ -94,6 +196,7 @@ ChunkIndex::ChunkIndex(Options options) : options_(options) {
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
   for (auto& sh : shards_) sh.cur = NewTable(slots);
+  if (options_.prepare_tables) preparer_ = std::make_unique<TablePreparer>();
 }
 
 ChunkIndex::~ChunkIndex() = default;
@@ -162,8 +265,12 @@ void ChunkIndex::EraseAt(Table& t, std::size_t i) {
 
 void ChunkIndex::StartGrowth(Shard& sh) {
   std::size_t cap = (sh.cur.mask + 1) * 2;
+  std::optional<Table> prepared;
+  if (preparer_ && sh.requested == cap) prepared = preparer_->Take(static_cast<std::size_t>(&sh - shards_.data()), cap);
+  sh.requested = 0;
   sh.old = std::move(sh.cur);
-  sh.cur = NewTable(cap);
+  sh.prepared = prepared.has_value();
+  sh.cur = prepared ? std::move(*prepared) : NewTable(cap);
   sh.migrate_at = 0;
   sh.used = 0;
   // Pairs are counted in `used` as they arrive in the new table.
@@ -181,8 +288,19 @@ void ChunkIndex::MigrateStep(Shard& sh) {
     ++sh.used;
   }
   if (sh.migrate_at >= end) {
+    const bool big = (sh.cur.mask + 1) * sizeof(Slot) >= kHugePage;
+    if (preparer_ && big) {
+      preparer_->Retire(std::move(sh.old));
+      if (!sh.prepared) {  // mapped here when the helper was late: advise it there
+        Table view;
+        view.slots = std::unique_ptr<Slot[], TableMemory>(sh.cur.slots.get(), TableMemory{0, false});
+        view.mask = sh.cur.mask;
+        preparer_->Advise(std::move(view));
+      }
+    } else {
+      AdviseHugePages(sh.cur);
+    }
     sh.old = Table{};
-    AdviseHugePages(sh.cur);
   }
 }
 
@@ -213,6 +331,12 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   if (options_.per_holder_quota && hk.size >= options_.per_holder_quota) {
     ++over_quota_;
     return AddResult::kOverQuota;
+  }
+  // At 3/4, have the next big table prepared off this thread.
+  const std::size_t next = (sh.cur.mask + 1) * 2;
+  if (preparer_ && sh.requested == 0 && next * sizeof(Slot) >= kHugePage && (sh.used + 1) * 4 > (sh.cur.mask + 1) * 3) {
+    sh.requested = next;
+    preparer_->Request(static_cast<std::size_t>(&sh - shards_.data()), next);
   }
   // Grow at 7/8: the new table is twice as large, so it absorbs the rest of
   // the old one and the inserts made while it drains.

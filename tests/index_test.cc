@@ -113,5 +113,30 @@ TEST(ChunkIndex, QuotaStopsAFloodingHolderOnly) {
   EXPECT_EQ(idx.Add(5001, 9), AddResult::kAdded);  // room again after an evict
 }
 
+// With prepare_tables, big tables come from the helper thread (or, when it is
+// late, from the owner as before): either way every pair survives growth.
+TEST(ChunkIndex, PreparedTablesKeepEveryPairThroughGrowth) {
+  Options o;
+  o.shard_bits = 1;
+  o.prepare_tables = true;
+  ChunkIndex idx(o);
+  constexpr std::uint64_t kKeys = 700000;  // 2 shards of 512 Ki slots (8 MiB): several prepared growths
+  for (std::uint64_t k = 1; k <= kKeys; ++k) {
+    ASSERT_EQ(idx.Add(ChunkIndex::Mix(k), static_cast<HolderId>(k % 3)), AddResult::kAdded) << k;
+    if (k % 5 == 0) {
+      ASSERT_TRUE(idx.Remove(ChunkIndex::Mix(k - 1), static_cast<HolderId>((k - 1) % 3))) << k;
+    }
+  }
+  EXPECT_EQ(idx.pairs(), kKeys - kKeys / 5);
+  std::size_t per_holder[3] = {};
+  for (std::uint64_t k = 1; k <= kKeys; ++k) {
+    const bool removed = k % 5 == 4;
+    ASSERT_EQ(idx.Contains(ChunkIndex::Mix(k), static_cast<HolderId>(k % 3)), !removed) << k;
+    if (!removed) ++per_holder[k % 3];
+  }
+  for (HolderId h = 0; h < 3; ++h) EXPECT_EQ(idx.KeysOf(h), per_holder[h]);
+  EXPECT_GE(idx.MemoryBytes(), 2 * (std::size_t{1} << 19) * sizeof(ChunkIndex::Slot));
+}
+
 }  // namespace
 }  // namespace kvring::index
