@@ -38,15 +38,27 @@ inline void* SharedMap(std::size_t bytes) {
 
 struct Child {
   pid_t pid = -1;
+  int stop_signal = SIGKILL;  // SIGTERM for a controller: it removes its segments (RunController)
   Child() = default;
   Child(const Child&) = delete;
   ~Child() {
     if (pid > 0) {
-      kill(pid, SIGKILL);
+      kill(pid, stop_signal);
       waitpid(pid, nullptr, 0);
     }
   }
 };
+
+// In a forked child: runs `ctl` until SIGTERM, then returns (the caller
+// destroys the controller, which removes its shared-memory segments; a
+// SIGKILL-ed controller would leave them in /dev/shm).
+template <typename Controller>
+void RunController(Controller& ctl, std::uint32_t spin_passes) {
+  static std::atomic<bool> stop{false};
+  static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+  signal(SIGTERM, [](int) { stop.store(true, std::memory_order_relaxed); });  // relaxed: a flag
+  ctl.Run(stop, spin_passes);
+}
 
 inline void ReportPercentiles(benchmark::State& state, std::vector<std::int64_t>& ns) {
   if (ns.empty()) return;

@@ -56,6 +56,7 @@ struct ControllerProcess {
   Child child;
   std::string name;
   explicit ControllerProcess(std::string n) : name(std::move(n)) {
+    child.stop_signal = SIGTERM;
     child.pid = fork();
     if (child.pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -69,8 +70,8 @@ struct ControllerProcess {
         std::fprintf(stderr, "controller: %s\n", ctl.status().ToString().c_str());
         _exit(1);
       }
-      std::atomic<bool> never{false};
-      (*ctl)->Run(never, UINT32_MAX);
+      RunController(**ctl, UINT32_MAX);
+      ctl = Status(ErrorKind::kUnavailable, "stopped");  // removes the segments
       _exit(0);
     }
   }
@@ -148,8 +149,8 @@ struct LookupEnv {
     requester = Connect(ctl.name, "requester");
   }
   static LookupEnv& Get() {
-    static LookupEnv* env = new LookupEnv();  // lives until exit; its controller dies with this process
-    return *env;
+    static LookupEnv env;  // lives until exit; then the workers deregister and the controller stops cleanly
+    return env;
   }
 };
 

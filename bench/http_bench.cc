@@ -46,6 +46,7 @@ struct Setup {
 
   Setup() {
     auto* shared_port = static_cast<std::atomic<int>*>(SharedMap(4096));
+    daemon.stop_signal = SIGTERM;
     daemon.pid = fork();
     if (daemon.pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -64,8 +65,9 @@ struct Setup {
         server = std::move(s).value();
         shared_port->store(server->port(), std::memory_order_release);  // pairs with the parent's acquire
       });
-      std::atomic<bool> never{false};
-      (*ctl)->Run(never);
+      RunController(**ctl, 2000);
+      server.reset();  // the HTTP side's connection first, while nothing answers it any more
+      ctl = Status(ErrorKind::kUnavailable, "stopped");  // removes the segments
       _exit(0);
     }
     for (std::size_t i = 0; i < kTokens; ++i) tokens.push_back(static_cast<std::int64_t>(i * 31 + 7));
