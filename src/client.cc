@@ -36,6 +36,48 @@ Message Run(const Handler& h, const Msg& m) {
   return h(m);
 }
 
+// Claims room for about `guess` bytes in the request ring, lets `encode`
+// write the record in place (a bigger claim when it does not fit), commits it
+// as `type` and publishes. While the ring is full it waits, in slices, until
+// `deadline` (kTimeout) or until `gone()` says the controller has gone
+// (kUnavailable). What the worker and the orchestrator clients both send by.
+template <typename Encode, typename Gone>
+Status WriteRecord(transport::Connection& conn, std::size_t guess, Encode&& encode, std::uint32_t type,
+                   Clock::time_point deadline, Gone&& gone) {
+  ring::Producer& p = conn.requests();
+  for (;;) {
+    std::span<std::uint8_t> out;
+    switch (p.TryClaim(guess, &out)) {
+      case ring::ClaimResult::kOk: {
+        EncodeResult r = encode(out);
+        if (r.fits) {
+          p.Commit(r.bytes, type);
+          conn.PublishRequests();
+          return Status::Ok();
+        }
+        p.Abort();
+        guess = r.bytes;
+        continue;
+      }
+      case ring::ClaimResult::kTooLarge:
+        return Status(ErrorKind::kInvalidArgument, "a message of " + std::to_string(guess) +
+                                                       " bytes exceeds the ring's record limit of " +
+                                                       std::to_string(p.max_record()));
+      case ring::ClaimResult::kCorrupt:
+        return Status(ErrorKind::kCorrupt, "request ring: " + p.corruption());
+      case ring::ClaimResult::kFull:
+        break;
+    }
+    auto left = deadline - Clock::now();
+    if (left <= Clock::duration::zero()) {
+      if (gone()) return Unavailable("the controller has gone");
+      return Status(ErrorKind::kTimeout, "the request ring stayed full");
+    }
+    if (!p.WaitForSpace(guess, std::min<Clock::duration>(left, std::chrono::milliseconds(50))) && gone())
+      return Unavailable("the controller has gone");
+  }
+}
+
 // id, then the encoded message: a correlated record's payload.
 std::string CorrelatedBytes(std::uint64_t id, const Message& m) {
   std::string bytes(ring::kCorrelationIdBytes, '\0');
@@ -95,41 +137,13 @@ struct Worker::Impl {
   template <typename Encode>
   Status Write(std::size_t guess, Encode&& encode, std::uint32_t type = ring::kRecordMessage) {
     if (!conn) return Unavailable("not attached to controller '" + o.controller + "'");
-    auto deadline = Clock::now() + o.request_timeout;
-    ring::Producer& p = conn->requests();
-    for (;;) {
-      std::span<std::uint8_t> out;
-      switch (p.TryClaim(guess, &out)) {
-        case ring::ClaimResult::kOk: {
-          EncodeResult r = encode(out);
-          if (r.fits) {
-            p.Commit(r.bytes, type);
-            conn->PublishRequests();
-            return Status::Ok();
-          }
-          p.Abort();
-          guess = r.bytes;
-          continue;
-        }
-        case ring::ClaimResult::kTooLarge:
-          return Status(ErrorKind::kInvalidArgument, "a message of " + std::to_string(guess) +
-                                                         " bytes exceeds the ring's record limit of " +
-                                                         std::to_string(p.max_record()));
-        case ring::ClaimResult::kCorrupt:
-          return Status(ErrorKind::kCorrupt, "request ring: " + p.corruption());
-        case ring::ClaimResult::kFull:
-          break;
-      }
-      auto left = deadline - Clock::now();
-      if (left <= Clock::duration::zero()) {
-        if (!conn->ControllerAlive()) return Dead();
-        return Status(ErrorKind::kTimeout, "request ring stayed full for " +
-                                               std::to_string(o.request_timeout.count()) + " ms");
-      }
-      if (!p.WaitForSpace(guess, std::min<Clock::duration>(left, std::chrono::milliseconds(50))) &&
-          !conn->ControllerAlive())
-        return Dead();
-    }
+    Status s = WriteRecord(*conn, guess, encode, type, Clock::now() + o.request_timeout,
+                           [&] { return !conn->ControllerAlive(); });
+    if (s.kind() == ErrorKind::kUnavailable) return Dead();
+    if (s.kind() == ErrorKind::kTimeout)
+      return Status(ErrorKind::kTimeout,
+                    "request ring stayed full for " + std::to_string(o.request_timeout.count()) + " ms");
+    return s;
   }
 
   Status WriteBytes(const std::string& bytes, std::uint32_t type = ring::kRecordMessage) {
@@ -627,33 +641,21 @@ struct Orchestrator::Impl {
       else by_id.emplace(id, p);
     }
     const std::size_t id_bytes = type == ring::kRecordRequest ? ring::kCorrelationIdBytes : 0;
-    ring::Producer& out = conn->requests();
-    for (;;) {
-      std::span<std::uint8_t> room;
-      ring::ClaimResult cr = out.TryClaim(id_bytes + body.size(), &room);
-      if (cr == ring::ClaimResult::kOk) {
-        if (id_bytes) ring::StoreCorrelationId(room, id);
-        std::memcpy(room.data() + id_bytes, body.data(), body.size());
-        out.Commit(id_bytes + body.size(), type);
-        conn->PublishRequests();
-        return p;
-      }
-      Status fail;
-      if (cr == ring::ClaimResult::kTooLarge)
-        fail = Status(ErrorKind::kInvalidArgument, "a request of " + std::to_string(body.size()) +
-                                                       " bytes exceeds the ring's record limit");
-      else if (cr == ring::ClaimResult::kCorrupt)
-        fail = Status(ErrorKind::kCorrupt, "request ring: " + out.corruption());
-      else if (Clock::now() >= deadline)
-        fail = Status(ErrorKind::kTimeout, "the request ring stayed full");
-      if (!fail.ok()) {
-        std::lock_guard lock(mu);
-        if (type == ring::kRecordControl) std::erase(controls, p);
-        else by_id.erase(id);
-        return fail;
-      }
-      (void)out.WaitForSpace(id_bytes + body.size(), std::chrono::milliseconds(10));
-    }
+    const std::size_t size = id_bytes + body.size();
+    Status s = WriteRecord(
+        *conn, size,
+        [&](std::span<std::uint8_t> room) {
+          if (room.size() < size) return EncodeResult{size, false};
+          if (id_bytes) ring::StoreCorrelationId(room, id);
+          std::memcpy(room.data() + id_bytes, body.data(), body.size());
+          return EncodeResult{size, true};
+        },
+        type, deadline, [] { return false; });  // a dead controller: the reader thread fails every waiter
+    if (s.ok()) return p;
+    std::lock_guard lock(mu);
+    if (type == ring::kRecordControl) std::erase(controls, p);
+    else by_id.erase(id);
+    return s;
   }
 
   Result<std::string> Await(const std::shared_ptr<Pending>& p, Clock::time_point deadline) {
