@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "kvring/controller.h"
 
@@ -55,6 +56,10 @@ constexpr const char* kRole = "{role=\"controller\"}";
 
 std::uint64_t RingKey(std::uint64_t client, int ring) { return client << 1 | static_cast<std::uint64_t>(ring); }
 
+std::size_t RingCapacity(const transport::ListenerOptions& o, int ring) {
+  return ring == segment::kRequestRing ? o.request_capacity : o.reply_capacity;
+}
+
 }  // namespace
 
 void Controller::SampleRates(double now) {
@@ -67,8 +72,8 @@ void Controller::SampleRates(double now) {
   cur.messages = stats_.messages;
   for (const auto& c : listener_->clients())
     for (int r : {segment::kRequestRing, segment::kReplyRing}) {
-      std::size_t cap = r == segment::kRequestRing ? options_.listen.request_capacity : options_.listen.reply_capacity;
-      cur.ring_records[RingKey(c->id, r)] = ring::Snapshot(c->segment.ring_region(r), cap).records_published;
+      cur.ring_records[RingKey(c->id, r)] =
+          ring::Snapshot(c->segment.ring_region(r), RingCapacity(options_.listen, r)).records_published;
     }
   if (rate_prev_.at > 0) {
     const double dt = now - rate_prev_.at;
@@ -140,37 +145,36 @@ std::string Controller::MetricsText() const {
   // Per ring, for the first kMaxClientSeries clients: the whole text has to
   // fit one control reply record (a quarter of the reply ring).
   constexpr std::size_t kMaxClientSeries = 256;
-  std::string records, rates, quarantined;
-  e.Family("kvring_ring_fill_ratio", "gauge", "pending bytes / capacity, per client ring");
+  struct RingRow {
+    std::string labels;
+    double fill, records, per_second;
+  };
+  std::vector<RingRow> rows;
+  std::vector<std::pair<std::string, double>> quarantined;
   const auto& clients = listener_->clients();
   for (std::size_t i = 0; i < std::min(clients.size(), kMaxClientSeries); ++i) {
     const transport::Client* c = clients[i].get();
     for (int r : {segment::kRequestRing, segment::kReplyRing}) {
-      std::size_t cap = r == segment::kRequestRing ? options_.listen.request_capacity : options_.listen.reply_capacity;
+      const std::size_t cap = RingCapacity(options_.listen, r);
       ring::RingSnapshot s = ring::Snapshot(c->segment.ring_region(r), cap);
-      std::string labels = "{client=\"" + std::to_string(c->id) + "\",pid=\"" + std::to_string(c->pid) + "\",role=\"" +
-                           (c->role == segment::Role::kOrchestrator ? "orchestrator" : "worker") + "\",ring=\"" +
-                           (r == segment::kRequestRing ? "requests" : "replies") + "\"}";
-      const bool sane = s.problem.empty();
-      e.Sample("kvring_ring_fill_ratio" + labels, sane ? d(s.tail - s.head) / d(cap) : 1.0);
-      records += "kvring_ring_records_total" + labels + " " + std::to_string(s.records_published) + "\n";
       auto rate = ring_records_per_s_.find(RingKey(c->id, r));
-      rates += "kvring_ring_records_per_second" + labels + " " +
-               std::to_string(rate == ring_records_per_s_.end() ? 0.0 : rate->second) + "\n";
+      rows.push_back({"{client=\"" + std::to_string(c->id) + "\",pid=\"" + std::to_string(c->pid) + "\",role=\"" +
+                          (c->role == segment::Role::kOrchestrator ? "orchestrator" : "worker") + "\",ring=\"" +
+                          (r == segment::kRequestRing ? "requests" : "replies") + "\"}",
+                      s.problem.empty() ? d(s.tail - s.head) / d(cap) : 1.0, d(s.records_published),
+                      rate == ring_records_per_s_.end() ? 0.0 : rate->second});
     }
-    quarantined += "kvring_client_quarantined{client=\"" + std::to_string(c->id) + "\"} " +
-                   (c->quarantined ? "1" : "0") + "\n";
+    quarantined.emplace_back("{client=\"" + std::to_string(c->id) + "\"}", c->quarantined ? 1.0 : 0.0);
   }
-  std::string out = e.Take();
-  out += "# HELP kvring_ring_records_total records published into the ring\n# TYPE kvring_ring_records_total counter\n" +
-         records;
-  out += "# HELP kvring_ring_records_per_second records published per second (last second)\n"
-         "# TYPE kvring_ring_records_per_second gauge\n" +
-         rates;
-  out += "# HELP kvring_client_quarantined 1 when a ring of the client is quarantined\n"
-         "# TYPE kvring_client_quarantined gauge\n" +
-         quarantined;
-  return out;
+  e.Family("kvring_ring_fill_ratio", "gauge", "pending bytes / capacity, per client ring");
+  for (const RingRow& row : rows) e.Sample("kvring_ring_fill_ratio" + row.labels, row.fill);
+  e.Family("kvring_ring_records_total", "counter", "records published into the ring");
+  for (const RingRow& row : rows) e.Sample("kvring_ring_records_total" + row.labels, row.records);
+  e.Family("kvring_ring_records_per_second", "gauge", "records published per second (last second)");
+  for (const RingRow& row : rows) e.Sample("kvring_ring_records_per_second" + row.labels, row.per_second);
+  e.Family("kvring_client_quarantined", "gauge", "1 when a ring of the client is quarantined");
+  for (const auto& [labels, v] : quarantined) e.Sample("kvring_client_quarantined" + labels, v);
+  return e.Take();
 }
 
 }  // namespace kvring::controller
