@@ -150,13 +150,12 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
   ring::Record r;
   while (n < max_records && bytes < max_bytes && c.requests.Peek(&r) == ring::PollResult::kRecord) {
     // The tag is read once: it picks both the scheduling class and the handler.
-    std::span<const std::uint8_t> msg = r.payload;
-    if (r.type == ring::kRecordRequest) msg = msg.subspan(std::min(msg.size(), ring::kCorrelationIdBytes));
-    Result<std::string_view> tag = r.type == ring::kRecordMessage || r.type == ring::kRecordRequest
-                                       ? protocol::PeekTag(msg, options_.limits)
+    const std::optional<ring::Correlated> corr = ring::SplitCorrelated(r);
+    Result<std::string_view> tag = r.type == ring::kRecordMessage || (r.type == ring::kRecordRequest && corr)
+                                       ? protocol::PeekTag(corr ? corr->message : r.payload, options_.limits)
                                        : Result<std::string_view>(std::string_view());
     if (requests_only && IsBulk(r, tag)) break;
-    HandleRecord(c, r, msg, tag);
+    HandleRecord(c, r, corr, tag);
     bytes += r.payload.size();
     c.requests.Release();
     ++n;
@@ -181,33 +180,25 @@ std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
   return n;
 }
 
-void Controller::HandleRecord(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
-                              const Result<std::string_view>& tag) {
+void Controller::HandleRecord(transport::Client& c, const ring::Record& r,
+                              const std::optional<ring::Correlated>& corr, const Result<std::string_view>& tag) {
   ++stats_.messages;
   if (r.type == ring::kRecordControl) return HandleControl(c, r.payload);
-  if (r.type == ring::kRecordCommand) {
-    auto cr = ring::SplitCorrelated(r);
-    if (!cr) {
-      ++stats_.errors;
-      return Problem(c, "command reply shorter than its id");
-    }
-    return HandleCommandReply(c, cr->id, cr->message);
+  if ((r.type == ring::kRecordCommand || r.type == ring::kRecordRequest) && !corr) {
+    ++stats_.errors;
+    return Problem(c, "correlated record shorter than its id");
   }
+  if (r.type == ring::kRecordCommand) return HandleCommandReply(c, corr->id, corr->message);
   // Where this request's reply goes; restored after, since a KV batch lets
   // other clients' requests in while it is applied.
   ReplyRoute outer = current_;
-  current_ = ReplyRoute{c.id, r.type, 0};
-  if (auto cr = ring::SplitCorrelated(r)) current_.id = cr->id;
-  HandleMessage(c, r, msg, tag);
+  current_ = ReplyRoute{c.id, r.type, corr ? corr->id : 0};
+  HandleMessage(c, corr ? corr->message : r.payload, tag);
   current_ = outer;
 }
 
-void Controller::HandleMessage(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
+void Controller::HandleMessage(transport::Client& c, std::span<const std::uint8_t> msg,
                                const Result<std::string_view>& tag) {
-  if (r.type == ring::kRecordRequest && r.payload.size() < ring::kCorrelationIdBytes) {
-    ++stats_.errors;
-    return Problem(c, "request record shorter than its id");
-  }
   if (!tag.ok()) {
     // No tag, so no way to know whether the sender waits for an answer; an
     // unsolicited ErrorMsg would be read as the reply to its next request.

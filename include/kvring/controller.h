@@ -48,6 +48,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -220,10 +221,9 @@ class Controller {
   explicit Controller(const Options& options);
   std::size_t ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes, bool requests_only);
   std::size_t ServeWaitingRequests(const transport::Client* busy);
-  void HandleRecord(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
+  void HandleRecord(transport::Client& c, const ring::Record& r, const std::optional<ring::Correlated>& corr,
                     const Result<std::string_view>& tag);
-  void HandleMessage(transport::Client& c, const ring::Record& r, std::span<const std::uint8_t> msg,
-                     const Result<std::string_view>& tag);
+  void HandleMessage(transport::Client& c, std::span<const std::uint8_t> msg, const Result<std::string_view>& tag);
   void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes);
   void HandleGeneric(transport::Client& c, protocol::Message&& m);
