@@ -57,25 +57,38 @@ int Ask(const std::string& name, const Message& request, int timeout_ms, Reply* 
 
 std::string OrDash(const std::optional<std::string>& s) { return s ? *s : "-"; }
 
+// The flags every orchestrator request shares.
+struct RequestFlags {
+  std::string name = "kvring";
+  bool json = false;
+  int timeout_ms;
+  explicit RequestFlags(int default_timeout_ms) : timeout_ms(default_timeout_ms) {}
+  void Add(CLI::App& app, const char* timeout_help = "Milliseconds to wait") {
+    app.add_option("--name", name, "Controller name")->capture_default_str();
+    app.add_flag("--json", json, "The reply as JSON (kvring decode's format)");
+    app.add_option("--timeout", timeout_ms, timeout_help)->check(CLI::Range(1, 600000))->capture_default_str();
+  }
+};
+// Fan-out commands wait for the workers: keep above kvringd --command-timeout.
+constexpr int kFanOutTimeoutMs = 10000;
+constexpr const char* kFanOutTimeoutHelp = "Milliseconds to wait (keep above kvringd --command-timeout)";
+
 }  // namespace
 
 Command AddLookup(CLI::App& app) {
-  struct State {
-    std::string name = "kvring", tokens, event_id = "kvring-cli-lookup";
-    bool json = false;
-    int timeout_ms = 2000;
+  struct State : RequestFlags {
+    State() : RequestFlags(2000) {}
+    std::string tokens, event_id = "kvring-cli-lookup";
   };
   auto st = std::make_shared<State>();
   app.description(
       "Which instances hold the longest prefix of these tokens (LookupMsg): the tokens are chunked\n"
       "and hashed as LMCache does (kvringd --lookup-chunk-size/--lookup-none-hash). Exit 0 when the\n"
       "controller answered (a miss too), 1 on failure, 2 on bad arguments.");
-  app.add_option("--name", st->name, "Controller name")->capture_default_str();
+  st->Add(app);
   app.add_option("--tokens", st->tokens, "Token ids: \"1,2,3\", \"1 2 3\" or \"[1, 2, 3]\"; - reads them from stdin")
       ->required();
   app.add_option("--event-id", st->event_id, "event_id of the request")->capture_default_str();
-  app.add_flag("--json", st->json, "The reply as JSON (kvring decode's format)");
-  app.add_option("--timeout", st->timeout_ms, "Milliseconds to wait")->check(CLI::Range(1, 600000));
   return [st]() -> int {
     std::string text = st->tokens;
     if (text == "-") {
@@ -103,19 +116,16 @@ Command AddLookup(CLI::App& app) {
 }
 
 Command AddWorkers(CLI::App& app) {
-  struct State {
-    std::string name = "kvring", instance = "all";
+  struct State : RequestFlags {
+    State() : RequestFlags(2000) {}
+    std::string instance = "all";
     std::vector<long long> ids;
-    bool json = false;
-    int timeout_ms = 2000;
   };
   auto st = std::make_shared<State>();
   app.description("The registered workers (QueryWorkerInfoMsg): address, peer URL, registration and last heartbeat.");
-  app.add_option("--name", st->name, "Controller name")->capture_default_str();
+  st->Add(app);
   app.add_option("--instance", st->instance, "An instance id, or all")->capture_default_str();
   app.add_option("--worker-ids", st->ids, "Only these worker ids")->delimiter(',');
-  app.add_flag("--json", st->json, "The reply as JSON (kvring decode's format)");
-  app.add_option("--timeout", st->timeout_ms, "Milliseconds to wait")->check(CLI::Range(1, 600000));
   return [st]() -> int {
     QueryWorkerInfoMsg q{"kvring-cli-workers", st->instance, std::nullopt};
     if (!st->ids.empty()) {
@@ -139,17 +149,13 @@ Command AddWorkers(CLI::App& app) {
   };
 }
 
-// The flags every fan-out command shares.
-struct FanOutFlags {
-  std::string name = "kvring", instance;
-  bool json = false;
-  int timeout_ms = 10000;
+// The flags of the fan-out commands aimed at one instance.
+struct FanOutFlags : RequestFlags {
+  std::string instance;
+  FanOutFlags() : RequestFlags(kFanOutTimeoutMs) {}
   void Add(CLI::App& app) {
-    app.add_option("--name", name, "Controller name")->capture_default_str();
+    RequestFlags::Add(app, kFanOutTimeoutHelp);
     app.add_option("--instance", instance, "The instance id")->required();
-    app.add_flag("--json", json, "The reply as JSON (kvring decode's format)");
-    app.add_option("--timeout", timeout_ms, "Milliseconds to wait (keep above kvringd --command-timeout)")
-        ->check(CLI::Range(1, 600000))->capture_default_str();
   }
 };
 
@@ -197,15 +203,13 @@ Command AddHealth(CLI::App& app) {
 }
 
 Command AddCheckFinish(CLI::App& app) {
-  auto st = std::make_shared<FanOutFlags>();
+  auto st = std::make_shared<RequestFlags>(kFanOutTimeoutMs);
   auto event = std::make_shared<std::string>();
   app.description(
       "The state of an earlier clear, pin, compress, decompress, move or health command (CheckFinishMsg):\n"
       "pending, finished or failed, with each worker's state unless all finished. Exit 0 when finished.");
-  app.add_option("--name", st->name, "Controller name")->capture_default_str();
+  st->Add(app);
   app.add_option("--event-id", *event, "The command's event_id")->required();
-  app.add_flag("--json", st->json, "The reply as JSON (kvring decode's format)");
-  app.add_option("--timeout", st->timeout_ms, "Milliseconds to wait")->check(CLI::Range(1, 600000));
   return [st, event]() -> int {
     CheckFinishRetMsg ret;
     if (int rc = Ask(st->name, CheckFinishMsg{*event}, st->timeout_ms, &ret)) return rc;
