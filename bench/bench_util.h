@@ -69,33 +69,49 @@ inline void ReportPercentiles(benchmark::State& state, std::vector<std::int64_t>
   state.counters["p999_ns"] = at(0.999);
 }
 
-// The floor: an atomic word bounced between CPUs 0 (this process) and 1 (a child).
-inline void CacheLinePingPong(benchmark::State& state) {
-  auto* word = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
+// Times `ask()` (one round trip) per iteration on CPU 0 while a forked child
+// on CPU 1 runs `echo()` (never returns); the caller's affinity is restored
+// afterwards, so later benchmarks start unpinned.
+template <typename Echo, typename Ask>
+void RoundTripsBetweenCores(benchmark::State& state, Echo echo, Ask ask) {
   Child child;
   child.pid = fork();
   if (child.pid == 0) {
     Pin(1);
-    for (std::uint64_t expect = 1;; expect += 2) {
-      while (word->load(std::memory_order_acquire) != expect) {}  // pairs with the parent's release
-      word->store(expect + 1, std::memory_order_release);          // pairs with the parent's acquire
-    }
+    echo();
+    _exit(0);
   }
   cpu_set_t before;
-  sched_getaffinity(0, sizeof before, &before);  // restored below: later benchmarks start unpinned
+  sched_getaffinity(0, sizeof before, &before);
   Pin(0);
   std::vector<std::int64_t> ns;
   ns.reserve(1 << 20);
-  std::uint64_t v = 0;
   for (auto _ : state) {
     auto t0 = Clock::now();
-    word->store(++v, std::memory_order_release);
-    while (word->load(std::memory_order_acquire) != v + 1) {}
-    ++v;
+    ask();
     if (ns.size() < ns.capacity()) ns.push_back((Clock::now() - t0).count());
   }
   sched_setaffinity(0, sizeof before, &before);
   ReportPercentiles(state, ns);
+}
+
+// The floor: an atomic word bounced between CPUs 0 (this process) and 1 (a child).
+inline void CacheLinePingPong(benchmark::State& state) {
+  auto* word = new (SharedMap(4096)) std::atomic<std::uint64_t>(0);
+  std::uint64_t v = 0;
+  RoundTripsBetweenCores(
+      state,
+      [word] {
+        for (std::uint64_t expect = 1;; expect += 2) {
+          while (word->load(std::memory_order_acquire) != expect) {}  // pairs with the parent's release
+          word->store(expect + 1, std::memory_order_release);          // pairs with the parent's acquire
+        }
+      },
+      [word, &v] {
+        word->store(++v, std::memory_order_release);
+        while (word->load(std::memory_order_acquire) != v + 1) {}
+        ++v;
+      });
 }
 
 }  // namespace kvring::bench

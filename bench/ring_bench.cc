@@ -2,6 +2,8 @@
 // share one MAP_SHARED mapping; the child echoes or drains.
 //
 //   BM_Floor_CacheLinePingPong     the floor: a bare atomic word bounced between the cores
+//   BM_Floor_FutexPingPong         the blocking floor: a bare futex wake there and back, both
+//                                  sides asleep (what BM_Ring_PingPong_Blocking cannot beat)
 //   BM_Ring_PingPong_Spin          64-byte record there and back over two kvring rings, spinning
 //   BM_Ring_PingPong_Blocking      the same, both sides asleep on a futex between messages
 //   BM_BoostSpsc_PingPong          boost::lockfree::spsc_queue of fixed 64-byte elements, spinning
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "futex.h"
 #include "kvring/ring.h"
 
 namespace {
@@ -39,6 +42,35 @@ using namespace kvring::bench;
 
 void BM_Floor_CacheLinePingPong(benchmark::State& state) { CacheLinePingPong(state); }
 BENCHMARK(BM_Floor_CacheLinePingPong)->UseRealTime()->MinTime(1.0);
+
+// The word counts hand-offs: odd = the child's turn, even = the parent's.
+// Each side sleeps in FUTEX_WAIT until the other stores its turn and wakes it.
+void WaitForTurn(std::atomic<std::uint32_t>* word, std::uint32_t turn) {
+  for (std::uint32_t v; (v = word->load(std::memory_order_acquire)) != turn;)  // pairs with PassTurn
+    kvring::detail::FutexWait(word, v, std::chrono::seconds(1));
+}
+void PassTurn(std::atomic<std::uint32_t>* word, std::uint32_t turn) {
+  word->store(turn, std::memory_order_release);  // pairs with WaitForTurn's acquire
+  kvring::detail::FutexWakeAll(word);
+}
+
+void BM_Floor_FutexPingPong(benchmark::State& state) {
+  auto* word = new (SharedMap(4096)) std::atomic<std::uint32_t>(0);
+  std::uint32_t turn = 0;
+  RoundTripsBetweenCores(
+      state,
+      [word] {
+        for (std::uint32_t t = 1;; t += 2) {
+          WaitForTurn(word, t);
+          PassTurn(word, t + 1);
+        }
+      },
+      [word, &turn] {
+        PassTurn(word, ++turn);
+        WaitForTurn(word, ++turn);
+      });
+}
+BENCHMARK(BM_Floor_FutexPingPong)->UseRealTime()->MinTime(1.0);
 
 // ---- kvring rings ------------------------------------------------------------------
 
@@ -103,8 +135,14 @@ void BM_Ring_Throughput(benchmark::State& state) {
     Pin(1);
     Consumer in(region, kBigCap, DefaultMaxRecord(kBigCap));
     std::uint64_t n = 0;
+    volatile std::uint8_t sink = 0;
     for (;;) {
-      n += in.Drain(256, SIZE_MAX, [](const Record&) {});
+      n += in.Drain(256, SIZE_MAX, [&](const Record& r) {
+        // Read every cache line of it, as a decoder would.
+        std::uint8_t sum = 0;
+        for (std::size_t i = 0; i < r.payload.size(); i += kCacheLine) sum = static_cast<std::uint8_t>(sum + r.payload[i]);
+        sink = sum;
+      });
       done->store(n, std::memory_order_release);  // pairs with the parent's acquire
     }
   }

@@ -161,7 +161,7 @@ std::string Controller::MetricsText() const {
       rows.push_back({"{client=\"" + std::to_string(c->id) + "\",pid=\"" + std::to_string(c->pid) + "\",role=\"" +
                           (c->role == segment::Role::kOrchestrator ? "orchestrator" : "worker") + "\",ring=\"" +
                           (r == segment::kRequestRing ? "requests" : "replies") + "\"}",
-                      s.problem.empty() ? d(s.tail - s.head) / d(cap) : 1.0, d(s.records_published),
+                      s.problem.empty() ? d(s.pending_bytes()) / d(cap) : 1.0, d(s.records_published),
                       rate == ring_records_per_s_.end() ? 0.0 : rate->second});
     }
     quarantined.emplace_back("{client=\"" + std::to_string(c->id) + "\"}", c->quarantined ? 1.0 : 0.0);

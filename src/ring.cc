@@ -1,5 +1,6 @@
 #include "kvring/ring.h"
 
+#include <atomic>
 #include <cstring>
 #include <new>
 
@@ -17,15 +18,28 @@ struct Header {
 };
 static_assert(sizeof(Header) == kRecordHeaderBytes);
 
-// One read of a record header: a faulty peer may be writing it concurrently,
-// so it is copied out once and only the copy is examined.
+// A record header is one 8-byte word (length in the low half, type in the
+// high half), so it is stored and loaded in one access: it is both the
+// record's description and its publication (ring_descriptor.h). Loaded once:
+// a faulty peer may be writing it concurrently, only the copy is examined.
 Header LoadHeader(const std::uint8_t* p) {
-  Header h;
-  std::memcpy(&h, p, sizeof h);
-  return h;
+  // acquire: pairs with the release in PublishHeader; the payload below it is then complete.
+  const std::uint64_t w = __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_ACQUIRE);
+  return Header{static_cast<std::uint32_t>(w), static_cast<std::uint32_t>(w >> 32)};
+}
+void PublishHeader(std::uint8_t* p, std::uint32_t length, std::uint32_t type) {
+  // release: pairs with LoadHeader's acquire; makes the payload written before it visible.
+  std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p))
+      .store(std::uint64_t{length} | std::uint64_t{type} << 32, std::memory_order_release);
+}
+// Marks a header slot "nothing here yet". Relaxed: the release store of the
+// record before it (PublishHeader) orders it for the consumer.
+void ClearHeader(std::uint8_t* p) {
+  std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p)).store(0, std::memory_order_relaxed);
 }
 // Every rule a record header must follow, in one place for the consumer and
-// the read-only inspector. `available`: bytes published from `pos` on.
+// the read-only inspector. `available`: bytes the record may span from `pos`
+// on (what is published, or for the consumer, what is not known to be free).
 // Returns whether the header is sound; only a failure builds text (the
 // consumer calls this once per record).
 bool CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::size_t available,
@@ -33,7 +47,7 @@ bool CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::si
   const std::size_t aligned = Align8(h.length);
   if (h.length < kRecordHeaderBytes || aligned > available || aligned > capacity - offset) {
     *problem = "record at position " + std::to_string(pos) + " has length " + std::to_string(h.length) + " (" +
-           std::to_string(available) + " bytes published, " + std::to_string(capacity - offset) +
+           std::to_string(available) + " bytes available, " + std::to_string(capacity - offset) +
            " before the end)";
     return false;
   }
@@ -48,11 +62,6 @@ bool CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::si
     return false;
   }
   return true;
-}
-
-void StoreHeader(std::uint8_t* p, std::uint32_t length, std::uint32_t type) {
-  Header h{length, type};
-  std::memcpy(p, &h, sizeof h);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -120,6 +129,9 @@ Status InitializeRegion(void* region, std::size_t capacity) {
   ctl->records_consumed.store(0, std::memory_order_relaxed);
   ctl->consumer_waiting.store(0, std::memory_order_relaxed);
   ctl->producer_waiting.store(0, std::memory_order_relaxed);
+  // The first record's header slot reads "nothing here yet"; the producer
+  // clears every later one before it publishes the record in front of it.
+  ClearHeader(DataOf(region));
   // Publication of the region to the peer (the segment's ready word) orders these.
   return Status();
 }
@@ -132,8 +144,29 @@ Producer::Producer(void* region, std::size_t capacity, std::size_t max_record)
   tail_ = ctl_->tail.load(std::memory_order_relaxed);
   published_ = tail_;
   records_ = ctl_->records_published.load(std::memory_order_relaxed);
-  if (tail_ % kRecordAlignment != 0) corruption_ = "tail " + std::to_string(tail_) + " is not 8-aligned";
-  else if (!RefreshHead() && corruption_.empty()) corruption_ = "head is invalid";
+  if (tail_ % kRecordAlignment != 0) {
+    corruption_ = "tail " + std::to_string(tail_) + " is not 8-aligned";
+    return;
+  }
+  SkipCommittedRecords();
+  if (corrupt()) return;
+  if (!RefreshHead() && corruption_.empty()) corruption_ = "head is invalid";
+}
+
+void Producer::SkipCommittedRecords() {
+  // A predecessor may have committed records after the tail it last
+  // published: the consumer sees them (a record is visible once its header
+  // is), so the stream continues after them rather than over them.
+  for (std::size_t walked = 0; walked < capacity_;) {
+    const std::size_t offset = static_cast<std::size_t>(tail_ & (capacity_ - 1));
+    const Header h = LoadHeader(data_ + offset);
+    if (h.length == 0) return;
+    if (!CheckRecord(h, tail_, offset, capacity_ - walked, capacity_, max_record_, &corruption_)) return;
+    tail_ += Align8(h.length);
+    walked += Align8(h.length);
+    if (h.type != kRecordPadding) ++records_;
+  }
+  corruption_ = "no free header slot after tail " + std::to_string(published_);
 }
 
 bool Producer::RefreshHead() {
@@ -155,13 +188,15 @@ ClaimResult Producer::TryClaim(std::size_t size, std::span<std::uint8_t>* payloa
   const std::size_t record = Align8(kRecordHeaderBytes + size);
   std::size_t offset = static_cast<std::size_t>(tail_ & (capacity_ - 1));
   std::size_t to_end = capacity_ - offset;
-  std::size_t need = record <= to_end ? record : to_end + record;
+  // The header slot after the record is cleared at commit, so it must be free too.
+  std::size_t need = (record <= to_end ? record : to_end + record) + kRecordHeaderBytes;
   if (need > FreeBytes()) {
     if (!RefreshHead()) return ClaimResult::kCorrupt;
     if (need > FreeBytes()) return ClaimResult::kFull;
   }
   if (record > to_end) {
-    StoreHeader(data_ + offset, static_cast<std::uint32_t>(to_end), kRecordPadding);
+    ClearHeader(data_);  // where the record will start: not yet
+    PublishHeader(data_ + offset, static_cast<std::uint32_t>(to_end), kRecordPadding);
     tail_ += to_end;
     offset = 0;
   }
@@ -175,9 +210,11 @@ ClaimResult Producer::TryClaim(std::size_t size, std::span<std::uint8_t>* payloa
 void Producer::Commit(std::size_t used, std::uint32_t type) {
   if (!claimed_) return;
   if (used > claim_size_) used = claim_size_;
-  std::size_t offset = static_cast<std::size_t>(claim_pos_ & (capacity_ - 1));
-  StoreHeader(data_ + offset, static_cast<std::uint32_t>(kRecordHeaderBytes + used), type);
-  tail_ = claim_pos_ + Align8(kRecordHeaderBytes + used);
+  const std::size_t offset = static_cast<std::size_t>(claim_pos_ & (capacity_ - 1));
+  const std::uint64_t next = claim_pos_ + Align8(kRecordHeaderBytes + used);
+  ClearHeader(data_ + (next & (capacity_ - 1)));  // the next record: not yet (ordered by the release below)
+  PublishHeader(data_ + offset, static_cast<std::uint32_t>(kRecordHeaderBytes + used), type);
+  tail_ = next;
   ++records_;
   claimed_ = false;
 }
@@ -202,7 +239,8 @@ void Producer::Publish() {
 }
 
 bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin) {
-  const std::size_t need = Align8(kRecordHeaderBytes + bytes) * 2;  // worst case: padding + record
+  // worst case: padding + record + the next header slot
+  const std::size_t need = Align8(kRecordHeaderBytes + bytes) * 2 + kRecordHeaderBytes;
   return SpinThenSleep(
       &ctl_->producer_waiting, timeout, spin,
       [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); },
@@ -215,7 +253,6 @@ Consumer::Consumer(void* region, std::size_t capacity, std::size_t max_record)
     : ctl_(ControlOf(region)), data_(DataOf(region)), capacity_(capacity), max_record_(max_record) {
   head_ = ctl_->head.load(std::memory_order_relaxed);
   records_ = ctl_->records_consumed.load(std::memory_order_relaxed);
-  tail_cache_ = head_;
   if (head_ % kRecordAlignment != 0) MarkCorrupt("head " + std::to_string(head_) + " is not 8-aligned");
 }
 
@@ -226,8 +263,11 @@ void Consumer::MarkCorrupt(std::string why) {
 bool Consumer::RefreshTail() {
   // seq_cst (a plain load on x86): pairs with Producer::Publish, and is the
   // second half of the Dekker pair in WaitForData.
+  // The consumer may be ahead of the published tail (records are visible once
+  // committed), never by more than a capacity; the tail never goes back.
   std::uint64_t tail = ctl_->tail.load(std::memory_order_seq_cst);
-  if (tail < tail_cache_ || tail - head_ > capacity_ || tail % kRecordAlignment != 0) {
+  const std::uint64_t apart = tail > head_ ? tail - head_ : head_ - tail;
+  if (tail < tail_cache_ || apart > capacity_ || tail % kRecordAlignment != 0) {
     MarkCorrupt("producer position " + std::to_string(tail) + " is inconsistent with head " +
                 std::to_string(head_) + " (capacity " + std::to_string(capacity_) + ")");
     return false;
@@ -239,14 +279,21 @@ bool Consumer::RefreshTail() {
 PollResult Consumer::Peek(Record* out) {
   if (corrupt()) return PollResult::kCorrupt;
   for (;;) {
-    if (head_ == tail_cache_) {
-      if (!RefreshTail()) return PollResult::kCorrupt;
-      if (head_ == tail_cache_) return PollResult::kEmpty;
-    }
     const std::size_t offset = static_cast<std::size_t>(head_ & (capacity_ - 1));
-    const std::size_t available = static_cast<std::size_t>(tail_cache_ - head_);
-    const Header h = LoadHeader(data_ + offset);
-    if (std::string problem; !CheckRecord(h, head_, offset, available, capacity_, max_record_, &problem)) {
+    Header h = LoadHeader(data_ + offset);
+    if (h.length == 0) {
+      // Nothing committed here. A published tail beyond this point must
+      // mean a record appeared meanwhile (the tail is stored after it).
+      if (!RefreshTail()) return PollResult::kCorrupt;
+      if (tail_cache_ <= head_) return PollResult::kEmpty;
+      h = LoadHeader(data_ + offset);
+      if (h.length == 0) {
+        MarkCorrupt("producer position " + std::to_string(tail_cache_) + " is past position " +
+                    std::to_string(head_) + ", where no record is");
+        return PollResult::kCorrupt;
+      }
+    }
+    if (std::string problem; !CheckRecord(h, head_, offset, capacity_ - offset, capacity_, max_record_, &problem)) {
       MarkCorrupt(std::move(problem));
       return PollResult::kCorrupt;
     }
@@ -263,6 +310,13 @@ PollResult Consumer::Peek(Record* out) {
   }
 }
 
+bool Consumer::HasData() {
+  if (corrupt()) return false;
+  if (LoadHeader(data_ + static_cast<std::size_t>(head_ & (capacity_ - 1))).length != 0) return true;
+  // seq_cst load of the tail inside: the sleeper's half of the Dekker pairs.
+  return RefreshTail() && tail_cache_ > head_;
+}
+
 void Consumer::Release() {
   head_ += peeked_bytes_;
   peeked_bytes_ = 0;
@@ -276,8 +330,7 @@ void Consumer::PublishHead() {
 
 bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin) {
   return SpinThenSleep(
-      &ctl_->consumer_waiting, timeout, spin,
-      [&] { return head_ != tail_cache_ || (RefreshTail() && head_ != tail_cache_); },
+      &ctl_->consumer_waiting, timeout, spin, [&] { return HasData(); },
       [&] { return corrupt(); });
 }
 
@@ -292,8 +345,10 @@ RingSnapshot Snapshot(const void* region, std::size_t capacity) {
   s.records_consumed = ctl->records_consumed.load(std::memory_order_relaxed);
   s.consumer_waiting = ctl->consumer_waiting.load(std::memory_order_relaxed) != 0;
   s.producer_waiting = ctl->producer_waiting.load(std::memory_order_relaxed) != 0;
-  if (s.head > s.tail) s.problem = "head is ahead of tail";
-  else if (s.tail - s.head > capacity) s.problem = "more bytes pending than the capacity";
+  // The consumer may run ahead of the published tail (by what the producer
+  // committed and has not published yet), never by more than a capacity.
+  if (s.head > s.tail && s.head - s.tail > capacity) s.problem = "head is more than a capacity ahead of tail";
+  else if (s.tail > s.head && s.tail - s.head > capacity) s.problem = "more bytes pending than the capacity";
   else if (s.head % kRecordAlignment || s.tail % kRecordAlignment) s.problem = "unaligned position";
   return s;
 }

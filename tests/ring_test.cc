@@ -66,15 +66,19 @@ bool CheckRecord(std::span<const std::uint8_t> in, std::uint64_t* seq) {
 
 // ---- single process ------------------------------------------------------------
 
-TEST(Ring, RecordsArriveInOrderOnlyAfterPublish) {
+TEST(Ring, RecordsArriveInOrderOnceCommitted) {
   SharedRegion r(4096);
   Producer p(r.get(), 4096, DefaultMaxRecord(4096));
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
-  ASSERT_EQ(p.TryWrite(Bytes("first")), ClaimResult::kOk);
-  ASSERT_EQ(p.TryWrite(Bytes("second")), ClaimResult::kOk);
   Record rec;
-  EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);  // committed, not published
-  p.Publish();
+  std::span<std::uint8_t> out;
+  ASSERT_EQ(p.TryClaim(5, &out), ClaimResult::kOk);
+  std::memcpy(out.data(), "first", 5);
+  EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);  // claimed and written, not committed
+  EXPECT_FALSE(c.HasData());
+  p.Commit(5);
+  ASSERT_EQ(p.TryWrite(Bytes("second")), ClaimResult::kOk);
+  EXPECT_TRUE(c.HasData());  // committed is visible; Publish() only moves the tail and wakes
   ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
   EXPECT_EQ(Str(rec.payload), "first");
   EXPECT_EQ(rec.type, kRecordMessage);
@@ -85,6 +89,36 @@ TEST(Ring, RecordsArriveInOrderOnlyAfterPublish) {
   EXPECT_EQ(Str(rec.payload), "second");
   c.Release();
   EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);
+  c.PublishHead();
+  // The consumer ran ahead of the published tail: consistent, nothing pending.
+  RingSnapshot before = Snapshot(r.get(), 4096);
+  EXPECT_EQ(before.problem, "");
+  EXPECT_GT(before.head, before.tail);
+  EXPECT_EQ(before.pending_bytes(), 0u);
+  p.Publish();
+  RingSnapshot after = Snapshot(r.get(), 4096);
+  EXPECT_EQ(after.tail, after.head);
+  EXPECT_EQ(after.records_published, 2u);
+  EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);
+}
+
+TEST(Ring, ReattachedProducerContinuesAfterRecordsItsPredecessorCommitted) {
+  SharedRegion r(4096);
+  {
+    Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+    ASSERT_EQ(p.TryWrite(Bytes("published")), ClaimResult::kOk);
+    p.Publish();
+    ASSERT_EQ(p.TryWrite(Bytes("committed only")), ClaimResult::kOk);
+  }  // gone without publishing the second record
+  Producer again(r.get(), 4096, DefaultMaxRecord(4096));
+  ASSERT_FALSE(again.corrupt()) << again.corruption();
+  ASSERT_EQ(again.TryWrite(Bytes("third")), ClaimResult::kOk);
+  again.Publish();
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  std::vector<std::string> got;
+  c.Drain(SIZE_MAX, SIZE_MAX, [&](const Record& rec) { got.push_back(Str(rec.payload)); });
+  EXPECT_EQ(got, (std::vector<std::string>{"published", "committed only", "third"}));
+  EXPECT_FALSE(c.corrupt()) << c.corruption();
 }
 
 TEST(Ring, FullIsAResultAndSpaceReturnsAfterRelease) {
@@ -94,7 +128,7 @@ TEST(Ring, FullIsAResultAndSpaceReturnsAfterRelease) {
   std::string payload(500, 'x');  // 512 bytes a record with its header
   int written = 0;
   while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) ++written;
-  EXPECT_EQ(written, 8);
+  EXPECT_EQ(written, 7);  // the eighth would leave no free header slot after it
   EXPECT_EQ(p.TryWrite(Bytes(payload)), ClaimResult::kFull);
   p.Publish();
   EXPECT_EQ(c.Drain(1, SIZE_MAX, [](const Record&) {}), 1u);
@@ -151,6 +185,15 @@ TEST(Ring, ClaimCommitsLessThanClaimedAndAbortLeavesNothing) {
 
 // ---- a faulty peer ----------------------------------------------------------------
 
+TEST(RingCorruption, PublishedTailWithoutARecordQuarantinesTheConsumer) {
+  SharedRegion r(4096);
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  r.control()->tail.store(64);  // claims records where every header slot reads "none yet"
+  Record rec;
+  EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt);
+  EXPECT_NE(c.corruption().find("no record"), std::string::npos) << c.corruption();
+}
+
 TEST(RingCorruption, TailBeyondCapacityQuarantinesTheConsumer) {
   SharedRegion r(4096);
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
@@ -182,8 +225,11 @@ TEST(RingCorruption, UnalignedOrBackwardsPositionsAreDetected) {
   ASSERT_EQ(p.TryWrite(Bytes("x")), ClaimResult::kOk);
   p.Publish();
   r.control()->tail.store(12);
+  // The record itself is sound; the tail is checked when the consumer looks past it.
+  EXPECT_EQ(c.Drain(SIZE_MAX, SIZE_MAX, [](const Record&) {}), 1u);
   Record rec;
   EXPECT_EQ(c.Peek(&rec), PollResult::kCorrupt);
+  EXPECT_NE(c.corruption().find("producer position 12"), std::string::npos) << c.corruption();
   // The producer checks the consumer's position the same way.
   r.control()->head.store(4096 * 3);
   std::string big(900, 'b');
@@ -310,7 +356,7 @@ TEST(RingProcesses, ProducerKilledAnywhereLeavesOnlyWholeRecords) {
     int status = 0;
     waitpid(pid, &status, 0);
     EXPECT_TRUE(WIFSIGNALED(status));
-    // Everything it published is still there, once, in order, intact.
+    // Everything it committed is still there, once, in order, intact.
     while (c.Drain(256, SIZE_MAX, check) > 0) {}
     EXPECT_TRUE(intact) << "run " << run;
     EXPECT_FALSE(c.corrupt()) << c.corruption();

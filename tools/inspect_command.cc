@@ -112,7 +112,7 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
         rj["problem"] = s.problem;
         problems.push_back(std::string(rj["ring"]) + ": " + s.problem);
       } else {
-        std::uint64_t pending = s.tail - s.head;
+        std::uint64_t pending = s.pending_bytes();
         rj["pending_bytes"] = pending;
         rj["fill_percent"] = 100.0 * static_cast<double>(pending) / static_cast<double>(cap);
         std::size_t count = 0;

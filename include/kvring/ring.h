@@ -2,8 +2,9 @@
 // memory laid out as in ring_descriptor.h (normally a shared-memory segment).
 //
 // Zero-copy: the producer claims space, writes its payload in place (a message
-// is msgpack-encoded straight into ring memory), commits, and publishes once
-// per batch; the consumer peeks at records in place (decoded straight from
+// is msgpack-encoded straight into ring memory) and commits (the record is
+// visible from then on), and publishes its position once per batch (which
+// wakes a sleeping consumer); the consumer peeks at records in place (decoded straight from
 // ring memory) and releases them, publishing its position once per batch.
 // "Full" and "empty" are results, not errors.
 //
@@ -55,14 +56,15 @@ class Producer {
   // writable ring memory until Commit() or Abort().
   ClaimResult TryClaim(std::size_t size, std::span<std::uint8_t>* payload);
   // Finishes the claimed record with its first `used` bytes (used <= claimed).
-  // The record is visible to the consumer only after Publish().
+  // The record is visible to a consumer that polls from then on; Publish()
+  // is what wakes a sleeping one.
   void Commit(std::size_t used, std::uint32_t type = kRecordMessage);
   void Abort();
   // Claim + copy + commit.
   ClaimResult TryWrite(std::span<const std::uint8_t> payload, std::uint32_t type = kRecordMessage);
 
-  // Makes every committed record visible (one release store) and wakes the
-  // consumer if it sleeps.
+  // Advances the published tail over every committed record (one store: what
+  // inspection and a sleeping consumer go by) and wakes the consumer if it sleeps.
   void Publish();
   // Blocks until at least `bytes` of payload could be claimed, the ring turns
   // corrupt, or the timeout passes (spins first, then sleeps on a futex).
@@ -76,6 +78,7 @@ class Producer {
 
  private:
   bool RefreshHead();
+  void SkipCommittedRecords();
   std::size_t FreeBytes() const { return capacity_ - static_cast<std::size_t>(tail_ - head_cache_); }
 
   RingControl* ctl_;
@@ -151,9 +154,10 @@ class Consumer {
   // Returns whether data is available.
   bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000);
 
-  // Whether a record is waiting, without consuming it (seq_cst load of the
-  // producer's position: the controller's half of the doorbell's Dekker pair).
-  bool HasData() { return head_ != tail_cache_ || (RefreshTail() && head_ != tail_cache_); }
+  // Whether a record is waiting, without consuming it. When none is, it loads
+  // the producer's published position with seq_cst: the sleeper's half of the
+  // Dekker pairs (WaitForData, and the controller's doorbell).
+  bool HasData();
 
   bool corrupt() const { return !corruption_.empty(); }
   const std::string& corruption() const { return corruption_; }
@@ -168,7 +172,7 @@ class Consumer {
   std::size_t capacity_;
   std::size_t max_record_;
   std::uint64_t head_ = 0;        // private read position
-  std::uint64_t tail_cache_ = 0;  // last tail seen
+  std::uint64_t tail_cache_ = 0;  // last published tail seen (may lag head_)
   std::size_t peeked_bytes_ = 0;  // aligned size of the peeked record, 0 if none
   std::uint64_t records_ = 0;     // records released (statistics)
   std::string corruption_;
@@ -184,6 +188,9 @@ struct RingSnapshot {
   bool consumer_waiting = false;
   bool producer_waiting = false;
   std::string problem;  // empty when the positions are consistent
+  // Bytes published and not consumed (0 while the consumer runs ahead of the
+  // published tail, over records committed and not yet published).
+  std::uint64_t pending_bytes() const { return tail > head ? tail - head : 0; }
 };
 RingSnapshot Snapshot(const void* region, std::size_t capacity);
 // Calls fn(const Record&) for up to `max_records` records from the published

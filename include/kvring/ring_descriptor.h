@@ -26,21 +26,30 @@
 //   | length u32     | type u32       | payload (length - 8 bytes)   |
 //   +----------------+----------------+------------------------------+
 //   `length` counts the header; the next record starts at align8(length).
-//   When a record does not fit before the end of data, the producer writes
-//   one padding record (type kRecordPadding) that fills the rest, and the
-//   record starts at offset 0.
+//   The header is one 8-byte word, stored and loaded in one access. A
+//   header slot of zero means "no record here yet". When a record does not
+//   fit before the end of data, the producer writes one padding record (type
+//   kRecordPadding) that fills the rest, and the record starts at offset 0.
 //
 // Positions are free-running 64-bit byte counters (never wrap in practice);
 // the offset in data is position & (capacity - 1). Invariants a consumer
 // checks before trusting anything (a faulty peer may write any value):
-//   head <= tail, tail - head <= capacity, both multiples of 8,
-//   8 <= length, align8(length) <= tail - position, record inside data.
+//   |tail - head| <= capacity, tail never goes back, both multiples of 8,
+//   8 <= length, record inside data, length - 8 <= max record, known type,
+//   and a published tail beyond head means a record at head.
 //
-// Visibility: the producer writes records, then stores `tail` with release;
-// the consumer loads `tail` with acquire. Everything below the published tail
-// is complete, so a producer killed at any instruction leaves nothing
-// half-visible, and several records can be published with one store. The
-// consumer frees space by storing `head` with release after reading.
+// Visibility (as in Aeron): a record becomes visible when its header is
+// stored with release; the consumer polls the header slot at its own
+// position with acquire, so a hand-off moves one cache line, not two (a
+// position word, then the record). The producer clears the header slot
+// after a record before it publishes the record (and the slot at offset 0
+// before a padding record), so the slot the consumer polls reads zero until
+// the record there is complete: a producer killed at any instruction leaves
+// nothing half-visible. For that clear the producer keeps 8 bytes free
+// beyond every record. The producer stores `tail` (what inspection and a
+// sleeping consumer go by) once per batch; the consumer may therefore run
+// ahead of the published tail, by at most a capacity. The consumer frees
+// space by storing `head` with release after reading, once per batch.
 // Nothing in the region is a pointer.
 #pragma once
 

@@ -35,7 +35,8 @@
 namespace kvring::segment {
 
 inline constexpr std::uint64_t kMagic = 0x01'00'47'45'53'52'56'4bULL;  // "KVRSEG\0\1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 3;  // 2: control records, 3: correlated records (ring_descriptor.h)
+inline constexpr std::uint32_t kLayoutVersion = 4;  // 2: control records, 3: correlated records,
+                                                    // 4: records visible by their header (ring_descriptor.h)
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kPageBytes = 4096;
 inline constexpr std::uint32_t kReady = 0x52454459;  // "READY"-ish; anything else is not ready
