@@ -14,7 +14,9 @@
 //                                        decoding and answering with kvring's own codec and lookup
 //
 // Lookups report p50/p99/p99.9 in ns (manual time: only the round trip is
-// timed, not building the request's hashes).
+// timed, not building the request's hashes). KVRING_E2E_RESERVE_KEYS=N gives
+// both indexes (controller and ZeroMQ server) a reserve of N keys
+// (index::Options::reserve_keys, kvringd --index-reserve-keys).
 #include <benchmark/benchmark.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -45,6 +47,12 @@ std::size_t IndexKeys() {
 }
 
 std::uint64_t Mix(std::uint64_t x) { return index::ChunkIndex::Mix(x); }
+
+index::Options IndexOptions() {
+  index::Options o;
+  if (const char* e = std::getenv("KVRING_E2E_RESERVE_KEYS")) o.reserve_keys = std::strtoull(e, nullptr, 10);
+  return o;
+}
 std::uint64_t ChainHash(int inst, std::size_t chain, std::size_t k) {
   return Mix((static_cast<std::uint64_t>(inst + 1) << 48) ^ (static_cast<std::uint64_t>(chain) << 20) ^ k);
 }
@@ -64,6 +72,7 @@ struct ControllerProcess {
       controller::Options o;
       o.listen.name = name;
       o.full_sync_on_start = false;
+      o.index = IndexOptions();
       if (const char* e = std::getenv("KVRING_E2E_CHECK_OPS")) o.request_check_ops = std::strtoull(e, nullptr, 10);
       auto ctl = controller::Controller::Start(o);
       if (!ctl.ok()) {
@@ -208,7 +217,7 @@ BENCHMARK(BM_E2E_P2PLookupUnderIngest)->Arg(32)->Arg(256)->UseManualTime()->MinT
 void ServeZmq(const std::string& endpoint) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   Pin(0);
-  index::ChunkIndex idx;
+  index::ChunkIndex idx(IndexOptions());
   registry::Registry reg;
   std::size_t chains = std::max<std::size_t>(1, IndexKeys() / kInstances / kChain);
   for (int i = 0; i < kInstances; ++i) {

@@ -7,6 +7,7 @@
 //   BM_<Table>_Erase/N           ns per erase
 //   counters: bytes_per_key (heap bytes the table holds / keys)
 //   BM_<Table>_WorstInsertPause/N  the longest single insert while growing from 0 to N keys
+//   ChunkIndexReserved: Options::reserve_keys = N (its start-up is the setup_ms counter)
 //
 // ChunkIndex lookups prefetch each batch of 32 home slots first (as the P2P
 // path does with a request's hashes); the other tables are probed one by one.
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <random>
 #include <unordered_map>
+#include <type_traits>
 #include <vector>
 
 #include "kvring/index.h"
@@ -79,6 +81,21 @@ struct PreparedIndexAdapter : IndexAdapter {
     return o;
   }())} {}
 };
+// The same index with room for the N keys made at start (Options::reserve_keys):
+// sized tables, huge pages populated before the first insert.
+struct ReservedIndexAdapter : IndexAdapter {
+  explicit ReservedIndexAdapter(std::size_t n) : IndexAdapter{ChunkIndex([n] {
+    kvring::index::Options o;
+    o.reserve_keys = n;
+    return o;
+  }())} {}
+};
+// Every table for N keys; only the reserved index uses N.
+template <typename A>
+std::unique_ptr<A> Make(std::size_t n) {
+  if constexpr (std::is_constructible_v<A, std::size_t>) return std::make_unique<A>(n);
+  else return std::make_unique<A>();
+}
 template <typename Map>
 struct MapAdapter {
   Map t;
@@ -100,9 +117,13 @@ template <typename A>
 void Insert(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
   auto keys = Keys(n, 1);
-  double bytes_per_key = 0;
+  double bytes_per_key = 0, setup_ms = 0;
   for (auto _ : state) {
-    auto a = std::make_unique<A>();
+    state.PauseTiming();  // a reserve's start-up is reported on its own (setup_ms)
+    auto t0 = std::chrono::steady_clock::now();
+    auto a = Make<A>(n);
+    setup_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    state.ResumeTiming();
     for (auto k : keys) a->Insert(k);
     bytes_per_key = static_cast<double>(a->Bytes()) / static_cast<double>(n);
     state.PauseTiming();
@@ -111,6 +132,7 @@ void Insert(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
   state.counters["bytes_per_key"] = bytes_per_key;
+  state.counters["setup_ms"] = setup_ms;
   state.counters["ns_per_insert"] = benchmark::Counter(static_cast<double>(state.iterations() * n),
                                                        benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
@@ -119,7 +141,8 @@ template <typename A>
 void Lookup(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
   auto keys = Keys(n, 1);
-  A a;
+  auto made = Make<A>(n);
+  A& a = *made;
   for (auto k : keys) a.Insert(k);
   auto probe = keys;
   std::shuffle(probe.begin(), probe.end(), std::mt19937_64(2));
@@ -142,7 +165,7 @@ void Erase(benchmark::State& state) {
   auto keys = Keys(n, 1);
   for (auto _ : state) {
     state.PauseTiming();
-    auto a = std::make_unique<A>();
+    auto a = Make<A>(n);
     for (auto k : keys) a->Insert(k);
     state.ResumeTiming();
     for (auto k : keys) a->Erase(k);
@@ -162,7 +185,7 @@ void WorstInsertPause(benchmark::State& state) {
   auto keys = Keys(n, 3);
   std::int64_t worst = 0;
   for (auto _ : state) {
-    auto a = std::make_unique<A>();
+    auto a = Make<A>(n);
     for (auto k : keys) {
       auto t0 = std::chrono::steady_clock::now();
       a->Insert(k);
@@ -184,6 +207,7 @@ void WorstInsertPause(benchmark::State& state) {
 
 KVRING_TABLE_BENCH(ChunkIndex, IndexAdapter)
 KVRING_TABLE_BENCH(ChunkIndexPrepared, PreparedIndexAdapter)
+KVRING_TABLE_BENCH(ChunkIndexReserved, ReservedIndexAdapter)
 KVRING_TABLE_BENCH(AbslFlatHashMap, MapAdapter<AbslMap>)
 KVRING_TABLE_BENCH(StdUnorderedMap, MapAdapter<StdMap>)
 

@@ -84,7 +84,13 @@ Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
     return Status(ErrorKind::kInvalidArgument, "full_sync_threshold must be within [0, 1]");
   auto l = transport::Listener::Start(options.listen);
   if (!l.ok()) return l.status();
-  std::unique_ptr<Controller> c(new Controller(options));
+  std::unique_ptr<Controller> c;
+  try {
+    c.reset(new Controller(options));
+  } catch (const std::bad_alloc&) {  // a reserve the machine cannot hold
+    return Status(ErrorKind::kLimit,
+                  "not enough memory for an index reserve of " + std::to_string(options.index.reserve_keys) + " keys");
+  }
   c->listener_ = std::move(l).value();
   c->listener_->Heartbeat();
   Controller* self = c.get();

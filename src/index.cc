@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <cassert>
+#include <cerrno>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -82,7 +83,7 @@ class ChunkIndex::TablePreparer {
   std::optional<Table> Take(std::size_t shard, std::size_t capacity) {
     std::lock_guard lock(mu_);
     auto it = ready_.find(shard);
-    if (it == ready_.end() || it->second.mask + 1 != capacity) return std::nullopt;
+    if (it == ready_.end() || it->second.capacity != capacity) return std::nullopt;
     Table t = std::move(it->second);
     ready_.erase(it);
     return t;
@@ -127,21 +128,10 @@ class ChunkIndex::TablePreparer {
   }
   static Table Prepare(std::size_t capacity) {
     Table t = NewTable(capacity);
-    const std::size_t bytes = capacity * sizeof(Slot);
-    AdviseHugePages(t);  // before populating: the table gets huge pages at once
-    // Fault every page in here, not on the owner's thread, one huge page at
-    // a time. The table is all zeros either way, so nothing is written.
-    auto* base = reinterpret_cast<unsigned char*>(t.slots.get());
-    for (std::size_t off = 0; off < bytes; off += kHugePage) {
-      const std::size_t len = std::min(kHugePage, bytes - off);
-      if (madvise(base + off, len, kMadvPopulateWrite) != 0)
-        for (std::size_t b = off; b < off + len; b += 4096)
-          reinterpret_cast<volatile unsigned char*>(base)[b] = 0;  // kernels before 5.14
-    }
+    PopulateHugePages(t);
     return t;
   }
 
-  static constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE (Linux 5.14)
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Task> tasks_;
@@ -153,7 +143,7 @@ class ChunkIndex::TablePreparer {
 ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
   const std::size_t bytes = capacity * sizeof(Slot);
   Table t;
-  t.mask = capacity - 1;
+  t.capacity = capacity;
   if (bytes >= kHugePage) {
     // Map one huge page more and trim to a 2 MiB boundary: a table that
     // starts mid-page could never be backed by huge pages at all.
@@ -195,7 +185,15 @@ ChunkIndex::ChunkIndex(Options options) : options_(options) {
   while (slots < options_.initial_shard_slots) slots <<= 1;
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
-  for (auto& sh : shards_) sh.cur = NewTable(slots);
+  if (options_.reserve_keys > 0) {
+    // 3/4 load when the reserve is full, 2 % over for shards above their share.
+    const std::size_t per_shard = (options_.reserve_keys + shards_.size() - 1) / shards_.size();
+    slots = std::max(slots, per_shard * 4 / 3 * 102 / 100 + 1);
+  }
+  for (auto& sh : shards_) {
+    sh.cur = NewTable(slots);
+    if (options_.reserve_keys > 0) PopulateHugePages(sh.cur);
+  }
   if (options_.prepare_tables) preparer_ = std::make_unique<TablePreparer>();
 }
 
@@ -217,14 +215,14 @@ void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uin
   for (std::size_t i = 0; i < hk.size; ++i) fn(hk.at(i));
 }
 
-ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, std::uint64_t key, HolderId holder,
+ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, HolderId holder,
                                      bool old, std::size_t cursor) const {
   if (!t.slots) return nullptr;
-  for (std::size_t i = mixed & t.mask, dist = 0;; i = (i + 1) & t.mask, ++dist) {
+  for (std::size_t i = t.Home(mixed), dist = 0;; i = t.Next(i), ++dist) {
     Slot& s = t.slots[i];
     if (s.tag == kEmptyTag) return nullptr;
-    if (s.key != key) {
-      if (((i - (Mix(s.key) & t.mask)) & t.mask) < dist) return nullptr;  // Robin Hood stop
+    if (s.mixed != mixed) {
+      if (t.Distance(i, t.Home(s.mixed)) < dist) return nullptr;  // Robin Hood stop
       continue;
     }
     if (old && i < cursor) continue;
@@ -236,14 +234,14 @@ ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, std::uint64_
 // is nearer its home than the new pair is to its own, and that slot moves on.
 void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
   Slot cur = s;
-  std::size_t i = mixed & t.mask;
-  for (std::size_t dist = 0;; i = (i + 1) & t.mask, ++dist) {
+  std::size_t i = t.Home(mixed);
+  for (std::size_t dist = 0;; i = t.Next(i), ++dist) {
     Slot& here = t.slots[i];
     if (here.tag == kEmptyTag) {
       here = cur;
       return;
     }
-    std::size_t here_dist = (i - (Mix(here.key) & t.mask)) & t.mask;
+    std::size_t here_dist = t.Distance(i, t.Home(here.mixed));
     if (here_dist < dist) {
       std::swap(cur, here);
       dist = here_dist;
@@ -255,16 +253,16 @@ void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
 // empty slot or a slot at its home, keeping runs unbroken and in Robin Hood
 // order.
 void ChunkIndex::EraseAt(Table& t, std::size_t i) {
-  for (std::size_t j = (i + 1) & t.mask;; i = j, j = (j + 1) & t.mask) {
+  for (std::size_t j = t.Next(i);; i = j, j = t.Next(j)) {
     const Slot& s = t.slots[j];
-    if (s.tag == kEmptyTag || ((j - (Mix(s.key) & t.mask)) & t.mask) == 0) break;
+    if (s.tag == kEmptyTag || t.Home(s.mixed) == j) break;
     t.slots[i] = s;
   }
   t.slots[i] = EmptySlot();
 }
 
 void ChunkIndex::StartGrowth(Shard& sh) {
-  std::size_t cap = (sh.cur.mask + 1) * 2;
+  std::size_t cap = sh.cur.capacity * 2;
   std::optional<Table> prepared;
   if (preparer_ && sh.requested == cap) prepared = preparer_->Take(static_cast<std::size_t>(&sh - shards_.data()), cap);
   sh.requested = 0;
@@ -278,23 +276,23 @@ void ChunkIndex::StartGrowth(Shard& sh) {
 
 void ChunkIndex::MigrateStep(Shard& sh) {
   if (!sh.old.slots) return;
-  const std::size_t end = sh.old.mask + 1;
+  const std::size_t end = sh.old.capacity;
   std::size_t n = options_.migrate_per_op;
   while (n-- > 0 && sh.migrate_at < end) {
     const Slot s = sh.old.slots[sh.migrate_at];
     ++sh.migrate_at;  // from here on this slot counts as moved
     if (s.tag == kEmptyTag || s.tag == kTombstone) continue;
-    InsertInto(sh.cur, Mix(s.key), s);
+    InsertInto(sh.cur, s.mixed, s);
     ++sh.used;
   }
   if (sh.migrate_at >= end) {
-    const bool big = (sh.cur.mask + 1) * sizeof(Slot) >= kHugePage;
+    const bool big = sh.cur.capacity * sizeof(Slot) >= kHugePage;
     if (preparer_ && big) {
       preparer_->Retire(std::move(sh.old));
       if (!sh.prepared) {  // mapped here when the helper was late: advise it there
         Table view;
         view.slots = std::unique_ptr<Slot[], TableMemory>(sh.cur.slots.get(), TableMemory{0, false});
-        view.mask = sh.cur.mask;
+        view.capacity = sh.cur.capacity;
         preparer_->Advise(std::move(view));
       }
     } else {
@@ -304,19 +302,35 @@ void ChunkIndex::MigrateStep(Shard& sh) {
   }
 }
 
+void ChunkIndex::PopulateHugePages(const Table& t) {
+  constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE (Linux 5.14)
+  const std::size_t bytes = t.capacity * sizeof(Slot);
+  if (!t.slots || bytes < kHugePage) return;
+  AdviseHugePages(t);  // before populating: the table gets huge pages at once
+  // One huge page at a time. The table is all zeros either way, so nothing is written.
+  auto* base = reinterpret_cast<unsigned char*>(t.slots.get());
+  for (std::size_t off = 0; off < bytes; off += kHugePage) {
+    const std::size_t len = std::min(kHugePage, bytes - off);
+    if (madvise(base + off, len, kMadvPopulateWrite) == 0) continue;
+    if (errno != EINVAL) throw std::bad_alloc();  // out of memory: refused, not OOM-killed later
+    for (std::size_t b = off; b < off + len; b += 4096)
+      reinterpret_cast<volatile unsigned char*>(base)[b] = 0;  // kernels before 5.14
+  }
+}
+
 // The kernel's khugepaged collapses an advised, already-populated table into
 // huge pages in the background (lookups then miss the TLB far less), without
 // ever stalling the controller's thread.
 void ChunkIndex::AdviseHugePages(const Table& t) {
-  const std::size_t bytes = (t.mask + 1) * sizeof(Slot);
+  const std::size_t bytes = t.capacity * sizeof(Slot);
   if (t.slots && bytes >= kHugePage) (void)madvise(t.slots.get(), bytes, MADV_HUGEPAGE);  // best effort
 }
 
 void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {
   const std::uint64_t m = Mix(key);
   Shard& sh = ShardOf(m);
-  Slot* s = FindIn(sh.cur, m, key, holder, false, 0);
-  if (!s) s = FindIn(sh.old, m, key, holder, true, sh.migrate_at);
+  Slot* s = FindIn(sh.cur, m, holder, false, 0);
+  if (!s) s = FindIn(sh.old, m, holder, true, sh.migrate_at);
   if (s) s->pos = pos;
 }
 
@@ -325,7 +339,7 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   const std::uint64_t m = Mix(key);
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
-  if (FindIn(sh.cur, m, key, holder, false, 0) || FindIn(sh.old, m, key, holder, true, sh.migrate_at))
+  if (FindIn(sh.cur, m, holder, false, 0) || FindIn(sh.old, m, holder, true, sh.migrate_at))
     return AddResult::kAlreadyPresent;
   HolderKeys& hk = Keys(holder);
   if (options_.per_holder_quota && hk.size >= options_.per_holder_quota) {
@@ -333,19 +347,19 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
     return AddResult::kOverQuota;
   }
   // At 3/4, have the next big table prepared off this thread.
-  const std::size_t next = (sh.cur.mask + 1) * 2;
-  if (preparer_ && sh.requested == 0 && next * sizeof(Slot) >= kHugePage && (sh.used + 1) * 4 > (sh.cur.mask + 1) * 3) {
+  const std::size_t next = sh.cur.capacity * 2;
+  if (preparer_ && sh.requested == 0 && next * sizeof(Slot) >= kHugePage && (sh.used + 1) * 4 > sh.cur.capacity * 3) {
     sh.requested = next;
     preparer_->Request(static_cast<std::size_t>(&sh - shards_.data()), next);
   }
   // Grow at 7/8: the new table is twice as large, so it absorbs the rest of
   // the old one and the inserts made while it drains.
-  if ((sh.used + 1) * 8 > (sh.cur.mask + 1) * 7) {
+  if ((sh.used + 1) * 8 > sh.cur.capacity * 7) {
     while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
     StartGrowth(sh);
     MigrateStep(sh);
   }
-  Slot s{key, Tag(holder), hk.Push(key)};
+  Slot s{m, Tag(holder), hk.Push(key)};
   InsertInto(sh.cur, m, s);
   ++sh.used;
   ++pairs_;
@@ -357,11 +371,11 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
   std::uint32_t pos;
-  if (Slot* s = FindIn(sh.cur, m, key, holder, false, 0)) {
+  if (Slot* s = FindIn(sh.cur, m, holder, false, 0)) {
     pos = s->pos;
     EraseAt(sh.cur, static_cast<std::size_t>(s - sh.cur.slots.get()));
     --sh.used;
-  } else if (Slot* o = FindIn(sh.old, m, key, holder, true, sh.migrate_at)) {
+  } else if (Slot* o = FindIn(sh.old, m, holder, true, sh.migrate_at)) {
     pos = o->pos;
     o->tag = kTombstone;  // the old table keeps its runs intact until it is dropped
   } else {
@@ -406,18 +420,18 @@ void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
     // 16-byte slots at 44-88 % load) often continues into the next cache
     // line: fetch that one too, or the scan waits for a second miss
     // (docs/PERFORMANCE.md: 256-hash lookups -15 %, ingest +15-18 %).
-    const std::size_t home = m & sh.cur.mask;
+    const std::size_t home = sh.cur.Home(m);
     __builtin_prefetch(&sh.cur.slots[home]);
-    __builtin_prefetch(&sh.cur.slots[(home + 4) & sh.cur.mask]);
-    if (sh.old.slots) __builtin_prefetch(&sh.old.slots[m & sh.old.mask]);  // a growing shard is probed twice
+    __builtin_prefetch(&sh.cur.slots[home + 4 < sh.cur.capacity ? home + 4 : 0]);
+    if (sh.old.slots) __builtin_prefetch(&sh.old.slots[sh.old.Home(m)]);  // a growing shard is probed twice
   }
 }
 
 std::size_t ChunkIndex::MemoryBytes() const {
   std::size_t bytes = shards_.capacity() * sizeof(Shard) + holders_.capacity() * sizeof(void*);
   for (const auto& sh : shards_) {
-    bytes += (sh.cur.mask + 1) * sizeof(Slot);
-    if (sh.old.slots) bytes += (sh.old.mask + 1) * sizeof(Slot);
+    bytes += sh.cur.capacity * sizeof(Slot);
+    if (sh.old.slots) bytes += sh.old.capacity * sizeof(Slot);
   }
   for (const auto& h : holders_)
     if (h) bytes += sizeof(HolderKeys) + h->chunks.capacity() * sizeof(void*) +

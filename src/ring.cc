@@ -81,16 +81,18 @@ void PublishAndWake(std::atomic<std::uint64_t>* position, std::uint64_t value,
   }
 }
 
-// Polls ready() `spin` times, then announces sleep in `waiting` and sleeps on
+// Polls poll() `spin` times, then announces sleep in `waiting` and sleeps on
 // it in slices (a peer that dies without waking costs at most one slice)
-// until ready(), broken() or the timeout. Returns ready().
-template <typename Ready, typename Broken>
+// until ready(), broken() or the timeout. ready() is the sleeper's half of
+// the Dekker pair (it must load the peer's position with seq_cst after the
+// announcement); poll() may be cheaper. Returns whether ready.
+template <typename Poll, typename Ready, typename Broken>
 bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds timeout,
-                   std::uint32_t spin, Ready ready, Broken broken) {
-  if (ready()) return true;
+                   std::uint32_t spin, Poll poll, Ready ready, Broken broken) {
+  if (poll()) return true;
   for (std::uint32_t i = 0; i < spin && !broken(); ++i) {
     detail::SpinPoll(i);
-    if (ready()) return true;
+    if (poll()) return true;
   }
   const auto deadline = Clock::now() + timeout;
   while (!broken()) {
@@ -241,10 +243,8 @@ void Producer::Publish() {
 bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin) {
   // worst case: padding + record + the next header slot
   const std::size_t need = Align8(kRecordHeaderBytes + bytes) * 2 + kRecordHeaderBytes;
-  return SpinThenSleep(
-      &ctl_->producer_waiting, timeout, spin,
-      [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); },
-      [&] { return corrupt(); });
+  auto room = [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); };
+  return SpinThenSleep(&ctl_->producer_waiting, timeout, spin, room, room, [&] { return corrupt(); });
 }
 
 // ---- Consumer -----------------------------------------------------------------
@@ -282,8 +282,12 @@ PollResult Consumer::Peek(Record* out) {
     const std::size_t offset = static_cast<std::size_t>(head_ & (capacity_ - 1));
     Header h = LoadHeader(data_ + offset);
     if (h.length == 0) {
-      // Nothing committed here. A published tail beyond this point must
-      // mean a record appeared meanwhile (the tail is stored after it).
+      // Nothing committed here. Now and then (the tail's line is the
+      // producer's to write: polling it on every empty peek would take it
+      // from the producer each time), check that the published tail agrees:
+      // a tail beyond this point must mean a record appeared meanwhile (the
+      // tail is stored after it).
+      if (++empty_peeks_ % kTailCheckPeriod != 0) return PollResult::kEmpty;
       if (!RefreshTail()) return PollResult::kCorrupt;
       if (tail_cache_ <= head_) return PollResult::kEmpty;
       h = LoadHeader(data_ + offset);
@@ -310,9 +314,13 @@ PollResult Consumer::Peek(Record* out) {
   }
 }
 
+bool Consumer::HasRecord() const {
+  return !corrupt() && LoadHeader(data_ + static_cast<std::size_t>(head_ & (capacity_ - 1))).length != 0;
+}
+
 bool Consumer::HasData() {
   if (corrupt()) return false;
-  if (LoadHeader(data_ + static_cast<std::size_t>(head_ & (capacity_ - 1))).length != 0) return true;
+  if (HasRecord()) return true;
   // seq_cst load of the tail inside: the sleeper's half of the Dekker pairs.
   return RefreshTail() && tail_cache_ > head_;
 }
@@ -330,7 +338,7 @@ void Consumer::PublishHead() {
 
 bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin) {
   return SpinThenSleep(
-      &ctl_->consumer_waiting, timeout, spin, [&] { return HasData(); },
+      &ctl_->consumer_waiting, timeout, spin, [&] { return HasRecord(); }, [&] { return HasData(); },
       [&] { return corrupt(); });
 }
 

@@ -36,11 +36,8 @@ TEST(ChunkIndex, KeysWithSeveralHoldersListThemAll) {
 }
 
 // A random mix of admits and evicts against a simple model, through many
-// incremental growths (tiny initial tables, two shards).
-TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
-  Options o;
-  o.shard_bits = 1;
-  o.initial_shard_slots = 16;
+// incremental growths.
+void CheckAgainstAModel(const Options& o) {
   ChunkIndex idx(o);
   std::unordered_map<std::uint64_t, std::set<HolderId>> model;
   std::size_t model_pairs = 0;
@@ -74,6 +71,46 @@ TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
     for (HolderId x : holders) ++per_holder[x];
   }
   for (HolderId h = 0; h < 5; ++h) EXPECT_EQ(idx.KeysOf(h), per_holder[h]);
+}
+
+TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
+  Options o;
+  o.shard_bits = 1;
+  o.initial_shard_slots = 16;  // tiny tables, two shards: many growths
+  CheckAgainstAModel(o);
+}
+
+TEST(ChunkIndex, MatchesAModelWithTablesThatAreNotPowersOfTwo) {
+  Options o;
+  o.shard_bits = 1;
+  o.reserve_keys = 3000;  // 2,001 slots a shard, then 4,002, 8,004, ...: runs wrap at odd ends
+  CheckAgainstAModel(o);
+}
+
+// A reserve is room made at start: filling it never grows a shard (no
+// migration, no new table on the insert path); past it, growth goes on.
+TEST(ChunkIndex, ReserveHoldsItsKeysWithoutGrowingThenGrowsPastIt) {
+  Options o;
+  o.shard_bits = 1;
+  o.reserve_keys = 300000;  // 204,001 slots a shard (3.1 MiB: huge pages, populated at start)
+  ChunkIndex idx(o);
+  const std::size_t tables = idx.MemoryBytes();
+  EXPECT_GE(tables, 2 * 204001 * sizeof(ChunkIndex::Slot));
+  EXPECT_LT(tables, 2 * 262144 * sizeof(ChunkIndex::Slot));  // not rounded up to a power of two
+  for (std::uint64_t k = 1; k <= 300000; ++k) {
+    ASSERT_EQ(idx.Add(ChunkIndex::Mix(k), static_cast<HolderId>(k % 3)), AddResult::kAdded) << k;
+    ASSERT_EQ(idx.GrowingShards(), 0u) << k;
+  }
+  bool grew = false;
+  for (std::uint64_t k = 300001; k <= 450000; ++k) {
+    ASSERT_EQ(idx.Add(ChunkIndex::Mix(k), static_cast<HolderId>(k % 3)), AddResult::kAdded) << k;
+    grew |= idx.GrowingShards() > 0;
+  }
+  EXPECT_TRUE(grew);
+  for (std::uint64_t k = 1; k <= 450000; k += 2) ASSERT_TRUE(idx.Remove(ChunkIndex::Mix(k), static_cast<HolderId>(k % 3)));
+  for (std::uint64_t k = 1; k <= 450000; ++k)
+    ASSERT_EQ(idx.Contains(ChunkIndex::Mix(k), static_cast<HolderId>(k % 3)), k % 2 == 0) << k;
+  EXPECT_EQ(idx.pairs(), 225000u);
 }
 
 TEST(ChunkIndex, DroppingAHolderInSlicesLeavesOthersServed) {

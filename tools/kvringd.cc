@@ -77,6 +77,10 @@ int main(int argc, char** argv) {
   app.add_flag("--index-prepare-tables", o.index.prepare_tables,
                "Have a helper thread prepare the index's big tables with huge pages (lookups -20 %, ingest +20 %, "
                "but a growing index may pause inserts for 15-25 ms; docs/PERFORMANCE.md)");
+  app.add_option("--index-reserve-keys", o.index.reserve_keys,
+                 "Make room for this many keys at start (sized tables on huge pages, populated before the first "
+                 "insert: no growth, no insert pause, ~30 bytes a key at 10 M keys; the index still grows past it)")
+      ->capture_default_str();
   app.add_option("--key-quota", o.index.per_holder_quota, "Keys per (worker, location) at most (0: unlimited)")
       ->capture_default_str();
   app.add_option("--spin", spin_passes, "Idle passes spun before sleeping (latency vs. idle CPU)")->capture_default_str();

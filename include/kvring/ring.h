@@ -158,6 +158,9 @@ class Consumer {
   // the producer's published position with seq_cst: the sleeper's half of the
   // Dekker pairs (WaitForData, and the controller's doorbell).
   bool HasData();
+  // Whether a record is waiting, by its header alone (one cache line: what a
+  // spinning consumer polls).
+  bool HasRecord() const;
 
   bool corrupt() const { return !corruption_.empty(); }
   const std::string& corruption() const { return corruption_; }
@@ -174,6 +177,9 @@ class Consumer {
   std::uint64_t head_ = 0;        // private read position
   std::uint64_t tail_cache_ = 0;  // last published tail seen (may lag head_)
   std::size_t peeked_bytes_ = 0;  // aligned size of the peeked record, 0 if none
+  // Empty peeks check the published tail once per kTailCheckPeriod.
+  static constexpr std::uint32_t kTailCheckPeriod = 64;
+  std::uint32_t empty_peeks_ = 0;
   std::uint64_t records_ = 0;     // records released (statistics)
   std::string corruption_;
 };
