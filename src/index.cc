@@ -52,8 +52,16 @@ constexpr std::size_t kHugePage = std::size_t{2} << 20;
 }  // namespace
 
 void ChunkIndex::TableMemory::operator()(Slot* p) const {
-  if (mapped) munmap(p, bytes);
-  else std::free(p);
+  switch (kind) {
+    case kHeap: std::free(p); break;
+    case kMapped: munmap(p, bytes); break;
+    case kArenaPiece: {  // outgrown: the pages wholly its own go back (its neighbours' edges stay)
+      const auto begin = (reinterpret_cast<std::uintptr_t>(p) + 4095) & ~std::uintptr_t{4095};
+      const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~std::uintptr_t{4095};
+      if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+      break;
+    }
+  }
 }
 
 // The helper thread behind Options::prepare_tables. It also does the owner's
@@ -128,7 +136,7 @@ class ChunkIndex::TablePreparer {
   }
   static Table Prepare(std::size_t capacity) {
     Table t = NewTable(capacity);
-    PopulateHugePages(t);
+    PopulateHugePages(t.slots.get(), t.capacity * sizeof(Slot));
     return t;
   }
 
@@ -145,26 +153,30 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
   Table t;
   t.capacity = capacity;
   if (bytes >= kHugePage) {
-    // Map one huge page more and trim to a 2 MiB boundary: a table that
-    // starts mid-page could never be backed by huge pages at all.
-    void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) throw std::bad_alloc();
-    auto start = reinterpret_cast<std::uintptr_t>(raw);
-    auto aligned = (start + kHugePage - 1) & ~(std::uintptr_t{kHugePage} - 1);
-    if (aligned > start) munmap(raw, aligned - start);
-    if (std::size_t tail = start + kHugePage - aligned; tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
-    void* p = reinterpret_cast<void*>(aligned);
+    void* p = MapAligned(bytes);
     // Not advised for huge pages yet: a huge-page fault can stall for
     // milliseconds (zeroing 2 MiB, and compaction when memory is
     // fragmented), and a growing table takes its faults on the insert path.
     // AdviseHugePages() runs once the table is fully populated.
-    t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, true});
+    t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, TableMemory::kMapped});
     return t;
   }
   auto* p = static_cast<Slot*>(std::calloc(capacity, sizeof(Slot)));
   if (!p) throw std::bad_alloc();
-  t.slots = std::unique_ptr<Slot[], TableMemory>(p, TableMemory{bytes, false});
+  t.slots = std::unique_ptr<Slot[], TableMemory>(p, TableMemory{bytes, TableMemory::kHeap});
   return t;
+}
+
+// Maps `bytes` starting on a 2 MiB boundary (one huge page more is mapped
+// and trimmed): memory that starts mid-page could never be a huge page.
+void* ChunkIndex::MapAligned(std::size_t bytes) {
+  void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  auto start = reinterpret_cast<std::uintptr_t>(raw);
+  auto aligned = (start + kHugePage - 1) & ~(std::uintptr_t{kHugePage} - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  if (std::size_t tail = start + kHugePage - aligned; tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
+  return reinterpret_cast<void*>(aligned);
 }
 
 std::uint64_t ChunkIndex::Mix(std::uint64_t key) {
@@ -185,14 +197,22 @@ ChunkIndex::ChunkIndex(Options options) : options_(options) {
   while (slots < options_.initial_shard_slots) slots <<= 1;
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
-  if (options_.reserve_keys > 0) {
-    // 3/4 load when the reserve is full, 2 % over for shards above their share.
+  if (options_.reserve_keys == 0) {
+    for (auto& sh : shards_) sh.cur = NewTable(slots);
+  } else {
+    // 3/4 load when the reserve is full, 2 % over for shards above their
+    // share; a multiple of 4 slots keeps every piece cache-line aligned.
     const std::size_t per_shard = (options_.reserve_keys + shards_.size() - 1) / shards_.size();
-    slots = std::max(slots, per_shard * 4 / 3 * 102 / 100 + 1);
-  }
-  for (auto& sh : shards_) {
-    sh.cur = NewTable(slots);
-    if (options_.reserve_keys > 0) PopulateHugePages(sh.cur);
+    slots = std::max(slots, (per_shard * 4 / 3 * 102 / 100 + 4) & ~std::size_t{3});
+    const std::size_t piece = slots * sizeof(Slot), bytes = piece * shards_.size();
+    auto* arena = static_cast<Slot*>(MapAligned(bytes));
+    reserve_arena_ = std::unique_ptr<Slot[], TableMemory>(arena, TableMemory{bytes, TableMemory::kMapped});
+    PopulateHugePages(arena, bytes);
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      shards_[i].cur.capacity = slots;
+      shards_[i].cur.slots =
+          std::unique_ptr<Slot[], TableMemory>(arena + i * slots, TableMemory{piece, TableMemory::kArenaPiece});
+    }
   }
   if (options_.prepare_tables) preparer_ = std::make_unique<TablePreparer>();
 }
@@ -291,7 +311,7 @@ void ChunkIndex::MigrateStep(Shard& sh) {
       preparer_->Retire(std::move(sh.old));
       if (!sh.prepared) {  // mapped here when the helper was late: advise it there
         Table view;
-        view.slots = std::unique_ptr<Slot[], TableMemory>(sh.cur.slots.get(), TableMemory{0, false});
+        view.slots = std::unique_ptr<Slot[], TableMemory>(sh.cur.slots.get(), TableMemory{0, TableMemory::kHeap});
         view.capacity = sh.cur.capacity;
         preparer_->Advise(std::move(view));
       }
@@ -302,13 +322,12 @@ void ChunkIndex::MigrateStep(Shard& sh) {
   }
 }
 
-void ChunkIndex::PopulateHugePages(const Table& t) {
+void ChunkIndex::PopulateHugePages(void* p, std::size_t bytes) {
   constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE (Linux 5.14)
-  const std::size_t bytes = t.capacity * sizeof(Slot);
-  if (!t.slots || bytes < kHugePage) return;
-  AdviseHugePages(t);  // before populating: the table gets huge pages at once
-  // One huge page at a time. The table is all zeros either way, so nothing is written.
-  auto* base = reinterpret_cast<unsigned char*>(t.slots.get());
+  if (!p || bytes < kHugePage) return;
+  (void)madvise(p, bytes, MADV_HUGEPAGE);  // before populating: huge pages at once (best effort)
+  // One huge page at a time. The memory is all zeros either way, so nothing is written.
+  auto* base = static_cast<unsigned char*>(p);
   for (std::size_t off = 0; off < bytes; off += kHugePage) {
     const std::size_t len = std::min(kHugePage, bytes - off);
     if (madvise(base + off, len, kMadvPopulateWrite) == 0) continue;

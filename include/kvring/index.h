@@ -135,8 +135,13 @@ class ChunkIndex {
   // probe then misses the TLB far less (4 KiB pages over a 10 M-key index
   // cost a page walk per lookup).
   struct TableMemory {  // no member initialisers: unique_ptr needs it default-constructible here
+    enum Kind : std::uint8_t {
+      kHeap,        // calloc-ed (small tables)
+      kMapped,      // its own 2 MiB-aligned mapping
+      kArenaPiece,  // part of the reserve's mapping: its pages are handed back, the mapping stays
+    };
     std::size_t bytes;
-    bool mapped;
+    Kind kind;
     void operator()(Slot* p) const;
   };
   // Any capacity, not only powers of two (a table sized for a reserve is
@@ -158,7 +163,8 @@ class ChunkIndex {
   static void AdviseHugePages(const Table& t);
   // Advises huge pages for a big table and faults every page in (the
   // preparer's thread, or start-up for a reserve): afterwards no insert faults.
-  static void PopulateHugePages(const Table& t);
+  static void PopulateHugePages(void* p, std::size_t bytes);
+  static void* MapAligned(std::size_t bytes);
   struct Shard {
     Table cur;
     Table old;               // non-empty while migrating
@@ -180,6 +186,10 @@ class ChunkIndex {
   HolderKeys& Keys(HolderId holder);
 
   Options options_;
+  // The reserve's tables, one mapping for all shards (so that all of it can
+  // be huge pages: per-shard tables of a few MiB would each end in a partial
+  // huge page). Declared before shards_, so it outlives their pieces.
+  std::unique_ptr<Slot[], TableMemory> reserve_arena_;
   std::vector<Shard> shards_;
   std::vector<std::unique_ptr<HolderKeys>> holders_;
   std::size_t pairs_ = 0;
