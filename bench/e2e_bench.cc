@@ -102,10 +102,8 @@ std::unique_ptr<client::Worker> Connect(const std::string& controller, const std
 }
 
 std::uint64_t ControllerKvOps(const std::string& name) {
-  auto r = client::ControlRequest(name, R"({"op":"stats"})", std::chrono::milliseconds(5000));
-  if (!r.ok()) return 0;
-  auto pos = r->find("\"kv_ops_total\":");
-  return pos == std::string::npos ? 0 : std::strtoull(r->c_str() + pos + 15, nullptr, 10);
+  auto n = client::StatsCounter(name, "kv_ops_total", std::chrono::milliseconds(5000));
+  return n.ok() ? *n : 0;
 }
 
 // ---- the floor ---------------------------------------------------------------------

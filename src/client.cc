@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "kvring/protocol/codec.h"
+#include "kvring/protocol/json.h"
 #include "kvring/transport.h"
 
 namespace kvring::client {
@@ -759,6 +760,17 @@ Result<std::string> ControlRequest(const std::string& name, const std::string& r
                                    std::chrono::milliseconds timeout) {
   return RoundTrip(name, std::span(reinterpret_cast<const std::uint8_t*>(request_json.data()), request_json.size()),
                    ring::kRecordControl, timeout);
+}
+
+Result<std::uint64_t> StatsCounter(const std::string& name, const std::string& counter,
+                                   std::chrono::milliseconds timeout) {
+  auto reply = ControlRequest(name, R"({"op":"stats"})", timeout);
+  if (!reply.ok()) return reply.status();
+  auto j = protocol::ParseJson(*reply);
+  if (!j.ok()) return j.status();
+  if (!j->is_object() || !j->contains(counter) || !(*j)[counter].is_number_unsigned())
+    return Status(ErrorKind::kValidation, "stats reply has no counter '" + counter + "'");
+  return (*j)[counter].get<std::uint64_t>();
 }
 
 }  // namespace kvring::client

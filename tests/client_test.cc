@@ -60,14 +60,8 @@ bool PumpUntil(controller::Controller& c, const std::function<bool()>& done, std
   return done();
 }
 
+using testing::RunUntilExit;
 using testing::Spawn;
-
-// Runs the controller until the process exits; its exit code.
-int RunUntilExit(controller::Controller& ctl, pid_t pid) {
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) ctl.PollOnce(1ms);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 TEST(Client, BatchedEventsReachTheControllerInOrderAndPeersFindThem) {
   auto ctl = controller::Controller::Start(Small(Name("basic")));

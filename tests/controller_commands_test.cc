@@ -47,14 +47,8 @@ Options Small(const std::string& name, double command_timeout_s) {
   return o;
 }
 
+using testing::RunUntilExit;
 using testing::Spawn;
-
-// Runs the controller until the process exits; its exit code.
-int RunUntilExit(Controller& ctl, pid_t pid) {
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) ctl.PollOnce(1ms);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // Pumps the controller until `n` workers are registered.
 bool AwaitWorkers(Controller& ctl, std::size_t n) {

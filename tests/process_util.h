@@ -94,6 +94,15 @@ inline pid_t Spawn(const std::function<int()>& body) {
   return pid;
 }
 
+// Runs an in-process controller (anything with PollOnce(milliseconds)) until
+// the child `pid` exits; the child's exit code, or -1 if it did not exit.
+template <typename Controller>
+int RunUntilExit(Controller& ctl, pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) ctl.PollOnce(std::chrono::milliseconds(1));
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 #ifdef KVRINGD_PATH
 // A kvringd in the background, its stderr in a log file; killed (SIGKILL) if
 // the test does not stop it.

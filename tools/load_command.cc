@@ -196,10 +196,8 @@ int RunWorker(const LoadConfig& c, int inst, int rank, Shared& out, const std::a
 }
 
 std::uint64_t ControllerKvOps(const std::string& name) {
-  auto r = client::ControlRequest(name, R"({"op":"stats"})", std::chrono::milliseconds(1000));
-  if (!r.ok()) return 0;
-  auto j = nlohmann::json::parse(*r, nullptr, false);
-  return j.is_object() && j.contains("kv_ops_total") ? j["kv_ops_total"].get<std::uint64_t>() : 0;
+  auto n = client::StatsCounter(name, "kv_ops_total", std::chrono::milliseconds(1000));
+  return n.ok() ? *n : 0;
 }
 
 }  // namespace

@@ -191,5 +191,9 @@ Result<protocol::Message> OrchestratorRequest(const std::string& name, const pro
 // `name` and returns its JSON reply: what `kvring stats` uses.
 Result<std::string> ControlRequest(const std::string& name, const std::string& request_json,
                                    std::chrono::milliseconds timeout);
+// One counter of the controller's stats reply (e.g. "kv_ops_total"), for
+// tools and benchmarks that watch the controller work.
+Result<std::uint64_t> StatsCounter(const std::string& name, const std::string& counter,
+                                   std::chrono::milliseconds timeout);
 
 }  // namespace kvring::client
