@@ -103,6 +103,17 @@ TEST(Kvringd, SecondDaemonOfTheSameNameRefusesToStart) {
   EXPECT_EQ(first.Stop(SIGINT), 0);
 }
 
+TEST(Kvringd, IndexReserveTheMachineCannotHoldIsRefusedAtStart) {
+  const std::string name = Name("reserve");
+  auto r = RunProcess({KVRINGD_PATH, "--name", name, "--index-reserve-keys", "100000000000"});  // ~2 TB of tables
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("not enough memory for an index reserve of 100000000000 keys"), std::string::npos) << r.err;
+  // Nothing of it is left behind: the name is free for a daemon that fits.
+  Daemon ok = Daemon::Start(name, {"--index-reserve-keys", "100000"});
+  EXPECT_TRUE(Stats(name).is_object());
+  EXPECT_EQ(ok.Stop(SIGINT), 0);
+}
+
 TEST(Kvringd, BadFlagsAreAUsageError) {
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--p2p-policy", "random"}).exit_code, 2);
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--full-sync-threshold", "2"}).exit_code, 2);
