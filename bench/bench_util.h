@@ -60,13 +60,17 @@ void RunController(Controller& ctl, std::uint32_t spin_passes) {
   ctl.Run(stop, spin_passes);
 }
 
+// The q-quantile of `sorted` (ascending, not empty).
+inline double Quantile(const std::vector<std::int64_t>& sorted, double q) {
+  return static_cast<double>(sorted[std::min(sorted.size() - 1, static_cast<std::size_t>(q * sorted.size()))]);
+}
+
 inline void ReportPercentiles(benchmark::State& state, std::vector<std::int64_t>& ns) {
   if (ns.empty()) return;
   std::sort(ns.begin(), ns.end());
-  auto at = [&](double q) { return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<std::size_t>(q * ns.size()))]); };
-  state.counters["p50_ns"] = at(0.50);
-  state.counters["p99_ns"] = at(0.99);
-  state.counters["p999_ns"] = at(0.999);
+  state.counters["p50_ns"] = Quantile(ns, 0.50);
+  state.counters["p99_ns"] = Quantile(ns, 0.99);
+  state.counters["p999_ns"] = Quantile(ns, 0.999);
 }
 
 // Times `ask()` (one round trip) per iteration on CPU 0 while a forked child

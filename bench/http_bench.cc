@@ -103,9 +103,9 @@ Setup& Shared() {
 void Report(benchmark::State& state, std::vector<std::int64_t>& ns) {
   if (ns.empty()) return;
   std::sort(ns.begin(), ns.end());
-  auto at = [&](double q) { return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<std::size_t>(q * ns.size()))]); };
-  state.counters["p50_us"] = benchmark::Counter(at(0.50) / 1e3, benchmark::Counter::kAvgThreads);
-  state.counters["p99_us"] = benchmark::Counter(at(0.99) / 1e3, benchmark::Counter::kAvgThreads);
+  // Each thread reports its own; the counters average them over the threads.
+  state.counters["p50_us"] = benchmark::Counter(Quantile(ns, 0.50) / 1e3, benchmark::Counter::kAvgThreads);
+  state.counters["p99_us"] = benchmark::Counter(Quantile(ns, 0.99) / 1e3, benchmark::Counter::kAvgThreads);
   state.SetItemsProcessed(static_cast<std::int64_t>(ns.size()));
 }
 
