@@ -161,11 +161,14 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
     t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, TableMemory::kMapped});
     return t;
   }
-  auto* p = static_cast<Slot*>(std::calloc(capacity, sizeof(Slot)));
+  // Cache-line aligned (ForEachHolder reads a probe's two lines whole).
+  auto* p = static_cast<Slot*>(std::aligned_alloc(kLineBytes, bytes));
   if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
   t.slots = std::unique_ptr<Slot[], TableMemory>(p, TableMemory{bytes, TableMemory::kHeap});
   return t;
 }
+static_assert(ChunkIndex::kLineBytes % sizeof(ChunkIndex::Slot) == 0);
 
 // Maps `bytes` starting on a 2 MiB boundary (one huge page more is mapped
 // and trimmed): memory that starts mid-page could never be a huge page.
@@ -242,7 +245,7 @@ ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, HolderId hol
     Slot& s = t.slots[i];
     if (s.tag == kEmptyTag) return nullptr;
     if (s.mixed != mixed) {
-      if (t.Distance(i, t.Home(s.mixed)) < dist) return nullptr;  // Robin Hood stop
+      if (t.PastKey(i, s.mixed, dist, mixed)) return nullptr;
       continue;
     }
     if (old && i < cursor) continue;
@@ -251,7 +254,8 @@ ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, HolderId hol
 }
 
 // Robin Hood insertion: the new pair takes the place of the first slot that
-// is nearer its home than the new pair is to its own, and that slot moves on.
+// is nearer its home than the new pair is to its own, or as near and with a
+// greater key (runs stay sorted by home, then key), and that slot moves on.
 void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
   Slot cur = s;
   std::size_t i = t.Home(mixed);
@@ -262,7 +266,7 @@ void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
       return;
     }
     std::size_t here_dist = t.Distance(i, t.Home(here.mixed));
-    if (here_dist < dist) {
+    if (here_dist < dist || (here_dist == dist && here.mixed > cur.mixed)) {
       std::swap(cur, here);
       dist = here_dist;
     }
@@ -439,9 +443,9 @@ void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
     // 16-byte slots at 44-88 % load) often continues into the next cache
     // line: fetch that one too, or the scan waits for a second miss
     // (docs/PERFORMANCE.md: 256-hash lookups -15 %, ingest +15-18 %).
-    const std::size_t home = sh.cur.Home(m);
-    __builtin_prefetch(&sh.cur.slots[home]);
-    __builtin_prefetch(&sh.cur.slots[home + 4 < sh.cur.capacity ? home + 4 : 0]);
+    const std::size_t first = sh.cur.Home(m) & ~(kSlotsPerLine - 1), next = first + kSlotsPerLine;
+    __builtin_prefetch(&sh.cur.slots[first]);
+    __builtin_prefetch(&sh.cur.slots[next < sh.cur.capacity ? next : 0]);
     if (sh.old.slots) __builtin_prefetch(&sh.old.slots[sh.old.Home(m)]);  // a growing shard is probed twice
   }
 }

@@ -61,6 +61,11 @@ void CheckAgainstAModel(const Options& o) {
     }
     saw_growth |= idx.GrowingShards() > 0;
     ASSERT_EQ(idx.pairs(), model_pairs);
+    // All holders of the key just touched, growing or not: its pairs may
+    // end within the two lines a lookup reads first, or run past them.
+    std::set<HolderId> got;
+    idx.ForEachHolder(key, [&](HolderId x) { ASSERT_TRUE(got.insert(x).second) << "reported twice: " << x; });
+    ASSERT_EQ(got, model[key]) << op;
   }
   EXPECT_TRUE(saw_growth);
   std::vector<std::size_t> per_holder(5, 0);

@@ -549,6 +549,7 @@ template <typename W> void EncodeValue(W& w, OpType v) {
 template <typename W> void EncodeValue(W& w, const Value& v);
 template <typename W, typename T> void EncodeValue(W& w, const std::optional<T>& v);
 template <typename W, typename T> void EncodeValue(W& w, const std::vector<T>& v);
+template <typename W> void EncodeValue(W& w, const std::vector<Int>& v) { w.IntArray(v); }
 template <typename W, typename K, typename V>
 void EncodeValue(W& w, const std::vector<std::pair<K, V>>& v);
 template <typename W, typename S> requires HasFields<S> void EncodeValue(W& w, const S& s);

@@ -17,10 +17,21 @@
 
 namespace kvring::protocol::detail {
 
+// Reserve(n) hands out room for up to n bytes (nullptr: they do not fit);
+// Commit(n, used) then keeps the first `used` of them. Bulk writers fill the
+// room through a local pointer: bytes stored one by one through the sink
+// would make the compiler reload its members after every byte (a uint8_t
+// store may alias anything).
 struct StringSink {
   std::string* out;
   void Put(const void* p, std::size_t n) { out->append(static_cast<const char*>(p), n); }
   void Put1(std::uint8_t b) { out->push_back(static_cast<char>(b)); }
+  std::uint8_t* Reserve(std::size_t n) {
+    const std::size_t at = out->size();
+    out->resize(at + n);
+    return reinterpret_cast<std::uint8_t*>(out->data() + at);
+  }
+  void Commit(std::size_t reserved, std::size_t used) { out->resize(out->size() - reserved + used); }
 };
 
 struct SpanSink {
@@ -36,6 +47,8 @@ struct SpanSink {
     ++pos;
   }
   bool fits() const { return pos <= cap; }
+  std::uint8_t* Reserve(std::size_t n) { return pos <= cap && n <= cap - pos ? data + pos : nullptr; }
+  void Commit(std::size_t, std::size_t used) { pos += used; }
 };
 
 template <typename Sink>
@@ -47,34 +60,21 @@ class Writer {
   void Bool(bool b) { s_->Put1(b ? msgpack_format::kTrue : msgpack_format::kFalse); }
 
   void Integer(Int v) {
-    using namespace msgpack_format;
-    // Chunk hashes, the bulk of what kvring encodes, are random 64-bit
-    // values of either sign: nearly all take 9 bytes. Deciding that first,
-    // with the tag picked without a branch on the sign (which a random hash
-    // would mispredict half the time): random hashes encode 20 % faster, a KV
-    // batch 27 % (bench/codec_bench.cc, BM_EncodeP2PLookup_RandomHashes).
-    const std::uint64_t u = v.bits();
-    const bool negative = v.negative();
-    const bool nine_bytes = (negative & (static_cast<std::int64_t>(u) < INT32_MIN)) |
-                            (!negative & (u > 0xffffffffULL));
-    if (nine_bytes) [[likely]] {
-      Tagged(static_cast<std::uint8_t>(kUint64 + (negative ? kInt64 - kUint64 : 0)), u);
-      return;
-    }
-    if (!negative) {
-      std::uint64_t u = v.bits();
-      if (u <= kPosFixintMax) s_->Put1(static_cast<std::uint8_t>(u));
-      else if (u <= 0xff) Tagged(kUint8, static_cast<std::uint8_t>(u));
-      else if (u <= 0xffff) Tagged(kUint16, static_cast<std::uint16_t>(u));
-      else if (u <= 0xffffffffULL) Tagged(kUint32, static_cast<std::uint32_t>(u));
-      else Tagged(kUint64, u);
+    std::uint8_t buf[kMaxIntBytes];
+    s_->Put(buf, PutInt(buf, v));
+  }
+
+  // An array of ints (chunk hashes: the bulk of what kvring encodes), its
+  // room checked once for the worst case.
+  void IntArray(std::span<const Int> v) {
+    ArrayHeader(v.size());
+    const std::size_t room = v.size() * kMaxIntBytes;
+    if (std::uint8_t* const p = s_->Reserve(room)) {
+      std::uint8_t* q = p;
+      for (Int x : v) q += PutInt(q, x);
+      s_->Commit(room, static_cast<std::size_t>(q - p));
     } else {
-      std::int64_t i = v.AsI64();
-      if (i >= -32) s_->Put1(static_cast<std::uint8_t>(i));
-      else if (i >= INT8_MIN) Tagged(kInt8, static_cast<std::uint8_t>(static_cast<std::int8_t>(i)));
-      else if (i >= INT16_MIN) Tagged(kInt16, static_cast<std::uint16_t>(static_cast<std::int16_t>(i)));
-      else if (i >= INT32_MIN) Tagged(kInt32, static_cast<std::uint32_t>(static_cast<std::int32_t>(i)));
-      else Tagged(kInt64, static_cast<std::uint64_t>(i));
+      for (Int x : v) Integer(x);  // does not fit: count on, as SpanSink does
     }
   }
 
@@ -136,6 +136,43 @@ class Writer {
   }
 
  private:
+  static constexpr std::size_t kMaxIntBytes = 9;
+  // Writes `v` at p in msgspec's shortest form; returns its length.
+  static std::size_t PutInt(std::uint8_t* p, Int v) {
+    using namespace msgpack_format;
+    // Chunk hashes, the bulk of what kvring encodes, are random 64-bit
+    // values of either sign: nearly all take 9 bytes. Deciding that first,
+    // with the tag picked without a branch on the sign (which a random hash
+    // would mispredict half the time): random hashes encode 20 % faster, a KV
+    // batch 27 % (bench/codec_bench.cc, BM_EncodeP2PLookup_RandomHashes).
+    const std::uint64_t u = v.bits();
+    const bool negative = v.negative();
+    const bool nine_bytes = (negative & (static_cast<std::int64_t>(u) < INT32_MIN)) |
+                            (!negative & (u > 0xffffffffULL));
+    if (nine_bytes) [[likely]] {
+      p[0] = static_cast<std::uint8_t>(kUint64 + (negative ? kInt64 - kUint64 : 0));
+      const std::uint64_t be = __builtin_bswap64(u);
+      std::memcpy(p + 1, &be, 8);
+      return 9;
+    }
+    auto tagged = [p](std::uint8_t tag, auto x) {
+      p[0] = tag;
+      for (std::size_t i = 0; i < sizeof x; ++i) p[1 + i] = static_cast<std::uint8_t>(x >> (8 * (sizeof x - 1 - i)));
+      return 1 + sizeof x;
+    };
+    if (!negative) {
+      if (u <= kPosFixintMax) { p[0] = static_cast<std::uint8_t>(u); return 1; }
+      if (u <= 0xff) return tagged(kUint8, static_cast<std::uint8_t>(u));
+      if (u <= 0xffff) return tagged(kUint16, static_cast<std::uint16_t>(u));
+      return tagged(kUint32, static_cast<std::uint32_t>(u));
+    }
+    const std::int64_t i = v.AsI64();
+    if (i >= -32) { p[0] = static_cast<std::uint8_t>(i); return 1; }
+    if (i >= INT8_MIN) return tagged(kInt8, static_cast<std::uint8_t>(static_cast<std::int8_t>(i)));
+    if (i >= INT16_MIN) return tagged(kInt16, static_cast<std::uint16_t>(static_cast<std::int16_t>(i)));
+    return tagged(kInt32, static_cast<std::uint32_t>(static_cast<std::int32_t>(i)));
+  }
+
   template <typename U>
   void Tagged(std::uint8_t tag, U v) {
     std::uint8_t buf[1 + sizeof(U)];
