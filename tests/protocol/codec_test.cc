@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include <gtest/gtest.h>
+
+#include <limits>
 #include <msgpack.hpp>
 
 #include "../alloc_counter.h"
@@ -392,6 +394,33 @@ TEST(HotPath, EncodeIntoSpanReportsDoesNotFitWithTheNeededSize) {
   EXPECT_EQ(allocations, 0);
   ASSERT_TRUE(rr.fits);
   EXPECT_EQ(std::string(out.begin(), out.begin() + rr.bytes), Encode(ret));
+}
+
+// Hash arrays are written in bulk (room for 9 bytes an int checked once);
+// where that room is not there but the shortest forms fit, they are still
+// written, one by one, byte for byte the same.
+TEST(HotPath, IntArraysOfEveryWidthEncodeTheSameWhateverTheRoom) {
+  BatchedP2PLookupView v;
+  for (long long x : std::initializer_list<long long>{0LL, 1LL, 127LL, 128LL, 255LL, 256LL, 65535LL, 65536LL, 4294967295LL, 4294967296LL,
+                         -1LL, -32LL, -33LL, -128LL, -129LL, -32768LL, -32769LL, -2147483648LL, -2147483649LL,
+                         std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max()})
+    v.hashes.push_back(Int(x));
+  v.hashes.push_back(Int::FromU64(~0ULL));
+  v.instance_id = "inst";
+  v.worker_id = Int(3);
+  std::vector<std::uint8_t> roomy(1024);
+  EncodeResult r = EncodeTo(v, std::span(roomy));
+  ASSERT_TRUE(r.fits);
+  std::vector<std::uint8_t> exact(r.bytes);  // less than 9 bytes an int: the bulk path cannot take it
+  EncodeResult e = EncodeTo(v, std::span(exact));
+  ASSERT_TRUE(e.fits);
+  ASSERT_EQ(e.bytes, r.bytes);
+  EXPECT_TRUE(std::equal(exact.begin(), exact.end(), roomy.begin()));
+  BatchedP2PLookupView back;
+  ASSERT_TRUE(Decode(std::span<const std::uint8_t>(exact), &back).ok());
+  EXPECT_EQ(back.hashes, v.hashes);
+  EXPECT_EQ(back.worker_id, v.worker_id);
+  EXPECT_FALSE(EncodeTo(v, std::span(exact.data(), exact.size() - 1)).fits);
 }
 
 TEST(HotPath, PeekTagFindsTheTagAnywhere) {
