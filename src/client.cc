@@ -122,6 +122,7 @@ struct Worker::Impl {
   std::vector<std::unique_ptr<Location>> locations;
   BatchedKVOperationView batch;   // reused: encoded straight into the ring
   BatchedP2PLookupView lookup;    // likewise
+  BatchedP2PLookupRetMsg lookup_ret;  // its reply, decoded in place
   Clock::duration heartbeat_every = std::chrono::seconds(10);
   Clock::time_point next_heartbeat{};
   WorkerCounters counters;
@@ -167,6 +168,21 @@ struct Worker::Impl {
 
   // The next reply (skipping those that came too late for their request).
   Result<Message> AwaitReply(Clock::time_point deadline) {
+    Message m;
+    Status s = AwaitReplyWith(deadline, [&](std::span<const std::uint8_t> payload) {
+      auto d = Decode(payload);
+      if (!d.ok()) return Status(ErrorKind::kDecode, "undecodable reply: " + d.status().message());
+      m = std::move(d).value();
+      return Status();
+    });
+    if (!s.ok()) return s;
+    return m;
+  }
+
+  // Waits for the reply to the request just sent and hands its bytes, still
+  // in the ring, to `take` (which decodes them; its status is returned).
+  template <typename Take>
+  Status AwaitReplyWith(Clock::time_point deadline, Take&& take) {
     if (!conn) return Unavailable("not attached");
     ring::Consumer& c = conn->replies();
     for (;;) {
@@ -191,11 +207,10 @@ struct Worker::Impl {
         c.PublishHead();
         continue;
       }
-      auto m = Decode(r.payload);
+      Status taken = take(r.payload);
       c.Release();
       c.PublishHead();
-      if (!m.ok()) return Status(ErrorKind::kDecode, "undecodable reply: " + m.status().message());
-      return std::move(m).value();
+      return taken;
     }
   }
 
@@ -472,14 +487,19 @@ Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono
   std::size_t guess = 48 + m.o.instance_id.size() + 9 * hashes.size();
   if (Status s = m.Write(guess, [&](std::span<std::uint8_t> out) { return EncodeTo(m.lookup, out); }); !s.ok())
     return s;
-  auto r = m.AwaitReply(deadline);
-  if (!r.ok()) return r.status();
+  // The reply decodes into a kept message (no allocation once warmed up);
+  // anything else, an ErrorMsg above all, through the general decoder.
+  Status s = m.AwaitReplyWith(deadline, [&](std::span<const std::uint8_t> payload) {
+    if (protocol::Decode(payload, &m.lookup_ret).ok()) return Status();
+    auto d = Decode(payload);
+    if (!d.ok()) return Status(ErrorKind::kDecode, "undecodable reply: " + d.status().message());
+    return Impl::Expect<BatchedP2PLookupRetMsg>(std::move(d).value()).status();
+  });
+  if (!s.ok()) return s;
   ++m.counters.lookups;
-  auto ret = Impl::Expect<BatchedP2PLookupRetMsg>(std::move(r).value());
-  if (!ret.ok()) return ret.status();
   P2PHit hit;
-  if (!ret->layout_info.empty()) {
-    const P2PLayout& l = ret->layout_info[0];
+  if (!m.lookup_ret.layout_info.empty()) {
+    const P2PLayout& l = m.lookup_ret.layout_info[0];
     hit.instance_id = l.instance_id;
     hit.location = l.location;
     hit.num_hit_chunks = l.num_hit_chunks.FitsI64() && l.num_hit_chunks.AsI64() > 0 ? static_cast<std::uint64_t>(l.num_hit_chunks.AsI64()) : 0;

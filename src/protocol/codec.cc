@@ -77,6 +77,7 @@ DecodeErr DecodeField(Reader& r, S* out);
 DecodeErr DecodeField(Reader& r, StrPair* out);
 DecodeErr DecodeField(Reader& r, LocationEnd* out);
 DecodeErr DecodeField(Reader& r, P2PLayout* out);
+DecodeErr DecodeField(Reader& r, std::vector<P2PLayout>* out);
 DecodeErr DecodeField(Reader& r, ValueMap* out);
 DecodeErr DecodeAny(Reader& r, Value* out);
 
@@ -222,6 +223,22 @@ DecodeErr DecodeField(Reader& r, P2PLayout* out) {
   if (DecodeErr e = TupleHeader(r, 4)) return e;
   return DecodeTupleElems(r, &out->instance_id, &out->location, &out->num_hit_chunks,
                           &out->peer_init_url);
+}
+
+// Layouts decode into the elements already there (every field is assigned),
+// so a reused reply keeps its strings' capacity.
+DecodeErr DecodeField(Reader& r, std::vector<P2PLayout>* out) {
+  std::uint32_t n;
+  if (DecodeErr e = r.ReadArrayHeader(&n)) return e;
+  if (DecodeErr e = r.Enter()) return e;
+  if (out->size() > n) out->resize(n);
+  out->reserve(n);  // n <= bytes remaining, checked by the header read
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (i == out->size()) out->emplace_back();
+    if (DecodeErr e = DecodeField(r, &(*out)[i])) return std::move(e).AtIndex(i);
+  }
+  r.Leave();
+  return {};
 }
 
 // Python dict semantics for repeated keys: the first position, the last value.
@@ -666,6 +683,9 @@ Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& li
   return detail::DecodeView(bytes, out, limits);
 }
 Status Decode(Bytes_t bytes, BatchedP2PLookupView* out, const DecodeLimits& limits) {
+  return detail::DecodeView(bytes, out, limits);
+}
+Status Decode(Bytes_t bytes, BatchedP2PLookupRetMsg* out, const DecodeLimits& limits) {
   return detail::DecodeView(bytes, out, limits);
 }
 

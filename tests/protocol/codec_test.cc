@@ -423,6 +423,32 @@ TEST(HotPath, IntArraysOfEveryWidthEncodeTheSameWhateverTheRoom) {
   EXPECT_FALSE(EncodeTo(v, std::span(exact.data(), exact.size() - 1)).fits);
 }
 
+TEST(HotPath, LookupRepliesDecodeIntoAKeptMessageWithoutAllocating) {
+  BatchedP2PLookupRetMsg first{{{"lmcache_instance_with_a_long_name_1", "LocalDiskBackend", Int(12),
+                                 "a-peer-host.example.internal:8200"}}};
+  BatchedP2PLookupRetMsg second{{{"lmcache_instance_with_a_long_name_2", "LocalCPUBackend", Int(3),  // no longer than the first
+                                  "other-peer.example.internal:8201"}}};
+  const std::string a = Encode(first), b = Encode(second);
+  BatchedP2PLookupRetMsg kept;
+  ASSERT_TRUE(Decode(AsBytes(a), &kept).ok());
+  EXPECT_EQ(kept, first);
+  long allocations;
+  Status st;
+  {
+    kvring::testing::AllocationCounter counter;
+    st = Decode(AsBytes(b), &kept);
+    allocations = counter.count();
+  }
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(kept, second);
+  EXPECT_EQ(allocations, 0);
+  // Fewer layouts than before: the extra ones go.
+  ASSERT_TRUE(Decode(AsBytes(Encode(BatchedP2PLookupRetMsg{})), &kept).ok());
+  EXPECT_TRUE(kept.layout_info.empty());
+  // Another message (the controller's ErrorMsg) is refused, for the general decoder to read.
+  EXPECT_FALSE(Decode(AsBytes(Encode(ErrorMsg{"no such thing"})), &kept).ok());
+}
+
 TEST(HotPath, PeekTagFindsTheTagAnywhere) {
   std::string bytes = ReadFile(VectorDir() + "KVAdmitMsg__type_last.msgpack");
   auto t = PeekTag(AsBytes(bytes));

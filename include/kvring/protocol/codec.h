@@ -86,6 +86,11 @@ struct BatchedP2PLookupView {
 // valid as long as `bytes` does. On error the view's contents are unspecified.
 Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& limits = {});
 Status Decode(Bytes_t bytes, BatchedP2PLookupView* out, const DecodeLimits& limits = {});
+// The lookup's reply (a worker's hot path), into a caller-owned message whose
+// layouts and strings keep their capacity: no allocation once warmed up. The
+// tag must be BatchedP2PLookupRetMsg (anything else, an ErrorMsg included,
+// is an error: decode it with the general Decode).
+Status Decode(Bytes_t bytes, BatchedP2PLookupRetMsg* out, const DecodeLimits& limits = {});
 
 // ---- encoding --------------------------------------------------------------
 
