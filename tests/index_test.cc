@@ -76,6 +76,24 @@ void CheckAgainstAModel(const Options& o) {
     for (HolderId x : holders) ++per_holder[x];
   }
   for (HolderId h = 0; h < 5; ++h) EXPECT_EQ(idx.KeysOf(h), per_holder[h]);
+  // Each holder's list, holes left by its removals and all, lists its keys once.
+  for (HolderId h = 0; h < 5; ++h) {
+    std::multiset<std::uint64_t> listed;
+    idx.ForEachKeyOf(h, [&](std::uint64_t k) { listed.insert(k); });
+    std::multiset<std::uint64_t> want;
+    for (const auto& [key, holders] : model)
+      if (holders.count(h)) want.insert(key);
+    ASSERT_EQ(listed, want) << "holder " << h;
+  }
+  // Dropping one holder in slices takes exactly its keys.
+  while (idx.DropHolderSlice(0, 97) > 0) {}
+  EXPECT_EQ(idx.KeysOf(0), 0u);
+  for (auto& [key, holders] : model) {
+    holders.erase(0);
+    std::set<HolderId> got;
+    idx.ForEachHolder(key, [&](HolderId x) { got.insert(x); });
+    ASSERT_EQ(got, holders) << key;
+  }
 }
 
 TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
