@@ -245,9 +245,49 @@ DecodeErr Reader::SkipDepth() {
   }
 }
 
+std::size_t TryReadShortInt(const std::uint8_t* p, const std::uint8_t* end, Int* out) {
+  using namespace msgpack_format;
+  const std::uint8_t b = *p;
+  if (b <= kPosFixintMax) { *out = Int::FromU64(b); return 1; }
+  if (b >= kNegFixintMin) { *out = Int(static_cast<std::int8_t>(b)); return 1; }
+  std::size_t avail = static_cast<std::size_t>(end - p);
+  auto be = [&](auto tag) {
+    using T = decltype(tag);
+    std::make_unsigned_t<T> u;
+    std::memcpy(&u, p + 1, sizeof u);
+    if constexpr (sizeof u == 2) u = __builtin_bswap16(u);
+    else if constexpr (sizeof u == 4) u = __builtin_bswap32(u);
+    else if constexpr (sizeof u == 8) u = __builtin_bswap64(u);
+    T v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+  };
+  switch (b) {
+    case kUint8: if (avail < 2) return 0; *out = Int::FromU64(p[1]); return 2;
+    case kUint16: if (avail < 3) return 0; *out = Int::FromU64(be(std::uint16_t{})); return 3;
+    case kUint32: if (avail < 5) return 0; *out = Int::FromU64(be(std::uint32_t{})); return 5;
+    case kUint64: if (avail < 9) return 0; *out = Int::FromU64(be(std::uint64_t{})); return 9;
+    case kInt8: if (avail < 2) return 0; *out = Int(static_cast<std::int8_t>(p[1])); return 2;
+    case kInt16: if (avail < 3) return 0; *out = Int(be(std::int16_t{})); return 3;
+    case kInt32: if (avail < 5) return 0; *out = Int(be(std::int32_t{})); return 5;
+    case kInt64: if (avail < 9) return 0; *out = Int::FromI64(be(std::int64_t{})); return 9;
+    default: return 0;
+  }
+}
+
 bool Reader::IsValidUtf8(const char* s, std::size_t n) {
   const auto* p = reinterpret_cast<const unsigned char*>(s);
+  // Field names, tags and ids are short and ASCII: all of it at once first.
+  std::uint64_t any_high = 0;
   std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    any_high |= w;
+  }
+  for (; i < n; ++i) any_high |= p[i];
+  if ((any_high & 0x8080808080808080ULL) == 0) return true;
+  i = 0;
   while (i < n) {
     // ASCII fast path, 8 bytes at a time.
     if (i + 8 <= n) {

@@ -106,14 +106,18 @@ DecodeErr TypeErrorNullTag(std::string_view expected);  // msgspec says `null` h
 DecodeErr InvalidValue(std::string_view value);
 DecodeErr MissingField(std::string_view name);
 
+// The widths other than 9 bytes (TryReadInt's slow path; msgpack_reader.cc).
+std::size_t TryReadShortInt(const std::uint8_t* p, const std::uint8_t* end, Int* out);
+
 // Reads an int at p (p < end) without error reporting: returns the bytes
 // consumed, or 0 when the value is not an int or is cut short (the caller
 // then takes the slow path, which produces the error).
 inline std::size_t TryReadInt(const std::uint8_t* p, const std::uint8_t* end, Int* out) {
   using namespace msgpack_format;
-  std::uint8_t b = *p;
-  // Random chunk hashes, nearly all 9 bytes and of either sign, without a
-  // branch on which of the two tags (a switch on it mispredicts half the time).
+  const std::uint8_t b = *p;
+  // Random chunk hashes, nearly all 9 bytes and of either sign, inline and
+  // without a branch on which of the two tags (a switch on it mispredicts
+  // half the time); other widths out of line.
   if (((b == kUint64) | (b == kInt64)) & (end - p >= 9)) [[likely]] {
     std::uint64_t be;
     std::memcpy(&be, p + 1, 8);
@@ -122,31 +126,7 @@ inline std::size_t TryReadInt(const std::uint8_t* p, const std::uint8_t* end, In
     *out = negative ? Int::FromI64(static_cast<std::int64_t>(u)) : Int::FromU64(u);
     return 9;
   }
-  if (b <= kPosFixintMax) { *out = Int::FromU64(b); return 1; }
-  if (b >= kNegFixintMin) { *out = Int(static_cast<std::int8_t>(b)); return 1; }
-  std::size_t avail = static_cast<std::size_t>(end - p);
-  auto be = [&](auto tag) {
-    using T = decltype(tag);
-    std::make_unsigned_t<T> u;
-    std::memcpy(&u, p + 1, sizeof u);
-    if constexpr (sizeof u == 2) u = __builtin_bswap16(u);
-    else if constexpr (sizeof u == 4) u = __builtin_bswap32(u);
-    else if constexpr (sizeof u == 8) u = __builtin_bswap64(u);
-    T v;
-    std::memcpy(&v, &u, sizeof v);
-    return v;
-  };
-  switch (b) {
-    case kUint8: if (avail < 2) return 0; *out = Int::FromU64(p[1]); return 2;
-    case kUint16: if (avail < 3) return 0; *out = Int::FromU64(be(std::uint16_t{})); return 3;
-    case kUint32: if (avail < 5) return 0; *out = Int::FromU64(be(std::uint32_t{})); return 5;
-    case kUint64: if (avail < 9) return 0; *out = Int::FromU64(be(std::uint64_t{})); return 9;
-    case kInt8: if (avail < 2) return 0; *out = Int(static_cast<std::int8_t>(p[1])); return 2;
-    case kInt16: if (avail < 3) return 0; *out = Int(be(std::int16_t{})); return 3;
-    case kInt32: if (avail < 5) return 0; *out = Int(be(std::int32_t{})); return 5;
-    case kInt64: if (avail < 9) return 0; *out = Int::FromI64(be(std::int64_t{})); return 9;
-    default: return 0;
-  }
+  return TryReadShortInt(p, end, out);
 }
 
 class Reader {
