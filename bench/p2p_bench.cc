@@ -1,5 +1,6 @@
 // P2P lookup cost inside the controller (no transport): a 10 M-key index over
-// 8 instances, requests of 32, 256 and 4,096 chunk hashes whose whole prefix
+// 8 instances (grown, or made with a reserve: `_Reserved`), requests of 32, 256
+// and 4,096 chunk hashes whose whole prefix
 // one peer holds, as kvring's longest-prefix policy and LMCache's rule
 // answer them, beside their memory floor (BM_Floor_RandomLinePairs: the
 // probes' cache lines alone). LMCache's Python controller, measured with real msgspec and no
@@ -22,7 +23,7 @@ struct World {
   registry::Registry reg;
   index::ChunkIndex idx;
   std::vector<std::vector<std::uint64_t>> chains;  // each a prefix chain of 4,096 hashes
-  World() {
+  explicit World(std::size_t reserve_keys) : idx(index::Options{.reserve_keys = reserve_keys}) {
     constexpr int kInstances = 8;
     constexpr std::size_t kKeys = 10000000, kChain = 4096;
     std::mt19937_64 rng(11);
@@ -44,13 +45,17 @@ struct World {
     }
   }
 };
-World& TheWorld() {
-  static World w;
-  return w;
+// The default index (grown from small tables, 4 KiB pages) and one made with
+// a reserve for its 10 M keys (kvringd --index-reserve-keys: huge pages).
+World& TheWorld(bool reserved) {
+  static World grown(0);
+  if (!reserved) return grown;
+  static World with_reserve(10000000);
+  return with_reserve;
 }
 
-void Run(benchmark::State& state, p2p::Policy policy) {
-  World& w = TheWorld();
+void Run(benchmark::State& state, p2p::Policy policy, bool reserved = false) {
+  World& w = TheWorld(reserved);
   const auto n = static_cast<std::size_t>(state.range(0));
   p2p::Lookup lookup;
   std::mt19937 rng(1);
@@ -65,8 +70,10 @@ void Run(benchmark::State& state, p2p::Policy policy) {
 }
 void BM_P2PLookup_LongestPrefix(benchmark::State& s) { Run(s, p2p::Policy::kLongestPrefix); }
 void BM_P2PLookup_LMCacheRule(benchmark::State& s) { Run(s, p2p::Policy::kLMCache); }
+void BM_P2PLookup_LongestPrefix_Reserved(benchmark::State& s) { Run(s, p2p::Policy::kLongestPrefix, true); }
 BENCHMARK(BM_P2PLookup_LongestPrefix)->Arg(32)->Arg(256)->Arg(4096);
 BENCHMARK(BM_P2PLookup_LMCacheRule)->Arg(32)->Arg(256)->Arg(4096);
+BENCHMARK(BM_P2PLookup_LongestPrefix_Reserved)->Arg(32)->Arg(256)->Arg(4096);
 
 // The memory floor of a lookup: for each of N random "hashes", the two cache
 // lines a probe reads (a random 16-byte slot and the line after it) in a
