@@ -185,7 +185,7 @@ void RingLookups(benchmark::State& state, LookupEnv& env) {
 }
 
 void BM_E2E_P2PLookup(benchmark::State& state) { RingLookups(state, LookupEnv::Get()); }
-BENCHMARK(BM_E2E_P2PLookup)->Arg(32)->Arg(256)->Arg(4096)->UseManualTime()->MinTime(1.0);
+BENCHMARK(BM_E2E_P2PLookup)->Arg(1)->Arg(32)->Arg(256)->Arg(4096)->UseManualTime()->MinTime(1.0);
 
 void BM_E2E_P2PLookupUnderIngest(benchmark::State& state) {
   LookupEnv& env = LookupEnv::Get();
