@@ -155,31 +155,30 @@ class Writer {
       std::memcpy(p + 1, &be, 8);
       return 9;
     }
-    auto tagged = [p](std::uint8_t tag, auto x) {
-      p[0] = tag;
-      for (std::size_t i = 0; i < sizeof x; ++i) p[1 + i] = static_cast<std::uint8_t>(x >> (8 * (sizeof x - 1 - i)));
-      return 1 + sizeof x;
-    };
     if (!negative) {
       if (u <= kPosFixintMax) { p[0] = static_cast<std::uint8_t>(u); return 1; }
-      if (u <= 0xff) return tagged(kUint8, static_cast<std::uint8_t>(u));
-      if (u <= 0xffff) return tagged(kUint16, static_cast<std::uint16_t>(u));
-      return tagged(kUint32, static_cast<std::uint32_t>(u));
+      if (u <= 0xff) return PutTagged(p, kUint8, static_cast<std::uint8_t>(u));
+      if (u <= 0xffff) return PutTagged(p, kUint16, static_cast<std::uint16_t>(u));
+      return PutTagged(p, kUint32, static_cast<std::uint32_t>(u));
     }
     const std::int64_t i = v.AsI64();
     if (i >= -32) { p[0] = static_cast<std::uint8_t>(i); return 1; }
-    if (i >= INT8_MIN) return tagged(kInt8, static_cast<std::uint8_t>(static_cast<std::int8_t>(i)));
-    if (i >= INT16_MIN) return tagged(kInt16, static_cast<std::uint16_t>(static_cast<std::int16_t>(i)));
-    return tagged(kInt32, static_cast<std::uint32_t>(static_cast<std::int32_t>(i)));
+    if (i >= INT8_MIN) return PutTagged(p, kInt8, static_cast<std::uint8_t>(static_cast<std::int8_t>(i)));
+    if (i >= INT16_MIN) return PutTagged(p, kInt16, static_cast<std::uint16_t>(static_cast<std::int16_t>(i)));
+    return PutTagged(p, kInt32, static_cast<std::uint32_t>(static_cast<std::int32_t>(i)));
   }
 
+  // A tag byte and `v` big-endian at p; returns the bytes written.
+  template <typename U>
+  static std::size_t PutTagged(std::uint8_t* p, std::uint8_t tag, U v) {
+    p[0] = tag;
+    for (std::size_t i = 0; i < sizeof(U); ++i) p[1 + i] = static_cast<std::uint8_t>(v >> (8 * (sizeof(U) - 1 - i)));
+    return 1 + sizeof(U);
+  }
   template <typename U>
   void Tagged(std::uint8_t tag, U v) {
     std::uint8_t buf[1 + sizeof(U)];
-    buf[0] = tag;
-    for (std::size_t i = 0; i < sizeof(U); ++i)
-      buf[1 + i] = static_cast<std::uint8_t>(v >> (8 * (sizeof(U) - 1 - i)));
-    s_->Put(buf, sizeof buf);
+    s_->Put(buf, PutTagged(buf, tag, v));
   }
 
   Sink* s_;
