@@ -15,9 +15,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <new>
+#include <string>
 #include <vector>
+
+#include "kvring/index.h"
 
 namespace kvring::bench {
 
@@ -28,6 +32,18 @@ inline void Pin(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu % static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))), &set);
   sched_setaffinity(0, sizeof set, &set);
+}
+
+// Resident bytes of process `pid` (0: this one), from /proc/<pid>/statm
+// (its second field, in pages); 0 if it cannot be read.
+inline std::size_t ResidentBytes(pid_t pid = 0) {
+  const std::string path = pid ? "/proc/" + std::to_string(pid) + "/statm" : "/proc/self/statm";
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return 0;
+  unsigned long size = 0, resident = 0;
+  const bool ok = std::fscanf(f, "%lu %lu", &size, &resident) == 2;
+  std::fclose(f);
+  return ok ? resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE)) : 0;
 }
 
 inline void* SharedMap(std::size_t bytes) {
@@ -58,6 +74,46 @@ void RunController(Controller& ctl, std::uint32_t spin_passes) {
   static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
   signal(SIGTERM, [](int) { stop.store(true, std::memory_order_relaxed); });  // relaxed: a flag
   ctl.Run(stop, spin_passes);
+}
+
+// The memory floor of an index operation: for each of `n` fresh random keys
+// per iteration, the two cache lines a probe touches (a random 16-byte slot
+// and the line after it) in a 256 MiB table, prefetched `ahead` keys ahead,
+// with nothing else to do: read (a lookup) or read and written (an admit or
+// evict). `huge`: the table on 2 MiB huge pages, else on 4 KiB pages (a page
+// walk per probe).
+inline void RandomLinePairsFloor(benchmark::State& state, std::size_t n, bool huge, std::size_t ahead, bool write) {
+  constexpr std::size_t kBytes = std::size_t{256} << 20, kHuge = std::size_t{2} << 20;
+  void* raw = mmap(nullptr, kBytes + 2 * kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return state.SkipWithError("mmap failed");
+  auto* table = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + kHuge - 1) & ~(kHuge - 1));
+  (void)madvise(table, kBytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  for (std::size_t off = 0; off < kBytes; off += 4096) table[off] = 1;
+  // Fresh random lines every time (a fixed set would end up cached), from
+  // the same mixer the index uses: address arithmetic comparable to a probe's.
+  auto line_of = [&](std::uint64_t c) { return table + (index::ChunkIndex::Mix(c) & (kBytes / 16 - 1)) * 16; };
+  auto prefetch = [&](std::uint64_t c) {
+    __builtin_prefetch(line_of(c));
+    __builtin_prefetch(line_of(c) + 64);
+  };
+  std::uint64_t sink = 0, base = 0;
+  for (auto _ : state) {
+    for (std::size_t i = 0; i < n && i < ahead; ++i) prefetch(base + i);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i + ahead < n) prefetch(base + i + ahead);
+      unsigned char* p = line_of(base + i);
+      if (write) {
+        ++p[0];
+        ++p[64];
+      } else {
+        sink += p[0] + p[64];
+      }
+    }
+    base += n;
+  }
+  benchmark::DoNotOptimize(sink);
+  munmap(raw, kBytes + 2 * kHuge);
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
 }
 
 // The q-quantile of `sorted` (ascending, not empty).

@@ -4,7 +4,9 @@
 // shared-memory rings.
 //
 //   BM_Floor_CacheLinePingPong           the floor between the same two cores
-//   BM_E2E_Ingest/<keys>                 KV ops/s from a worker, batches of 256, into an index held at <keys>
+//   BM_E2E_Ingest/<keys>                 KV ops/s from a worker, batches of 256, into an index held at <keys>;
+//                                        controller_rss_bytes_per_key: the controller process's
+//                                        resident set once it holds the keys, / keys
 //   BM_E2E_P2PLookup/<hashes>            lookup round trip, index of KVRING_E2E_KEYS (default 10 M) keys
 //                                        held by 8 instances, controller otherwise idle
 //   BM_E2E_P2PLookupUnderIngest/<hashes> the same while another worker process (CPU 1, nice 19)
@@ -121,6 +123,8 @@ void BM_E2E_Ingest(benchmark::State& state) {
   std::uint64_t next = 0, oldest = 0;
   for (; next < keys; ++next) w->Admit(kLocation, Mix(next));  // prefill, not timed
   if (!w->Heartbeat().ok()) state.SkipWithError("prefill failed");
+  state.counters["controller_rss_bytes_per_key"] =
+      static_cast<double>(ResidentBytes(ctl.child.pid)) / static_cast<double>(keys);
   constexpr std::size_t kOpsPerIteration = 1 << 16;
   for (auto _ : state) {
     for (std::size_t i = 0; i < kOpsPerIteration / 2; ++i) {

@@ -5,8 +5,17 @@
 //   BM_<Table>_Insert/N          ns per insert while building an N-key table
 //   BM_<Table>_Lookup/N          ns per lookup of a random present key (batches of 32)
 //   BM_<Table>_Erase/N           ns per erase
-//   counters: bytes_per_key (heap bytes the table holds / keys)
+//   counters: bytes_per_key (heap bytes the table holds / keys), rss_bytes_per_key (what the
+//             process's resident set grew by from before the table was made to the end of
+//             the build, / keys)
 //   BM_<Table>_WorstInsertPause/N  the longest single insert while growing from 0 to N keys
+//   BM_<Table>_Churn/N           ns per op of a table held at N keys by alternate admits of new
+//                                keys and evicts of the oldest, in batches of 256 as the
+//                                controller applies a BatchedKVOperationMsg (ChunkIndex: home
+//                                slots prefetched 16 ops ahead, as the controller does)
+//   BM_Floor_RandomLinePairWrites/N/huge  the churn's memory floor: per op, two adjacent random
+//                                lines of a 256 MiB table read and written, prefetched 16
+//                                ops ahead, nothing else (huge: 2 MiB pages, else 4 KiB)
 //   ChunkIndexReserved: Options::reserve_keys = N (its start-up is the setup_ms counter)
 //
 // ChunkIndex lookups prefetch each batch of 32 home slots first (as the P2P
@@ -15,6 +24,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <random>
@@ -22,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bench_util.h"
 #include "kvring/index.h"
 
 namespace {
@@ -66,6 +77,16 @@ struct IndexAdapter {
   void Insert(std::uint64_t k) { (void)t.Add(k, 1); }
   void Erase(std::uint64_t k) { t.Remove(k, 1); }
   std::size_t Bytes() const { return t.MemoryBytes(); }
+  // Ops alternate: admit keys[i], evict keys[i + 1] (the controller's loop in HandleKvBatch).
+  void ChurnBatch(const std::uint64_t* keys, std::size_t n) {
+    constexpr std::size_t kAhead = 16;
+    t.Prefetch({keys, std::min(n, kAhead)});
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) t.Prefetch({keys + i + kAhead, 1});
+      if (i % 2 == 0) (void)t.Add(keys[i], 1);
+      else t.Remove(keys[i], 1);
+    }
+  }
   std::uint64_t LookupBatch(const std::uint64_t* keys, std::size_t n) const {
     t.Prefetch({keys, n});
     std::uint64_t hits = 0;
@@ -102,6 +123,12 @@ struct MapAdapter {
   MapAdapter() { g_bytes = 0; }
   void Insert(std::uint64_t k) { t.emplace(k, 1); }
   void Erase(std::uint64_t k) { t.erase(k); }
+  void ChurnBatch(const std::uint64_t* keys, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i % 2 == 0) t.emplace(keys[i], 1);
+      else t.erase(keys[i]);
+    }
+  }
   std::size_t Bytes() const { return g_bytes.load(); }
   std::uint64_t LookupBatch(const std::uint64_t* keys, std::size_t n) const {
     std::uint64_t hits = 0;
@@ -117,9 +144,10 @@ template <typename A>
 void Insert(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
   auto keys = Keys(n, 1);
-  double bytes_per_key = 0, setup_ms = 0;
+  double bytes_per_key = 0, rss_per_key = 0, setup_ms = 0;
   for (auto _ : state) {
     state.PauseTiming();  // a reserve's start-up is reported on its own (setup_ms)
+    const std::size_t rss0 = kvring::bench::ResidentBytes();
     auto t0 = std::chrono::steady_clock::now();
     auto a = Make<A>(n);
     setup_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -127,11 +155,13 @@ void Insert(benchmark::State& state) {
     for (auto k : keys) a->Insert(k);
     bytes_per_key = static_cast<double>(a->Bytes()) / static_cast<double>(n);
     state.PauseTiming();
+    rss_per_key = static_cast<double>(kvring::bench::ResidentBytes() - rss0) / static_cast<double>(n);
     a.reset();
     state.ResumeTiming();
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
   state.counters["bytes_per_key"] = bytes_per_key;
+  state.counters["rss_bytes_per_key"] = rss_per_key;
   state.counters["setup_ms"] = setup_ms;
   state.counters["ns_per_insert"] = benchmark::Counter(static_cast<double>(state.iterations() * n),
                                                        benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
@@ -178,6 +208,38 @@ void Erase(benchmark::State& state) {
                                                       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+template <typename A>
+void Churn(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  constexpr std::size_t kBatch = 256, kSpan = 1 << 22;  // ops per timed stretch; keys made ahead
+  auto made = Make<A>(n);
+  A& a = *made;
+  std::mt19937_64 rng(5);
+  // A ring of the live keys in admission order: the oldest is evicted as each new one comes.
+  std::vector<std::uint64_t> live(n);
+  for (auto& k : live) a.Insert(k = rng());
+  std::vector<std::uint64_t> ops(kSpan);
+  std::size_t oldest = 0, at = kSpan;
+  for (auto _ : state) {
+    if (at == kSpan) {
+      state.PauseTiming();
+      for (std::size_t i = 0; i < kSpan; i += 2) {
+        ops[i] = rng();
+        ops[i + 1] = live[oldest];
+        live[oldest] = ops[i];
+        oldest = oldest + 1 == n ? 0 : oldest + 1;
+      }
+      at = 0;
+      state.ResumeTiming();
+    }
+    a.ChurnBatch(ops.data() + at, kBatch);
+    at += kBatch;
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kBatch));
+  state.counters["ns_per_op"] = benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
+                                                   benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 // The longest single insert while the table grows from empty to N keys.
 template <typename A>
 void WorstInsertPause(benchmark::State& state) {
@@ -200,16 +262,25 @@ void WorstInsertPause(benchmark::State& state) {
   void BM_##Name##_Lookup(benchmark::State& s) { Lookup<Adapter>(s); }                     \
   void BM_##Name##_Erase(benchmark::State& s) { Erase<Adapter>(s); }                       \
   void BM_##Name##_WorstInsertPause(benchmark::State& s) { WorstInsertPause<Adapter>(s); } \
+  void BM_##Name##_Churn(benchmark::State& s) { Churn<Adapter>(s); }                       \
   BENCHMARK(BM_##Name##_Insert)->Arg(1 << 20)->Arg(10000000)->Unit(benchmark::kMillisecond)->Iterations(1); \
   BENCHMARK(BM_##Name##_Lookup)->Arg(1 << 20)->Arg(10000000);                              \
   BENCHMARK(BM_##Name##_Erase)->Arg(1 << 20)->Unit(benchmark::kMillisecond)->Iterations(1); \
-  BENCHMARK(BM_##Name##_WorstInsertPause)->Arg(10000000)->Unit(benchmark::kMillisecond)->Iterations(1);
+  BENCHMARK(BM_##Name##_WorstInsertPause)->Arg(10000000)->Unit(benchmark::kMillisecond)->Iterations(1); \
+  BENCHMARK(BM_##Name##_Churn)->Arg(1000000)->Arg(10000000)->MinTime(2.0);
 
 KVRING_TABLE_BENCH(ChunkIndex, IndexAdapter)
 KVRING_TABLE_BENCH(ChunkIndexPrepared, PreparedIndexAdapter)
 KVRING_TABLE_BENCH(ChunkIndexReserved, ReservedIndexAdapter)
 KVRING_TABLE_BENCH(AbslFlatHashMap, MapAdapter<AbslMap>)
 KVRING_TABLE_BENCH(StdUnorderedMap, MapAdapter<StdMap>)
+
+void BM_Floor_RandomLinePairWrites(benchmark::State& state) {
+  kvring::bench::RandomLinePairsFloor(state, static_cast<std::size_t>(state.range(0)), state.range(1) != 0, 16, true);
+  state.counters["ns_per_op"] = benchmark::Counter(static_cast<double>(state.iterations() * state.range(0)),
+                                                   benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_Floor_RandomLinePairWrites)->ArgsProduct({{256}, {0, 1}})->MinTime(2.0);
 
 }  // namespace
 

@@ -7,12 +7,13 @@
 // sockets: ~42 us for 32 hashes, ~0.9 ms for 4,096 (docs/PERFORMANCE.md).
 #include <benchmark/benchmark.h>
 
-#include <sys/mman.h>
 
 #include <cstdint>
 #include <random>
 #include <vector>
 
+#include "bench_util.h"
+#include "kvring/index.h"
 #include "kvring/p2p.h"
 
 namespace {
@@ -81,35 +82,7 @@ BENCHMARK(BM_P2PLookup_LongestPrefix_Reserved)->Arg(32)->Arg(256)->Arg(4096);
 // else to do. Arg 1: the table on 2 MiB huge pages (populated up front), 0:
 // on 4 KiB pages (a page walk per probe).
 void BM_Floor_RandomLinePairs(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  const bool huge = state.range(1) != 0;
-  constexpr std::size_t kBytes = std::size_t{256} << 20, kHuge = std::size_t{2} << 20;
-  void* raw = mmap(nullptr, kBytes + 2 * kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return state.SkipWithError("mmap failed");
-  auto* table = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + kHuge - 1) & ~(kHuge - 1));
-  if (huge) (void)madvise(table, kBytes, MADV_HUGEPAGE);
-  for (std::size_t off = 0; off < kBytes; off += 4096) table[off] = 1;
-  // Fresh random lines every time (a fixed set would end up cached), from
-  // the same mixer the index uses: address arithmetic comparable to a probe's.
-  auto line_of = [&](std::uint64_t c) { return table + (index::ChunkIndex::Mix(c) & (kBytes / 16 - 1)) * 16; };
-  std::uint64_t sink = 0, base = 0;
-  for (auto _ : state) {
-    for (std::size_t i = 0; i < n && i < 32; ++i) {
-      __builtin_prefetch(line_of(base + i));
-      __builtin_prefetch(line_of(base + i) + 64);
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      if (i + 32 < n) {
-        __builtin_prefetch(line_of(base + i + 32));
-        __builtin_prefetch(line_of(base + i + 32) + 64);
-      }
-      sink += line_of(base + i)[0] + line_of(base + i)[64];
-    }
-    base += n;
-  }
-  benchmark::DoNotOptimize(sink);
-  munmap(raw, kBytes + 2 * kHuge);
-  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+  bench::RandomLinePairsFloor(state, static_cast<std::size_t>(state.range(0)), state.range(1) != 0, 32, false);
 }
 BENCHMARK(BM_Floor_RandomLinePairs)->ArgsProduct({{32, 256}, {0, 1}});
 
