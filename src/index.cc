@@ -239,37 +239,39 @@ void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uin
 }
 
 ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, HolderId holder,
-                                     bool old, std::size_t cursor) const {
+                                     bool old, std::size_t cursor, std::size_t* stop) const {
   if (!t.slots) return nullptr;
   for (std::size_t i = t.Home(mixed), dist = 0;; i = t.Next(i), ++dist) {
     Slot& s = t.slots[i];
-    if (s.tag == kEmptyTag) return nullptr;
-    if (s.mixed != mixed) {
-      if (t.PastKey(i, s.mixed, dist, mixed)) return nullptr;
-      continue;
+    if (s.tag == kEmptyTag || (s.mixed != mixed && t.PastKey(i, s.mixed, dist, mixed))) {
+      if (stop) *stop = i;
+      return nullptr;
     }
-    if (old && i < cursor) continue;
+    if (s.mixed != mixed || (old && i < cursor)) continue;
     if (s.tag == Tag(holder)) return &s;
   }
 }
 
-// Robin Hood insertion: the new pair takes the place of the first slot that
-// is nearer its home than the new pair is to its own, or as near and with a
-// greater key (runs stay sorted by home, then key), and that slot moves on.
+// Robin Hood insertion. Runs are sorted by home, then key, so the new pair
+// belongs where a probe for it stops (the first slot past its key, or an
+// empty one); everything from there to the end of the run moves on by one
+// slot, which keeps the order.
 void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
-  Slot cur = s;
-  std::size_t i = t.Home(mixed);
-  for (std::size_t dist = 0;; i = t.Next(i), ++dist) {
+  std::size_t at = 0;
+  // kMaxHolder + 1 is no holder (its tag is the tombstone's, and tables
+  // inserted into hold none): the probe walks to its stop.
+  (void)FindIn(t, mixed, kMaxHolder + 1, false, 0, &at);
+  ShiftInsert(t, at, s);
+}
+
+void ChunkIndex::ShiftInsert(Table& t, std::size_t i, Slot s) {
+  for (;; i = t.Next(i)) {
     Slot& here = t.slots[i];
     if (here.tag == kEmptyTag) {
-      here = cur;
+      here = s;
       return;
     }
-    std::size_t here_dist = t.Distance(i, t.Home(here.mixed));
-    if (here_dist < dist || (here_dist == dist && here.mixed > cur.mixed)) {
-      std::swap(cur, here);
-      dist = here_dist;
-    }
+    std::swap(s, here);
   }
 }
 
@@ -362,7 +364,8 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   const std::uint64_t m = Mix(key);
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
-  if (FindIn(sh.cur, m, holder, false, 0) || FindIn(sh.old, m, holder, true, sh.migrate_at))
+  std::size_t at = 0;  // where the pair goes in sh.cur, unless growth starts below
+  if (FindIn(sh.cur, m, holder, false, 0, &at) || FindIn(sh.old, m, holder, true, sh.migrate_at))
     return AddResult::kAlreadyPresent;
   HolderKeys& hk = Keys(holder);
   if (options_.per_holder_quota && hk.size >= options_.per_holder_quota) {
@@ -381,9 +384,9 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
     while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
     StartGrowth(sh);
     MigrateStep(sh);
+    (void)FindIn(sh.cur, m, holder, false, 0, &at);  // a new table: find the place again
   }
-  Slot s{m, Tag(holder), hk.Push(key)};
-  InsertInto(sh.cur, m, s);
+  ShiftInsert(sh.cur, at, Slot{m, Tag(holder), hk.Push(key)});
   ++sh.used;
   ++pairs_;
   return AddResult::kAdded;

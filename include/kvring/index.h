@@ -190,8 +190,14 @@ class ChunkIndex {
 
   Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
   const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
-  Slot* FindIn(Table& t, std::uint64_t mixed, HolderId holder, bool old, std::size_t cursor) const;
+  // The pair (mixed, holder) in `t` (`old`: a draining table, whose slots
+  // below `cursor` count as moved), or null; then `*stop` (if given) is the
+  // slot where the probe stopped, which is where the pair would go.
+  Slot* FindIn(Table& t, std::uint64_t mixed, HolderId holder, bool old, std::size_t cursor,
+               std::size_t* stop = nullptr) const;
   void InsertInto(Table& t, std::uint64_t mixed, const Slot& s);
+  // Puts `s` at slot `i` and moves the rest of the run on by one slot.
+  static void ShiftInsert(Table& t, std::size_t i, Slot s);
   void EraseAt(Table& t, std::size_t i);
   void MigrateStep(Shard& sh);
   void StartGrowth(Shard& sh);
