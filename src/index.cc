@@ -18,7 +18,7 @@
 namespace kvring::index {
 
 // A holder's keys in fixed chunks: growth never copies and wastes at most one
-// partly filled chunk per holder.
+// partly filled chunk and one empty spare per holder.
 struct ChunkIndex::HolderKeys {
   static constexpr std::size_t kChunk = 1024;
   std::vector<std::unique_ptr<std::uint64_t[]>> chunks;
@@ -36,7 +36,10 @@ struct ChunkIndex::HolderKeys {
     std::uint64_t last = at(size - 1);
     at(pos) = last;
     --size;
-    if (size % kChunk == 0 && chunks.size() > size / kChunk) chunks.pop_back();
+    // The last chunk goes once the one before it is empty too: a holder whose
+    // count hovers at a chunk boundary (admit, evict, admit...) would
+    // otherwise free and remake a chunk on every pair.
+    if (size % kChunk == 0 && chunks.size() > size / kChunk + 1) chunks.pop_back();
     return last;
   }
 };

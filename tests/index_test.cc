@@ -1,5 +1,7 @@
 #include "kvring/index.h"
 
+#include "alloc_counter.h"
+
 #include <random>
 #include <set>
 #include <unordered_map>
@@ -33,6 +35,27 @@ TEST(ChunkIndex, KeysWithSeveralHoldersListThemAll) {
   EXPECT_EQ(idx.HolderCount(~0ULL), 2u);
   EXPECT_EQ(idx.KeysOf(3), 0u);
   EXPECT_EQ(idx.KeysOf(7), 1u);
+}
+
+// A holder whose key count sits on a boundary of its list's chunks, admitting
+// and evicting in turn (a steady cache), must not free and remake a chunk on
+// every pair of operations.
+TEST(ChunkIndex, ChurnAtAHolderListChunkBoundaryAllocatesNothing) {
+  ChunkIndex idx;
+  std::uint64_t next = 1;
+  for (; next <= 1024; ++next) ASSERT_EQ(idx.Add(ChunkIndex::Mix(next), 0), AddResult::kAdded);
+  // One round first: the tables have room for the churn below after it.
+  ASSERT_EQ(idx.Add(ChunkIndex::Mix(next), 0), AddResult::kAdded);
+  ASSERT_TRUE(idx.Remove(ChunkIndex::Mix(next), 0));
+  ++next;
+  ASSERT_EQ(idx.KeysOf(0), 1024u);
+  kvring::testing::AllocationCounter allocations;
+  for (int i = 0; i < 1000; ++i, ++next) {
+    ASSERT_EQ(idx.Add(ChunkIndex::Mix(next), 0), AddResult::kAdded);  // 1,025 keys: a second chunk
+    ASSERT_TRUE(idx.Remove(ChunkIndex::Mix(next), 0));                // back to 1,024
+  }
+  EXPECT_EQ(allocations.count(), 0);
+  EXPECT_EQ(idx.KeysOf(0), 1024u);
 }
 
 // A random mix of admits and evicts against a simple model, through many

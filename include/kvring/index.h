@@ -23,9 +23,10 @@
 //  * Deletions in the current table shift the rest of the run back by one
 //    (no tombstones accumulate, Robin Hood order is kept).
 //  * Per-holder membership: each holder keeps the list of its keys (chunked,
-//    so growth wastes at most one chunk per holder). Dropping a holder costs
-//    time proportional to its own keys and runs in bounded slices
-//    (DropHolderSlice) so lookups keep being served while a million keys go.
+//    so growth wastes at most one chunk and one spare per holder). Dropping a
+//    holder costs time proportional to its own keys and runs in bounded
+//    slices (DropHolderSlice) so lookups keep being served while a million
+//    keys go.
 //  * A per-holder quota (keys) bounds what one flooding worker can take.
 //  * Optionally (Options::prepare_tables, off by default) big tables (2 MiB
 //    and more) are prepared off the owner's thread: when a shard passes 3/4
