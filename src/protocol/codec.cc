@@ -567,6 +567,7 @@ template <typename W> void EncodeValue(W& w, const Value& v);
 template <typename W, typename T> void EncodeValue(W& w, const std::optional<T>& v);
 template <typename W, typename T> void EncodeValue(W& w, const std::vector<T>& v);
 template <typename W> void EncodeValue(W& w, const std::vector<Int>& v) { w.IntArray(v); }
+template <typename W> void EncodeValue(W& w, const std::vector<KVOpEvent>& v);
 template <typename W, typename K, typename V>
 void EncodeValue(W& w, const std::vector<std::pair<K, V>>& v);
 template <typename W, typename S> requires HasFields<S> void EncodeValue(W& w, const S& s);
@@ -613,6 +614,44 @@ void EncodeStruct(W& w, const S& s, std::string_view tag_field, std::string_view
     EncodeValue(w, s.*(f.member));
   });
 }
+// What a worker sends most: a batch's KV events, each map's constant bytes
+// (its header and field names, as KVOpEvent::Fields() spells them) copied
+// whole and the room checked once for the batch.
+constexpr bool KvOpFieldsAre(std::string_view a, std::string_view b, std::string_view c) {
+  const auto f = KVOpEvent::Fields();
+  return std::tuple_size_v<decltype(f)> == 3 && std::get<0>(f).name == a && std::get<1>(f).name == b &&
+         std::get<2>(f).name == c;
+}
+static_assert(KvOpFieldsAre("op_type", "key", "seq_num"), "the bytes below spell these fields");
+template <typename W> void EncodeValue(W& w, const std::vector<KVOpEvent>& v) {
+  static constexpr std::string_view kHead = "\x83" "\xa7" "op_type";  // fixmap of 3, then the first name
+  static constexpr std::string_view kAdmit = "\xa5" "admit", kEvict = "\xa5" "evict";
+  static constexpr std::string_view kKey = "\xa3" "key", kSeq = "\xa7" "seq_num";
+  constexpr std::size_t kMaxOpBytes = kHead.size() + kAdmit.size() + kKey.size() + kSeq.size() + 2 * W::kMaxIntBytes;
+  auto put = [](std::uint8_t* q, std::string_view bytes) {
+    std::memcpy(q, bytes.data(), bytes.size());
+    return bytes.size();
+  };
+  w.ArrayHeader(v.size());
+  w.Bulk(
+      v.size() * kMaxOpBytes,
+      [&](std::uint8_t* p) {
+        std::uint8_t* q = p;
+        for (const KVOpEvent& op : v) {
+          q += put(q, kHead);
+          q += put(q, op.op_type == OpType::kAdmit ? kAdmit : kEvict);
+          q += put(q, kKey);
+          q += W::PutInt(q, op.key);
+          q += put(q, kSeq);
+          q += W::PutInt(q, op.seq_num);
+        }
+        return static_cast<std::size_t>(q - p);
+      },
+      [&] {
+        for (const KVOpEvent& op : v) EncodeStruct(w, op, {}, {});
+      });
+}
+
 template <typename W, typename S> requires HasFields<S> void EncodeValue(W& w, const S& s) {
   if constexpr (std::is_same_v<S, HeartbeatCommand>) EncodeStruct(w, s, kCommandTag, CommandTag(s.kind));
   else EncodeStruct(w, s, {}, {});

@@ -64,18 +64,30 @@ class Writer {
     s_->Put(buf, PutInt(buf, v));
   }
 
+  // Bulk writing: `fill(p)` writes up to `room` bytes at p through a local
+  // pointer and returns how many it wrote; where `room` does not fit,
+  // `otherwise()` writes the same bytes through this writer (a SpanSink then
+  // counts on past its end, so the caller still learns the size).
+  template <typename Fill, typename Otherwise>
+  void Bulk(std::size_t room, Fill&& fill, Otherwise&& otherwise) {
+    if (std::uint8_t* const p = s_->Reserve(room)) s_->Commit(room, fill(p));
+    else otherwise();
+  }
+
   // An array of ints (chunk hashes: the bulk of what kvring encodes), its
   // room checked once for the worst case.
   void IntArray(std::span<const Int> v) {
     ArrayHeader(v.size());
-    const std::size_t room = v.size() * kMaxIntBytes;
-    if (std::uint8_t* const p = s_->Reserve(room)) {
-      std::uint8_t* q = p;
-      for (Int x : v) q += PutInt(q, x);
-      s_->Commit(room, static_cast<std::size_t>(q - p));
-    } else {
-      for (Int x : v) Integer(x);  // does not fit: count on, as SpanSink does
-    }
+    Bulk(
+        v.size() * kMaxIntBytes,
+        [&](std::uint8_t* p) {
+          std::uint8_t* q = p;
+          for (Int x : v) q += PutInt(q, x);
+          return static_cast<std::size_t>(q - p);
+        },
+        [&] {
+          for (Int x : v) Integer(x);
+        });
   }
 
   void Float(double d) {
@@ -135,7 +147,6 @@ class Writer {
     else Tagged(kMap32, static_cast<std::uint32_t>(n));
   }
 
- private:
   static constexpr std::size_t kMaxIntBytes = 9;
   // Writes `v` at p in msgspec's shortest form; returns its length.
   static std::size_t PutInt(std::uint8_t* p, Int v) {
@@ -168,6 +179,7 @@ class Writer {
     return PutTagged(p, kInt32, static_cast<std::uint32_t>(static_cast<std::int32_t>(i)));
   }
 
+ private:
   // A tag byte and `v` big-endian at p; returns the bytes written.
   template <typename U>
   static std::size_t PutTagged(std::uint8_t* p, std::uint8_t tag, U v) {

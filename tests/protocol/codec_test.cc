@@ -423,6 +423,31 @@ TEST(HotPath, IntArraysOfEveryWidthEncodeTheSameWhateverTheRoom) {
   EXPECT_FALSE(EncodeTo(v, std::span(exact.data(), exact.size() - 1)).fits);
 }
 
+// KV events are written in bulk too (each map's constant bytes copied whole,
+// room for the batch's worst case checked once); into a span with less room
+// than that they go field by field. Both give real msgspec's bytes.
+TEST(HotPath, KvBatchesEncodeAsMsgspecDoesWhateverTheRoom) {
+  for (const char* file : {"BatchedKVOperationMsg__edge_ints.msgpack", "BatchedKVOperationMsg__256ops.msgpack",
+                           "BatchedKVOperationMsg__small.msgpack"}) {
+    SCOPED_TRACE(file);
+    const std::string bytes = ReadFile(VectorDir() + file);
+    BatchedKVOperationView v;
+    ASSERT_TRUE(Decode(AsBytes(bytes), &v).ok());
+    ASSERT_FALSE(v.operations.empty());
+    std::vector<std::uint8_t> roomy(bytes.size() + 64 * v.operations.size());  // the bulk path's room
+    EncodeResult r = EncodeTo(v, std::span(roomy));
+    ASSERT_TRUE(r.fits);
+    EXPECT_EQ(std::string(roomy.begin(), roomy.begin() + r.bytes), bytes);
+    std::vector<std::uint8_t> exact(bytes.size());  // less than the worst case: field by field
+    EncodeResult e = EncodeTo(v, std::span(exact));
+    ASSERT_TRUE(e.fits);
+    EXPECT_EQ(std::string(exact.begin(), exact.end()), bytes);
+    EncodeResult short_by_one = EncodeTo(v, std::span(exact.data(), exact.size() - 1));
+    EXPECT_FALSE(short_by_one.fits);
+    EXPECT_EQ(short_by_one.bytes, bytes.size());
+  }
+}
+
 TEST(HotPath, LookupRepliesDecodeIntoAKeptMessageWithoutAllocating) {
   BatchedP2PLookupRetMsg first{{{"lmcache_instance_with_a_long_name_1", "LocalDiskBackend", Int(12),
                                  "a-peer-host.example.internal:8200"}}};
