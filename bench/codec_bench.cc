@@ -117,8 +117,8 @@ void BM_EncodeKvBatch_Span(benchmark::State& state) {
   std::string bytes = Vector(KvFile(state.range(0)));
   BatchedKVOperationView view;
   (void)Decode(Bytes(bytes), &view);
-  // Room as a worker claims it in its ring: a bound per op (48 bytes), not the exact size.
-  std::vector<std::uint8_t> out(64 + view.instance_id.size() + view.location.size() + 48 * view.operations.size());
+  // Room as a worker claims it in its ring (a bound, not the exact size).
+  std::vector<std::uint8_t> out(KvBatchBytesBound(view.instance_id.size(), view.location.size(), view.operations.size()));
   for (auto _ : state) {
     EncodeResult r = EncodeTo(view, std::span(out));
     benchmark::DoNotOptimize(r);

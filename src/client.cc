@@ -26,7 +26,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace kvring::protocol;
 
-constexpr std::size_t kOpBytesBound = 48;  // one encoded KVOpEvent, at most (keys and seqs as uint64)
 constexpr const char* kDefaultSyncLocation = "LocalCPUBackend";
 
 Status Unavailable(const std::string& what) { return Status(ErrorKind::kUnavailable, what); }
@@ -302,7 +301,7 @@ struct Worker::Impl {
       batch.location = l.name;
       batch.operations.assign(l.ops.begin(), l.ops.begin() + static_cast<std::ptrdiff_t>(n));
       for (std::size_t i = 0; i < n; ++i) batch.operations[i].seq_num = Int::FromI64(l.next_seq + static_cast<std::int64_t>(i));
-      std::size_t guess = 64 + o.instance_id.size() + l.name.size() + n * kOpBytesBound;
+      std::size_t guess = KvBatchBytesBound(o.instance_id.size(), l.name.size(), n);  // room for the bulk encoder
       if (Status s = Write(guess, [&](std::span<std::uint8_t> out) { return EncodeTo(batch, out); }); !s.ok())
         return s;
       l.next_seq += static_cast<std::int64_t>(n);

@@ -627,14 +627,14 @@ template <typename W> void EncodeValue(W& w, const std::vector<KVOpEvent>& v) {
   static constexpr std::string_view kHead = "\x83" "\xa7" "op_type";  // fixmap of 3, then the first name
   static constexpr std::string_view kAdmit = "\xa5" "admit", kEvict = "\xa5" "evict";
   static constexpr std::string_view kKey = "\xa3" "key", kSeq = "\xa7" "seq_num";
-  constexpr std::size_t kMaxOpBytes = kHead.size() + kAdmit.size() + kKey.size() + kSeq.size() + 2 * W::kMaxIntBytes;
+  static_assert(kHead.size() + kAdmit.size() + kKey.size() + kSeq.size() + 2 * W::kMaxIntBytes == kKvOpMaxBytes);
   auto put = [](std::uint8_t* q, std::string_view bytes) {
     std::memcpy(q, bytes.data(), bytes.size());
     return bytes.size();
   };
   w.ArrayHeader(v.size());
   w.Bulk(
-      v.size() * kMaxOpBytes,
+      v.size() * kKvOpMaxBytes,
       [&](std::uint8_t* p) {
         std::uint8_t* q = p;
         for (const KVOpEvent& op : v) {

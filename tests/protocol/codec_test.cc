@@ -448,6 +448,27 @@ TEST(HotPath, KvBatchesEncodeAsMsgspecDoesWhateverTheRoom) {
   }
 }
 
+// The bound a worker claims ring room by holds the widest batch there is:
+// names long enough for 5-byte string headers, enough ops for a 5-byte
+// array header, every int 9 bytes.
+TEST(HotPath, KvBatchBytesBoundHoldsTheWidestBatch) {
+  BatchedKVOperationView v;
+  const std::string instance(70000, 'i'), location(70000, 'l');
+  v.instance_id = instance;
+  v.location = location;
+  v.worker_id = Int::FromU64(~0ULL);
+  for (int i = 0; i < 70000; ++i)
+    v.operations.push_back({OpType::kEvict, Int::FromU64(~0ULL - static_cast<std::uint64_t>(i)), Int(std::numeric_limits<std::int64_t>::min())});
+  const std::size_t bound = KvBatchBytesBound(instance.size(), location.size(), v.operations.size());
+  std::vector<std::uint8_t> room(bound);
+  EncodeResult r = EncodeTo(v, std::span(room));
+  ASSERT_TRUE(r.fits);
+  EXPECT_EQ(r.bytes, bound);  // and tight
+  BatchedKVOperationView back;
+  ASSERT_TRUE(Decode(std::span<const std::uint8_t>(room.data(), r.bytes), &back).ok());
+  EXPECT_EQ(back.operations, v.operations);
+}
+
 TEST(HotPath, LookupRepliesDecodeIntoAKeptMessageWithoutAllocating) {
   BatchedP2PLookupRetMsg first{{{"lmcache_instance_with_a_long_name_1", "LocalDiskBackend", Int(12),
                                  "a-peer-host.example.internal:8200"}}};

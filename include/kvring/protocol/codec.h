@@ -110,4 +110,14 @@ EncodeResult EncodeTo(const BatchedKVOperationView& m, std::span<std::uint8_t> o
 EncodeResult EncodeTo(const BatchedP2PLookupView& m, std::span<std::uint8_t> out);
 EncodeResult EncodeTo(const BatchedP2PLookupRetMsg& m, std::span<std::uint8_t> out);
 
+// Room that always holds a BatchedKVOperationMsg of n ops:
+// KvBatchBytesBound(instance_id.size(), location.size(), n). Its ops are
+// written in bulk when the room left for them is at least n * kKvOpMaxBytes
+// (otherwise field by field, slower, same bytes).
+inline constexpr std::size_t kKvOpMaxBytes = 45;        // one KVOpEvent, key and seq_num 9 bytes each
+inline constexpr std::size_t kKvBatchHeaderMaxBytes = 94;  // the rest, besides the two names' characters
+constexpr std::size_t KvBatchBytesBound(std::size_t instance_id_bytes, std::size_t location_bytes, std::size_t ops) {
+  return kKvBatchHeaderMaxBytes + instance_id_bytes + location_bytes + ops * kKvOpMaxBytes;
+}
+
 }  // namespace kvring::protocol
