@@ -185,17 +185,6 @@ void* ChunkIndex::MapAligned(std::size_t bytes) {
   return reinterpret_cast<void*>(aligned);
 }
 
-std::uint64_t ChunkIndex::Mix(std::uint64_t key) {
-  // Chunk hashes are already hashes, but a worker may send structured values:
-  // a multiply-xorshift finaliser (from MurmurHash3's fmix64) spreads them.
-  key ^= key >> 33;
-  key *= 0xff51afd7ed558ccdULL;
-  key ^= key >> 33;
-  key *= 0xc4ceb9fe1a85ec53ULL;
-  key ^= key >> 33;
-  return key;
-}
-
 ChunkIndex::ChunkIndex(Options options) : options_(options) {
   if (options_.shard_bits < 1) options_.shard_bits = 1;
   if (options_.shard_bits > 16) options_.shard_bits = 16;

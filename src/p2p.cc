@@ -11,7 +11,7 @@ using index::HolderId;
 // Candidate holders: few in practice (holders per key), kept on the stack;
 // past the inline capacity the extras are ignored, which can only shorten a
 // tie list, never lose the longest prefix of those kept.
-constexpr std::size_t kMaxCandidates = 64;
+constexpr std::size_t kMaxCandidates = 64;  // a bit each in a 64-bit mask
 constexpr std::size_t kPrefetchAhead = 32;  // a 32-hash request is prefetched whole before its first probe
 
 Hit MakeHit(const registry::Registry& reg, HolderId h, std::uint64_t hits) {
@@ -32,12 +32,16 @@ Hit Lookup::Run(const index::ChunkIndex& idx, const registry::Registry& reg, std
 Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry& reg,
                           std::span<const std::uint64_t> hashes, std::string_view requester_instance,
                           std::int64_t requester_worker) {
-  // Keep kPrefetchAhead home slots in flight: the random reads of a long
-  // request then overlap instead of waiting one after another.
-  idx.Prefetch(hashes.subspan(0, std::min(kPrefetchAhead, hashes.size())));
+  // Each hash is located (mixed, placed, its window's two lines prefetched)
+  // kPrefetchAhead hashes before its probe, so that a request's random reads
+  // overlap instead of waiting one after another, and its key is mixed and
+  // placed once. Candidates keep their places (a bit each in `alive`).
+  std::array<index::ChunkIndex::Probe, kPrefetchAhead> ahead;
+  const std::size_t count = hashes.size();
+  for (std::size_t i = 0; i < std::min(kPrefetchAhead, count); ++i) ahead[i] = idx.Locate(hashes[i]);
   std::array<HolderId, kMaxCandidates> cand;
   std::size_t n = 0;
-  idx.ForEachHolder(hashes[0], [&](HolderId h) {
+  idx.ForEachHolder(ahead[0], [&](HolderId h) {
     const auto& info = reg.holder(h);
     if (!info.live || n == kMaxCandidates) return;
     const auto& w = reg.worker(info.worker);
@@ -45,25 +49,24 @@ Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry
     cand[n++] = h;
   });
   if (n == 0) return Hit{};
+  std::uint64_t alive = n == kMaxCandidates ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
   std::size_t len = 1;
-  std::array<bool, kMaxCandidates> keep;
-  for (std::size_t i = 1; i < hashes.size(); ++i) {
-    if (i + kPrefetchAhead < hashes.size()) idx.Prefetch(hashes.subspan(i + kPrefetchAhead, 1));
-    keep.fill(false);
-    std::size_t kept = 0;
-    idx.ForEachHolder(hashes[i], [&](HolderId h) {
-      for (std::size_t c = 0; c < n; ++c)
-        if (cand[c] == h && !keep[c]) { keep[c] = true; ++kept; }
+  for (std::size_t i = 1; i < count; ++i) {
+    // The slot hashes[i - 1] used takes the hash kPrefetchAhead on.
+    if (i - 1 + kPrefetchAhead < count) ahead[(i - 1) % kPrefetchAhead] = idx.Locate(hashes[i - 1 + kPrefetchAhead]);
+    std::uint64_t holds = 0;  // bit c: cand[c] holds hashes[i]
+    idx.ForEachHolder(ahead[i % kPrefetchAhead], [&](HolderId h) {
+      for (std::size_t c = 0; c < n; ++c) holds |= std::uint64_t{cand[c] == h} << c;
     });
-    if (kept == 0) break;
-    std::size_t w = 0;
-    for (std::size_t c = 0; c < n; ++c)
-      if (keep[c]) cand[w++] = cand[c];
-    n = w;
+    if ((alive & holds) == 0) break;
+    alive &= holds;
     len = i + 1;
   }
-  // Every remaining candidate holds exactly `len` leading hashes.
-  std::size_t same_rank = 0;
+  // Every candidate left holds exactly `len` leading hashes; ties prefer
+  // the requester's TP rank.
+  std::size_t kept = 0, same_rank = 0;
+  for (; alive != 0; alive &= alive - 1) cand[kept++] = cand[static_cast<std::size_t>(__builtin_ctzll(alive))];
+  n = kept;
   for (std::size_t c = 0; c < n; ++c)
     if (reg.worker(reg.holder(cand[c]).worker).worker_id == requester_worker) cand[same_rank++] = cand[c];
   std::size_t pool = same_rank ? same_rank : n;

@@ -58,6 +58,38 @@ TEST(ChunkIndex, ChurnAtAHolderListChunkBoundaryAllocatesNothing) {
   EXPECT_EQ(idx.KeysOf(0), 1024u);
 }
 
+// The SIMD compare of a lookup's window reports what the slot-by-slot one
+// does, including keys that share one 32-bit half with the probed key (SSE2
+// compares halves) and empty slots.
+TEST(ChunkIndex, WindowCompareAgreesWithTheSlotBySlotCompare) {
+  std::mt19937_64 rng(5);
+  alignas(ChunkIndex::kLineBytes) ChunkIndex::Slot window[2 * ChunkIndex::kSlotsPerLine];
+  for (int round = 0; round < 20000; ++round) {
+    const std::uint64_t key = rng() | 1;
+    for (auto& s : window) {
+      switch (rng() % 5) {
+        case 0: s.mixed = key; break;
+        case 1: s.mixed = key ^ (std::uint64_t{1} << (32 + rng() % 32)); break;  // low half equal
+        case 2: s.mixed = key ^ (std::uint64_t{1} << (rng() % 32)); break;       // high half equal
+        case 3: s.mixed = 0; break;
+        default: s.mixed = rng(); break;
+      }
+      s.tag = static_cast<std::uint32_t>(rng());
+      s.pos = static_cast<std::uint32_t>(rng());
+    }
+    ASSERT_EQ(ChunkIndex::WindowMatches(window, key), ChunkIndex::WindowMatchesScalar(window, key)) << round;
+  }
+  // Every bit pattern of the eight slots.
+  for (unsigned bits = 0; bits < 256; ++bits) {
+    unsigned want = 0;
+    for (std::size_t j = 0; j < 8; ++j) {
+      window[j].mixed = bits >> j & 1 ? 42 : 43;
+      want |= (bits >> j & 1) << (2 * j);
+    }
+    ASSERT_EQ(ChunkIndex::WindowMatches(window, 42), want) << bits;
+  }
+}
+
 // A random mix of admits and evicts against a simple model, through many
 // incremental growths.
 void CheckAgainstAModel(const Options& o) {
@@ -89,6 +121,10 @@ void CheckAgainstAModel(const Options& o) {
     std::set<HolderId> got;
     idx.ForEachHolder(key, [&](HolderId x) { ASSERT_TRUE(got.insert(x).second) << "reported twice: " << x; });
     ASSERT_EQ(got, model[key]) << op;
+    // The same through a probe located ahead, as long lookups use it.
+    std::set<HolderId> located;
+    idx.ForEachHolder(idx.Locate(key), [&](HolderId x) { located.insert(x); });
+    ASSERT_EQ(located, model[key]) << op;
   }
   EXPECT_TRUE(saw_growth);
   std::vector<std::size_t> per_holder(5, 0);

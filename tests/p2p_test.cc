@@ -1,5 +1,6 @@
 #include "kvring/p2p.h"
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <set>
@@ -167,6 +168,57 @@ TEST(P2PLookup, LMCachePolicyEqualsLMCacheRuleOnRandomStates) {
     Hit got = c.Ask(hashes, requester, 0, Policy::kLMCache);
     EXPECT_EQ(std::string(got.instance_id), want_inst) << round;
     EXPECT_EQ(got.num_hit_chunks, want_hits) << round;
+  }
+}
+
+// kvring's rule against a brute force on random states: requests longer than
+// the lookup's prefetch window, many candidates that drop out at different
+// hashes, holders without peer URLs, keys with several holders.
+TEST(P2PLookup, LongestPrefixEqualsABruteForceOnRandomStates) {
+  std::mt19937 rng(17);
+  for (int round = 0; round < 300; ++round) {
+    Cluster c;
+    struct H { std::string inst; int wid; HolderId id; bool peer; std::size_t holds; };
+    std::vector<H> holders;
+    const int n_inst = 1 + static_cast<int>(rng() % 5);
+    for (int i = 0; i < n_inst; ++i)
+      for (int w = 0; w < 1 + static_cast<int>(rng() % 3); ++w) {
+        std::string inst = "I" + std::to_string(i);
+        const bool peer = rng() % 5 != 0;
+        for (const char* loc : {"LocalCPUBackend", "LocalDiskBackend"}) holders.push_back({inst, w, c.Worker(inst, w, loc, peer), peer, 0});
+      }
+    for (auto& h : holders) h.peer = c.reg.worker(c.reg.holder(h.id).worker).peer_init_url.has_value();
+    const std::size_t len = 1 + rng() % 120;
+    std::vector<std::uint64_t> hashes(len);
+    for (auto& x : hashes) x = (static_cast<std::uint64_t>(round) << 32) ^ rng();
+    for (auto& h : holders) {
+      // A prefix of the request, then (sometimes) a few later hashes past a gap.
+      h.holds = rng() % 3 == 0 ? 0 : rng() % (len + 1);
+      for (std::size_t k = 0; k < h.holds; ++k) ASSERT_EQ(c.idx.Add(hashes[k], h.id), index::AddResult::kAdded);
+      for (std::size_t k = h.holds + 1; k < len; k += 1 + rng() % 7) ASSERT_EQ(c.idx.Add(hashes[k], h.id), index::AddResult::kAdded);
+    }
+    const std::string requester = "I" + std::to_string(rng() % (n_inst + 1));
+    const int wid = static_cast<int>(rng() % 3);
+    std::size_t best = 0;
+    for (auto& h : holders)
+      if (h.inst != requester && h.peer) best = std::max(best, h.holds);
+    bool same_rank_best = false;
+    for (auto& h : holders) same_rank_best |= h.inst != requester && h.peer && h.holds == best && h.wid == wid;
+    Hit got = c.Ask(hashes, requester, wid);
+    ASSERT_EQ(got.num_hit_chunks, best) << round;
+    if (best == 0) {
+      EXPECT_TRUE(got.instance_id.empty()) << round;
+      continue;
+    }
+    const auto& w = c.reg.worker(c.reg.holder(got.holder).worker);
+    EXPECT_NE(w.instance_id, requester) << round;
+    EXPECT_TRUE(w.peer_init_url.has_value()) << round;
+    if (same_rank_best) {
+      EXPECT_EQ(w.worker_id, wid) << round;
+    }
+    const auto it = std::find_if(holders.begin(), holders.end(), [&](const H& h) { return h.id == got.holder; });
+    ASSERT_NE(it, holders.end());
+    EXPECT_EQ(it->holds, best) << round;
   }
 }
 

@@ -57,7 +57,12 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace kvring::index {
 
@@ -106,11 +111,32 @@ class ChunkIndex {
   // misses then overlap instead of queueing one after another).
   void Prefetch(std::span<const std::uint64_t> keys) const;
 
+  // A lookup located ahead of its use: Locate mixes the key, finds its
+  // window (the home slot's cache line and the next) and prefetches it;
+  // ForEachHolder(probe, ...) later reads the holders from that window. A
+  // long lookup (P2P requests: hundreds of hashes) then mixes and places each
+  // key once and, between the two, runs no code but its own: per hash, the
+  // instructions are what is left to pay once the misses overlap
+  // (docs/PERFORMANCE.md). Valid until the index next changes.
+  struct Probe;
+  Probe Locate(std::uint64_t key) const;
+  template <typename Fn>
+  void ForEachHolder(const Probe& probe, Fn&& fn) const;
+
   std::size_t pairs() const { return pairs_; }
   std::size_t over_quota() const { return over_quota_; }
   // The key mixer (MurmurHash3's fmix64): spreads structured keys over the
   // shards and slots. Also a handy generator of well-spread test keys.
-  static std::uint64_t Mix(std::uint64_t key);
+  static constexpr std::uint64_t Mix(std::uint64_t key) {
+    // Chunk hashes are already hashes, but a worker may send structured
+    // values: a multiply-xorshift finaliser (MurmurHash3's fmix64) spreads them.
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ULL;
+    key ^= key >> 33;
+    return key;
+  }
 
   // Heap bytes held by tables and holder lists.
   std::size_t MemoryBytes() const;
@@ -134,6 +160,15 @@ class ChunkIndex {
   // Every table starts on a cache line and holds a multiple of a line's slots.
   static constexpr std::size_t kLineBytes = 64;
   static constexpr std::size_t kSlotsPerLine = kLineBytes / sizeof(Slot);
+  // Bit 2j set: slot j of the two-line window at `line` (line-aligned) holds
+  // `mixed`. WindowMatches compares in SIMD where it can, WindowMatchesScalar
+  // a slot at a time (the portable path, and the tests' reference).
+  static unsigned WindowMatches(const Slot* line, std::uint64_t mixed);
+  static unsigned WindowMatchesScalar(const Slot* line, std::uint64_t mixed) {
+    unsigned eq = 0;
+    for (std::size_t j = 0; j < 2 * kSlotsPerLine; ++j) eq |= unsigned{line[j].mixed == mixed} << (2 * j);
+    return eq;
+  }
 
  private:
   // Slots of one table. Large tables are mmap-ed on a 2 MiB boundary and,
@@ -189,6 +224,13 @@ class ChunkIndex {
   };
   struct HolderKeys;
 
+  // The probe of `key` without its prefetch.
+  Probe Place(std::uint64_t key) const;
+  // Calls fn for every holder and returns true if the probe's window holds
+  // all of the key's pairs; false (no call) if they may run past it (about
+  // 6 % of hits at 3/4 load) or the probe has no window.
+  template <typename Fn>
+  bool HoldersInWindow(const Probe& probe, Fn&& fn) const;
   Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
   const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
   // The pair (mixed, holder) in `t` (`old`: a draining table, whose slots
@@ -219,33 +261,82 @@ class ChunkIndex {
 
 // ---- inline lookups ----------------------------------------------------------------
 
-template <typename Fn>
-void ChunkIndex::ForEachHolder(std::uint64_t key, Fn&& fn) const {
+struct ChunkIndex::Probe {
+  std::uint64_t key;
+  std::uint64_t mixed;
+  const Slot* window;  // the home slot's line and the next; null: the slot-by-slot scan
+  std::size_t skip;    // the home slot's place in the window
+};
+
+inline ChunkIndex::Probe ChunkIndex::Place(std::uint64_t key) const {
   const std::uint64_t m = Mix(key);
   const Shard& sh = ShardOf(m);
-  // The common case without a branch per slot: the two cache lines Prefetch
+  const std::size_t home = sh.cur.Home(m), first = home & ~(kSlotsPerLine - 1);
+  // Key 0 mixes to 0, an empty slot's key; a growing shard is probed twice;
+  // a window past the table's end would wrap: all take the scan.
+  if (sh.old.slots || m == 0 || first + 2 * kSlotsPerLine > sh.cur.capacity) return Probe{key, m, nullptr, 0};
+  return Probe{key, m, &sh.cur.slots[first], home - first};
+}
+
+inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
+  const Probe p = Place(key);
+  if (p.window) {
+    __builtin_prefetch(p.window);
+    __builtin_prefetch(p.window + kSlotsPerLine);
+  } else {
+    Prefetch(std::span(&key, 1));
+  }
+  return p;
+}
+
+template <typename Fn>
+void ChunkIndex::ForEachHolder(std::uint64_t key, Fn&& fn) const {
+  ForEachHolder(Place(key), std::forward<Fn>(fn));
+}
+
+template <typename Fn>
+bool ChunkIndex::HoldersInWindow(const Probe& probe, Fn&& fn) const {
+  // The common case without a branch per slot: the two cache lines Locate
   // fetches (the home slot's and the next) are compared with the key all at
   // once. A key's pairs are contiguous from its home on (sorted runs), so if
   // they end before the last slot of the window, they are all here. A scan
   // loop over slots of unpredictable length costs a branch miss or two per
   // key, which was most of a prefetched lookup's time (docs/PERFORMANCE.md).
-  // Key 0 mixes to 0, an empty slot's key: it takes the loop below.
-  if (!sh.old.slots && m != 0) {
-    const Table& t = sh.cur;
-    const std::size_t home = t.Home(m);
-    const std::size_t first = home & ~(kSlotsPerLine - 1), skip = home - first;
-    if (first + 2 * kSlotsPerLine <= t.capacity) {
-      const Slot* line = &t.slots[first];
-      unsigned eq = 0;
-      for (std::size_t j = 0; j < 2 * kSlotsPerLine; ++j) eq |= unsigned{line[j].mixed == m} << j;
-      eq >>= skip;
-      if (eq != 0 && (eq >> (2 * kSlotsPerLine - skip - 1)) == 0) {
-        for (; eq != 0; eq &= eq - 1)
-          fn(static_cast<HolderId>(line[skip + static_cast<std::size_t>(__builtin_ctz(eq))].tag - 1));
-        return;
-      }
-    }
+  if (!probe.window) return false;
+  const Slot* line = probe.window;
+  const std::size_t skip = probe.skip;
+  // Bit 2j: slot skip + j holds the key.
+  const unsigned eq = WindowMatches(line, probe.mixed) >> (2 * skip);
+  if (eq == 0 || (eq >> (2 * (2 * kSlotsPerLine - skip - 1))) != 0) return false;
+  for (unsigned left = eq; left != 0; left &= left - 1)
+    fn(static_cast<HolderId>(line[skip + static_cast<std::size_t>(__builtin_ctz(left)) / 2].tag - 1));
+  return true;
+}
+
+inline unsigned ChunkIndex::WindowMatches(const Slot* line, std::uint64_t mixed) {
+#if defined(__SSE2__)
+  // Two slots' keys to a register, compared as 32-bit halves (SSE2 has no
+  // 64-bit compare): about a third of the instructions of a compare a slot,
+  // and a prefetched lookup is bound by its instructions and loads per hash
+  // as much as by its misses (docs/PERFORMANCE.md).
+  const __m128i key = _mm_set1_epi64x(static_cast<long long>(mixed));
+  const auto* v = reinterpret_cast<const __m128i*>(line);  // 16-byte slots, tables line-aligned
+  unsigned halves = 0;  // bits 2j, 2j+1: slot j's low and high halves equal
+  for (int k = 0; k < 4; ++k) {
+    const __m128i pair = _mm_unpacklo_epi64(_mm_load_si128(v + 2 * k), _mm_load_si128(v + 2 * k + 1));
+    halves |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(pair, key)))) << (4 * k);
   }
+  return halves & (halves >> 1) & 0x5555u;
+#else
+  return WindowMatchesScalar(line, mixed);
+#endif
+}
+
+template <typename Fn>
+void ChunkIndex::ForEachHolder(const Probe& probe, Fn&& fn) const {
+  if (HoldersInWindow(probe, fn)) return;
+  const std::uint64_t m = probe.mixed;
+  const Shard& sh = ShardOf(m);
   for (int which = 0; which < 2; ++which) {
     const Table& t = which == 0 ? sh.cur : sh.old;
     if (!t.slots) continue;
