@@ -81,8 +81,10 @@ void RunController(Controller& ctl, std::uint32_t spin_passes) {
 // and the line after it) in a 256 MiB table, prefetched `ahead` keys ahead,
 // with nothing else to do: read (a lookup) or read and written (an admit or
 // evict). `huge`: the table on 2 MiB huge pages, else on 4 KiB pages (a page
-// walk per probe).
-inline void RandomLinePairsFloor(benchmark::State& state, std::size_t n, bool huge, std::size_t ahead, bool write) {
+// walk per probe). `lines` = 1: one random line a key instead (what any
+// layout must read at least: the floor of a one-line probe).
+inline void RandomLinePairsFloor(benchmark::State& state, std::size_t n, bool huge, std::size_t ahead, bool write,
+                                 std::size_t lines = 2) {
   constexpr std::size_t kBytes = std::size_t{256} << 20, kHuge = std::size_t{2} << 20;
   void* raw = mmap(nullptr, kBytes + 2 * kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) return state.SkipWithError("mmap failed");
@@ -91,10 +93,14 @@ inline void RandomLinePairsFloor(benchmark::State& state, std::size_t n, bool hu
   for (std::size_t off = 0; off < kBytes; off += 4096) table[off] = 1;
   // Fresh random lines every time (a fixed set would end up cached), from
   // the same mixer the index uses: address arithmetic comparable to a probe's.
-  auto line_of = [&](std::uint64_t c) { return table + (index::ChunkIndex::Mix(c) & (kBytes / 16 - 1)) * 16; };
+  const std::size_t second = lines > 1 ? 64 : 0;  // 0: the same line again (already there)
+  auto line_of = [&](std::uint64_t c) {
+    const std::uint64_t m = index::ChunkIndex::Mix(c);
+    return second ? table + (m & (kBytes / 16 - 1)) * 16 : table + (m & (kBytes / 64 - 1)) * 64;
+  };
   auto prefetch = [&](std::uint64_t c) {
     __builtin_prefetch(line_of(c));
-    __builtin_prefetch(line_of(c) + 64);
+    if (second) __builtin_prefetch(line_of(c) + second);
   };
   std::uint64_t sink = 0, base = 0;
   for (auto _ : state) {
@@ -104,9 +110,9 @@ inline void RandomLinePairsFloor(benchmark::State& state, std::size_t n, bool hu
       unsigned char* p = line_of(base + i);
       if (write) {
         ++p[0];
-        ++p[64];
+        ++p[second];
       } else {
-        sink += p[0] + p[64];
+        sink += p[0] + p[second];
       }
     }
     base += n;

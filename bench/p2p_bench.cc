@@ -1,10 +1,11 @@
 // P2P lookup cost inside the controller (no transport): a 10 M-key index over
-// 8 instances (grown, or made with a reserve: `_Reserved`), requests of 32, 256
-// and 4,096 chunk hashes whose whole prefix
-// one peer holds, as kvring's longest-prefix policy and LMCache's rule
-// answer them, beside their memory floor (BM_Floor_RandomLinePairs: the
-// probes' cache lines alone). LMCache's Python controller, measured with real msgspec and no
-// sockets: ~42 us for 32 hashes, ~0.9 ms for 4,096 (docs/PERFORMANCE.md).
+// 8 instances (grown, or made with a reserve: `_Reserved`), requests of 32,
+// 256 and 4,096 chunk hashes whose whole prefix one peer holds, as kvring's
+// longest-prefix policy and LMCache's rule answer them, beside their memory
+// floor (BM_Floor_RandomLinePairs: the probes' cache lines alone;
+// BM_Floor_RandomLines: one line a hash, the least any layout reads).
+// LMCache's Python controller, measured with real msgspec and no sockets:
+// ~42 us for 32 hashes, ~0.9 ms for 4,096 (docs/PERFORMANCE.md).
 #include <benchmark/benchmark.h>
 
 
@@ -85,6 +86,13 @@ void BM_Floor_RandomLinePairs(benchmark::State& state) {
   bench::RandomLinePairsFloor(state, static_cast<std::size_t>(state.range(0)), state.range(1) != 0, 32, false);
 }
 BENCHMARK(BM_Floor_RandomLinePairs)->ArgsProduct({{32, 256}, {0, 1}});
+// One random line a hash, huge pages: what a lookup must read whatever the
+// slot layout (a one-line probe's floor; the 6 us for 256 hashes
+// end to end has this, the ring round trip and the codec under it).
+void BM_Floor_RandomLines(benchmark::State& state) {
+  bench::RandomLinePairsFloor(state, static_cast<std::size_t>(state.range(0)), true, 32, false, 1);
+}
+BENCHMARK(BM_Floor_RandomLines)->Arg(32)->Arg(256);
 
 }  // namespace
 
