@@ -430,6 +430,9 @@ std::size_t ChunkIndex::DropHolderSlice(HolderId holder, std::size_t budget) {
   return left;
 }
 
+// Its own loop, not one over Locate(): written that way (the probes thrown
+// away), g++ 12 -O2 compiled this function to a bare return, prefetches and
+// all, and 1 M-key churn ran twice as slow (2026-11-26).
 void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
   for (std::uint64_t key : keys) {
     const std::uint64_t m = Mix(key);
