@@ -770,6 +770,7 @@ std::string Controller::StatsJson() const {
       {"instances", registry_.Instances().size()},
       {"keys", index_.pairs()},
       {"index_bytes", index_.MemoryBytes()},
+      {"index_overflow_pairs", index_.OverflowPairs()},
       {"messages_total", stats_.messages},
       {"kv_ops_total", stats_.kv_ops},
       {"p2p_lookups_total", stats_.p2p_lookups},

@@ -45,12 +45,6 @@ struct ChunkIndex::HolderKeys {
 };
 
 namespace {
-
-ChunkIndex::Slot EmptySlot() { return {0, ChunkIndex::kEmptyTag, 0}; }
-
-}  // namespace
-
-namespace {
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
 }  // namespace
 
@@ -155,6 +149,7 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
   const std::size_t bytes = capacity * sizeof(Slot);
   Table t;
   t.capacity = capacity;
+  t.buckets = capacity / kSlotsPerLine;
   if (bytes >= kHugePage) {
     void* p = MapAligned(bytes);
     // Not advised for huge pages yet: a huge-page fault can stall for
@@ -164,7 +159,7 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
     t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, TableMemory::kMapped});
     return t;
   }
-  // Cache-line aligned (ForEachHolder reads a probe's two lines whole).
+  // Cache-line aligned: a bucket is a line.
   auto* p = static_cast<Slot*>(std::aligned_alloc(kLineBytes, bytes));
   if (!p) throw std::bad_alloc();
   std::memset(p, 0, bytes);
@@ -172,6 +167,7 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
   return t;
 }
 static_assert(ChunkIndex::kLineBytes % sizeof(ChunkIndex::Slot) == 0);
+static_assert(ChunkIndex::kSlotsPerLine == 4, "BucketMatches compares four slots");
 
 // Maps `bytes` starting on a 2 MiB boundary (one huge page more is mapped
 // and trimmed): memory that starts mid-page could never be a huge page.
@@ -192,11 +188,12 @@ ChunkIndex::ChunkIndex(Options options) : options_(options) {
   while (slots < options_.initial_shard_slots) slots <<= 1;
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
+  top_bits_ = ~std::uint64_t{0} << (64 - options_.shard_bits);
   if (options_.reserve_keys == 0) {
     for (auto& sh : shards_) sh.cur = NewTable(slots);
   } else {
     // 3/4 load when the reserve is full, 2 % over for shards above their
-    // share; a multiple of 4 slots keeps every piece cache-line aligned.
+    // share; whole buckets keep every piece cache-line aligned.
     const std::size_t per_shard = (options_.reserve_keys + shards_.size() - 1) / shards_.size();
     slots = std::max(slots, (per_shard * 4 / 3 * 102 / 100 + 4) & ~std::size_t{3});
     const std::size_t piece = slots * sizeof(Slot), bytes = piece * shards_.size();
@@ -205,6 +202,7 @@ ChunkIndex::ChunkIndex(Options options) : options_(options) {
     PopulateHugePages(arena, bytes);
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       shards_[i].cur.capacity = slots;
+      shards_[i].cur.buckets = slots / kSlotsPerLine;
       shards_[i].cur.slots =
           std::unique_ptr<Slot[], TableMemory>(arena + i * slots, TableMemory{piece, TableMemory::kArenaPiece});
     }
@@ -230,53 +228,90 @@ void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uin
   for (std::size_t i = 0; i < hk.size; ++i) fn(hk.at(i));
 }
 
-ChunkIndex::Slot* ChunkIndex::FindIn(Table& t, std::uint64_t mixed, HolderId holder,
-                                     bool old, std::size_t cursor, std::size_t* stop) const {
-  if (!t.slots) return nullptr;
-  for (std::size_t i = t.Home(mixed), dist = 0;; i = t.Next(i), ++dist) {
-    Slot& s = t.slots[i];
-    if (s.tag == kEmptyTag || (s.mixed != mixed && t.PastKey(i, s.mixed, dist, mixed))) {
-      if (stop) *stop = i;
-      return nullptr;
+ChunkIndex::Slot* ChunkIndex::FindInBucket(Slot* bucket, std::uint64_t stored, std::uint32_t tag) {
+  for (unsigned eq = BucketMatches(bucket, stored); eq != 0; eq &= eq - 1) {
+    Slot* s = &bucket[__builtin_ctz(eq) / 2];
+    if (s->tag == tag) return s;
+  }
+  return nullptr;
+}
+
+ChunkIndex::Slot* ChunkIndex::Find(Shard& sh, std::uint64_t stored, std::uint32_t tag) {
+  if (Slot* s = FindInBucket(sh.cur.Bucket(sh.cur.First(stored)), stored, tag)) return s;
+  if (Slot* s = FindInBucket(sh.cur.Bucket(sh.cur.Second(stored)), stored, tag)) return s;
+  if (sh.old.slots) {
+    const std::size_t o1 = sh.old.First(stored), o2 = sh.old.Second(stored);
+    if (o1 >= sh.migrate_at)
+      if (Slot* s = FindInBucket(sh.old.Bucket(o1), stored, tag)) return s;
+    if (o2 >= sh.migrate_at)
+      if (Slot* s = FindInBucket(sh.old.Bucket(o2), stored, tag)) return s;
+  }
+  if (!sh.overflow.empty()) {
+    auto [it, end] = sh.overflow.equal_range(stored);
+    for (; it != end; ++it)
+      if (it->second.tag == tag) return &it->second;
+  }
+  return nullptr;
+}
+
+namespace {
+
+// Bit j set: slot j of the bucket is empty.
+unsigned Empties(const ChunkIndex::Slot* b) {
+  return unsigned{b[0].tag == 0} | unsigned{b[1].tag == 0} << 1 | unsigned{b[2].tag == 0} << 2 |
+         unsigned{b[3].tag == 0} << 3;
+}
+
+// Steps of the random walk before a pair goes to the overflow: at 85 % load
+// a walk almost always ends within a few steps; a longer one is a key with
+// more holders than its two buckets hold, which the overflow is for.
+constexpr int kMaxKicks = 32;
+
+}  // namespace
+
+bool ChunkIndex::Put(Shard& sh, Slot s) {
+  Table& t = sh.cur;
+  std::size_t b1 = t.First(s.mixed), b2 = t.Second(s.mixed);
+  Slot* l1 = t.Bucket(b1);
+  Slot* l2 = t.Bucket(b2);
+  const unsigned e1 = Empties(l1), e2 = Empties(l2);
+  if ((e1 | e2) != 0) {
+    // The emptier bucket: keeps both of a key's buckets with room as long as
+    // can be, so walks stay rare.
+    const bool first = __builtin_popcount(e1) >= __builtin_popcount(e2);
+    (first ? l1 : l2)[__builtin_ctz(first ? e1 : e2)] = s;
+    return true;
+  }
+  // Both full: a random walk. Each step puts the pair in hand in place of a
+  // random pair of the bucket and takes that one to its other bucket.
+  std::size_t at = kick_state_ & 1 ? b1 : b2;
+  for (int step = 0; step < kMaxKicks; ++step) {
+    kick_state_ ^= kick_state_ << 13;
+    kick_state_ ^= kick_state_ >> 7;
+    kick_state_ ^= kick_state_ << 17;
+    std::swap(s, t.Bucket(at)[kick_state_ >> 62]);
+    const std::size_t a1 = t.First(s.mixed), a2 = t.Second(s.mixed);
+    at = a1 == at ? a2 : a1;
+    Slot* line = t.Bucket(at);
+    if (const unsigned e = Empties(line); e != 0) {
+      line[__builtin_ctz(e)] = s;
+      return true;
     }
-    if (s.mixed != mixed || (old && i < cursor)) continue;
-    if (s.tag == Tag(holder)) return &s;
   }
+  AddToOverflow(sh, s);
+  return false;
 }
 
-// Robin Hood insertion. Runs are sorted by home, then key, so the new pair
-// belongs where a probe for it stops (the first slot past its key, or an
-// empty one); everything from there to the end of the run moves on by one
-// slot, which keeps the order.
-void ChunkIndex::InsertInto(Table& t, std::uint64_t mixed, const Slot& s) {
-  std::size_t at = 0;
-  // kMaxHolder + 1 is no holder (its tag is the tombstone's, and tables
-  // inserted into hold none): the probe walks to its stop.
-  (void)FindIn(t, mixed, kMaxHolder + 1, false, 0, &at);
-  ShiftInsert(t, at, s);
+void ChunkIndex::AddToOverflow(Shard& sh, const Slot& s) {
+  sh.overflow.emplace(s.mixed, s);
+  MarkOverflow(sh, s.mixed);
 }
 
-void ChunkIndex::ShiftInsert(Table& t, std::size_t i, Slot s) {
-  for (;; i = t.Next(i)) {
-    Slot& here = t.slots[i];
-    if (here.tag == kEmptyTag) {
-      here = s;
-      return;
-    }
-    std::swap(s, here);
-  }
-}
-
-// Backward-shift deletion: the rest of the run moves back one slot until an
-// empty slot or a slot at its home, keeping runs unbroken and in Robin Hood
-// order.
-void ChunkIndex::EraseAt(Table& t, std::size_t i) {
-  for (std::size_t j = t.Next(i);; i = j, j = t.Next(j)) {
-    const Slot& s = t.slots[j];
-    if (s.tag == kEmptyTag || t.Home(s.mixed) == j) break;
-    t.slots[i] = s;
-  }
-  t.slots[i] = EmptySlot();
+void ChunkIndex::MarkOverflow(Shard& sh, std::uint64_t stored) {
+  const std::size_t words = (sh.cur.buckets + 63) / 64;
+  if (sh.marked.size() != words) sh.marked.assign(words, 0);
+  const std::size_t b = sh.cur.First(stored);
+  sh.marked[b / 64] |= std::uint64_t{1} << (b % 64);
 }
 
 void ChunkIndex::StartGrowth(Shard& sh) {
@@ -289,19 +324,22 @@ void ChunkIndex::StartGrowth(Shard& sh) {
   sh.cur = prepared ? std::move(*prepared) : NewTable(cap);
   sh.migrate_at = 0;
   sh.used = 0;
-  // Pairs are counted in `used` as they arrive in the new table.
+  // Pairs are counted in `used` as they arrive in the new table. The
+  // overflow stays where it is; its marks are redrawn for the new buckets
+  // (O(overflow), which holds a few pairs at most but for keys with many holders).
+  sh.marked.clear();
+  for (const auto& [stored, slot] : sh.overflow) MarkOverflow(sh, stored);
 }
 
 void ChunkIndex::MigrateStep(Shard& sh) {
   if (!sh.old.slots) return;
-  const std::size_t end = sh.old.capacity;
-  std::size_t n = options_.migrate_per_op;
+  const std::size_t end = sh.old.buckets;
+  std::size_t n = (options_.migrate_per_op + kSlotsPerLine - 1) / kSlotsPerLine;
   while (n-- > 0 && sh.migrate_at < end) {
-    const Slot s = sh.old.slots[sh.migrate_at];
-    ++sh.migrate_at;  // from here on this slot counts as moved
-    if (s.tag == kEmptyTag || s.tag == kTombstone) continue;
-    InsertInto(sh.cur, s.mixed, s);
-    ++sh.used;
+    Slot* line = sh.old.Bucket(sh.migrate_at);
+    ++sh.migrate_at;  // from here on this bucket counts as moved
+    for (std::size_t j = 0; j < kSlotsPerLine; ++j)
+      if (line[j].tag != kEmptyTag) sh.used += Put(sh, line[j]);
   }
   if (sh.migrate_at >= end) {
     const bool big = sh.cur.capacity * sizeof(Slot) >= kHugePage;
@@ -311,6 +349,7 @@ void ChunkIndex::MigrateStep(Shard& sh) {
         Table view;
         view.slots = std::unique_ptr<Slot[], TableMemory>(sh.cur.slots.get(), TableMemory{0, TableMemory::kHeap});
         view.capacity = sh.cur.capacity;
+        view.buckets = sh.cur.buckets;
         preparer_->Advise(std::move(view));
       }
     } else {
@@ -345,20 +384,15 @@ void ChunkIndex::AdviseHugePages(const Table& t) {
 
 void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {
   const std::uint64_t m = Mix(key);
-  Shard& sh = ShardOf(m);
-  Slot* s = FindIn(sh.cur, m, holder, false, 0);
-  if (!s) s = FindIn(sh.old, m, holder, true, sh.migrate_at);
-  if (s) s->pos = pos;
+  if (Slot* s = Find(ShardOf(m), Stored(m), Tag(holder))) s->pos = pos;
 }
 
 AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   if (holder > kMaxHolder) return AddResult::kOverQuota;
-  const std::uint64_t m = Mix(key);
+  const std::uint64_t m = Mix(key), st = Stored(m);
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
-  std::size_t at = 0;  // where the pair goes in sh.cur, unless growth starts below
-  if (FindIn(sh.cur, m, holder, false, 0, &at) || FindIn(sh.old, m, holder, true, sh.migrate_at))
-    return AddResult::kAlreadyPresent;
+  if (Find(sh, st, Tag(holder))) return AddResult::kAlreadyPresent;
   HolderKeys& hk = Keys(holder);
   if (options_.per_holder_quota && hk.size >= options_.per_holder_quota) {
     ++over_quota_;
@@ -370,34 +404,42 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
     sh.requested = next;
     preparer_->Request(static_cast<std::size_t>(&sh - shards_.data()), next);
   }
-  // Grow at 7/8: the new table is twice as large, so it absorbs the rest of
-  // the old one and the inserts made while it drains.
-  if ((sh.used + 1) * 8 > sh.cur.capacity * 7) {
+  // Grow at 85 %: the new table is twice as large, so it absorbs the rest of
+  // the old one and the inserts made while it drains; below it, walks are short.
+  if ((sh.used + 1) * 20 > sh.cur.capacity * 17) {
     while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
     StartGrowth(sh);
     MigrateStep(sh);
-    (void)FindIn(sh.cur, m, holder, false, 0, &at);  // a new table: find the place again
   }
-  ShiftInsert(sh.cur, at, Slot{m, Tag(holder), hk.Push(key)});
-  ++sh.used;
+  sh.used += Put(sh, Slot{st, Tag(holder), hk.Push(key)});
   ++pairs_;
   return AddResult::kAdded;
 }
 
 bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
-  const std::uint64_t m = Mix(key);
+  const std::uint64_t m = Mix(key), st = Stored(m);
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
+  const std::uint32_t tag = Tag(holder);
   std::uint32_t pos;
-  if (Slot* s = FindIn(sh.cur, m, holder, false, 0)) {
+  Slot* s = FindInBucket(sh.cur.Bucket(sh.cur.First(st)), st, tag);
+  if (!s) s = FindInBucket(sh.cur.Bucket(sh.cur.Second(st)), st, tag);
+  if (s) {
     pos = s->pos;
-    EraseAt(sh.cur, static_cast<std::size_t>(s - sh.cur.slots.get()));
+    *s = Slot{0, kEmptyTag, 0};
     --sh.used;
-  } else if (Slot* o = FindIn(sh.old, m, holder, true, sh.migrate_at)) {
-    pos = o->pos;
-    o->tag = kTombstone;  // the old table keeps its runs intact until it is dropped
-  } else {
+  } else if ((s = Find(sh, st, tag)) == nullptr) {
     return false;
+  } else if (const auto at = reinterpret_cast<std::uintptr_t>(s), old = reinterpret_cast<std::uintptr_t>(sh.old.slots.get());
+             at >= old && at < old + sh.old.capacity * sizeof(Slot)) {
+    pos = s->pos;
+    *s = Slot{0, kEmptyTag, 0};  // a pair not yet moved: it simply is not moved
+  } else {  // in the overflow
+    pos = s->pos;
+    auto [it, end] = sh.overflow.equal_range(st);
+    while (&it->second != s) ++it;
+    sh.overflow.erase(it);
+    if (sh.overflow.empty()) sh.marked.clear();
   }
   HolderKeys& hk = *holders_[holder];
   std::uint64_t moved = hk.SwapRemove(pos);
@@ -435,23 +477,24 @@ std::size_t ChunkIndex::DropHolderSlice(HolderId holder, std::size_t budget) {
 // all, and 1 M-key churn ran twice as slow (2026-11-26).
 void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
   for (std::uint64_t key : keys) {
-    const std::uint64_t m = Mix(key);
+    const std::uint64_t m = Mix(key), st = Stored(m);
     const Shard& sh = ShardOf(m);
-    // A probe run (the key's slot and the ones scanned after it: about 2-5
-    // 16-byte slots at 44-88 % load) often continues into the next cache
-    // line: fetch that one too, or the scan waits for a second miss
-    // (docs/PERFORMANCE.md: 256-hash lookups -15 %, ingest +15-18 %).
-    const std::size_t first = sh.cur.Home(m) & ~(kSlotsPerLine - 1), next = first + kSlotsPerLine;
-    __builtin_prefetch(&sh.cur.slots[first]);
-    __builtin_prefetch(&sh.cur.slots[next < sh.cur.capacity ? next : 0]);
-    if (sh.old.slots) __builtin_prefetch(&sh.old.slots[sh.old.Home(m)]);  // a growing shard is probed twice
+    __builtin_prefetch(sh.cur.Bucket(sh.cur.First(st)));
+    __builtin_prefetch(sh.cur.Bucket(sh.cur.Second(st)));
+    if (sh.old.slots) {  // a growing shard is probed in both tables
+      __builtin_prefetch(sh.old.Bucket(sh.old.First(st)));
+      __builtin_prefetch(sh.old.Bucket(sh.old.Second(st)));
+    }
   }
 }
 
 std::size_t ChunkIndex::MemoryBytes() const {
+  // An overflow pair: its node (key, slot, next pointer, cached hash) and a bucket pointer.
+  constexpr std::size_t kOverflowPairBytes = 2 * sizeof(std::uint64_t) + sizeof(Slot) + 2 * sizeof(void*);
   std::size_t bytes = shards_.capacity() * sizeof(Shard) + holders_.capacity() * sizeof(void*);
   for (const auto& sh : shards_) {
-    bytes += sh.cur.capacity * sizeof(Slot);
+    bytes += sh.cur.capacity * sizeof(Slot) + sh.marked.capacity() * sizeof(std::uint64_t) +
+             sh.overflow.size() * kOverflowPairBytes;
     if (sh.old.slots) bytes += sh.old.capacity * sizeof(Slot);
   }
   for (const auto& h : holders_)
@@ -463,6 +506,12 @@ std::size_t ChunkIndex::MemoryBytes() const {
 std::size_t ChunkIndex::GrowingShards() const {
   std::size_t n = 0;
   for (const auto& sh : shards_) n += sh.old.slots != nullptr;
+  return n;
+}
+
+std::size_t ChunkIndex::OverflowPairs() const {
+  std::size_t n = 0;
+  for (const auto& sh : shards_) n += sh.overflow.size();
   return n;
 }
 

@@ -58,15 +58,15 @@ TEST(ChunkIndex, ChurnAtAHolderListChunkBoundaryAllocatesNothing) {
   EXPECT_EQ(idx.KeysOf(0), 1024u);
 }
 
-// The SIMD compare of a lookup's window reports what the slot-by-slot one
-// does, including keys that share one 32-bit half with the probed key (SSE2
+// The SIMD compare of a bucket reports what the slot-by-slot one does,
+// including keys that share one 32-bit half with the probed key (SSE2
 // compares halves) and empty slots.
-TEST(ChunkIndex, WindowCompareAgreesWithTheSlotBySlotCompare) {
+TEST(ChunkIndex, BucketCompareAgreesWithTheSlotBySlotCompare) {
   std::mt19937_64 rng(5);
-  alignas(ChunkIndex::kLineBytes) ChunkIndex::Slot window[2 * ChunkIndex::kSlotsPerLine];
+  alignas(ChunkIndex::kLineBytes) ChunkIndex::Slot bucket[ChunkIndex::kSlotsPerLine];
   for (int round = 0; round < 20000; ++round) {
     const std::uint64_t key = rng() | 1;
-    for (auto& s : window) {
+    for (auto& s : bucket) {
       switch (rng() % 5) {
         case 0: s.mixed = key; break;
         case 1: s.mixed = key ^ (std::uint64_t{1} << (32 + rng() % 32)); break;  // low half equal
@@ -77,16 +77,46 @@ TEST(ChunkIndex, WindowCompareAgreesWithTheSlotBySlotCompare) {
       s.tag = static_cast<std::uint32_t>(rng());
       s.pos = static_cast<std::uint32_t>(rng());
     }
-    ASSERT_EQ(ChunkIndex::WindowMatches(window, key), ChunkIndex::WindowMatchesScalar(window, key)) << round;
+    ASSERT_EQ(ChunkIndex::BucketMatches(bucket, key), ChunkIndex::BucketMatchesScalar(bucket, key)) << round;
   }
-  // Every bit pattern of the eight slots.
-  for (unsigned bits = 0; bits < 256; ++bits) {
+  // Every bit pattern of the four slots.
+  for (unsigned bits = 0; bits < 16; ++bits) {
     unsigned want = 0;
-    for (std::size_t j = 0; j < 8; ++j) {
-      window[j].mixed = bits >> j & 1 ? 42 : 43;
+    for (std::size_t j = 0; j < ChunkIndex::kSlotsPerLine; ++j) {
+      bucket[j].mixed = bits >> j & 1 ? 42 : 43;
       want |= (bits >> j & 1) << (2 * j);
     }
-    ASSERT_EQ(ChunkIndex::WindowMatches(window, 42), want) << bits;
+    ASSERT_EQ(ChunkIndex::BucketMatches(bucket, 42), want) << bits;
+  }
+}
+
+// A key with more holders than its two buckets hold (a prefix every worker
+// of a deployment caches) keeps them all, in the overflow past eight; the
+// overflow empties as they go, and other keys are served as before.
+TEST(ChunkIndex, AKeyWithMoreHoldersThanItsBucketsHoldKeepsThemAll) {
+  for (bool reserve : {false, true}) {
+    Options o;
+    o.shard_bits = 1;
+    if (reserve) o.reserve_keys = 20000;
+    ChunkIndex idx(o);
+    for (std::uint64_t k = 1; k <= 10000; ++k) ASSERT_EQ(idx.Add(k, 0), AddResult::kAdded);
+    constexpr HolderId kHolders = 40;
+    for (HolderId h = 1; h <= kHolders; ++h) ASSERT_EQ(idx.Add(777777, h), AddResult::kAdded) << h;
+    EXPECT_GE(idx.OverflowPairs(), kHolders - 2 * ChunkIndex::kSlotsPerLine);
+    std::set<HolderId> got, located;
+    idx.ForEachHolder(777777, [&](HolderId x) { EXPECT_TRUE(got.insert(x).second) << x; });
+    idx.ForEachHolder(idx.Locate(777777), [&](HolderId x) { located.insert(x); });
+    EXPECT_EQ(got.size(), kHolders);
+    EXPECT_EQ(located, got);
+    for (std::uint64_t k = 1; k <= 10000; ++k) ASSERT_EQ(idx.HolderCount(k), 1u) << k;
+    for (HolderId h = 1; h <= kHolders; h += 2) ASSERT_TRUE(idx.Remove(777777, h)) << h;
+    EXPECT_EQ(idx.HolderCount(777777), kHolders / 2);
+    EXPECT_FALSE(idx.Contains(777777, 1));
+    EXPECT_TRUE(idx.Contains(777777, 2));
+    for (HolderId h = 2; h <= kHolders; h += 2) ASSERT_EQ(idx.DropHolderSlice(h, 10), 0u) << h;
+    EXPECT_EQ(idx.HolderCount(777777), 0u);
+    EXPECT_EQ(idx.OverflowPairs(), 0u);
+    EXPECT_EQ(idx.pairs(), 10000u);
   }
 }
 
@@ -116,8 +146,8 @@ void CheckAgainstAModel(const Options& o) {
     }
     saw_growth |= idx.GrowingShards() > 0;
     ASSERT_EQ(idx.pairs(), model_pairs);
-    // All holders of the key just touched, growing or not: its pairs may
-    // end within the two lines a lookup reads first, or run past them.
+    // All holders of the key just touched, growing or not: its pairs may be
+    // in its two buckets, in the old table's, or in the overflow.
     std::set<HolderId> got;
     idx.ForEachHolder(key, [&](HolderId x) { ASSERT_TRUE(got.insert(x).second) << "reported twice: " << x; });
     ASSERT_EQ(got, model[key]) << op;
@@ -158,7 +188,7 @@ void CheckAgainstAModel(const Options& o) {
 TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
   Options o;
   o.shard_bits = 1;
-  o.initial_shard_slots = 16;  // tiny tables, two shards: many growths
+  o.initial_shard_slots = 16;  // tiny tables, two shards: many growths, walks and overflows
   CheckAgainstAModel(o);
 }
 

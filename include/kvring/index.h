@@ -4,24 +4,30 @@
 // Design (in the manner of the comment at the top of Abseil's raw_hash_set.h):
 //
 //  * The index is a multimap of (key, holder) pairs, split into 2^k shards by
-//    the top bits of a mixed key. Each shard is an open-addressing table with
-//    linear probing in Robin Hood order (a slot never sits farther from its
-//    home than a later slot of the same run), whose slots are 16 bytes: key,
-//    holder, and the pair's position in its holder's key list. Most keys have
+//    the top bits of a mixed key. Each shard is a bucketed cuckoo table: a
+//    bucket is one cache line of four 16-byte slots (key, holder, and the
+//    pair's position in its holder's key list), and a key's pairs live in
+//    either of its two buckets, chosen by two hashes of the key. Most keys have
 //    one holder, so most keys cost one slot; a key with several holders has
-//    one slot each. Runs are kept sorted by home, then key, so a key's pairs
-//    sit together and a lookup stops at the first slot nearer its own home
-//    than the lookup has come, or as near with a greater key: a hit reads no
-//    farther than the slot after its own pairs (the second cache line less
-//    often), and misses stay short even at 7/8 load.
-//  * No stop-the-world rehash. When a shard passes 7/8 full it allocates a
+//    one slot each, in its two buckets too.
+//  * Every operation reads the same two lines, which the caller can prefetch
+//    many operations ahead (Prefetch, Locate): a lookup compares the eight
+//    slots with the key in SIMD and is done, an evict clears a slot, an admit
+//    fills an empty slot of the emptier bucket. Nothing shifts and no probe
+//    run is walked, so an operation's work and lines do not grow with load.
+//    (The Robin Hood linear-probing table this replaced read past its two
+//    prefetched lines whenever a shift or a run did, and at 3/4 load that
+//    was most of its 10 M-key ingest time: docs/PERFORMANCE.md.)
+//  * When both buckets are full, an admit moves pairs to their other bucket
+//    (a bounded random walk, about one admit in ten at 3/4 load). A pair that
+//    still finds no room, or a key with more holders than its two buckets can
+//    take, goes to the shard's overflow (a small hash multimap), and the
+//    shard marks the key's first bucket in a bitmap so that lookups of other
+//    keys skip the overflow. A shard with no overflow never looks at either.
+//  * No stop-the-world rehash. When a shard passes 85 % full it allocates a
 //    table twice the size and from then on every operation on the shard moves
-//    a fixed number of old slots over; lookups consult both tables until the
-//    old one is drained. The old table is never shrunk or re-probed while it
-//    drains: a slot below the migration cursor counts as moved, a removed pair
-//    still in it becomes a tombstone, so its probe runs stay intact.
-//  * Deletions in the current table shift the rest of the run back by one
-//    (no tombstones accumulate, Robin Hood order is kept).
+//    a fixed number of old buckets over; lookups consult both tables until the
+//    old one is drained (a bucket below the migration cursor counts as moved).
 //  * Per-holder membership: each holder keeps the list of its keys (chunked,
 //    so growth wastes at most one chunk and one spare per holder). Dropping a
 //    holder costs time proportional to its own keys and runs in bounded
@@ -33,20 +39,19 @@
 //    full, a helper thread maps its next table, advises huge pages and faults
 //    every page in, so the table is backed by huge pages from its first insert
 //    (a random probe then costs one TLB-cached translation instead of a page
-//    walk: lookups -20 %, 10 M-key ingest +20 %). The price, measured on a
-//    2-core VM: the helper's huge-page faults hold the process's mmap lock for
-//    milliseconds (compaction), and the owner's heap growth waits behind them,
-//    so the worst insert while growing rises from ~1 ms to 15-25 ms. Hence
-//    off unless throughput matters more than the growth pause
-//    (docs/PERFORMANCE.md). If the helper is late, growth maps the table itself.
+//    walk). The price, measured on a 2-core VM: the helper's huge-page faults
+//    hold the process's mmap lock for milliseconds (compaction), and the
+//    owner's heap growth waits behind them, so the worst insert while growing
+//    rises from ~1 ms to 15-25 ms. Hence off unless throughput matters more
+//    than the growth pause (docs/PERFORMANCE.md). If the helper is late,
+//    growth maps the table itself.
 //  * Reserve (Options::reserve_keys): an operator who knows the cache's size
 //    (GPU + CPU + disk chunks of the deployment) has every shard's table made
 //    for it at start, at 3/4 load when the reserve is full (capacities need
 //    not be powers of two), advised for huge pages and populated there: no
 //    growth, no fault and no compaction on the insert path until the reserve
 //    is exceeded (then growth goes on as above), every probe TLB-friendly,
-//    and at 10 M keys 21 bytes of table per key instead of 27 (16-byte slots
-//    at 0.6 load after doubling). Start-up pays the population once.
+//    and at 10 M keys 22 bytes of table per key.
 //
 // Thread-safety: none; owned by the single controller thread (the helper
 // thread only ever touches tables it has not handed over yet).
@@ -57,6 +62,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -73,9 +79,9 @@ struct Options {
   // 64 shards: at 10 M keys each table is 4-8 MiB, so huge pages back it (a
   // 1 MiB table cannot be); growth is incremental whatever the shard size.
   std::uint32_t shard_bits = 6;
-  std::size_t initial_shard_slots = 1024; // rounded up to a power of two
+  std::size_t initial_shard_slots = 1024; // rounded up to a power of two (16 at least)
   std::size_t per_holder_quota = 0;       // 0: unlimited
-  std::size_t migrate_per_op = 64;        // old slots moved per operation while a shard grows
+  std::size_t migrate_per_op = 64;        // old slots moved per operation while a shard grows (whole buckets)
   bool prepare_tables = false;            // big tables prepared by a helper thread (see above)
   // Keys to make room for up front (0: none; start small and grow). See
   // "Reserve" above: sized tables backed by huge pages from the start.
@@ -111,9 +117,9 @@ class ChunkIndex {
   // misses then overlap instead of queueing one after another).
   void Prefetch(std::span<const std::uint64_t> keys) const;
 
-  // A lookup located ahead of its use: Locate mixes the key, finds its
-  // window (the home slot's cache line and the next) and prefetches it;
-  // ForEachHolder(probe, ...) later reads the holders from that window. A
+  // A lookup located ahead of its use: Locate mixes the key, finds its two
+  // buckets and prefetches them; ForEachHolder(probe, ...) later reads the
+  // holders from them. A
   // long lookup (P2P requests: hundreds of hashes) then mixes and places each
   // key once and, between the two, runs no code but its own: per hash, the
   // instructions are what is left to pay once the misses overlap
@@ -138,35 +144,37 @@ class ChunkIndex {
     return key;
   }
 
-  // Heap bytes held by tables and holder lists.
+  // Heap bytes held by tables, overflow and holder lists.
   std::size_t MemoryBytes() const;
   // Shards currently migrating to a bigger table (for tests and stats).
   std::size_t GrowingShards() const;
+  // Pairs held in the shards' overflow (both buckets of their key were full).
+  std::size_t OverflowPairs() const;
 
   // All-zero bytes are an empty slot, so a new table comes from calloc or
   // mmap (the kernel's zero pages) with no initialisation pass: growing a shard costs
   // no O(capacity) step, pages fault in as pairs arrive.
   struct Slot {
-    // The key as Mix() leaves it: Mix is a bijection, so this is the key in
-    // another form, and a probe reads a slot's home (its low bits) without
-    // re-mixing every key it passes.
+    // The key as Stored() leaves it: Mix(key) with the shard's bits (the top
+    // ones, the same for every key of a table) set, so never 0, an empty
+    // slot's; Mix is a bijection, so within a shard this is the key in
+    // another form, and moving a pair to its other bucket needs no re-mixing.
     std::uint64_t mixed;
-    std::uint32_t tag;  // 0: empty; kTombstone: removed while migrating; else holder + 1
+    std::uint32_t tag;  // 0: empty; else holder + 1
     std::uint32_t pos;  // position in the holder's key list
   };
   static constexpr std::uint32_t kEmptyTag = 0;
-  static constexpr std::uint32_t kTombstone = 0xffffffffu;
   static constexpr std::uint32_t Tag(HolderId h) { return h + 1; }
-  // Every table starts on a cache line and holds a multiple of a line's slots.
+  // A bucket is one cache line of slots; every table starts on a line.
   static constexpr std::size_t kLineBytes = 64;
   static constexpr std::size_t kSlotsPerLine = kLineBytes / sizeof(Slot);
-  // Bit 2j set: slot j of the two-line window at `line` (line-aligned) holds
-  // `mixed`. WindowMatches compares in SIMD where it can, WindowMatchesScalar
-  // a slot at a time (the portable path, and the tests' reference).
-  static unsigned WindowMatches(const Slot* line, std::uint64_t mixed);
-  static unsigned WindowMatchesScalar(const Slot* line, std::uint64_t mixed) {
+  // Bit 2j set: slot j of the bucket at `line` (line-aligned) holds `mixed`.
+  // BucketMatches compares in SIMD where it can, BucketMatchesScalar a slot
+  // at a time (the portable path, and the tests' reference).
+  static unsigned BucketMatches(const Slot* line, std::uint64_t mixed);
+  static unsigned BucketMatchesScalar(const Slot* line, std::uint64_t mixed) {
     unsigned eq = 0;
-    for (std::size_t j = 0; j < 2 * kSlotsPerLine; ++j) eq |= unsigned{line[j].mixed == mixed} << (2 * j);
+    for (std::size_t j = 0; j < kSlotsPerLine; ++j) eq |= unsigned{line[j].mixed == mixed} << (2 * j);
     return eq;
   }
 
@@ -185,27 +193,23 @@ class ChunkIndex {
     Kind kind;
     void operator()(Slot* p) const;
   };
-  // Any capacity, not only powers of two (a table sized for a reserve is
-  // not rounded up to twice what it needs): a key's home is the fixed-point
-  // product of 32 mixed bits and the capacity (Lemire's fast range), which
-  // keeps homes in key order, so Robin Hood runs work as with a mask.
+  // Any number of buckets, not only powers of two (a table sized for a
+  // reserve is not rounded up to twice what it needs): a bucket is the
+  // fixed-point product of 32 hash bits and the bucket count (Lemire's fast
+  // range). The first bucket takes the stored key's low 32 bits; the second,
+  // a multiplicative hash of all 64, so the two are independent.
   struct Table {
     std::unique_ptr<Slot[], TableMemory> slots;
-    std::size_t capacity = 0;
-    std::size_t Home(std::uint64_t mixed) const {
-      return static_cast<std::size_t>((std::uint64_t{static_cast<std::uint32_t>(mixed)} * capacity) >> 32);
+    std::size_t capacity = 0;  // slots
+    std::size_t buckets = 0;   // capacity / kSlotsPerLine
+    std::size_t First(std::uint64_t stored) const {
+      return static_cast<std::size_t>((std::uint64_t{static_cast<std::uint32_t>(stored)} * buckets) >> 32);
     }
-    std::size_t Next(std::size_t i) const { return i + 1 == capacity ? 0 : i + 1; }
-    // How far slot `i` lies past `home`, around the end.
-    std::size_t Distance(std::size_t i, std::size_t home) const { return i >= home ? i - home : i + capacity - home; }
-    // Whether slot `i` (holding `other`) lies past every pair of key `mixed`,
-    // which a scan reached `dist` slots from its home: runs are sorted by
-    // home, then key, so a slot nearer its home, or as near with a greater
-    // key, ends the scan (a hit stops right after its own pairs).
-    bool PastKey(std::size_t i, std::uint64_t other, std::size_t dist, std::uint64_t mixed) const {
-      const std::size_t d = Distance(i, Home(other));
-      return d < dist || (d == dist && other > mixed);
+    std::size_t Second(std::uint64_t stored) const {
+      const auto h = static_cast<std::uint32_t>((stored * 0x9e3779b97f4a7c15ULL) >> 32);
+      return static_cast<std::size_t>((std::uint64_t{h} * buckets) >> 32);
     }
+    Slot* Bucket(std::size_t b) const { return &slots[b * kSlotsPerLine]; }
   };
   static Table NewTable(std::size_t capacity);
   class TablePreparer;
@@ -216,38 +220,47 @@ class ChunkIndex {
   static void* MapAligned(std::size_t bytes);
   struct Shard {
     Table cur;
-    Table old;               // non-empty while migrating
-    std::size_t migrate_at = 0;
-    std::size_t used = 0;    // pairs in cur
+    Table old;                  // non-empty while migrating
+    std::size_t migrate_at = 0; // old buckets below this have moved
+    std::size_t used = 0;       // pairs in cur
     std::size_t requested = 0;  // capacity asked of the preparer for the next growth (0: none)
     bool prepared = false;      // cur came from the preparer (already advised and populated)
+    // Pairs whose buckets were full, by stored key; `marked` has bit b set
+    // when a pair in it has cur bucket b as its first (empty while none).
+    std::unordered_multimap<std::uint64_t, Slot> overflow;
+    std::vector<std::uint64_t> marked;
+    bool Marked(std::size_t bucket) const {
+      return !overflow.empty() && (marked[bucket / 64] >> (bucket % 64) & 1) != 0;
+    }
   };
   struct HolderKeys;
 
+  std::uint64_t Stored(std::uint64_t mixed) const { return mixed | top_bits_; }
   // The probe of `key` without its prefetch.
   Probe Place(std::uint64_t key) const;
-  // Calls fn for every holder and returns true if the probe's window holds
-  // all of the key's pairs; false (no call) if they may run past it (about
-  // 6 % of hits at 3/4 load) or the probe has no window.
-  template <typename Fn>
-  bool HoldersInWindow(const Probe& probe, Fn&& fn) const;
   Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
   const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
-  // The pair (mixed, holder) in `t` (`old`: a draining table, whose slots
-  // below `cursor` count as moved), or null; then `*stop` (if given) is the
-  // slot where the probe stopped, which is where the pair would go.
-  Slot* FindIn(Table& t, std::uint64_t mixed, HolderId holder, bool old, std::size_t cursor,
-               std::size_t* stop = nullptr) const;
-  void InsertInto(Table& t, std::uint64_t mixed, const Slot& s);
-  // Puts `s` at slot `i` and moves the rest of the run on by one slot.
-  static void ShiftInsert(Table& t, std::size_t i, Slot s);
-  void EraseAt(Table& t, std::size_t i);
+  // The pair (stored, holder) wherever it is in the shard (cur, the part of
+  // old not yet moved, overflow), or null.
+  static Slot* FindInBucket(Slot* bucket, std::uint64_t stored, std::uint32_t tag);
+  Slot* Find(Shard& sh, std::uint64_t stored, std::uint32_t tag);
+  // Puts `s` into sh.cur, moving other pairs to their other bucket if both of
+  // its are full; returns false if a pair went to the overflow instead (then
+  // cur holds as many pairs as before).
+  bool Put(Shard& sh, Slot s);
+  void AddToOverflow(Shard& sh, const Slot& s);
+  void MarkOverflow(Shard& sh, std::uint64_t stored);
   void MigrateStep(Shard& sh);
   void StartGrowth(Shard& sh);
   void SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos);
   HolderKeys& Keys(HolderId holder);
+  // The slow lookup: a growing shard, or a key that may have pairs in overflow.
+  template <typename Fn>
+  void ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const;
 
   Options options_;
+  std::uint64_t top_bits_ = 0;  // the shard bits, all set (see Slot::mixed)
+  std::uint64_t kick_state_ = 0x2545f4914f6cdd1dULL;  // xorshift: which pair a full bucket gives up
   // The reserve's tables, one mapping for all shards (so that all of it can
   // be huge pages: per-shard tables of a few MiB would each end in a partial
   // huge page). Declared before shards_, so it outlives their pieces.
@@ -263,26 +276,26 @@ class ChunkIndex {
 
 struct ChunkIndex::Probe {
   std::uint64_t key;
-  std::uint64_t mixed;
-  const Slot* window;  // the home slot's line and the next; null: the slot-by-slot scan
-  std::size_t skip;    // the home slot's place in the window
+  std::uint64_t stored;
+  const Slot* first;   // the key's two buckets; null: the slow lookup
+  const Slot* second;  // null: the same bucket as `first`
 };
 
 inline ChunkIndex::Probe ChunkIndex::Place(std::uint64_t key) const {
-  const std::uint64_t m = Mix(key);
+  const std::uint64_t m = Mix(key), st = Stored(m);
   const Shard& sh = ShardOf(m);
-  const std::size_t home = sh.cur.Home(m), first = home & ~(kSlotsPerLine - 1);
-  // Key 0 mixes to 0, an empty slot's key; a growing shard is probed twice;
-  // a window past the table's end would wrap: all take the scan.
-  if (sh.old.slots || m == 0 || first + 2 * kSlotsPerLine > sh.cur.capacity) return Probe{key, m, nullptr, 0};
-  return Probe{key, m, &sh.cur.slots[first], home - first};
+  const std::size_t b1 = sh.cur.First(st), b2 = sh.cur.Second(st);
+  // A growing shard is probed in both tables, a marked bucket's key in the
+  // overflow too: both take the slow lookup.
+  if (sh.old.slots || sh.Marked(b1)) return Probe{key, st, nullptr, nullptr};
+  return Probe{key, st, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2)};
 }
 
 inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
   const Probe p = Place(key);
-  if (p.window) {
-    __builtin_prefetch(p.window);
-    __builtin_prefetch(p.window + kSlotsPerLine);
+  if (p.first) {
+    __builtin_prefetch(p.first);
+    if (p.second) __builtin_prefetch(p.second);
   } else {
     Prefetch(std::span(&key, 1));
   }
@@ -294,62 +307,56 @@ void ChunkIndex::ForEachHolder(std::uint64_t key, Fn&& fn) const {
   ForEachHolder(Place(key), std::forward<Fn>(fn));
 }
 
-template <typename Fn>
-bool ChunkIndex::HoldersInWindow(const Probe& probe, Fn&& fn) const {
-  // The common case without a branch per slot: the two cache lines Locate
-  // fetches (the home slot's and the next) are compared with the key all at
-  // once. A key's pairs are contiguous from its home on (sorted runs), so if
-  // they end before the last slot of the window, they are all here. A scan
-  // loop over slots of unpredictable length costs a branch miss or two per
-  // key, which was most of a prefetched lookup's time (docs/PERFORMANCE.md).
-  if (!probe.window) return false;
-  const Slot* line = probe.window;
-  const std::size_t skip = probe.skip;
-  // Bit 2j: slot skip + j holds the key.
-  const unsigned eq = WindowMatches(line, probe.mixed) >> (2 * skip);
-  if (eq == 0 || (eq >> (2 * (2 * kSlotsPerLine - skip - 1))) != 0) return false;
-  for (unsigned left = eq; left != 0; left &= left - 1)
-    fn(static_cast<HolderId>(line[skip + static_cast<std::size_t>(__builtin_ctz(left)) / 2].tag - 1));
-  return true;
-}
-
-inline unsigned ChunkIndex::WindowMatches(const Slot* line, std::uint64_t mixed) {
+inline unsigned ChunkIndex::BucketMatches(const Slot* line, std::uint64_t mixed) {
 #if defined(__SSE2__)
   // Two slots' keys to a register, compared as 32-bit halves (SSE2 has no
   // 64-bit compare): about a third of the instructions of a compare a slot,
   // and a prefetched lookup is bound by its instructions and loads per hash
   // as much as by its misses (docs/PERFORMANCE.md).
   const __m128i key = _mm_set1_epi64x(static_cast<long long>(mixed));
-  const auto* v = reinterpret_cast<const __m128i*>(line);  // 16-byte slots, tables line-aligned
-  unsigned halves = 0;  // bits 2j, 2j+1: slot j's low and high halves equal
-  for (int k = 0; k < 4; ++k) {
-    const __m128i pair = _mm_unpacklo_epi64(_mm_load_si128(v + 2 * k), _mm_load_si128(v + 2 * k + 1));
-    halves |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(pair, key)))) << (4 * k);
-  }
-  return halves & (halves >> 1) & 0x5555u;
+  const auto* v = reinterpret_cast<const __m128i*>(line);  // 16-byte slots, buckets line-aligned
+  const __m128i lo = _mm_unpacklo_epi64(_mm_load_si128(v), _mm_load_si128(v + 1));
+  const __m128i hi = _mm_unpacklo_epi64(_mm_load_si128(v + 2), _mm_load_si128(v + 3));
+  // Bits 2j, 2j+1: slot j's low and high halves equal.
+  const unsigned halves = static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(lo, key)))) |
+                          static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(hi, key)))) << 4;
+  return halves & (halves >> 1) & 0x55u;
 #else
-  return WindowMatchesScalar(line, mixed);
+  return BucketMatchesScalar(line, mixed);
 #endif
 }
 
 template <typename Fn>
 void ChunkIndex::ForEachHolder(const Probe& probe, Fn&& fn) const {
-  if (HoldersInWindow(probe, fn)) return;
-  const std::uint64_t m = probe.mixed;
-  const Shard& sh = ShardOf(m);
-  for (int which = 0; which < 2; ++which) {
-    const Table& t = which == 0 ? sh.cur : sh.old;
-    if (!t.slots) continue;
-    for (std::size_t i = t.Home(m), dist = 0;; i = t.Next(i), ++dist) {
-      const Slot& s = t.slots[i];
-      if (s.tag == kEmptyTag) break;
-      if (s.mixed != m) {
-        if (t.PastKey(i, s.mixed, dist, m)) break;
-        continue;
-      }
-      if (which == 1 && i < sh.migrate_at) continue;  // already moved to cur
-      if (s.tag != kTombstone) fn(static_cast<HolderId>(s.tag - 1));
-    }
+  if (!probe.first) return ForEachHolderSlow(ShardOf(Mix(probe.key)), probe.stored, fn);
+  // The common case: two lines compared with the key all at once, no branch
+  // per slot (a scan loop of unpredictable length costs a branch miss or two
+  // per key, which was most of a prefetched lookup's time: docs/PERFORMANCE.md).
+  for (unsigned eq = BucketMatches(probe.first, probe.stored); eq != 0; eq &= eq - 1)
+    fn(static_cast<HolderId>(probe.first[__builtin_ctz(eq) / 2].tag - 1));
+  if (probe.second)
+    for (unsigned eq = BucketMatches(probe.second, probe.stored); eq != 0; eq &= eq - 1)
+      fn(static_cast<HolderId>(probe.second[__builtin_ctz(eq) / 2].tag - 1));
+}
+
+template <typename Fn>
+void ChunkIndex::ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const {
+  auto bucket = [&](const Table& t, std::size_t b) {
+    const Slot* line = t.Bucket(b);
+    for (unsigned eq = BucketMatches(line, stored); eq != 0; eq &= eq - 1)
+      fn(static_cast<HolderId>(line[__builtin_ctz(eq) / 2].tag - 1));
+  };
+  const std::size_t b1 = sh.cur.First(stored), b2 = sh.cur.Second(stored);
+  bucket(sh.cur, b1);
+  if (b2 != b1) bucket(sh.cur, b2);
+  if (sh.old.slots) {  // buckets below the cursor have moved to cur
+    const std::size_t o1 = sh.old.First(stored), o2 = sh.old.Second(stored);
+    if (o1 >= sh.migrate_at) bucket(sh.old, o1);
+    if (o2 != o1 && o2 >= sh.migrate_at) bucket(sh.old, o2);
+  }
+  if (!sh.overflow.empty()) {
+    auto [it, end] = sh.overflow.equal_range(stored);
+    for (; it != end; ++it) fn(static_cast<HolderId>(it->second.tag - 1));
   }
 }
 
