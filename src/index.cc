@@ -269,32 +269,50 @@ constexpr int kMaxKicks = 32;
 
 }  // namespace
 
+void ChunkIndex::AddSpill(Slot* bucket, int delta) {
+  const unsigned c = Spilled(bucket);
+  // Saturated counts stay (a lookup then always reads the second bucket);
+  // a count never goes below 0, which would take a pair counted nowhere.
+  if (c == kSpillSaturated || (delta < 0 && c == 0)) return;
+  bucket[0].pos = (bucket[0].pos & kPosMask) | static_cast<std::uint32_t>(static_cast<int>(c) + delta) << kPosBits;
+}
+
 bool ChunkIndex::Put(Shard& sh, Slot s) {
   Table& t = sh.cur;
-  std::size_t b1 = t.First(s.mixed), b2 = t.Second(s.mixed);
+  const std::size_t b1 = t.First(s.mixed), b2 = t.Second(s.mixed);
   Slot* l1 = t.Bucket(b1);
+  // The first bucket when it has room (then lookups read only it), else the second.
+  if (const unsigned e = Empties(l1); e != 0) {
+    Write(&l1[__builtin_ctz(e)], s);
+    return true;
+  }
   Slot* l2 = t.Bucket(b2);
-  const unsigned e1 = Empties(l1), e2 = Empties(l2);
-  if ((e1 | e2) != 0) {
-    // The emptier bucket: keeps both of a key's buckets with room as long as
-    // can be, so walks stay rare.
-    const bool first = __builtin_popcount(e1) >= __builtin_popcount(e2);
-    (first ? l1 : l2)[__builtin_ctz(first ? e1 : e2)] = s;
+  if (const unsigned e = Empties(l2); e != 0) {
+    Write(&l2[__builtin_ctz(e)], s);
+    if (b2 != b1) AddSpill(l1, +1);
     return true;
   }
   // Both full: a random walk. Each step puts the pair in hand in place of a
-  // random pair of the bucket and takes that one to its other bucket.
+  // random pair of the bucket and takes that one to its other bucket; the
+  // spill counts follow every pair that enters or leaves a second bucket.
   std::size_t at = kick_state_ & 1 ? b1 : b2;
   for (int step = 0; step < kMaxKicks; ++step) {
     kick_state_ ^= kick_state_ << 13;
     kick_state_ ^= kick_state_ >> 7;
     kick_state_ ^= kick_state_ << 17;
-    std::swap(s, t.Bucket(at)[kick_state_ >> 62]);
+    Slot* line = t.Bucket(at);
+    Slot* victim_slot = &line[kick_state_ >> 62];
+    const Slot victim = Read(*victim_slot);
+    Write(victim_slot, s);
+    if (const std::size_t f = t.First(s.mixed); f != at) AddSpill(t.Bucket(f), +1);
+    if (const std::size_t f = t.First(victim.mixed); f != at) AddSpill(t.Bucket(f), -1);
+    s = victim;
     const std::size_t a1 = t.First(s.mixed), a2 = t.Second(s.mixed);
     at = a1 == at ? a2 : a1;
-    Slot* line = t.Bucket(at);
+    line = t.Bucket(at);
     if (const unsigned e = Empties(line); e != 0) {
-      line[__builtin_ctz(e)] = s;
+      Write(&line[__builtin_ctz(e)], s);
+      if (at != a1) AddSpill(t.Bucket(a1), +1);
       return true;
     }
   }
@@ -339,7 +357,7 @@ void ChunkIndex::MigrateStep(Shard& sh) {
     Slot* line = sh.old.Bucket(sh.migrate_at);
     ++sh.migrate_at;  // from here on this bucket counts as moved
     for (std::size_t j = 0; j < kSlotsPerLine; ++j)
-      if (line[j].tag != kEmptyTag) sh.used += Put(sh, line[j]);
+      if (line[j].tag != kEmptyTag) sh.used += Put(sh, Read(line[j]));
   }
   if (sh.migrate_at >= end) {
     const bool big = sh.cur.capacity * sizeof(Slot) >= kHugePage;
@@ -384,7 +402,7 @@ void ChunkIndex::AdviseHugePages(const Table& t) {
 
 void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {
   const std::uint64_t m = Mix(key);
-  if (Slot* s = Find(ShardOf(m), Stored(m), Tag(holder))) s->pos = pos;
+  if (Slot* s = Find(ShardOf(m), Stored(m), Tag(holder))) s->pos = (s->pos & ~kPosMask) | pos;
 }
 
 AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
@@ -394,7 +412,7 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   MigrateStep(sh);
   if (Find(sh, st, Tag(holder))) return AddResult::kAlreadyPresent;
   HolderKeys& hk = Keys(holder);
-  if (options_.per_holder_quota && hk.size >= options_.per_holder_quota) {
+  if ((options_.per_holder_quota && hk.size >= options_.per_holder_quota) || hk.size >= kMaxKeysPerHolder) {
     ++over_quota_;
     return AddResult::kOverQuota;
   }
@@ -422,20 +440,23 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
   MigrateStep(sh);
   const std::uint32_t tag = Tag(holder);
   std::uint32_t pos;
-  Slot* s = FindInBucket(sh.cur.Bucket(sh.cur.First(st)), st, tag);
-  if (!s) s = FindInBucket(sh.cur.Bucket(sh.cur.Second(st)), st, tag);
+  Slot* first = sh.cur.Bucket(sh.cur.First(st));
+  Slot* second = sh.cur.Bucket(sh.cur.Second(st));
+  Slot* s = FindInBucket(first, st, tag);
+  if (!s && second != first && (s = FindInBucket(second, st, tag)) != nullptr)
+    AddSpill(first, -1);  // it had spilled to its second bucket
   if (s) {
-    pos = s->pos;
-    *s = Slot{0, kEmptyTag, 0};
+    pos = s->pos & kPosMask;
+    Clear(s);
     --sh.used;
   } else if ((s = Find(sh, st, tag)) == nullptr) {
     return false;
   } else if (const auto at = reinterpret_cast<std::uintptr_t>(s), old = reinterpret_cast<std::uintptr_t>(sh.old.slots.get());
              at >= old && at < old + sh.old.capacity * sizeof(Slot)) {
-    pos = s->pos;
-    *s = Slot{0, kEmptyTag, 0};  // a pair not yet moved: it simply is not moved
+    pos = s->pos & kPosMask;
+    Clear(s);  // a pair not yet moved: it simply is not moved
   } else {  // in the overflow
-    pos = s->pos;
+    pos = s->pos & kPosMask;
     auto [it, end] = sh.overflow.equal_range(st);
     while (&it->second != s) ++it;
     sh.overflow.erase(it);

@@ -201,6 +201,59 @@ TEST(ChunkIndex, MatchesAModelWithTablesThatAreNotPowersOfTwo) {
 
 // A reserve is room made at start: filling it never grows a shard (no
 // migration, no new table on the insert path); past it, growth goes on.
+// Held at its reserve's 3/4 load, where pairs spill to their second bucket
+// and walks move them back and forth, the index never grows, so every lookup
+// takes the fast path: one bucket unless the first's spill count says two.
+// Every pair stays visible that way, and through a located, followed probe.
+TEST(ChunkIndex, ChurnAtThreeQuartersLoadKeepsEveryPairVisible) {
+  Options o;
+  o.shard_bits = 1;
+  o.reserve_keys = 20000;
+  ChunkIndex idx(o);
+  std::unordered_map<std::uint64_t, std::set<HolderId>> model;
+  std::vector<std::pair<std::uint64_t, HolderId>> live;
+  std::mt19937_64 rng(17);
+  auto add = [&](std::uint64_t key, HolderId h) {
+    ASSERT_EQ(idx.Add(key, h), AddResult::kAdded);
+    model[key].insert(h);
+    live.emplace_back(key, h);
+  };
+  for (int i = 0; i < 20000; ++i) {
+    const std::uint64_t key = rng();
+    add(key, 0);
+    if (i % 7 == 0) add(key, 1 + static_cast<HolderId>(rng() % 3));  // some keys have two holders
+  }
+  // Past the reserve's 20,000 keys: back to 20,000 pairs before the churn.
+  while (live.size() > 20000) {
+    auto [key, h] = live.back();
+    live.pop_back();
+    ASSERT_TRUE(idx.Remove(key, h));
+    model[key].erase(h);
+  }
+  for (int op = 0; op < 200000; ++op) {
+    const std::size_t victim = rng() % live.size();
+    auto [key, h] = live[victim];
+    live[victim] = live.back();
+    live.pop_back();
+    ASSERT_TRUE(idx.Remove(key, h)) << op;
+    model[key].erase(h);
+    if (op % 5 == 0) add(key, h);  // straight back, maybe to the other bucket
+    else add(rng(), static_cast<HolderId>(rng() % 4));
+    ASSERT_EQ(idx.GrowingShards(), 0u) << op;
+    if (op % 20000 != 0) continue;
+    for (const auto& [k, holders] : model) {
+      std::set<HolderId> got, located;
+      idx.ForEachHolder(k, [&](HolderId x) { got.insert(x); });
+      const auto probe = idx.Locate(k);
+      idx.Follow(probe);
+      idx.ForEachHolder(probe, [&](HolderId x) { located.insert(x); });
+      ASSERT_EQ(got, holders) << op;
+      ASSERT_EQ(located, holders) << op;
+    }
+  }
+  EXPECT_EQ(idx.pairs(), live.size());
+}
+
 TEST(ChunkIndex, ReserveHoldsItsKeysWithoutGrowingThenGrowsPastIt) {
   Options o;
   o.shard_bits = 1;

@@ -10,16 +10,23 @@
 //    either of its two buckets, chosen by two hashes of the key. Most keys have
 //    one holder, so most keys cost one slot; a key with several holders has
 //    one slot each, in its two buckets too.
-//  * Every operation reads the same two lines, which the caller can prefetch
-//    many operations ahead (Prefetch, Locate): a lookup compares the eight
-//    slots with the key in SIMD and is done, an evict clears a slot, an admit
-//    fills an empty slot of the emptier bucket. Nothing shifts and no probe
-//    run is walked, so an operation's work and lines do not grow with load.
+//  * Every operation reads at most the same two lines, which the caller can
+//    prefetch many operations ahead (Prefetch, Locate): a lookup compares a
+//    bucket's four slots with the key in SIMD, an evict clears a slot, an
+//    admit fills an empty slot, of its first bucket if it has one. Nothing
+//    shifts and no probe run is walked, so an operation's work and lines do
+//    not grow with load.
+//  * A lookup reads the second bucket only if it must: the first slot of
+//    every bucket keeps, in the top bits of its `pos`, how many pairs whose
+//    first bucket this is live in their second (saturating: at 15 it stays).
+//    At 3/4 load that count is 0 for most buckets, so most lookups read one
+//    line, and a long lookup (Locate, then Follow a few hashes before the
+//    probe) prefetches the second only where the first says so.
 //    (The Robin Hood linear-probing table this replaced read past its two
 //    prefetched lines whenever a shift or a run did, and at 3/4 load that
 //    was most of its 10 M-key ingest time: docs/PERFORMANCE.md.)
 //  * When both buckets are full, an admit moves pairs to their other bucket
-//    (a bounded random walk, about one admit in ten at 3/4 load). A pair that
+//    (a random walk of at most 32 steps, each a random line). A pair that
 //    still finds no room, or a key with more holders than its two buckets can
 //    take, goes to the shard's overflow (a small hash multimap), and the
 //    shard marks the key's first bucket in a bitmap so that lookups of other
@@ -118,14 +125,16 @@ class ChunkIndex {
   void Prefetch(std::span<const std::uint64_t> keys) const;
 
   // A lookup located ahead of its use: Locate mixes the key, finds its two
-  // buckets and prefetches them; ForEachHolder(probe, ...) later reads the
-  // holders from them. A
+  // buckets and prefetches the first; Follow, once that line is likely in,
+  // prefetches the second if the first says the key may have pairs there;
+  // ForEachHolder(probe, ...) later reads the holders from them. A
   // long lookup (P2P requests: hundreds of hashes) then mixes and places each
   // key once and, between the two, runs no code but its own: per hash, the
   // instructions are what is left to pay once the misses overlap
   // (docs/PERFORMANCE.md). Valid until the index next changes.
   struct Probe;
   Probe Locate(std::uint64_t key) const;
+  void Follow(const Probe& probe) const;
   template <typename Fn>
   void ForEachHolder(const Probe& probe, Fn&& fn) const;
 
@@ -161,8 +170,17 @@ class ChunkIndex {
     // another form, and moving a pair to its other bucket needs no re-mixing.
     std::uint64_t mixed;
     std::uint32_t tag;  // 0: empty; else holder + 1
-    std::uint32_t pos;  // position in the holder's key list
+    // Position in the holder's key list (the low kPosBits); in a bucket's
+    // first slot, whether empty or not, the top bits count the pairs that
+    // have this bucket first and live in their second (see the top).
+    std::uint32_t pos;
   };
+  static constexpr unsigned kPosBits = 28;
+  static constexpr std::uint32_t kPosMask = (std::uint32_t{1} << kPosBits) - 1;
+  static constexpr unsigned kSpillSaturated = 0xf;
+  // Keys one holder can have (its list positions must fit kPosBits); more are over quota.
+  static constexpr std::size_t kMaxKeysPerHolder = kPosMask;
+  static unsigned Spilled(const Slot* bucket) { return bucket[0].pos >> kPosBits; }
   static constexpr std::uint32_t kEmptyTag = 0;
   static constexpr std::uint32_t Tag(HolderId h) { return h + 1; }
   // A bucket is one cache line of slots; every table starts on a line.
@@ -249,6 +267,20 @@ class ChunkIndex {
   // cur holds as many pairs as before).
   bool Put(Shard& sh, Slot s);
   void AddToOverflow(Shard& sh, const Slot& s);
+  // Slot writes that keep a bucket's spill count (the top bits of its first
+  // slot's pos) where it is, and a read that leaves it out.
+  static void Write(Slot* to, const Slot& s) {
+    to->mixed = s.mixed;
+    to->tag = s.tag;
+    to->pos = (to->pos & ~kPosMask) | (s.pos & kPosMask);
+  }
+  static void Clear(Slot* s) {
+    s->mixed = 0;
+    s->tag = kEmptyTag;
+    s->pos &= ~kPosMask;
+  }
+  static Slot Read(const Slot& s) { return Slot{s.mixed, s.tag, s.pos & kPosMask}; }
+  static void AddSpill(Slot* bucket, int delta);
   void MarkOverflow(Shard& sh, std::uint64_t stored);
   void MigrateStep(Shard& sh);
   void StartGrowth(Shard& sh);
@@ -295,11 +327,14 @@ inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
   const Probe p = Place(key);
   if (p.first) {
     __builtin_prefetch(p.first);
-    if (p.second) __builtin_prefetch(p.second);
   } else {
     Prefetch(std::span(&key, 1));
   }
   return p;
+}
+
+inline void ChunkIndex::Follow(const Probe& probe) const {
+  if (probe.second && Spilled(probe.first) != 0) __builtin_prefetch(probe.second);
 }
 
 template <typename Fn>
@@ -329,12 +364,13 @@ inline unsigned ChunkIndex::BucketMatches(const Slot* line, std::uint64_t mixed)
 template <typename Fn>
 void ChunkIndex::ForEachHolder(const Probe& probe, Fn&& fn) const {
   if (!probe.first) return ForEachHolderSlow(ShardOf(Mix(probe.key)), probe.stored, fn);
-  // The common case: two lines compared with the key all at once, no branch
+  // The common case: a bucket compared with the key all at once, no branch
   // per slot (a scan loop of unpredictable length costs a branch miss or two
-  // per key, which was most of a prefetched lookup's time: docs/PERFORMANCE.md).
+  // per key, which was most of a prefetched lookup's time: docs/PERFORMANCE.md),
+  // and the second only if some pair that has the first as its first lives there.
   for (unsigned eq = BucketMatches(probe.first, probe.stored); eq != 0; eq &= eq - 1)
     fn(static_cast<HolderId>(probe.first[__builtin_ctz(eq) / 2].tag - 1));
-  if (probe.second)
+  if (probe.second && Spilled(probe.first) != 0)
     for (unsigned eq = BucketMatches(probe.second, probe.stored); eq != 0; eq &= eq - 1)
       fn(static_cast<HolderId>(probe.second[__builtin_ctz(eq) / 2].tag - 1));
 }
