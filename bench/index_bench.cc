@@ -11,15 +11,17 @@
 //   BM_<Table>_WorstInsertPause/N  the longest single insert while growing from 0 to N keys
 //   BM_<Table>_Churn/N           ns per op of a table held at N keys by alternate admits of new
 //                                keys and evicts of the oldest, in batches of 256 as the
-//                                controller applies a BatchedKVOperationMsg (ChunkIndex: home
-//                                slots prefetched 16 ops ahead, as the controller does);
+//                                controller applies a BatchedKVOperationMsg (ChunkIndex: both
+//                                buckets prefetched 16 ops ahead, as the controller does);
 //                                N = 2^20: the one holder's key list sits on a chunk boundary
 //   BM_Floor_RandomLinePairWrites/N/huge  the churn's memory floor: per op, two adjacent random
 //                                lines of a 256 MiB table read and written, prefetched 16
-//                                ops ahead, nothing else (huge: 2 MiB pages, else 4 KiB)
+//                                ops ahead, nothing else (huge: 2 MiB pages, else 4 KiB;
+//                                the cuckoo index's two buckets are not adjacent, which
+//                                costs a second page walk on 4 KiB pages only)
 //   ChunkIndexReserved: Options::reserve_keys = N (its start-up is the setup_ms counter)
 //
-// ChunkIndex lookups prefetch each batch of 32 home slots first (as the P2P
+// ChunkIndex lookups prefetch the buckets of each batch of 32 first (as the P2P
 // path does with a request's hashes); the other tables are probed one by one.
 #include <benchmark/benchmark.h>
 

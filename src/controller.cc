@@ -269,7 +269,7 @@ void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_
   index::HolderId h;
   if (n == 0 || !resolve(&w, &h, 0)) return;
   bool gap_counted = false;
-  // Keep the home slots of the next kPrefetchOps keys in flight: independent
+  // Keep the buckets of the next kPrefetchOps keys in flight: independent
   // DRAM reads overlap instead of each op waiting for its own miss.
   constexpr std::size_t kPrefetchOps = 16;
   auto prefetch = [&](std::size_t i) {

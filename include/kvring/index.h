@@ -120,7 +120,7 @@ class ChunkIndex {
   // Calls fn(key) for every key of `holder` (a cold path: stats, digests).
   void ForEachKeyOf(HolderId holder, const std::function<void(std::uint64_t)>& fn) const;
 
-  // Prefetches the home slots of `keys` (call before a run of lookups: the
+  // Prefetches both buckets of each of `keys` (call before a run of operations: the
   // misses then overlap instead of queueing one after another).
   void Prefetch(std::span<const std::uint64_t> keys) const;
 
