@@ -117,8 +117,10 @@ std::string Controller::MetricsText() const {
   e.One("kvring_clients", "gauge", "attached clients (workers and orchestrators)", d(listener_->clients().size()));
   e.One("kvring_instances", "gauge", "instances with a registered worker", d(registry_.Instances().size()));
   e.One("kvring_index_bytes", "gauge", "memory held by the chunk index", d(index_.MemoryBytes()));
-  e.One("kvring_index_overflow_pairs", "gauge", "index pairs whose two buckets were full (kept in overflow)",
-        d(index_.OverflowPairs()));
+  e.One("kvring_index_overflow_keys", "gauge", "index keys whose two buckets were full (kept in overflow)",
+        d(index_.OverflowKeys()));
+  e.One("kvring_index_grouped_keys", "gauge", "index keys with several holders (a holder group each)",
+        d(index_.GroupedKeys()));
   e.One("kvring_messages_total", "counter", "records handled", d(stats_.messages));
   e.One("kvring_messages_per_second", "gauge", "records handled per second (last second)", messages_per_s_);
   e.One("kvring_kv_ops_total", "counter", "admit and evict operations applied", d(stats_.kv_ops));

@@ -228,29 +228,32 @@ void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uin
   for (std::size_t i = 0; i < hk.size; ++i) fn(hk.at(i));
 }
 
-ChunkIndex::Slot* ChunkIndex::FindInBucket(Slot* bucket, std::uint64_t stored, std::uint32_t tag) {
-  for (unsigned eq = BucketMatches(bucket, stored); eq != 0; eq &= eq - 1) {
-    Slot* s = &bucket[__builtin_ctz(eq) / 2];
-    if (s->tag == tag) return s;
-  }
-  return nullptr;
-}
-
-ChunkIndex::Slot* ChunkIndex::Find(Shard& sh, std::uint64_t stored, std::uint32_t tag) {
-  if (Slot* s = FindInBucket(sh.cur.Bucket(sh.cur.First(stored)), stored, tag)) return s;
-  if (Slot* s = FindInBucket(sh.cur.Bucket(sh.cur.Second(stored)), stored, tag)) return s;
+ChunkIndex::Slot* ChunkIndex::FindKey(Shard& sh, std::uint64_t stored, Where* where) {
+  const std::size_t b1 = sh.cur.First(stored), b2 = sh.cur.Second(stored);
+  *where = Where::kFirst;
+  if (Slot* s = InBucket(sh.cur.Bucket(b1), stored)) return s;
+  *where = Where::kSecond;
+  if (b2 != b1)
+    if (Slot* s = InBucket(sh.cur.Bucket(b2), stored)) return s;
+  *where = Where::kOld;
   if (sh.old.slots) {
     const std::size_t o1 = sh.old.First(stored), o2 = sh.old.Second(stored);
     if (o1 >= sh.migrate_at)
-      if (Slot* s = FindInBucket(sh.old.Bucket(o1), stored, tag)) return s;
-    if (o2 >= sh.migrate_at)
-      if (Slot* s = FindInBucket(sh.old.Bucket(o2), stored, tag)) return s;
+      if (Slot* s = InBucket(sh.old.Bucket(o1), stored)) return s;
+    if (o2 != o1 && o2 >= sh.migrate_at)
+      if (Slot* s = InBucket(sh.old.Bucket(o2), stored)) return s;
   }
-  if (!sh.overflow.empty()) {
-    auto [it, end] = sh.overflow.equal_range(stored);
-    for (; it != end; ++it)
-      if (it->second.tag == tag) return &it->second;
-  }
+  *where = Where::kOverflow;
+  if (!sh.overflow.empty())
+    if (auto it = sh.overflow.find(stored); it != sh.overflow.end()) return &it->second;
+  *where = Where::kNone;
+  return nullptr;
+}
+
+std::uint32_t* ChunkIndex::PosOf(Shard& sh, Slot& slot, HolderId holder) {
+  if ((slot.tag & kGroupBit) == 0) return slot.tag == Tag(holder) ? &slot.pos : nullptr;
+  for (GroupEntry& e : sh.groups[slot.tag & ~kGroupBit])
+    if (e.holder == holder) return &e.pos;
   return nullptr;
 }
 
@@ -292,16 +295,32 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
     if (b2 != b1) AddSpill(l1, +1);
     return true;
   }
-  // Both full: a random walk. Each step puts the pair in hand in place of a
-  // random pair of the bucket and takes that one to its other bucket; the
-  // spill counts follow every pair that enters or leaves a second bucket.
+  // Both full. First, one pair of another key that can go to its other
+  // bucket at once makes room (a key with several holders fills its two
+  // buckets with its own pairs, which a blind walk would only swap between
+  // them).
+  for (Slot* line : {l1, l2}) {
+    const std::size_t b = line == l1 ? b1 : b2;
+    if (int j = MoveOneOut(t, b, s.mixed); j >= 0) {
+      Write(&line[j], s);
+      if (b != b1) AddSpill(l1, +1);
+      return true;
+    }
+    if (b2 == b1) break;
+  }
+  // Then a random walk. Each step puts the pair in hand in place of a random
+  // pair of the bucket (of another key where there is one) and takes that one
+  // to its other bucket; the spill counts follow every pair that enters or
+  // leaves a second bucket.
   std::size_t at = kick_state_ & 1 ? b1 : b2;
   for (int step = 0; step < kMaxKicks; ++step) {
     kick_state_ ^= kick_state_ << 13;
     kick_state_ ^= kick_state_ >> 7;
     kick_state_ ^= kick_state_ << 17;
     Slot* line = t.Bucket(at);
-    Slot* victim_slot = &line[kick_state_ >> 62];
+    std::size_t j = kick_state_ >> 62;
+    for (std::size_t tries = 1; tries < kSlotsPerLine && line[j].mixed == s.mixed; ++tries) j = (j + 1) % kSlotsPerLine;
+    Slot* victim_slot = &line[j];
     const Slot victim = Read(*victim_slot);
     Write(victim_slot, s);
     if (const std::size_t f = t.First(s.mixed); f != at) AddSpill(t.Bucket(f), +1);
@@ -320,8 +339,27 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
   return false;
 }
 
+int ChunkIndex::MoveOneOut(Table& t, std::size_t b, std::uint64_t keep) {
+  Slot* line = t.Bucket(b);
+  for (std::size_t j = 0; j < kSlotsPerLine; ++j) {
+    const std::uint64_t m = line[j].mixed;
+    if (m == keep) continue;
+    const std::size_t f = t.First(m), other = f == b ? t.Second(m) : f;
+    if (other == b) continue;
+    Slot* to = t.Bucket(other);
+    const unsigned e = Empties(to);
+    if (e == 0) continue;
+    Write(&to[__builtin_ctz(e)], Read(line[j]));
+    if (other != f) AddSpill(t.Bucket(f), +1);  // into its second
+    else AddSpill(t.Bucket(f), -1);             // back to its first
+    Clear(&line[j]);
+    return static_cast<int>(j);
+  }
+  return -1;
+}
+
 void ChunkIndex::AddToOverflow(Shard& sh, const Slot& s) {
-  sh.overflow.emplace(s.mixed, s);
+  sh.overflow.emplace(s.mixed, s);  // one slot a key: never there already
   MarkOverflow(sh, s.mixed);
 }
 
@@ -332,8 +370,15 @@ void ChunkIndex::MarkOverflow(Shard& sh, std::uint64_t stored) {
   sh.marked[b / 64] |= std::uint64_t{1} << (b % 64);
 }
 
+// Twice the size: a table grown at 85 % starts at 43 %. (Growing by 3/2
+// instead kept a grown index between 57 and 85 % full, 29 resident bytes a
+// key at 10 M keys instead of 36, but 10 M-key ingest fell from 10.5 to 8.4
+// M ops/s: at 78 % load on 4 KiB pages more admits walk. A deployment that
+// needs the memory bound sets a reserve, which meets both: docs/PERFORMANCE.md.)
+std::size_t ChunkIndex::GrownCapacity(std::size_t capacity) { return capacity * 2; }
+
 void ChunkIndex::StartGrowth(Shard& sh) {
-  std::size_t cap = sh.cur.capacity * 2;
+  std::size_t cap = GrownCapacity(sh.cur.capacity);
   std::optional<Table> prepared;
   if (preparer_ && sh.requested == cap) prepared = preparer_->Take(static_cast<std::size_t>(&sh - shards_.data()), cap);
   sh.requested = 0;
@@ -402,7 +447,10 @@ void ChunkIndex::AdviseHugePages(const Table& t) {
 
 void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {
   const std::uint64_t m = Mix(key);
-  if (Slot* s = Find(ShardOf(m), Stored(m), Tag(holder))) s->pos = (s->pos & ~kPosMask) | pos;
+  Shard& sh = ShardOf(m);
+  Where where;
+  if (Slot* s = FindKey(sh, Stored(m), &where))
+    if (std::uint32_t* p = PosOf(sh, *s, holder)) *p = (*p & ~kPosMask) | pos;  // a slot's spill bits stay
 }
 
 AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
@@ -410,27 +458,47 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   const std::uint64_t m = Mix(key), st = Stored(m);
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
-  if (Find(sh, st, Tag(holder))) return AddResult::kAlreadyPresent;
+  Where where;
+  Slot* slot = FindKey(sh, st, &where);
+  if (slot && PosOf(sh, *slot, holder)) return AddResult::kAlreadyPresent;
   HolderKeys& hk = Keys(holder);
   if ((options_.per_holder_quota && hk.size >= options_.per_holder_quota) || hk.size >= kMaxKeysPerHolder) {
     ++over_quota_;
     return AddResult::kOverQuota;
   }
+  ++pairs_;
+  if (slot) {  // another holder of a key already here: its slot names a group
+    if ((slot->tag & kGroupBit) == 0) {
+      std::uint32_t id;
+      if (!sh.free_groups.empty()) {
+        id = sh.free_groups.back();
+        sh.free_groups.pop_back();
+      } else {
+        id = static_cast<std::uint32_t>(sh.groups.size());
+        sh.groups.emplace_back();
+      }
+      sh.groups[id].assign({GroupEntry{static_cast<HolderId>(slot->tag - 1), slot->pos & kPosMask}});
+      slot->tag = kGroupBit | id;
+      slot->pos &= ~kPosMask;
+      ++sh.grouped;
+    }
+    sh.groups[slot->tag & ~kGroupBit].push_back(GroupEntry{holder, hk.Push(key)});
+    return AddResult::kAdded;
+  }
   // At 3/4, have the next big table prepared off this thread.
-  const std::size_t next = sh.cur.capacity * 2;
+  const std::size_t next = GrownCapacity(sh.cur.capacity);
   if (preparer_ && sh.requested == 0 && next * sizeof(Slot) >= kHugePage && (sh.used + 1) * 4 > sh.cur.capacity * 3) {
     sh.requested = next;
     preparer_->Request(static_cast<std::size_t>(&sh - shards_.data()), next);
   }
   // Grow at 85 %: the new table is twice as large, so it absorbs the rest of
-  // the old one and the inserts made while it drains; below it, walks are short.
+  // the old one and the inserts made while it drains; below 85 %, walks are short.
   if ((sh.used + 1) * 20 > sh.cur.capacity * 17) {
     while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
     StartGrowth(sh);
     MigrateStep(sh);
   }
   sh.used += Put(sh, Slot{st, Tag(holder), hk.Push(key)});
-  ++pairs_;
   return AddResult::kAdded;
 }
 
@@ -438,29 +506,47 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
   const std::uint64_t m = Mix(key), st = Stored(m);
   Shard& sh = ShardOf(m);
   MigrateStep(sh);
-  const std::uint32_t tag = Tag(holder);
+  Where where;
+  Slot* s = FindKey(sh, st, &where);
+  if (!s) return false;
   std::uint32_t pos;
-  Slot* first = sh.cur.Bucket(sh.cur.First(st));
-  Slot* second = sh.cur.Bucket(sh.cur.Second(st));
-  Slot* s = FindInBucket(first, st, tag);
-  if (!s && second != first && (s = FindInBucket(second, st, tag)) != nullptr)
-    AddSpill(first, -1);  // it had spilled to its second bucket
-  if (s) {
+  if (s->tag & kGroupBit) {
+    const std::uint32_t id = s->tag & ~kGroupBit;
+    std::vector<GroupEntry>& g = sh.groups[id];
+    auto it = g.begin();
+    while (it != g.end() && it->holder != holder) ++it;
+    if (it == g.end()) return false;
+    pos = it->pos;
+    *it = g.back();
+    g.pop_back();
+    if (g.size() == 1) {  // one holder left: the slot holds it again
+      s->tag = Tag(g[0].holder);
+      s->pos = (s->pos & ~kPosMask) | g[0].pos;
+      g.clear();
+      sh.free_groups.push_back(id);
+      --sh.grouped;
+    }
+  } else {
+    if (s->tag != Tag(holder)) return false;
     pos = s->pos & kPosMask;
-    Clear(s);
-    --sh.used;
-  } else if ((s = Find(sh, st, tag)) == nullptr) {
-    return false;
-  } else if (const auto at = reinterpret_cast<std::uintptr_t>(s), old = reinterpret_cast<std::uintptr_t>(sh.old.slots.get());
-             at >= old && at < old + sh.old.capacity * sizeof(Slot)) {
-    pos = s->pos & kPosMask;
-    Clear(s);  // a pair not yet moved: it simply is not moved
-  } else {  // in the overflow
-    pos = s->pos & kPosMask;
-    auto [it, end] = sh.overflow.equal_range(st);
-    while (&it->second != s) ++it;
-    sh.overflow.erase(it);
-    if (sh.overflow.empty()) sh.marked.clear();
+    switch (where) {
+      case Where::kSecond:
+        AddSpill(sh.cur.Bucket(sh.cur.First(st)), -1);  // it had spilled to its second bucket
+        [[fallthrough]];
+      case Where::kFirst:
+        Clear(s);
+        --sh.used;
+        break;
+      case Where::kOld:
+        Clear(s);  // a slot not yet moved: it simply is not moved
+        break;
+      case Where::kOverflow:
+        sh.overflow.erase(st);
+        if (sh.overflow.empty()) sh.marked.clear();
+        break;
+      case Where::kNone:
+        return false;
+    }
   }
   HolderKeys& hk = *holders_[holder];
   std::uint64_t moved = hk.SwapRemove(pos);
@@ -510,12 +596,14 @@ void ChunkIndex::Prefetch(std::span<const std::uint64_t> keys) const {
 }
 
 std::size_t ChunkIndex::MemoryBytes() const {
-  // An overflow pair: its node (key, slot, next pointer, cached hash) and a bucket pointer.
-  constexpr std::size_t kOverflowPairBytes = 2 * sizeof(std::uint64_t) + sizeof(Slot) + 2 * sizeof(void*);
+  // An overflow slot: its node (key, slot, next pointer, cached hash) and a bucket pointer.
+  constexpr std::size_t kOverflowSlotBytes = 2 * sizeof(std::uint64_t) + sizeof(Slot) + 2 * sizeof(void*);
   std::size_t bytes = shards_.capacity() * sizeof(Shard) + holders_.capacity() * sizeof(void*);
   for (const auto& sh : shards_) {
     bytes += sh.cur.capacity * sizeof(Slot) + sh.marked.capacity() * sizeof(std::uint64_t) +
-             sh.overflow.size() * kOverflowPairBytes;
+             sh.overflow.size() * kOverflowSlotBytes + sh.groups.capacity() * sizeof(sh.groups[0]) +
+             sh.free_groups.capacity() * sizeof(std::uint32_t);
+    for (const auto& g : sh.groups) bytes += g.capacity() * sizeof(GroupEntry);
     if (sh.old.slots) bytes += sh.old.capacity * sizeof(Slot);
   }
   for (const auto& h : holders_)
@@ -530,9 +618,15 @@ std::size_t ChunkIndex::GrowingShards() const {
   return n;
 }
 
-std::size_t ChunkIndex::OverflowPairs() const {
+std::size_t ChunkIndex::OverflowKeys() const {
   std::size_t n = 0;
   for (const auto& sh : shards_) n += sh.overflow.size();
+  return n;
+}
+
+std::size_t ChunkIndex::GroupedKeys() const {
+  std::size_t n = 0;
+  for (const auto& sh : shards_) n += sh.grouped;
   return n;
 }
 

@@ -90,10 +90,10 @@ TEST(ChunkIndex, BucketCompareAgreesWithTheSlotBySlotCompare) {
   }
 }
 
-// A key with more holders than its two buckets hold (a prefix every worker
-// of a deployment caches) keeps them all, in the overflow past eight; the
-// overflow empties as they go, and other keys are served as before.
-TEST(ChunkIndex, AKeyWithMoreHoldersThanItsBucketsHoldKeepsThemAll) {
+// A key with many holders (a prefix every worker of a deployment caches)
+// keeps them all in one slot's holder group, whose holders come and go
+// (back to a plain slot at one holder), and other keys are served as before.
+TEST(ChunkIndex, AKeyWithManyHoldersKeepsThemAllInOneGroup) {
   for (bool reserve : {false, true}) {
     Options o;
     o.shard_bits = 1;
@@ -102,22 +102,51 @@ TEST(ChunkIndex, AKeyWithMoreHoldersThanItsBucketsHoldKeepsThemAll) {
     for (std::uint64_t k = 1; k <= 10000; ++k) ASSERT_EQ(idx.Add(k, 0), AddResult::kAdded);
     constexpr HolderId kHolders = 40;
     for (HolderId h = 1; h <= kHolders; ++h) ASSERT_EQ(idx.Add(777777, h), AddResult::kAdded) << h;
-    EXPECT_GE(idx.OverflowPairs(), kHolders - 2 * ChunkIndex::kSlotsPerLine);
+    EXPECT_EQ(idx.Add(777777, 7), AddResult::kAlreadyPresent);
+    EXPECT_EQ(idx.GroupedKeys(), 1u);
     std::set<HolderId> got, located;
     idx.ForEachHolder(777777, [&](HolderId x) { EXPECT_TRUE(got.insert(x).second) << x; });
-    idx.ForEachHolder(idx.Locate(777777), [&](HolderId x) { located.insert(x); });
+    const auto probe = idx.Locate(777777);
+    idx.Follow(probe);
+    idx.ForEachHolder(probe, [&](HolderId x) { located.insert(x); });
     EXPECT_EQ(got.size(), kHolders);
     EXPECT_EQ(located, got);
     for (std::uint64_t k = 1; k <= 10000; ++k) ASSERT_EQ(idx.HolderCount(k), 1u) << k;
     for (HolderId h = 1; h <= kHolders; h += 2) ASSERT_TRUE(idx.Remove(777777, h)) << h;
+    EXPECT_FALSE(idx.Remove(777777, 1));
     EXPECT_EQ(idx.HolderCount(777777), kHolders / 2);
     EXPECT_FALSE(idx.Contains(777777, 1));
     EXPECT_TRUE(idx.Contains(777777, 2));
-    for (HolderId h = 2; h <= kHolders; h += 2) ASSERT_EQ(idx.DropHolderSlice(h, 10), 0u) << h;
+    for (HolderId h = 2; h < kHolders; h += 2) ASSERT_EQ(idx.DropHolderSlice(h, 10), 0u) << h;
+    EXPECT_EQ(idx.GroupedKeys(), 0u);  // one holder left: a plain slot again
+    EXPECT_EQ(idx.HolderCount(777777), 1u);
+    EXPECT_TRUE(idx.Contains(777777, kHolders));
+    EXPECT_TRUE(idx.Remove(777777, kHolders));
     EXPECT_EQ(idx.HolderCount(777777), 0u);
-    EXPECT_EQ(idx.OverflowPairs(), 0u);
+    EXPECT_EQ(idx.OverflowKeys(), 0u);
     EXPECT_EQ(idx.pairs(), 10000u);
   }
+}
+
+// Keys with several holders each, filled to the reserve's 3/4 load: each key
+// takes one slot, so nothing overflows (a slot a pair overflowed 29 % of the
+// pairs of four-holder keys), and all of them stay listed.
+TEST(ChunkIndex, KeysWithSeveralHoldersFillTheTableLikeKeysWithOne) {
+  Options o;
+  o.shard_bits = 2;
+  o.reserve_keys = 50000;
+  ChunkIndex idx(o);
+  std::mt19937_64 rng(23);
+  std::vector<std::uint64_t> keys(50000);
+  for (auto& k : keys) {
+    k = rng();
+    for (HolderId h = 0; h < 4; ++h) ASSERT_EQ(idx.Add(k, h), AddResult::kAdded);
+  }
+  EXPECT_EQ(idx.GrowingShards(), 0u);
+  EXPECT_EQ(idx.OverflowKeys(), 0u);
+  EXPECT_EQ(idx.GroupedKeys(), keys.size());
+  for (HolderId h = 0; h < 4; ++h) EXPECT_EQ(idx.KeysOf(h), keys.size());
+  for (std::uint64_t k : keys) ASSERT_EQ(idx.HolderCount(k), 4u) << k;
 }
 
 // A random mix of admits and evicts against a simple model, through many

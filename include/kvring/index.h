@@ -3,13 +3,16 @@
 //
 // Design (in the manner of the comment at the top of Abseil's raw_hash_set.h):
 //
-//  * The index is a multimap of (key, holder) pairs, split into 2^k shards by
-//    the top bits of a mixed key. Each shard is a bucketed cuckoo table: a
-//    bucket is one cache line of four 16-byte slots (key, holder, and the
-//    pair's position in its holder's key list), and a key's pairs live in
-//    either of its two buckets, chosen by two hashes of the key. Most keys have
-//    one holder, so most keys cost one slot; a key with several holders has
-//    one slot each, in its two buckets too.
+//  * The index maps keys to holders, split into 2^k shards by the top bits of
+//    a mixed key. Each shard is a bucketed cuckoo table: a bucket is one cache
+//    line of four 16-byte slots, and a key's slot lives in either of its two
+//    buckets, chosen by two hashes of the key. A key has one slot whatever its
+//    holders: most keys have one, and the slot holds it and the key's position
+//    in its holder's key list; a key with several (a prefix many workers
+//    cache) has a holder group instead, a small array of (holder, position)
+//    in its shard, named by the slot. (Pairs with a slot each would make a
+//    key with h holders fill h of its eight slots, and a cuckoo table whose
+//    items take half a bucket works only below half load.)
 //  * Every operation reads at most the same two lines, which the caller can
 //    prefetch many operations ahead (Prefetch, Locate): a lookup compares a
 //    bucket's four slots with the key in SIMD, an evict clears a slot, an
@@ -17,20 +20,21 @@
 //    shifts and no probe run is walked, so an operation's work and lines do
 //    not grow with load.
 //  * A lookup reads the second bucket only if it must: the first slot of
-//    every bucket keeps, in the top bits of its `pos`, how many pairs whose
+//    every bucket keeps, in the top bits of its `pos`, how many keys whose
 //    first bucket this is live in their second (saturating: at 15 it stays).
-//    At 3/4 load that count is 0 for most buckets, so most lookups read one
-//    line, and a long lookup (Locate, then Follow a few hashes before the
-//    probe) prefetches the second only where the first says so.
+//    At 3/4 load that count is 0 for most buckets, and a key found in its
+//    first bucket is done, so most lookups read one line; a long lookup
+//    (Locate, then Follow a few hashes before the probe) prefetches the
+//    second only where the first says so.
 //    (The Robin Hood linear-probing table this replaced read past its two
 //    prefetched lines whenever a shift or a run did, and at 3/4 load that
 //    was most of its 10 M-key ingest time: docs/PERFORMANCE.md.)
 //  * When both buckets are full, an admit moves pairs to their other bucket
-//    (a random walk of at most 32 steps, each a random line). A pair that
-//    still finds no room, or a key with more holders than its two buckets can
-//    take, goes to the shard's overflow (a small hash multimap), and the
-//    shard marks the key's first bucket in a bitmap so that lookups of other
-//    keys skip the overflow. A shard with no overflow never looks at either.
+//    (first one that can go at once, then a random walk of at most 32 steps,
+//    each a random line). A slot that still finds no room goes to the shard's
+//    overflow (a small hash map: rare below 85 % load), and the shard marks
+//    the key's first bucket in a bitmap so that lookups of other keys skip
+//    the overflow. A shard with no overflow never looks at either.
 //  * No stop-the-world rehash. When a shard passes 85 % full it allocates a
 //    table twice the size and from then on every operation on the shard moves
 //    a fixed number of old buckets over; lookups consult both tables until the
@@ -80,7 +84,7 @@
 namespace kvring::index {
 
 using HolderId = std::uint32_t;
-inline constexpr HolderId kMaxHolder = 0xfffffffdu;
+inline constexpr HolderId kMaxHolder = 0x7ffffffdu;  // a tag with the top bit set names a holder group
 
 struct Options {
   // 64 shards: at 10 M keys each table is 4-8 MiB, so huge pages back it (a
@@ -157,8 +161,10 @@ class ChunkIndex {
   std::size_t MemoryBytes() const;
   // Shards currently migrating to a bigger table (for tests and stats).
   std::size_t GrowingShards() const;
-  // Pairs held in the shards' overflow (both buckets of their key were full).
-  std::size_t OverflowPairs() const;
+  // Keys held in the shards' overflow (both of their buckets were full).
+  std::size_t OverflowKeys() const;
+  // Keys with several holders (each has a holder group).
+  std::size_t GroupedKeys() const;
 
   // All-zero bytes are an empty slot, so a new table comes from calloc or
   // mmap (the kernel's zero pages) with no initialisation pass: growing a shard costs
@@ -169,12 +175,13 @@ class ChunkIndex {
     // slot's; Mix is a bijection, so within a shard this is the key in
     // another form, and moving a pair to its other bucket needs no re-mixing.
     std::uint64_t mixed;
-    std::uint32_t tag;  // 0: empty; else holder + 1
-    // Position in the holder's key list (the low kPosBits); in a bucket's
-    // first slot, whether empty or not, the top bits count the pairs that
-    // have this bucket first and live in their second (see the top).
+    std::uint32_t tag;  // 0: empty; kGroupBit | id: the shard's holder group `id`; else holder + 1
+    // Position in the holder's key list (the low kPosBits; unused for a
+    // group); in a bucket's first slot, whether empty or not, the top bits
+    // count the keys that have this bucket first and live in their second.
     std::uint32_t pos;
   };
+  static constexpr std::uint32_t kGroupBit = 0x80000000u;
   static constexpr unsigned kPosBits = 28;
   static constexpr std::uint32_t kPosMask = (std::uint32_t{1} << kPosBits) - 1;
   static constexpr unsigned kSpillSaturated = 0xf;
@@ -230,12 +237,17 @@ class ChunkIndex {
     Slot* Bucket(std::size_t b) const { return &slots[b * kSlotsPerLine]; }
   };
   static Table NewTable(std::size_t capacity);
+  static std::size_t GrownCapacity(std::size_t capacity);
   class TablePreparer;
   static void AdviseHugePages(const Table& t);
   // Advises huge pages for a big table and faults every page in (the
   // preparer's thread, or start-up for a reserve): afterwards no insert faults.
   static void PopulateHugePages(void* p, std::size_t bytes);
   static void* MapAligned(std::size_t bytes);
+  struct GroupEntry {
+    HolderId holder;
+    std::uint32_t pos;  // in the holder's key list
+  };
   struct Shard {
     Table cur;
     Table old;                  // non-empty while migrating
@@ -243,13 +255,17 @@ class ChunkIndex {
     std::size_t used = 0;       // pairs in cur
     std::size_t requested = 0;  // capacity asked of the preparer for the next growth (0: none)
     bool prepared = false;      // cur came from the preparer (already advised and populated)
-    // Pairs whose buckets were full, by stored key; `marked` has bit b set
-    // when a pair in it has cur bucket b as its first (empty while none).
-    std::unordered_multimap<std::uint64_t, Slot> overflow;
+    // Slots whose buckets were full, by stored key; `marked` has bit b set
+    // when a key in it has cur bucket b as its first (empty while none).
+    std::unordered_map<std::uint64_t, Slot> overflow;
     std::vector<std::uint64_t> marked;
     bool Marked(std::size_t bucket) const {
       return !overflow.empty() && (marked[bucket / 64] >> (bucket % 64) & 1) != 0;
     }
+    // Holder groups, by id; freed ones keep their capacity for the next.
+    std::vector<std::vector<GroupEntry>> groups;
+    std::vector<std::uint32_t> free_groups;
+    std::size_t grouped = 0;  // groups in use
   };
   struct HolderKeys;
 
@@ -258,14 +274,25 @@ class ChunkIndex {
   Probe Place(std::uint64_t key) const;
   Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
   const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
-  // The pair (stored, holder) wherever it is in the shard (cur, the part of
-  // old not yet moved, overflow), or null.
-  static Slot* FindInBucket(Slot* bucket, std::uint64_t stored, std::uint32_t tag);
-  Slot* Find(Shard& sh, std::uint64_t stored, std::uint32_t tag);
+  // The key's slot in a bucket, or null.
+  static Slot* InBucket(Slot* bucket, std::uint64_t stored) {
+    const unsigned eq = BucketMatches(bucket, stored);
+    return eq ? &bucket[__builtin_ctz(eq) / 2] : nullptr;
+  }
+  // Where a key's slot is.
+  enum class Where : std::uint8_t { kNone, kFirst, kSecond, kOld, kOverflow };
+  // The key's slot wherever it is in the shard (cur, the part of old not yet
+  // moved, overflow), or null (then *where is kNone).
+  Slot* FindKey(Shard& sh, std::uint64_t stored, Where* where);
+  // The position of `holder` in `slot`'s key (its own or its group's), or null.
+  static std::uint32_t* PosOf(Shard& sh, Slot& slot, HolderId holder);
   // Puts `s` into sh.cur, moving other pairs to their other bucket if both of
   // its are full; returns false if a pair went to the overflow instead (then
   // cur holds as many pairs as before).
   bool Put(Shard& sh, Slot s);
+  // Moves one pair of bucket `b` whose key is not `keep` to its other bucket,
+  // if that has room; returns the slot freed, or -1.
+  int MoveOneOut(Table& t, std::size_t b, std::uint64_t keep);
   void AddToOverflow(Shard& sh, const Slot& s);
   // Slot writes that keep a bucket's spill count (the top bits of its first
   // slot's pos) where it is, and a read that leaves it out.
@@ -289,6 +316,12 @@ class ChunkIndex {
   // The slow lookup: a growing shard, or a key that may have pairs in overflow.
   template <typename Fn>
   void ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const;
+  // Calls fn for the holder of a single-holder slot or every holder of a group.
+  template <typename Fn>
+  static void HoldersOf(const Shard& sh, const Slot& slot, Fn&& fn) {
+    if ((slot.tag & kGroupBit) == 0) return fn(static_cast<HolderId>(slot.tag - 1));
+    for (const GroupEntry& e : sh.groups[slot.tag & ~kGroupBit]) fn(e.holder);
+  }
 
   Options options_;
   std::uint64_t top_bits_ = 0;  // the shard bits, all set (see Slot::mixed)
@@ -309,6 +342,7 @@ class ChunkIndex {
 struct ChunkIndex::Probe {
   std::uint64_t key;
   std::uint64_t stored;
+  const Shard* shard;
   const Slot* first;   // the key's two buckets; null: the slow lookup
   const Slot* second;  // null: the same bucket as `first`
 };
@@ -319,8 +353,8 @@ inline ChunkIndex::Probe ChunkIndex::Place(std::uint64_t key) const {
   const std::size_t b1 = sh.cur.First(st), b2 = sh.cur.Second(st);
   // A growing shard is probed in both tables, a marked bucket's key in the
   // overflow too: both take the slow lookup.
-  if (sh.old.slots || sh.Marked(b1)) return Probe{key, st, nullptr, nullptr};
-  return Probe{key, st, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2)};
+  if (sh.old.slots || sh.Marked(b1)) return Probe{key, st, &sh, nullptr, nullptr};
+  return Probe{key, st, &sh, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2)};
 }
 
 inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
@@ -334,7 +368,9 @@ inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
 }
 
 inline void ChunkIndex::Follow(const Probe& probe) const {
-  if (probe.second && Spilled(probe.first) != 0) __builtin_prefetch(probe.second);
+  // A key found in its first bucket has no other slot.
+  if (probe.second && Spilled(probe.first) != 0 && BucketMatches(probe.first, probe.stored) == 0)
+    __builtin_prefetch(probe.second);
 }
 
 template <typename Fn>
@@ -363,37 +399,36 @@ inline unsigned ChunkIndex::BucketMatches(const Slot* line, std::uint64_t mixed)
 
 template <typename Fn>
 void ChunkIndex::ForEachHolder(const Probe& probe, Fn&& fn) const {
-  if (!probe.first) return ForEachHolderSlow(ShardOf(Mix(probe.key)), probe.stored, fn);
+  if (!probe.first) return ForEachHolderSlow(*probe.shard, probe.stored, fn);
   // The common case: a bucket compared with the key all at once, no branch
   // per slot (a scan loop of unpredictable length costs a branch miss or two
-  // per key, which was most of a prefetched lookup's time: docs/PERFORMANCE.md),
-  // and the second only if some pair that has the first as its first lives there.
-  for (unsigned eq = BucketMatches(probe.first, probe.stored); eq != 0; eq &= eq - 1)
-    fn(static_cast<HolderId>(probe.first[__builtin_ctz(eq) / 2].tag - 1));
+  // per key, which was most of a prefetched lookup's time: docs/PERFORMANCE.md);
+  // a key has one slot, so found there it is done, and the second bucket is
+  // read only if some key that has the first as its first lives there.
+  if (const unsigned eq = BucketMatches(probe.first, probe.stored); eq != 0)
+    return HoldersOf(*probe.shard, probe.first[__builtin_ctz(eq) / 2], fn);
   if (probe.second && Spilled(probe.first) != 0)
-    for (unsigned eq = BucketMatches(probe.second, probe.stored); eq != 0; eq &= eq - 1)
-      fn(static_cast<HolderId>(probe.second[__builtin_ctz(eq) / 2].tag - 1));
+    if (const unsigned eq = BucketMatches(probe.second, probe.stored); eq != 0)
+      HoldersOf(*probe.shard, probe.second[__builtin_ctz(eq) / 2], fn);
 }
 
 template <typename Fn>
 void ChunkIndex::ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const {
   auto bucket = [&](const Table& t, std::size_t b) {
     const Slot* line = t.Bucket(b);
-    for (unsigned eq = BucketMatches(line, stored); eq != 0; eq &= eq - 1)
-      fn(static_cast<HolderId>(line[__builtin_ctz(eq) / 2].tag - 1));
+    const unsigned eq = BucketMatches(line, stored);
+    if (eq != 0) HoldersOf(sh, line[__builtin_ctz(eq) / 2], fn);
+    return eq != 0;
   };
   const std::size_t b1 = sh.cur.First(stored), b2 = sh.cur.Second(stored);
-  bucket(sh.cur, b1);
-  if (b2 != b1) bucket(sh.cur, b2);
+  if (bucket(sh.cur, b1) || (b2 != b1 && bucket(sh.cur, b2))) return;
   if (sh.old.slots) {  // buckets below the cursor have moved to cur
     const std::size_t o1 = sh.old.First(stored), o2 = sh.old.Second(stored);
-    if (o1 >= sh.migrate_at) bucket(sh.old, o1);
-    if (o2 != o1 && o2 >= sh.migrate_at) bucket(sh.old, o2);
+    if (o1 >= sh.migrate_at && bucket(sh.old, o1)) return;
+    if (o2 != o1 && o2 >= sh.migrate_at && bucket(sh.old, o2)) return;
   }
-  if (!sh.overflow.empty()) {
-    auto [it, end] = sh.overflow.equal_range(stored);
-    for (; it != end; ++it) fn(static_cast<HolderId>(it->second.tag - 1));
-  }
+  if (!sh.overflow.empty())
+    if (auto it = sh.overflow.find(stored); it != sh.overflow.end()) HoldersOf(sh, it->second, fn);
 }
 
 }  // namespace kvring::index
