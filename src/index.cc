@@ -265,9 +265,9 @@ unsigned Empties(const ChunkIndex::Slot* b) {
          unsigned{b[3].tag == 0} << 3;
 }
 
-// Steps of the random walk before a pair goes to the overflow: at 85 % load
-// a walk almost always ends within a few steps; a longer one is a key with
-// more holders than its two buckets hold, which the overflow is for.
+// Steps of the random walk before a slot goes to the overflow: below 85 %
+// load a walk almost always ends within a few steps, so this bounds the rare
+// long one (each step a random line) rather than shaping the common case.
 constexpr int kMaxKicks = 32;
 
 }  // namespace
@@ -275,7 +275,7 @@ constexpr int kMaxKicks = 32;
 void ChunkIndex::AddSpill(Slot* bucket, int delta) {
   const unsigned c = Spilled(bucket);
   // Saturated counts stay (a lookup then always reads the second bucket);
-  // a count never goes below 0, which would take a pair counted nowhere.
+  // a count never goes below 0, which would take a slot counted nowhere.
   if (c == kSpillSaturated || (delta < 0 && c == 0)) return;
   bucket[0].pos = (bucket[0].pos & kPosMask) | static_cast<std::uint32_t>(static_cast<int>(c) + delta) << kPosBits;
 }
@@ -295,32 +295,27 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
     if (b2 != b1) AddSpill(l1, +1);
     return true;
   }
-  // Both full. First, one pair of another key that can go to its other
-  // bucket at once makes room (a key with several holders fills its two
-  // buckets with its own pairs, which a blind walk would only swap between
-  // them).
+  // Both full. First, a slot that can go to its other bucket at once makes
+  // room (a look one step ahead, where a walk would take the first victim).
   for (Slot* line : {l1, l2}) {
     const std::size_t b = line == l1 ? b1 : b2;
-    if (int j = MoveOneOut(t, b, s.mixed); j >= 0) {
+    if (int j = MoveOneOut(t, b); j >= 0) {
       Write(&line[j], s);
       if (b != b1) AddSpill(l1, +1);
       return true;
     }
     if (b2 == b1) break;
   }
-  // Then a random walk. Each step puts the pair in hand in place of a random
-  // pair of the bucket (of another key where there is one) and takes that one
-  // to its other bucket; the spill counts follow every pair that enters or
-  // leaves a second bucket.
+  // Then a random walk. Each step puts the slot in hand in place of a random
+  // slot of the bucket and takes that one to its other bucket; the spill
+  // counts follow every slot that enters or leaves a second bucket.
   std::size_t at = kick_state_ & 1 ? b1 : b2;
   for (int step = 0; step < kMaxKicks; ++step) {
     kick_state_ ^= kick_state_ << 13;
     kick_state_ ^= kick_state_ >> 7;
     kick_state_ ^= kick_state_ << 17;
     Slot* line = t.Bucket(at);
-    std::size_t j = kick_state_ >> 62;
-    for (std::size_t tries = 1; tries < kSlotsPerLine && line[j].mixed == s.mixed; ++tries) j = (j + 1) % kSlotsPerLine;
-    Slot* victim_slot = &line[j];
+    Slot* victim_slot = &line[kick_state_ >> 62];
     const Slot victim = Read(*victim_slot);
     Write(victim_slot, s);
     if (const std::size_t f = t.First(s.mixed); f != at) AddSpill(t.Bucket(f), +1);
@@ -339,11 +334,10 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
   return false;
 }
 
-int ChunkIndex::MoveOneOut(Table& t, std::size_t b, std::uint64_t keep) {
+int ChunkIndex::MoveOneOut(Table& t, std::size_t b) {
   Slot* line = t.Bucket(b);
   for (std::size_t j = 0; j < kSlotsPerLine; ++j) {
     const std::uint64_t m = line[j].mixed;
-    if (m == keep) continue;
     const std::size_t f = t.First(m), other = f == b ? t.Second(m) : f;
     if (other == b) continue;
     Slot* to = t.Bucket(other);
@@ -387,9 +381,9 @@ void ChunkIndex::StartGrowth(Shard& sh) {
   sh.cur = prepared ? std::move(*prepared) : NewTable(cap);
   sh.migrate_at = 0;
   sh.used = 0;
-  // Pairs are counted in `used` as they arrive in the new table. The
+  // Slots are counted in `used` as they arrive in the new table. The
   // overflow stays where it is; its marks are redrawn for the new buckets
-  // (O(overflow), which holds a few pairs at most but for keys with many holders).
+  // (O(overflow): a few keys at most).
   sh.marked.clear();
   for (const auto& [stored, slot] : sh.overflow) MarkOverflow(sh, stored);
 }

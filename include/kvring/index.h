@@ -29,7 +29,7 @@
 //    (The Robin Hood linear-probing table this replaced read past its two
 //    prefetched lines whenever a shift or a run did, and at 3/4 load that
 //    was most of its 10 M-key ingest time: docs/PERFORMANCE.md.)
-//  * When both buckets are full, an admit moves pairs to their other bucket
+//  * When both buckets are full, an admit moves slots to their other bucket
 //    (first one that can go at once, then a random walk of at most 32 steps,
 //    each a random line). A slot that still finds no room goes to the shard's
 //    overflow (a small hash map: rare below 85 % load), and the shard marks
@@ -130,7 +130,7 @@ class ChunkIndex {
 
   // A lookup located ahead of its use: Locate mixes the key, finds its two
   // buckets and prefetches the first; Follow, once that line is likely in,
-  // prefetches the second if the first says the key may have pairs there;
+  // prefetches the second if the key is not in the first and it may be there;
   // ForEachHolder(probe, ...) later reads the holders from them. A
   // long lookup (P2P requests: hundreds of hashes) then mixes and places each
   // key once and, between the two, runs no code but its own: per hash, the
@@ -173,7 +173,7 @@ class ChunkIndex {
     // The key as Stored() leaves it: Mix(key) with the shard's bits (the top
     // ones, the same for every key of a table) set, so never 0, an empty
     // slot's; Mix is a bijection, so within a shard this is the key in
-    // another form, and moving a pair to its other bucket needs no re-mixing.
+    // another form, and moving a slot to its other bucket needs no re-mixing.
     std::uint64_t mixed;
     std::uint32_t tag;  // 0: empty; kGroupBit | id: the shard's holder group `id`; else holder + 1
     // Position in the holder's key list (the low kPosBits; unused for a
@@ -252,7 +252,7 @@ class ChunkIndex {
     Table cur;
     Table old;                  // non-empty while migrating
     std::size_t migrate_at = 0; // old buckets below this have moved
-    std::size_t used = 0;       // pairs in cur
+    std::size_t used = 0;       // slots (keys) in cur
     std::size_t requested = 0;  // capacity asked of the preparer for the next growth (0: none)
     bool prepared = false;      // cur came from the preparer (already advised and populated)
     // Slots whose buckets were full, by stored key; `marked` has bit b set
@@ -286,13 +286,13 @@ class ChunkIndex {
   Slot* FindKey(Shard& sh, std::uint64_t stored, Where* where);
   // The position of `holder` in `slot`'s key (its own or its group's), or null.
   static std::uint32_t* PosOf(Shard& sh, Slot& slot, HolderId holder);
-  // Puts `s` into sh.cur, moving other pairs to their other bucket if both of
-  // its are full; returns false if a pair went to the overflow instead (then
-  // cur holds as many pairs as before).
+  // Puts the slot `s` into sh.cur, moving other slots to their other bucket
+  // if both of its are full; returns false if a slot went to the overflow
+  // instead (then cur holds as many slots as before).
   bool Put(Shard& sh, Slot s);
-  // Moves one pair of bucket `b` whose key is not `keep` to its other bucket,
-  // if that has room; returns the slot freed, or -1.
-  int MoveOneOut(Table& t, std::size_t b, std::uint64_t keep);
+  // Moves one slot of the full bucket `b` to its other bucket, if that has
+  // room; returns the slot freed, or -1.
+  int MoveOneOut(Table& t, std::size_t b);
   void AddToOverflow(Shard& sh, const Slot& s);
   // Slot writes that keep a bucket's spill count (the top bits of its first
   // slot's pos) where it is, and a read that leaves it out.
@@ -313,7 +313,7 @@ class ChunkIndex {
   void StartGrowth(Shard& sh);
   void SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos);
   HolderKeys& Keys(HolderId holder);
-  // The slow lookup: a growing shard, or a key that may have pairs in overflow.
+  // The slow lookup: a growing shard, or a key that may be in the overflow.
   template <typename Fn>
   void ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const;
   // Calls fn for the holder of a single-holder slot or every holder of a group.
@@ -325,7 +325,7 @@ class ChunkIndex {
 
   Options options_;
   std::uint64_t top_bits_ = 0;  // the shard bits, all set (see Slot::mixed)
-  std::uint64_t kick_state_ = 0x2545f4914f6cdd1dULL;  // xorshift: which pair a full bucket gives up
+  std::uint64_t kick_state_ = 0x2545f4914f6cdd1dULL;  // xorshift: which slot a full bucket gives up
   // The reserve's tables, one mapping for all shards (so that all of it can
   // be huge pages: per-shard tables of a few MiB would each end in a partial
   // huge page). Declared before shards_, so it outlives their pieces.
