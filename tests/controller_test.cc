@@ -1,5 +1,6 @@
 // The controller core with real worker processes on real shared memory.
 #include "kvring/controller.h"
+#include "kvring/client.h"
 
 #include "alloc_counter.h"
 
@@ -141,6 +142,34 @@ TEST(Controller, RegisterAdmitLookupEvictLookup) {
   EXPECT_EQ((*ctl)->stats().kv_ops, 4u);
   EXPECT_EQ((*ctl)->stats().p2p_lookups, 3u);
   EXPECT_EQ((*ctl)->stats().errors, 0u);
+}
+
+// Chunks cached by workers of two instances have two holders each: one index
+// slot and a holder group apiece, which the stats report beside the keys.
+TEST(Controller, KeysHeldByTwoInstancesAreGroupedKeysInTheStats) {
+  auto ctl = Controller::Start(Small(Name("groups")));
+  ASSERT_TRUE(ctl.ok()) << ctl.status().ToString();
+  pid_t pid = Spawn(Name("groups"), [](Worker& w) {
+    if (!w.Ask(Reg("A", 0)) || !w.Ask(Reg("B", 0))) return 1;
+    if (!w.Send(Ops("A", 0, OpType::kAdmit, {1, 2, 3}, 0)) || !w.Send(Ops("B", 0, OpType::kAdmit, {2, 3, 4}, 0)))
+      return 2;
+    // Answered after both batches (one ring, in order): B holds all three.
+    auto hit = w.Ask(BatchedP2PLookupMsg{{Int(2), Int(3), Int(4)}, "C", Int(0)});
+    if (!hit) return 3;
+    const auto& l = std::get<BatchedP2PLookupRetMsg>(*hit).layout_info;
+    if (l[0].instance_id != "B" || l[0].num_hit_chunks != Int(3)) return 3;
+    auto stats = client::ControlRequest(Name("groups"), R"({"op":"stats"})", 5000ms);
+    if (!stats.ok()) return 4;
+    const std::string& t = *stats;
+    for (const char* want : {"\"keys\":6", "\"index_grouped_keys\":2", "\"index_overflow_keys\":0"})
+      if (t.find(want) == std::string::npos) return 5;
+    if (!w.Send(Ops("B", 0, OpType::kEvict, {2}, 3))) return 6;
+    if (!w.Ask(BatchedP2PLookupMsg{{Int(2)}, "C", Int(0)})) return 7;
+    auto after = client::ControlRequest(Name("groups"), R"({"op":"stats"})", 5000ms);
+    if (!after.ok() || after->find("\"index_grouped_keys\":1") == std::string::npos) return 8;
+    return 0;
+  });
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
 }
 
 TEST(Controller, KilledWorkerLosesItsKeys) {
