@@ -1,5 +1,7 @@
 // P2P lookup cost inside the controller (no transport): a 10 M-key index over
-// 8 instances (grown, or made with a reserve: `_Reserved`), requests of 32,
+// 8 instances (grown, or made with a reserve: `_Reserved`; `_Shared`: 10 M
+// (key, holder) pairs, each chain cached by 4 of the instances, so every key
+// has a holder group of 4), requests of 32,
 // 256 and 4,096 chunk hashes whose whole prefix one peer holds, as kvring's
 // longest-prefix policy and LMCache's rule answer them, beside their memory
 // floor (BM_Floor_RandomLinePairs: the probes' cache lines alone;
@@ -25,9 +27,10 @@ struct World {
   registry::Registry reg;
   index::ChunkIndex idx;
   std::vector<std::vector<std::uint64_t>> chains;  // each a prefix chain of 4,096 hashes
-  explicit World(std::size_t reserve_keys) : idx(index::Options{.reserve_keys = reserve_keys}) {
+  explicit World(std::size_t reserve_keys, std::size_t sharers = 1)
+      : idx(index::Options{.reserve_keys = reserve_keys}) {
     constexpr int kInstances = 8;
-    constexpr std::size_t kKeys = 10000000, kChain = 4096;
+    constexpr std::size_t kPairs = 10000000, kChain = 4096;
     std::mt19937_64 rng(11);
     std::vector<index::HolderId> holders;
     for (int i = 0; i < kInstances; ++i) {
@@ -38,26 +41,31 @@ struct World {
       bool is_new;
       holders.push_back(reg.Holder(reg.Upsert(w, &is_new), "LocalCPUBackend"));
     }
-    for (std::size_t made = 0; made < kKeys; made += kChain) {
+    for (std::size_t made = 0; made < kPairs; made += kChain * sharers) {
       std::vector<std::uint64_t> chain(kChain);
       for (auto& h : chain) h = rng();
-      index::HolderId h = holders[chains.size() % kInstances];
-      for (auto k : chain) (void)idx.Add(k, h);
+      for (std::size_t s = 0; s < sharers; ++s)
+        for (auto k : chain) (void)idx.Add(k, holders[(chains.size() + s) % kInstances]);
       chains.push_back(std::move(chain));
     }
   }
 };
 // The default index (grown from small tables, 4 KiB pages) and one made with
 // a reserve for its 10 M keys (kvringd --index-reserve-keys: huge pages).
-World& TheWorld(bool reserved) {
+enum class Kind { kGrown, kReserved, kShared };
+World& TheWorld(Kind kind) {
+  if (kind == Kind::kShared) {
+    static World shared(0, 4);
+    return shared;
+  }
   static World grown(0);
-  if (!reserved) return grown;
+  if (kind == Kind::kGrown) return grown;
   static World with_reserve(10000000);
   return with_reserve;
 }
 
-void Run(benchmark::State& state, p2p::Policy policy, bool reserved = false) {
-  World& w = TheWorld(reserved);
+void Run(benchmark::State& state, p2p::Policy policy, Kind kind = Kind::kGrown) {
+  World& w = TheWorld(kind);
   const auto n = static_cast<std::size_t>(state.range(0));
   p2p::Lookup lookup;
   std::mt19937 rng(1);
@@ -72,10 +80,12 @@ void Run(benchmark::State& state, p2p::Policy policy, bool reserved = false) {
 }
 void BM_P2PLookup_LongestPrefix(benchmark::State& s) { Run(s, p2p::Policy::kLongestPrefix); }
 void BM_P2PLookup_LMCacheRule(benchmark::State& s) { Run(s, p2p::Policy::kLMCache); }
-void BM_P2PLookup_LongestPrefix_Reserved(benchmark::State& s) { Run(s, p2p::Policy::kLongestPrefix, true); }
+void BM_P2PLookup_LongestPrefix_Reserved(benchmark::State& s) { Run(s, p2p::Policy::kLongestPrefix, Kind::kReserved); }
+void BM_P2PLookup_LongestPrefix_Shared(benchmark::State& s) { Run(s, p2p::Policy::kLongestPrefix, Kind::kShared); }
 BENCHMARK(BM_P2PLookup_LongestPrefix)->Arg(32)->Arg(256)->Arg(4096);
 BENCHMARK(BM_P2PLookup_LMCacheRule)->Arg(32)->Arg(256)->Arg(4096);
 BENCHMARK(BM_P2PLookup_LongestPrefix_Reserved)->Arg(32)->Arg(256)->Arg(4096);
+BENCHMARK(BM_P2PLookup_LongestPrefix_Shared)->Arg(32)->Arg(256)->Arg(4096);
 
 // The memory floor of a lookup: for each of N random "hashes", the two cache
 // lines a probe reads (a random 16-byte slot and the line after it) in a
