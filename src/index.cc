@@ -228,7 +228,7 @@ void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uin
   for (std::size_t i = 0; i < hk.size; ++i) fn(hk.at(i));
 }
 
-ChunkIndex::Slot* ChunkIndex::FindKey(Shard& sh, std::uint64_t stored, Where* where) {
+const ChunkIndex::Slot* ChunkIndex::FindKey(const Shard& sh, std::uint64_t stored, Where* where) {
   const std::size_t b1 = sh.cur.First(stored), b2 = sh.cur.Second(stored);
   *where = Where::kFirst;
   if (Slot* s = InBucket(sh.cur.Bucket(b1), stored)) return s;

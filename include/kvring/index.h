@@ -282,8 +282,12 @@ class ChunkIndex {
   // Where a key's slot is.
   enum class Where : std::uint8_t { kNone, kFirst, kSecond, kOld, kOverflow };
   // The key's slot wherever it is in the shard (cur, the part of old not yet
-  // moved, overflow), or null (then *where is kNone).
-  Slot* FindKey(Shard& sh, std::uint64_t stored, Where* where);
+  // moved, overflow), or null (then *where is kNone). The slow lookup and the
+  // updates share it; the mutable one only lifts the const.
+  static const Slot* FindKey(const Shard& sh, std::uint64_t stored, Where* where);
+  static Slot* FindKey(Shard& sh, std::uint64_t stored, Where* where) {
+    return const_cast<Slot*>(FindKey(static_cast<const Shard&>(sh), stored, where));
+  }
   // The position of `holder` in `slot`'s key (its own or its group's), or null.
   static std::uint32_t* PosOf(Shard& sh, Slot& slot, HolderId holder);
   // Puts the slot `s` into sh.cur, moving other slots to their other bucket
@@ -414,21 +418,8 @@ void ChunkIndex::ForEachHolder(const Probe& probe, Fn&& fn) const {
 
 template <typename Fn>
 void ChunkIndex::ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const {
-  auto bucket = [&](const Table& t, std::size_t b) {
-    const Slot* line = t.Bucket(b);
-    const unsigned eq = BucketMatches(line, stored);
-    if (eq != 0) HoldersOf(sh, line[__builtin_ctz(eq) / 2], fn);
-    return eq != 0;
-  };
-  const std::size_t b1 = sh.cur.First(stored), b2 = sh.cur.Second(stored);
-  if (bucket(sh.cur, b1) || (b2 != b1 && bucket(sh.cur, b2))) return;
-  if (sh.old.slots) {  // buckets below the cursor have moved to cur
-    const std::size_t o1 = sh.old.First(stored), o2 = sh.old.Second(stored);
-    if (o1 >= sh.migrate_at && bucket(sh.old, o1)) return;
-    if (o2 != o1 && o2 >= sh.migrate_at && bucket(sh.old, o2)) return;
-  }
-  if (!sh.overflow.empty())
-    if (auto it = sh.overflow.find(stored); it != sh.overflow.end()) HoldersOf(sh, it->second, fn);
+  Where where;
+  if (const Slot* slot = FindKey(sh, stored, &where)) HoldersOf(sh, *slot, fn);
 }
 
 }  // namespace kvring::index
