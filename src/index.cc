@@ -475,6 +475,7 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
       slot->tag = kGroupBit | id;
       slot->pos &= ~kPosMask;
       ++sh.grouped;
+      ++grouped_keys_;
     }
     sh.groups[slot->tag & ~kGroupBit].push_back(GroupEntry{holder, hk.Push(key)});
     return AddResult::kAdded;
@@ -519,6 +520,7 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
       g.clear();
       sh.free_groups.push_back(id);
       --sh.grouped;
+      --grouped_keys_;
     }
   } else {
     if (s->tag != Tag(holder)) return false;
@@ -615,12 +617,6 @@ std::size_t ChunkIndex::GrowingShards() const {
 std::size_t ChunkIndex::OverflowKeys() const {
   std::size_t n = 0;
   for (const auto& sh : shards_) n += sh.overflow.size();
-  return n;
-}
-
-std::size_t ChunkIndex::GroupedKeys() const {
-  std::size_t n = 0;
-  for (const auto& sh : shards_) n += sh.grouped;
   return n;
 }
 

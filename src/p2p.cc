@@ -14,6 +14,7 @@ using index::HolderId;
 constexpr std::size_t kMaxCandidates = 64;  // a bit each in a 64-bit mask
 constexpr std::size_t kPrefetchAhead = 32;  // a 32-hash request is prefetched whole before its first probe
 constexpr std::size_t kFollowAhead = 16;    // a located probe's first line is in by then, most of the time
+constexpr std::size_t kGatherAhead = 8;     // and a followed group's header
 
 Hit MakeHit(const registry::Registry& reg, HolderId h, std::uint64_t hits) {
   const auto& info = reg.holder(h);
@@ -27,22 +28,28 @@ Hit Lookup::Run(const index::ChunkIndex& idx, const registry::Registry& reg, std
                 std::string_view requester_instance, std::int64_t requester_worker, Policy policy) {
   if (hashes.empty()) return Hit{};
   return policy == Policy::kLMCache ? LMCacheRule(idx, reg, hashes, requester_instance)
-                                    : LongestPrefix(idx, reg, hashes, requester_instance, requester_worker);
+         : idx.HasGroups() ? LongestPrefix<true>(idx, reg, hashes, requester_instance, requester_worker)
+                           : LongestPrefix<false>(idx, reg, hashes, requester_instance, requester_worker);
 }
 
+template <bool kGroups>
 Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry& reg,
                           std::span<const std::uint64_t> hashes, std::string_view requester_instance,
                           std::int64_t requester_worker) {
   // Each hash is located (mixed, its buckets found, the first prefetched)
-  // kPrefetchAhead hashes before its probe and followed (its second bucket
-  // prefetched if the first says it may hold the key) kFollowAhead before,
+  // kPrefetchAhead hashes before its probe, followed (its second bucket
+  // prefetched if the first says it may hold the key, or its holder group's
+  // header if it has one) kFollowAhead before and gathered (the group's
+  // entries prefetched) kGatherAhead before,
   // so that a request's random reads overlap instead of waiting one after
   // another, most hashes read one line, and each key is mixed and placed
   // once. Candidates keep their places (a bit each in `alive`).
   std::array<index::ChunkIndex::Probe, kPrefetchAhead> ahead;
   const std::size_t count = hashes.size();
   for (std::size_t i = 0; i < std::min(kPrefetchAhead, count); ++i) ahead[i] = idx.Locate(hashes[i]);
-  for (std::size_t i = 0; i < std::min(kFollowAhead, count); ++i) idx.Follow(ahead[i]);
+  for (std::size_t i = 0; i < std::min(kFollowAhead, count); ++i) idx.Follow(ahead[i], kGroups);
+  if constexpr (kGroups)
+    for (std::size_t i = 0; i < std::min(kGatherAhead, count); ++i) idx.Gather(ahead[i]);
   std::array<HolderId, kMaxCandidates> cand;
   std::size_t n = 0;
   idx.ForEachHolder(ahead[0], [&](HolderId h) {
@@ -58,7 +65,9 @@ Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry
   for (std::size_t i = 1; i < count; ++i) {
     // The slot hashes[i - 1] used takes the hash kPrefetchAhead on.
     if (i - 1 + kPrefetchAhead < count) ahead[(i - 1) % kPrefetchAhead] = idx.Locate(hashes[i - 1 + kPrefetchAhead]);
-    if (i - 1 + kFollowAhead < count) idx.Follow(ahead[(i - 1 + kFollowAhead) % kPrefetchAhead]);
+    if (i - 1 + kFollowAhead < count) idx.Follow(ahead[(i - 1 + kFollowAhead) % kPrefetchAhead], kGroups);
+    if constexpr (kGroups)
+      if (i - 1 + kGatherAhead < count) idx.Gather(ahead[(i - 1 + kGatherAhead) % kPrefetchAhead]);
     std::uint64_t holds = 0;  // bit c: cand[c] holds hashes[i]
     idx.ForEachHolder(ahead[i % kPrefetchAhead], [&](HolderId h) {
       for (std::size_t c = 0; c < n; ++c) holds |= std::uint64_t{cand[c] == h} << c;

@@ -106,8 +106,12 @@ TEST(ChunkIndex, AKeyWithManyHoldersKeepsThemAllInOneGroup) {
     EXPECT_EQ(idx.GroupedKeys(), 1u);
     std::set<HolderId> got, located;
     idx.ForEachHolder(777777, [&](HolderId x) { EXPECT_TRUE(got.insert(x).second) << x; });
-    const auto probe = idx.Locate(777777);
+    auto probe = idx.Locate(777777);
     idx.Follow(probe);
+    if (probe.first) {  // a group found on the fast path is prefetched
+      EXPECT_NE(probe.group, nullptr);
+    }
+    idx.Gather(probe);
     idx.ForEachHolder(probe, [&](HolderId x) { located.insert(x); });
     EXPECT_EQ(got.size(), kHolders);
     EXPECT_EQ(located, got);
@@ -273,8 +277,9 @@ TEST(ChunkIndex, ChurnAtThreeQuartersLoadKeepsEveryPairVisible) {
     for (const auto& [k, holders] : model) {
       std::set<HolderId> got, located;
       idx.ForEachHolder(k, [&](HolderId x) { got.insert(x); });
-      const auto probe = idx.Locate(k);
-      idx.Follow(probe);
+      auto probe = idx.Locate(k);
+      idx.Follow(probe, (k & 1) != 0);  // either way the same holders
+      idx.Gather(probe);
       idx.ForEachHolder(probe, [&](HolderId x) { located.insert(x); });
       ASSERT_EQ(got, holders) << op;
       ASSERT_EQ(located, holders) << op;

@@ -130,7 +130,9 @@ class ChunkIndex {
 
   // A lookup located ahead of its use: Locate mixes the key, finds its two
   // buckets and prefetches the first; Follow, once that line is likely in,
-  // prefetches the second if the key is not in the first and it may be there;
+  // prefetches the second if the key is not in the first and it may be there,
+  // or, if the key is there with a holder group, the group's header; Gather,
+  // once that is likely in, prefetches the group's entries;
   // ForEachHolder(probe, ...) later reads the holders from them. A
   // long lookup (P2P requests: hundreds of hashes) then mixes and places each
   // key once and, between the two, runs no code but its own: per hash, the
@@ -138,7 +140,10 @@ class ChunkIndex {
   // (docs/PERFORMANCE.md). Valid until the index next changes.
   struct Probe;
   Probe Locate(std::uint64_t key) const;
-  void Follow(const Probe& probe) const;
+  // look_for_group: false where no key has a group (HasGroups()), to skip
+  // the compare it takes when the first bucket counts no spill.
+  void Follow(Probe& probe, bool look_for_group = true) const;
+  void Gather(const Probe& probe) const;
   template <typename Fn>
   void ForEachHolder(const Probe& probe, Fn&& fn) const;
 
@@ -164,7 +169,8 @@ class ChunkIndex {
   // Keys held in the shards' overflow (both of their buckets were full).
   std::size_t OverflowKeys() const;
   // Keys with several holders (each has a holder group).
-  std::size_t GroupedKeys() const;
+  std::size_t GroupedKeys() const { return grouped_keys_; }
+  bool HasGroups() const { return grouped_keys_ != 0; }
 
   // All-zero bytes are an empty slot, so a new table comes from calloc or
   // mmap (the kernel's zero pages) with no initialisation pass: growing a shard costs
@@ -337,6 +343,7 @@ class ChunkIndex {
   std::vector<Shard> shards_;
   std::vector<std::unique_ptr<HolderKeys>> holders_;
   std::size_t pairs_ = 0;
+  std::size_t grouped_keys_ = 0;  // the shards' `grouped`, summed
   std::size_t over_quota_ = 0;
   std::unique_ptr<TablePreparer> preparer_;  // null: prepare_tables off
 };
@@ -349,6 +356,8 @@ struct ChunkIndex::Probe {
   const Shard* shard;
   const Slot* first;   // the key's two buckets; null: the slow lookup
   const Slot* second;  // null: the same bucket as `first`
+  // Set by Follow when the key is in `first` with a holder group.
+  const std::vector<GroupEntry>* group;
 };
 
 inline ChunkIndex::Probe ChunkIndex::Place(std::uint64_t key) const {
@@ -357,8 +366,8 @@ inline ChunkIndex::Probe ChunkIndex::Place(std::uint64_t key) const {
   const std::size_t b1 = sh.cur.First(st), b2 = sh.cur.Second(st);
   // A growing shard is probed in both tables, a marked bucket's key in the
   // overflow too: both take the slow lookup.
-  if (sh.old.slots || sh.Marked(b1)) return Probe{key, st, &sh, nullptr, nullptr};
-  return Probe{key, st, &sh, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2)};
+  if (sh.old.slots || sh.Marked(b1)) return Probe{key, st, &sh, nullptr, nullptr, nullptr};
+  return Probe{key, st, &sh, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2), nullptr};
 }
 
 inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
@@ -371,10 +380,29 @@ inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
   return p;
 }
 
-inline void ChunkIndex::Follow(const Probe& probe) const {
-  // A key found in its first bucket has no other slot.
-  if (probe.second && Spilled(probe.first) != 0 && BucketMatches(probe.first, probe.stored) == 0)
-    __builtin_prefetch(probe.second);
+inline void ChunkIndex::Follow(Probe& probe, bool look_for_group) const {
+  if (!probe.first) return;
+  // A key found in its first bucket has no other slot; if it has several
+  // holders, their group's header is a line of its own, and its entries
+  // (Gather, later) another: without these two prefetches a shared key's
+  // lookup waits for both, one after the other.
+  const unsigned eq = (probe.second && Spilled(probe.first) != 0) || look_for_group
+                          ? BucketMatches(probe.first, probe.stored)
+                          : 1u;
+  if (eq == 0) {
+    if (probe.second && Spilled(probe.first) != 0) __builtin_prefetch(probe.second);
+    return;
+  }
+  if (!look_for_group) return;
+  const Slot& s = probe.first[__builtin_ctz(eq) / 2];
+  if (s.tag & kGroupBit) {
+    probe.group = &probe.shard->groups[s.tag & ~kGroupBit];
+    __builtin_prefetch(probe.group);
+  }
+}
+
+inline void ChunkIndex::Gather(const Probe& probe) const {
+  if (probe.group) __builtin_prefetch(probe.group->data());
 }
 
 template <typename Fn>

@@ -41,6 +41,10 @@ class Lookup {
           std::string_view requester_instance, std::int64_t requester_worker, Policy policy);
 
  private:
+  // kGroups: whether some key of the index has a holder group, whose header
+  // and entries the lookup then prefetches too (a loop of its own, so that an
+  // index without groups runs none of that).
+  template <bool kGroups>
   Hit LongestPrefix(const index::ChunkIndex& idx, const registry::Registry& reg,
                     std::span<const std::uint64_t> hashes, std::string_view requester_instance,
                     std::int64_t requester_worker);
