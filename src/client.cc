@@ -120,7 +120,6 @@ struct Worker::Impl {
   std::size_t stale_replies = 0;  // replies still to come for requests that gave up waiting
   std::vector<std::unique_ptr<Location>> locations;
   BatchedKVOperationView batch;   // reused: encoded straight into the ring
-  BatchedP2PLookupView lookup;    // likewise
   BatchedP2PLookupRetMsg lookup_ret;  // its reply, decoded in place
   Clock::duration heartbeat_every = std::chrono::seconds(10);
   Clock::time_point next_heartbeat{};
@@ -478,13 +477,10 @@ Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono
   std::lock_guard lock(impl_->mu);
   Impl& m = *impl_;
   if (m.closed) return Status(ErrorKind::kInvalidArgument, "worker closed");
-  m.lookup.hashes.resize(hashes.size());
-  for (std::size_t i = 0; i < hashes.size(); ++i) m.lookup.hashes[i] = Int::FromU64(hashes[i]);
-  m.lookup.instance_id = m.o.instance_id;
-  m.lookup.worker_id = Int::FromI64(m.o.worker_id);
+  const protocol::BatchedP2PLookupRequest request{hashes, m.o.instance_id, Int::FromI64(m.o.worker_id)};
   auto deadline = Clock::now() + timeout;
   std::size_t guess = 48 + m.o.instance_id.size() + 9 * hashes.size();
-  if (Status s = m.Write(guess, [&](std::span<std::uint8_t> out) { return EncodeTo(m.lookup, out); }); !s.ok())
+  if (Status s = m.Write(guess, [&](std::span<std::uint8_t> out) { return EncodeTo(request, out); }); !s.ok())
     return s;
   // The reply decodes into a kept message (no allocation once warmed up);
   // anything else, an ErrorMsg above all, through the general decoder.

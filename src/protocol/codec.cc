@@ -567,6 +567,7 @@ template <typename W> void EncodeValue(W& w, const Value& v);
 template <typename W, typename T> void EncodeValue(W& w, const std::optional<T>& v);
 template <typename W, typename T> void EncodeValue(W& w, const std::vector<T>& v);
 template <typename W> void EncodeValue(W& w, const std::vector<Int>& v) { w.IntArray(v); }
+template <typename W> void EncodeValue(W& w, std::span<const std::uint64_t> v) { w.UintArray(v); }
 template <typename W> void EncodeValue(W& w, const std::vector<KVOpEvent>& v);
 template <typename W, typename K, typename V>
 void EncodeValue(W& w, const std::vector<std::pair<K, V>>& v);
@@ -754,6 +755,9 @@ EncodeResult EncodeTo(const BatchedKVOperationView& m, std::span<std::uint8_t> o
   return detail::EncodeTaggedTo(m, out);
 }
 EncodeResult EncodeTo(const BatchedP2PLookupView& m, std::span<std::uint8_t> out) {
+  return detail::EncodeTaggedTo(m, out);
+}
+EncodeResult EncodeTo(const BatchedP2PLookupRequest& m, std::span<std::uint8_t> out) {
   return detail::EncodeTaggedTo(m, out);
 }
 EncodeResult EncodeTo(const BatchedP2PLookupRetMsg& m, std::span<std::uint8_t> out) {

@@ -90,6 +90,22 @@ class Writer {
         });
   }
 
+  // The same for unsigned 64-bit values (a worker's chunk hashes as it
+  // holds them), each written as Int::FromU64 would be.
+  void UintArray(std::span<const std::uint64_t> v) {
+    ArrayHeader(v.size());
+    Bulk(
+        v.size() * kMaxIntBytes,
+        [&](std::uint8_t* p) {
+          std::uint8_t* q = p;
+          for (std::uint64_t x : v) q += PutUint(q, x);
+          return static_cast<std::size_t>(q - p);
+        },
+        [&] {
+          for (std::uint64_t x : v) Integer(Int::FromU64(x));
+        });
+  }
+
   void Float(double d) {
     std::uint64_t u;
     std::memcpy(&u, &d, 8);
@@ -148,6 +164,15 @@ class Writer {
   }
 
   static constexpr std::size_t kMaxIntBytes = 9;
+  static std::size_t PutUint(std::uint8_t* p, std::uint64_t u) {
+    if (u > 0xffffffffULL) [[likely]] {  // a random hash: 9 bytes, no branch on a sign
+      p[0] = msgpack_format::kUint64;
+      const std::uint64_t be = __builtin_bswap64(u);
+      std::memcpy(p + 1, &be, 8);
+      return 9;
+    }
+    return PutInt(p, Int::FromU64(u));
+  }
   // Writes `v` at p in msgspec's shortest form; returns its length.
   static std::size_t PutInt(std::uint8_t* p, Int v) {
     using namespace msgpack_format;

@@ -423,6 +423,48 @@ TEST(HotPath, IntArraysOfEveryWidthEncodeTheSameWhateverTheRoom) {
   EXPECT_FALSE(EncodeTo(v, std::span(exact.data(), exact.size() - 1)).fits);
 }
 
+// A worker's lookup encodes its uint64 hashes without copying them into Ints
+// first (BatchedP2PLookupRequest): the bytes are those of a view holding the
+// same values as unsigned ints, in bulk or one by one, and real msgspec's for
+// a message it encoded.
+TEST(HotPath, LookupRequestsFromUint64HashesEncodeAsTheViewDoes) {
+  std::vector<std::uint64_t> hashes{0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295ULL, 4294967296ULL,
+                                    0x7fffffffffffffffULL, 0x8000000000000000ULL, ~0ULL, 0x0123456789abcdefULL};
+  BatchedP2PLookupView v;
+  for (std::uint64_t h : hashes) v.hashes.push_back(Int::FromU64(h));
+  v.instance_id = "inst";
+  v.worker_id = Int(3);
+  const BatchedP2PLookupRequest req{hashes, v.instance_id, v.worker_id};
+  std::vector<std::uint8_t> want(1024), roomy(1024);
+  const EncodeResult w = EncodeTo(v, std::span(want));
+  const EncodeResult r = EncodeTo(req, std::span(roomy));
+  ASSERT_TRUE(w.fits);
+  ASSERT_TRUE(r.fits);
+  ASSERT_EQ(r.bytes, w.bytes);
+  EXPECT_TRUE(std::equal(want.begin(), want.begin() + w.bytes, roomy.begin()));
+  std::vector<std::uint8_t> exact(r.bytes);  // less than 9 bytes a hash: one by one
+  const EncodeResult e = EncodeTo(req, std::span(exact));
+  ASSERT_TRUE(e.fits);
+  EXPECT_TRUE(std::equal(exact.begin(), exact.end(), want.begin()));
+  EXPECT_FALSE(EncodeTo(req, std::span(exact.data(), exact.size() - 1)).fits);
+
+  // msgspec's own 32-hash message (signed hashes, as Python's hash() makes
+  // them), re-encoded from their bit patterns: the same keys for the index.
+  const std::string bytes = ReadFile(VectorDir() + "BatchedP2PLookupMsg__32.msgpack");
+  BatchedP2PLookupView decoded;
+  ASSERT_TRUE(Decode(AsBytes(bytes), &decoded).ok());
+  std::vector<std::uint64_t> bits;
+  for (const Int& h : decoded.hashes) bits.push_back(h.bits());
+  std::vector<std::uint8_t> again(bytes.size() + 64);
+  const EncodeResult a = EncodeTo(BatchedP2PLookupRequest{bits, decoded.instance_id, decoded.worker_id}, std::span(again));
+  ASSERT_TRUE(a.fits);
+  BatchedP2PLookupView back;
+  ASSERT_TRUE(Decode(std::span<const std::uint8_t>(again.data(), a.bytes), &back).ok());
+  ASSERT_EQ(back.hashes.size(), decoded.hashes.size());
+  for (std::size_t i = 0; i < bits.size(); ++i) EXPECT_EQ(back.hashes[i].bits(), bits[i]) << i;
+  EXPECT_EQ(back.instance_id, decoded.instance_id);
+}
+
 // KV events are written in bulk too (each map's constant bytes copied whole,
 // room for the batch's worst case checked once); into a span with less room
 // than that they go field by field. Both give real msgspec's bytes.

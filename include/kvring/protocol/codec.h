@@ -82,6 +82,22 @@ struct BatchedP2PLookupView {
   }
 };
 
+// A BatchedP2PLookupMsg to encode straight from the caller's hashes (each
+// sent as the unsigned int it is, as Int::FromU64 would), nothing copied
+// first: what a worker's lookup sends. Encodes to the same bytes as a
+// BatchedP2PLookupView holding the same values.
+struct BatchedP2PLookupRequest {
+  std::span<const std::uint64_t> hashes;
+  std::string_view instance_id;
+  Int worker_id;
+  static constexpr std::string_view kTag = BatchedP2PLookupView::kTag;
+  static constexpr auto Fields() {
+    return std::make_tuple(Req("hashes", &BatchedP2PLookupRequest::hashes),
+                           Req("instance_id", &BatchedP2PLookupRequest::instance_id),
+                           Req("worker_id", &BatchedP2PLookupRequest::worker_id));
+  }
+};
+
 // Decode into a view. The tag must be the view's message; the strings stay
 // valid as long as `bytes` does. On error the view's contents are unspecified.
 Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& limits = {});
@@ -108,6 +124,7 @@ struct EncodeResult {
 EncodeResult EncodeTo(const Message& m, std::span<std::uint8_t> out);
 EncodeResult EncodeTo(const BatchedKVOperationView& m, std::span<std::uint8_t> out);
 EncodeResult EncodeTo(const BatchedP2PLookupView& m, std::span<std::uint8_t> out);
+EncodeResult EncodeTo(const BatchedP2PLookupRequest& m, std::span<std::uint8_t> out);
 EncodeResult EncodeTo(const BatchedP2PLookupRetMsg& m, std::span<std::uint8_t> out);
 
 // Room that always holds a BatchedKVOperationMsg of n ops:
