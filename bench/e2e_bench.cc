@@ -235,8 +235,7 @@ void ServeZmq(const std::string& endpoint) {
   void* rep = zmq_socket(ctx, ZMQ_REP);
   if (zmq_bind(rep, endpoint.c_str()) != 0) _exit(1);
   p2p::Lookup lookup;
-  protocol::BatchedP2PLookupView view;
-  std::vector<std::uint64_t> hashes;
+  protocol::BatchedP2PLookupKeys view;  // decoded as the controller decodes it
   protocol::BatchedP2PLookupRetMsg ret;
   ret.layout_info.resize(1);
   std::vector<std::uint8_t> in(1 << 20), out(4096);
@@ -244,9 +243,7 @@ void ServeZmq(const std::string& endpoint) {
     int n = zmq_recv(rep, in.data(), in.size(), 0);
     if (n < 0) continue;
     if (!protocol::Decode(std::span<const std::uint8_t>(in.data(), static_cast<std::size_t>(n)), &view).ok()) _exit(2);
-    hashes.resize(view.hashes.size());
-    for (std::size_t i = 0; i < hashes.size(); ++i) hashes[i] = view.hashes[i].bits();
-    p2p::Hit hit = lookup.Run(idx, reg, hashes, view.instance_id, 0, p2p::Policy::kLongestPrefix);
+    p2p::Hit hit = lookup.Run(idx, reg, view.hashes, view.instance_id, 0, p2p::Policy::kLongestPrefix);
     ret.layout_info[0] = {std::string(hit.instance_id), std::string(hit.location),
                           protocol::Int::FromU64(hit.num_hit_chunks), std::string(hit.peer_init_url)};
     auto r = protocol::EncodeTo(ret, out);
@@ -268,12 +265,12 @@ void BM_Zmq_P2PLookup(benchmark::State& state) {
   zmq_connect(req, endpoint.c_str());
   std::size_t chains = std::max<std::size_t>(1, IndexKeys() / kInstances / kChain);
   std::mt19937_64 rng(42);
-  protocol::BatchedP2PLookupView view;
-  view.instance_id = "requester";
-  view.hashes.resize(n);
+  std::vector<std::uint64_t> hashes(n);
+  // Encoded as a worker's lookup encodes it (client.cc).
+  const protocol::BatchedP2PLookupRequest view{hashes, "requester", 0};
   std::vector<std::uint8_t> out(128 + 9 * n), in(4096);
   // The server builds its index first (seconds): wait for one answer, untimed.
-  for (std::size_t k = 0; k < n; ++k) view.hashes[k] = protocol::Int::FromU64(ChainHash(0, 0, k));
+  for (std::size_t k = 0; k < n; ++k) hashes[k] = ChainHash(0, 0, k);
   auto warm = protocol::EncodeTo(view, out);
   if (!warm.fits || zmq_send(req, out.data(), warm.bytes, 0) < 0 || zmq_recv(req, in.data(), in.size(), 0) <= 0)
     state.SkipWithError("zmq server did not answer");
@@ -282,7 +279,7 @@ void BM_Zmq_P2PLookup(benchmark::State& state) {
   for (auto _ : state) {
     int inst = static_cast<int>(rng() % kInstances);
     std::size_t chain = rng() % chains;
-    for (std::size_t k = 0; k < n; ++k) view.hashes[k] = protocol::Int::FromU64(ChainHash(inst, chain, k));
+    for (std::size_t k = 0; k < n; ++k) hashes[k] = ChainHash(inst, chain, k);
     auto t0 = Clock::now();
     auto enc = protocol::EncodeTo(view, out);
     if (!enc.fits) {

@@ -212,7 +212,7 @@ void Controller::HandleMessage(transport::Client& c, std::span<const std::uint8_
     return Problem(c, "undecodable record: " + tag.status().message());
   }
   if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, msg);
-  if (*tag == protocol::BatchedP2PLookupView::kTag) {
+  if (*tag == protocol::BatchedP2PLookupKeys::kTag) {
     const auto t0 = std::chrono::steady_clock::now();
     HandleP2P(c, msg);
     stats_.p2p_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -300,9 +300,7 @@ void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> b
     return ReplyError(c, s.message());
   }
   ++stats_.p2p_lookups;
-  hashes_.resize(p2p_view_.hashes.size());
-  for (std::size_t i = 0; i < hashes_.size(); ++i) hashes_[i] = p2p_view_.hashes[i].bits();
-  p2p::Hit hit = lookup_.Run(index_, registry_, hashes_, p2p_view_.instance_id, Small(p2p_view_.worker_id),
+  p2p::Hit hit = lookup_.Run(index_, registry_, p2p_view_.hashes, p2p_view_.instance_id, Small(p2p_view_.worker_id),
                              options_.policy);
   if (p2p_reply_.layout_info.size() != 1) p2p_reply_.layout_info.resize(1);
   protocol::P2PLayout& l = p2p_reply_.layout_info[0];

@@ -268,8 +268,7 @@ class Controller {
   Stats stats_;
   // Reused buffers of the hot paths.
   protocol::BatchedKVOperationView kv_view_;
-  protocol::BatchedP2PLookupView p2p_view_;
-  std::vector<std::uint64_t> hashes_;
+  protocol::BatchedP2PLookupKeys p2p_view_;
   protocol::BatchedP2PLookupRetMsg p2p_reply_;
   std::vector<WorkerState> workers_;          // by worker index
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet

@@ -144,6 +144,33 @@ DecodeErr DecodeField(Reader& r, std::vector<Int>* out) {
   return {};
 }
 
+// The same, keeping each int's 64-bit pattern (BatchedP2PLookupKeys).
+DecodeErr DecodeField(Reader& r, std::vector<std::uint64_t>* out) {
+  std::uint32_t n;
+  if (DecodeErr e = r.ReadArrayHeader(&n)) return e;
+  if (DecodeErr e = r.Enter()) return e;
+  out->resize(n);  // n <= bytes remaining; a warmed vector keeps its capacity
+  const std::uint8_t* base = r.data();
+  const std::uint8_t* end = base + r.size();
+  std::size_t pos = r.pos();
+  std::uint64_t* dst = out->data();
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Int v;
+    std::size_t used = pos < r.size() ? TryReadInt(base + pos, end, &v) : 0;
+    if (used == 0) {
+      r.set_pos(pos);
+      if (DecodeErr e = r.ReadInt(&v)) return std::move(e).AtIndex(i);
+      pos = r.pos();
+    } else {
+      pos += used;
+    }
+    dst[i] = v.bits();
+  }
+  r.set_pos(pos);
+  r.Leave();
+  return {};
+}
+
 // One KVOpEvent exactly as msgspec writes it:
 //   83 a7"op_type" a5"admit"|a5"evict" a3"key" <int> a7"seq_num" <int>
 // Returns bytes consumed, or 0 to ask for the general decoder.
@@ -723,6 +750,9 @@ Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& li
   return detail::DecodeView(bytes, out, limits);
 }
 Status Decode(Bytes_t bytes, BatchedP2PLookupView* out, const DecodeLimits& limits) {
+  return detail::DecodeView(bytes, out, limits);
+}
+Status Decode(Bytes_t bytes, BatchedP2PLookupKeys* out, const DecodeLimits& limits) {
   return detail::DecodeView(bytes, out, limits);
 }
 Status Decode(Bytes_t bytes, BatchedP2PLookupRetMsg* out, const DecodeLimits& limits) {

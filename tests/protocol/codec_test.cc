@@ -361,6 +361,42 @@ TEST(HotPath, WarmedViewsDecodeWithoutHeapAllocation) {
   EXPECT_EQ(p2p_view.hashes.size(), 4096u);
 }
 
+// The controller decodes lookups into BatchedP2PLookupKeys (hashes as their
+// 64-bit patterns, no Ints): every lookup among the vectors, valid or not,
+// and every truncation of one, decodes there exactly as into the view: the
+// same success or the same error, the same keys.
+TEST(HotPath, TheControllersKeyViewDecodesLookupsAsTheViewDoes) {
+  auto same = [](const std::string& bytes) {
+    BatchedP2PLookupView view;
+    BatchedP2PLookupKeys keys;
+    const Status a = Decode(AsBytes(bytes), &view), b = Decode(AsBytes(bytes), &keys);
+    ASSERT_EQ(a.ok(), b.ok()) << a.ToString() << " / " << b.ToString();
+    if (!a.ok()) {
+      EXPECT_EQ(a.ToString(), b.ToString());
+      return;
+    }
+    ASSERT_EQ(view.hashes.size(), keys.hashes.size());
+    for (std::size_t i = 0; i < keys.hashes.size(); ++i) ASSERT_EQ(view.hashes[i].bits(), keys.hashes[i]) << i;
+    EXPECT_EQ(view.instance_id, keys.instance_id);
+    EXPECT_EQ(view.worker_id, keys.worker_id);
+  };
+  int lookups = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    const std::string bytes = VectorBytes(c);
+    auto tag = PeekTag(AsBytes(bytes));
+    if (!tag.ok() || *tag != BatchedP2PLookupKeys::kTag) continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    same(bytes);
+    ++lookups;
+  }
+  EXPECT_GE(lookups, 3);
+  const std::string whole = ReadFile(VectorDir() + "BatchedP2PLookupMsg__32.msgpack");
+  for (std::size_t n = 0; n < whole.size(); ++n) {
+    SCOPED_TRACE(n);
+    same(whole.substr(0, n));
+  }
+}
+
 TEST(HotPath, ViewRejectsAnotherTag) {
   std::string bytes = ReadFile(VectorDir() + "KVAdmitMsg__edge.msgpack");
   BatchedKVOperationView v;

@@ -82,6 +82,21 @@ struct BatchedP2PLookupView {
   }
 };
 
+// A BatchedP2PLookupMsg as the controller reads it: each hash as its 64-bit
+// pattern (Int::bits(), the index's key, so -1 and 2^64-1 name one chunk),
+// decoded straight into a reused array, nothing copied after. Decode only.
+struct BatchedP2PLookupKeys {
+  std::vector<std::uint64_t> hashes;  // cleared and refilled; capacity kept
+  std::string_view instance_id;
+  Int worker_id;
+  static constexpr std::string_view kTag = BatchedP2PLookupView::kTag;
+  static constexpr auto Fields() {
+    return std::make_tuple(Req("hashes", &BatchedP2PLookupKeys::hashes),
+                           Req("instance_id", &BatchedP2PLookupKeys::instance_id),
+                           Req("worker_id", &BatchedP2PLookupKeys::worker_id));
+  }
+};
+
 // A BatchedP2PLookupMsg to encode straight from the caller's hashes (each
 // sent as the unsigned int it is, as Int::FromU64 would), nothing copied
 // first: what a worker's lookup sends. Encodes to the same bytes as a
@@ -102,6 +117,7 @@ struct BatchedP2PLookupRequest {
 // valid as long as `bytes` does. On error the view's contents are unspecified.
 Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& limits = {});
 Status Decode(Bytes_t bytes, BatchedP2PLookupView* out, const DecodeLimits& limits = {});
+Status Decode(Bytes_t bytes, BatchedP2PLookupKeys* out, const DecodeLimits& limits = {});
 // The lookup's reply (a worker's hot path), into a caller-owned message whose
 // layouts and strings keep their capacity: no allocation once warmed up. The
 // tag must be BatchedP2PLookupRetMsg (anything else, an ErrorMsg included,
