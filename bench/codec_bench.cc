@@ -5,6 +5,8 @@
 //   BM_DecodeKvBatch_Generic     full Message object (strings and vectors)
 //   BM_DecodeKvBatch_MsgpackCxxUnpack   msgpack::unpack into an object tree, then read ops
 //   BM_DecodeKvBatch_MsgpackCxxVisitor  msgpack::parse with a SAX visitor (no tree)
+//   BM_DecodeP2PLookup_View / _Keys     a lookup into Ints / into 64-bit keys (the controller's path)
+//   BM_EncodeP2PLookup_Request          a worker's lookup from its uint64 hashes (client.cc)
 //
 // Counters: items = KV ops (or hashes), bytes = msgpack bytes.
 #include <benchmark/benchmark.h>
@@ -139,6 +141,35 @@ void BM_DecodeP2PLookup_View(benchmark::State& state) {
   SetCounters(state, view.hashes.size(), bytes.size());
 }
 BENCHMARK(BM_DecodeP2PLookup_View)->Arg(32)->Arg(4096);
+
+// The controller's decode: hashes straight to the index's 64-bit keys.
+void BM_DecodeP2PLookup_Keys(benchmark::State& state) {
+  std::string bytes = Vector(P2PFile(state.range(0)));
+  BatchedP2PLookupKeys keys;
+  std::uint64_t sink = 0;
+  for (auto _ : state) {
+    if (!Decode(Bytes(bytes), &keys).ok()) state.SkipWithError("decode failed");
+    sink += keys.hashes.back();
+  }
+  benchmark::DoNotOptimize(sink);
+  SetCounters(state, keys.hashes.size(), bytes.size());
+}
+BENCHMARK(BM_DecodeP2PLookup_Keys)->Arg(32)->Arg(4096);
+
+// A worker's encode: its uint64 hashes, no Ints in between.
+void BM_EncodeP2PLookup_Request(benchmark::State& state) {
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  std::mt19937_64 rng(7);
+  std::vector<std::uint64_t> hashes(n);
+  for (auto& h : hashes) h = rng();
+  std::vector<std::uint8_t> out(64 + 9 * n);
+  for (auto _ : state) {
+    EncodeResult r = EncodeTo(BatchedP2PLookupRequest{hashes, "instance-0", 0}, std::span(out));
+    benchmark::DoNotOptimize(r);
+  }
+  SetCounters(state, n, 9 * n);
+}
+BENCHMARK(BM_EncodeP2PLookup_Request)->Arg(32)->Arg(4096);
 
 void BM_EncodeP2PLookup_Span(benchmark::State& state) {
   std::string bytes = Vector(P2PFile(state.range(0)));
