@@ -4,6 +4,8 @@
 // shared-memory rings.
 //
 //   BM_Floor_CacheLinePingPong           the floor between the same two cores
+//   BM_Floor_RandomLines/<hashes>        a lookup's memory floor on the controller's core: one random
+//                                        line a hash, huge pages (with the ping-pong, a round trip's floor)
 //   BM_E2E_Ingest/<keys>                 KV ops/s from a worker, batches of 256, into an index held at <keys>;
 //                                        controller_rss_bytes_per_key: the controller process's
 //                                        resident set once it holds the keys, / keys
@@ -112,6 +114,17 @@ std::uint64_t ControllerKvOps(const std::string& name) {
 
 void BM_Floor_CacheLinePingPong(benchmark::State& state) { CacheLinePingPong(state); }
 BENCHMARK(BM_Floor_CacheLinePingPong)->UseRealTime()->MinTime(1.0);
+
+// The lookup's memory floor on the controller's core: one random line a hash
+// in a 256 MiB table on huge pages, prefetched 32 ahead (a 10 M-key reserve
+// is 213 MB on huge pages). A round trip of n hashes cannot beat this plus
+// the ping-pong above: the floor its p50 is compared with.
+void BM_Floor_RandomLines(benchmark::State& state) {
+  Pin(0);
+  RandomLinePairsFloor(state, static_cast<std::size_t>(state.range(0)), true, 32, false, 1);
+  Pin(1);
+}
+BENCHMARK(BM_Floor_RandomLines)->Arg(32)->Arg(256)->Arg(4096);
 
 // ---- ingest ------------------------------------------------------------------------
 

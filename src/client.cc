@@ -53,6 +53,9 @@ Status WriteRecord(transport::Connection& conn, std::size_t guess, Encode&& enco
         if (r.fits) {
           p.Commit(r.bytes, type);
           conn.PublishRequests();
+          // The controller is about to read it: from the shared cache, not
+          // line by line from this core (256-hash lookups ~5 % faster).
+          p.DemoteLastRecord();
           return Status::Ok();
         }
         p.Abort();

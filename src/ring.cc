@@ -1,5 +1,9 @@
 #include "kvring/ring.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstring>
 #include <new>
@@ -219,6 +223,28 @@ void Producer::Commit(std::size_t used, std::uint32_t type) {
   tail_ = next;
   ++records_;
   claimed_ = false;
+}
+
+namespace {
+const bool kHasCldemote = [] {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 25)) != 0;
+#else
+  return false;
+#endif
+}();
+}  // namespace
+
+void Producer::DemoteLastRecord() const {
+#if defined(__x86_64__)
+  if (!kHasCldemote || claimed_ || records_ == 0) return;
+  const std::size_t bytes = static_cast<std::size_t>(tail_ - claim_pos_);
+  const std::size_t offset = static_cast<std::size_t>(claim_pos_ & (capacity_ - 1));
+  // A record never wraps (a padding record takes the end instead).
+  for (std::size_t at = offset & ~std::size_t{63}; at < offset + bytes; at += 64)
+    asm volatile("cldemote %0" : : "m"(data_[at]));
+#endif
 }
 
 void Producer::Abort() { claimed_ = false; }  // a padding record already written stays: harmless
