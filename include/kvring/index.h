@@ -386,11 +386,11 @@ inline void ChunkIndex::Follow(Probe& probe, bool look_for_group) const {
   // holders, their group's header is a line of its own, and its entries
   // (Gather, later) another: without these two prefetches a shared key's
   // lookup waits for both, one after the other.
-  const unsigned eq = (probe.second && Spilled(probe.first) != 0) || look_for_group
-                          ? BucketMatches(probe.first, probe.stored)
-                          : 1u;
+  const bool may_have_spilled = probe.second && Spilled(probe.first) != 0;
+  if (!may_have_spilled && !look_for_group) return;
+  const unsigned eq = BucketMatches(probe.first, probe.stored);
   if (eq == 0) {
-    if (probe.second && Spilled(probe.first) != 0) __builtin_prefetch(probe.second);
+    if (may_have_spilled) __builtin_prefetch(probe.second);
     return;
   }
   if (!look_for_group) return;

@@ -362,14 +362,15 @@ TEST(HotPath, WarmedViewsDecodeWithoutHeapAllocation) {
 }
 
 // The controller decodes lookups into BatchedP2PLookupKeys (hashes as their
-// 64-bit patterns, no Ints): every lookup among the vectors, valid or not,
-// and every truncation of one, decodes there exactly as into the view: the
-// same success or the same error, the same keys.
+// 64-bit patterns, no Ints; msgspec's exact layout read without key
+// matching): every lookup among the vectors, valid or not, every truncation
+// of one, every single-byte change of one and tight limits all decode there
+// exactly as into the view: the same success or the same error, the same keys.
 TEST(HotPath, TheControllersKeyViewDecodesLookupsAsTheViewDoes) {
-  auto same = [](const std::string& bytes) {
+  auto same = [](const std::string& bytes, const DecodeLimits& limits = {}) {
     BatchedP2PLookupView view;
     BatchedP2PLookupKeys keys;
-    const Status a = Decode(AsBytes(bytes), &view), b = Decode(AsBytes(bytes), &keys);
+    const Status a = Decode(AsBytes(bytes), &view, limits), b = Decode(AsBytes(bytes), &keys, limits);
     ASSERT_EQ(a.ok(), b.ok()) << a.ToString() << " / " << b.ToString();
     if (!a.ok()) {
       EXPECT_EQ(a.ToString(), b.ToString());
@@ -395,6 +396,22 @@ TEST(HotPath, TheControllersKeyViewDecodesLookupsAsTheViewDoes) {
     SCOPED_TRACE(n);
     same(whole.substr(0, n));
   }
+  for (std::size_t at = 0; at < whole.size(); ++at) {
+    for (unsigned char to : {0x00, 0x7f, 0x80, 0xa0, 0xc1, 0xcf, 0xd3, 0xd9, 0xdc, 0xff}) {
+      std::string changed = whole;
+      changed[at] = static_cast<char>(to);
+      SCOPED_TRACE(::testing::Message() << "byte " << at << " = " << unsigned{to});
+      same(changed);
+    }
+  }
+  same(whole + std::string(1, '\0'));  // trailing bytes
+  for (DecodeLimits tight : {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 1},
+                             DecodeLimits{.max_container_len = 31}, DecodeLimits{.max_str_len = 3}}) {
+    same(whole, tight);
+  }
+  BatchedP2PLookupKeys keys;
+  ASSERT_TRUE(Decode(AsBytes(whole), &keys).ok());
+  EXPECT_EQ(keys.hashes.size(), 32u);
 }
 
 TEST(HotPath, ViewRejectsAnotherTag) {
