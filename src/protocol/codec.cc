@@ -776,6 +776,21 @@ bool TryExactLookup(Bytes_t bytes, BatchedP2PLookupKeys* out, const DecodeLimits
   r.Leave();
   return r.remaining() == 0;
 }
+
+// The lookup's reply as kvring and msgspec write it:
+//   82 a4"type" b6"BatchedP2PLookupRetMsg" ab"layout_info" <array of layouts>
+// the same way: false for anything else, decided by the general decoder.
+bool TryExactLookupReply(Bytes_t bytes, BatchedP2PLookupRetMsg* out, const DecodeLimits& limits) {
+  static constexpr std::string_view kHead = "\x82\xa4type\xb6" "BatchedP2PLookupRetMsg" "\xablayout_info";
+  static_assert(BatchedP2PLookupRetMsg::kTag == "BatchedP2PLookupRetMsg" && std::tuple_size_v<decltype(BatchedP2PLookupRetMsg::Fields())> == 1);
+  if (CheckSize(bytes, limits) || bytes.size() < kHead.size() || std::memcmp(bytes.data(), kHead.data(), kHead.size()) != 0)
+    return false;
+  Reader r(bytes.data(), bytes.size(), limits);
+  r.set_pos(kHead.size());
+  if (r.Enter() || DecodeField(r, &out->layout_info)) return false;
+  r.Leave();
+  return r.remaining() == 0;
+}
 }  // namespace
 }  // namespace detail
 
@@ -784,6 +799,7 @@ Status Decode(Bytes_t bytes, BatchedP2PLookupKeys* out, const DecodeLimits& limi
   return detail::DecodeView(bytes, out, limits);
 }
 Status Decode(Bytes_t bytes, BatchedP2PLookupRetMsg* out, const DecodeLimits& limits) {
+  if (detail::TryExactLookupReply(bytes, out, limits)) return Status();
   return detail::DecodeView(bytes, out, limits);
 }
 

@@ -590,6 +590,55 @@ TEST(HotPath, LookupRepliesDecodeIntoAKeptMessageWithoutAllocating) {
   EXPECT_FALSE(Decode(AsBytes(Encode(ErrorMsg{"no such thing"})), &kept).ok());
 }
 
+// A worker decodes its lookup's reply through an exact-layout fast path
+// first: every reply among the vectors, every truncation and single-byte
+// change of one, and tight limits give what the general decoder gives.
+TEST(HotPath, LookupRepliesDecodeAsTheGeneralDecoderDoes) {
+  auto same = [](const std::string& bytes, const DecodeLimits& limits = {}) {
+    BatchedP2PLookupRetMsg kept;
+    const Status fast = Decode(AsBytes(bytes), &kept, limits);
+    auto general = Decode(AsBytes(bytes), limits);
+    if (general.ok() && !std::holds_alternative<BatchedP2PLookupRetMsg>(*general)) {
+      EXPECT_FALSE(fast.ok());  // another message: refused, for the general decoder to read
+      return;
+    }
+    ASSERT_EQ(fast.ok(), general.ok()) << fast.ToString() << " / " << general.status().ToString();
+    if (general.ok()) {
+      EXPECT_EQ(kept, std::get<BatchedP2PLookupRetMsg>(*general));
+    } else if (PeekTag(AsBytes(bytes), limits).ok() && *PeekTag(AsBytes(bytes), limits) == BatchedP2PLookupRetMsg::kTag) {
+      EXPECT_EQ(fast.ToString(), general.status().ToString());
+    }
+  };
+  int replies = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    const std::string bytes = VectorBytes(c);
+    auto tag = PeekTag(AsBytes(bytes));
+    if (!tag.ok() || *tag != BatchedP2PLookupRetMsg::kTag) continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    same(bytes);
+    ++replies;
+  }
+  EXPECT_GE(replies, 3);
+  const std::string whole = ReadFile(VectorDir() + "BatchedP2PLookupRetMsg__hit.msgpack");
+  for (std::size_t n = 0; n < whole.size(); ++n) {
+    SCOPED_TRACE(n);
+    same(whole.substr(0, n));
+  }
+  for (std::size_t at = 0; at < whole.size(); ++at) {
+    for (unsigned char to : {0x00, 0x7f, 0x80, 0x90, 0x92, 0xa0, 0xc1, 0xd9, 0xdc, 0xff}) {
+      std::string changed = whole;
+      changed[at] = static_cast<char>(to);
+      SCOPED_TRACE(::testing::Message() << "byte " << at << " = " << unsigned{to});
+      same(changed);
+    }
+  }
+  same(whole + std::string(1, '\0'));
+  for (DecodeLimits tight : {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 2},
+                             DecodeLimits{.max_container_len = 3}, DecodeLimits{.max_str_len = 4}}) {
+    same(whole, tight);
+  }
+}
+
 TEST(HotPath, PeekTagFindsTheTagAnywhere) {
   std::string bytes = ReadFile(VectorDir() + "KVAdmitMsg__type_last.msgpack");
   auto t = PeekTag(AsBytes(bytes));
