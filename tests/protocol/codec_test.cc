@@ -361,13 +361,36 @@ TEST(HotPath, WarmedViewsDecodeWithoutHeapAllocation) {
   EXPECT_EQ(p2p_view.hashes.size(), 4096u);
 }
 
+// Calls check(bytes, limits) on every truncation of `whole`, every change of
+// one of its bytes to one of `values`, `whole` with a trailing byte, and
+// `whole` under each of `tight`: the inputs near a valid message where two
+// decoders of it could part ways.
+template <typename Check>
+void AroundAMessage(const std::string& whole, std::initializer_list<unsigned char> values,
+                    std::initializer_list<DecodeLimits> tight, Check check) {
+  for (std::size_t n = 0; n < whole.size(); ++n) {
+    SCOPED_TRACE(n);
+    check(whole.substr(0, n), DecodeLimits{});
+  }
+  for (std::size_t at = 0; at < whole.size(); ++at) {
+    for (unsigned char to : values) {
+      std::string changed = whole;
+      changed[at] = static_cast<char>(to);
+      SCOPED_TRACE(::testing::Message() << "byte " << at << " = " << unsigned{to});
+      check(changed, DecodeLimits{});
+    }
+  }
+  check(whole + std::string(1, '\0'), DecodeLimits{});
+  for (const DecodeLimits& limits : tight) check(whole, limits);
+}
+
 // The controller decodes lookups into BatchedP2PLookupKeys (hashes as their
 // 64-bit patterns, no Ints; msgspec's exact layout read without key
 // matching): every lookup among the vectors, valid or not, every truncation
 // of one, every single-byte change of one and tight limits all decode there
 // exactly as into the view: the same success or the same error, the same keys.
 TEST(HotPath, TheControllersKeyViewDecodesLookupsAsTheViewDoes) {
-  auto same = [](const std::string& bytes, const DecodeLimits& limits = {}) {
+  auto same = [](const std::string& bytes, const DecodeLimits& limits) {
     BatchedP2PLookupView view;
     BatchedP2PLookupKeys keys;
     const Status a = Decode(AsBytes(bytes), &view, limits), b = Decode(AsBytes(bytes), &keys, limits);
@@ -387,28 +410,15 @@ TEST(HotPath, TheControllersKeyViewDecodesLookupsAsTheViewDoes) {
     auto tag = PeekTag(AsBytes(bytes));
     if (!tag.ok() || *tag != BatchedP2PLookupKeys::kTag) continue;
     SCOPED_TRACE(c["file"].get<std::string>());
-    same(bytes);
+    same(bytes, DecodeLimits{});
     ++lookups;
   }
   EXPECT_GE(lookups, 3);
   const std::string whole = ReadFile(VectorDir() + "BatchedP2PLookupMsg__32.msgpack");
-  for (std::size_t n = 0; n < whole.size(); ++n) {
-    SCOPED_TRACE(n);
-    same(whole.substr(0, n));
-  }
-  for (std::size_t at = 0; at < whole.size(); ++at) {
-    for (unsigned char to : {0x00, 0x7f, 0x80, 0xa0, 0xc1, 0xcf, 0xd3, 0xd9, 0xdc, 0xff}) {
-      std::string changed = whole;
-      changed[at] = static_cast<char>(to);
-      SCOPED_TRACE(::testing::Message() << "byte " << at << " = " << unsigned{to});
-      same(changed);
-    }
-  }
-  same(whole + std::string(1, '\0'));  // trailing bytes
-  for (DecodeLimits tight : {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 1},
-                             DecodeLimits{.max_container_len = 31}, DecodeLimits{.max_str_len = 3}}) {
-    same(whole, tight);
-  }
+  AroundAMessage(whole, {0x00, 0x7f, 0x80, 0xa0, 0xc1, 0xcf, 0xd3, 0xd9, 0xdc, 0xff},
+                 {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 1},
+                  DecodeLimits{.max_container_len = 31}, DecodeLimits{.max_str_len = 3}},
+                 same);
   BatchedP2PLookupKeys keys;
   ASSERT_TRUE(Decode(AsBytes(whole), &keys).ok());
   EXPECT_EQ(keys.hashes.size(), 32u);
@@ -594,7 +604,7 @@ TEST(HotPath, LookupRepliesDecodeIntoAKeptMessageWithoutAllocating) {
 // first: every reply among the vectors, every truncation and single-byte
 // change of one, and tight limits give what the general decoder gives.
 TEST(HotPath, LookupRepliesDecodeAsTheGeneralDecoderDoes) {
-  auto same = [](const std::string& bytes, const DecodeLimits& limits = {}) {
+  auto same = [](const std::string& bytes, const DecodeLimits& limits) {
     BatchedP2PLookupRetMsg kept;
     const Status fast = Decode(AsBytes(bytes), &kept, limits);
     auto general = Decode(AsBytes(bytes), limits);
@@ -615,28 +625,15 @@ TEST(HotPath, LookupRepliesDecodeAsTheGeneralDecoderDoes) {
     auto tag = PeekTag(AsBytes(bytes));
     if (!tag.ok() || *tag != BatchedP2PLookupRetMsg::kTag) continue;
     SCOPED_TRACE(c["file"].get<std::string>());
-    same(bytes);
+    same(bytes, DecodeLimits{});
     ++replies;
   }
   EXPECT_GE(replies, 3);
   const std::string whole = ReadFile(VectorDir() + "BatchedP2PLookupRetMsg__hit.msgpack");
-  for (std::size_t n = 0; n < whole.size(); ++n) {
-    SCOPED_TRACE(n);
-    same(whole.substr(0, n));
-  }
-  for (std::size_t at = 0; at < whole.size(); ++at) {
-    for (unsigned char to : {0x00, 0x7f, 0x80, 0x90, 0x92, 0xa0, 0xc1, 0xd9, 0xdc, 0xff}) {
-      std::string changed = whole;
-      changed[at] = static_cast<char>(to);
-      SCOPED_TRACE(::testing::Message() << "byte " << at << " = " << unsigned{to});
-      same(changed);
-    }
-  }
-  same(whole + std::string(1, '\0'));
-  for (DecodeLimits tight : {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 2},
-                             DecodeLimits{.max_container_len = 3}, DecodeLimits{.max_str_len = 4}}) {
-    same(whole, tight);
-  }
+  AroundAMessage(whole, {0x00, 0x7f, 0x80, 0x90, 0x92, 0xa0, 0xc1, 0xd9, 0xdc, 0xff},
+                 {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 2},
+                  DecodeLimits{.max_container_len = 3}, DecodeLimits{.max_str_len = 4}},
+                 same);
 }
 
 TEST(HotPath, PeekTagFindsTheTagAnywhere) {
