@@ -474,7 +474,6 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
       sh.groups[id].assign({GroupEntry{static_cast<HolderId>(slot->tag - 1), slot->pos & kPosMask}});
       slot->tag = kGroupBit | id;
       slot->pos &= ~kPosMask;
-      ++sh.grouped;
       ++grouped_keys_;
     }
     sh.groups[slot->tag & ~kGroupBit].push_back(GroupEntry{holder, hk.Push(key)});
@@ -519,7 +518,6 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
       s->pos = (s->pos & ~kPosMask) | g[0].pos;
       g.clear();
       sh.free_groups.push_back(id);
-      --sh.grouped;
       --grouped_keys_;
     }
   } else {

@@ -271,7 +271,6 @@ class ChunkIndex {
     // Holder groups, by id; freed ones keep their capacity for the next.
     std::vector<std::vector<GroupEntry>> groups;
     std::vector<std::uint32_t> free_groups;
-    std::size_t grouped = 0;  // groups in use
   };
   struct HolderKeys;
 
@@ -343,7 +342,7 @@ class ChunkIndex {
   std::vector<Shard> shards_;
   std::vector<std::unique_ptr<HolderKeys>> holders_;
   std::size_t pairs_ = 0;
-  std::size_t grouped_keys_ = 0;  // the shards' `grouped`, summed
+  std::size_t grouped_keys_ = 0;  // holder groups in use, all shards
   std::size_t over_quota_ = 0;
   std::unique_ptr<TablePreparer> preparer_;  // null: prepare_tables off
 };
@@ -351,7 +350,6 @@ class ChunkIndex {
 // ---- inline lookups ----------------------------------------------------------------
 
 struct ChunkIndex::Probe {
-  std::uint64_t key;
   std::uint64_t stored;
   const Shard* shard;
   const Slot* first;   // the key's two buckets; null: the slow lookup
@@ -366,8 +364,8 @@ inline ChunkIndex::Probe ChunkIndex::Place(std::uint64_t key) const {
   const std::size_t b1 = sh.cur.First(st), b2 = sh.cur.Second(st);
   // A growing shard is probed in both tables, a marked bucket's key in the
   // overflow too: both take the slow lookup.
-  if (sh.old.slots || sh.Marked(b1)) return Probe{key, st, &sh, nullptr, nullptr, nullptr};
-  return Probe{key, st, &sh, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2), nullptr};
+  if (sh.old.slots || sh.Marked(b1)) return Probe{st, &sh, nullptr, nullptr, nullptr};
+  return Probe{st, &sh, sh.cur.Bucket(b1), b2 == b1 ? nullptr : sh.cur.Bucket(b2), nullptr};
 }
 
 inline ChunkIndex::Probe ChunkIndex::Locate(std::uint64_t key) const {
