@@ -70,48 +70,31 @@ struct BatchedKVOperationView {
   }
 };
 
-struct BatchedP2PLookupView {
-  std::vector<Int> hashes;  // cleared and refilled; capacity kept
+// A BatchedP2PLookupMsg whose hashes are held as `Hashes`: one field list
+// (wire order) for the three shapes below.
+template <typename Hashes>
+struct BatchedP2PLookupOf {
+  Hashes hashes;
   std::string_view instance_id;
   Int worker_id;
   static constexpr std::string_view kTag = "BatchedP2PLookupMsg";
   static constexpr auto Fields() {
-    return std::make_tuple(Req("hashes", &BatchedP2PLookupView::hashes),
-                           Req("instance_id", &BatchedP2PLookupView::instance_id),
-                           Req("worker_id", &BatchedP2PLookupView::worker_id));
+    return std::make_tuple(Req("hashes", &BatchedP2PLookupOf::hashes),
+                           Req("instance_id", &BatchedP2PLookupOf::instance_id),
+                           Req("worker_id", &BatchedP2PLookupOf::worker_id));
   }
 };
 
-// A BatchedP2PLookupMsg as the controller reads it: each hash as its 64-bit
-// pattern (Int::bits(), the index's key, so -1 and 2^64-1 name one chunk),
-// decoded straight into a reused array, nothing copied after. Decode only.
-struct BatchedP2PLookupKeys {
-  std::vector<std::uint64_t> hashes;  // cleared and refilled; capacity kept
-  std::string_view instance_id;
-  Int worker_id;
-  static constexpr std::string_view kTag = BatchedP2PLookupView::kTag;
-  static constexpr auto Fields() {
-    return std::make_tuple(Req("hashes", &BatchedP2PLookupKeys::hashes),
-                           Req("instance_id", &BatchedP2PLookupKeys::instance_id),
-                           Req("worker_id", &BatchedP2PLookupKeys::worker_id));
-  }
-};
-
-// A BatchedP2PLookupMsg to encode straight from the caller's hashes (each
-// sent as the unsigned int it is, as Int::FromU64 would), nothing copied
-// first: what a worker's lookup sends. Encodes to the same bytes as a
-// BatchedP2PLookupView holding the same values.
-struct BatchedP2PLookupRequest {
-  std::span<const std::uint64_t> hashes;
-  std::string_view instance_id;
-  Int worker_id;
-  static constexpr std::string_view kTag = BatchedP2PLookupView::kTag;
-  static constexpr auto Fields() {
-    return std::make_tuple(Req("hashes", &BatchedP2PLookupRequest::hashes),
-                           Req("instance_id", &BatchedP2PLookupRequest::instance_id),
-                           Req("worker_id", &BatchedP2PLookupRequest::worker_id));
-  }
-};
+// The view: hashes as Ints, cleared and refilled (capacity kept).
+using BatchedP2PLookupView = BatchedP2PLookupOf<std::vector<Int>>;
+// As the controller reads it: each hash as its 64-bit pattern (Int::bits(),
+// the index's key, so -1 and 2^64-1 name one chunk), decoded straight into a
+// reused array, nothing copied after. Decode only.
+using BatchedP2PLookupKeys = BatchedP2PLookupOf<std::vector<std::uint64_t>>;
+// To encode straight from the caller's hashes (each sent as the unsigned int
+// it is, as Int::FromU64 would), nothing copied first: what a worker's lookup
+// sends. Encodes to the same bytes as a view holding the same values.
+using BatchedP2PLookupRequest = BatchedP2PLookupOf<std::span<const std::uint64_t>>;
 
 // Decode into a view. The tag must be the view's message; the strings stay
 // valid as long as `bytes` does. On error the view's contents are unspecified.
