@@ -750,6 +750,21 @@ Status Decode(Bytes_t bytes, BatchedP2PLookupView* out, const DecodeLimits& limi
 }
 namespace detail {
 namespace {
+// The frame both share: `head` (map header, tag, first key) where the
+// message starts, then `body(r)` reading the rest inside the map (true when
+// it all matched), then nothing. Inlined: as a call, a 32-hash lookup's
+// decode took 48 ns instead of 38 (codec_bench BM_DecodeP2PLookup_Keys/32).
+template <typename Body>
+[[gnu::always_inline]] inline bool TryExact(Bytes_t bytes, std::string_view head, const DecodeLimits& limits, Body body) {
+  if (CheckSize(bytes, limits) || bytes.size() < head.size() || std::memcmp(bytes.data(), head.data(), head.size()) != 0)
+    return false;
+  Reader r(bytes.data(), bytes.size(), limits);
+  r.set_pos(head.size());
+  if (r.Enter() || !body(r)) return false;
+  r.Leave();
+  return r.remaining() == 0;
+}
+
 // A lookup exactly as msgspec lays it out, nothing after:
 //   84 a4"type" b3"BatchedP2PLookupMsg" a6"hashes" <array of int>
 //   ab"instance_id" <str> a9"worker_id" <int>
@@ -761,20 +776,17 @@ bool TryExactLookup(Bytes_t bytes, BatchedP2PLookupKeys* out, const DecodeLimits
   static constexpr std::string_view kHead = "\x84\xa4type\xb3" "BatchedP2PLookupMsg" "\xa6hashes";
   static constexpr std::string_view kInstance = "\xabinstance_id", kWorker = "\xa9worker_id";
   static_assert(BatchedP2PLookupKeys::kTag == "BatchedP2PLookupMsg" && std::tuple_size_v<decltype(BatchedP2PLookupKeys::Fields())> == 3);
-  if (CheckSize(bytes, limits) || bytes.size() < kHead.size() || std::memcmp(bytes.data(), kHead.data(), kHead.size()) != 0)
-    return false;
-  Reader r(bytes.data(), bytes.size(), limits);
-  auto literal = [&](std::string_view s) {
-    if (r.remaining() < s.size() || std::memcmp(r.data() + r.pos(), s.data(), s.size()) != 0) return false;
-    r.set_pos(r.pos() + s.size());
+  return TryExact(bytes, kHead, limits, [&](Reader& r) {
+    auto literal = [&](std::string_view s) {
+      if (r.remaining() < s.size() || std::memcmp(r.data() + r.pos(), s.data(), s.size()) != 0) return false;
+      r.set_pos(r.pos() + s.size());
+      return true;
+    };
+    if (DecodeField(r, &out->hashes) || !literal(kInstance) || r.ReadStr(&out->instance_id) || !literal(kWorker) ||
+        r.ReadInt(&out->worker_id))
+      return false;
     return true;
-  };
-  r.set_pos(kHead.size());
-  if (r.Enter() || DecodeField(r, &out->hashes) || !literal(kInstance) || r.ReadStr(&out->instance_id) ||
-      !literal(kWorker) || r.ReadInt(&out->worker_id))
-    return false;
-  r.Leave();
-  return r.remaining() == 0;
+  });
 }
 
 // The lookup's reply as kvring and msgspec write it:
@@ -783,13 +795,7 @@ bool TryExactLookup(Bytes_t bytes, BatchedP2PLookupKeys* out, const DecodeLimits
 bool TryExactLookupReply(Bytes_t bytes, BatchedP2PLookupRetMsg* out, const DecodeLimits& limits) {
   static constexpr std::string_view kHead = "\x82\xa4type\xb6" "BatchedP2PLookupRetMsg" "\xablayout_info";
   static_assert(BatchedP2PLookupRetMsg::kTag == "BatchedP2PLookupRetMsg" && std::tuple_size_v<decltype(BatchedP2PLookupRetMsg::Fields())> == 1);
-  if (CheckSize(bytes, limits) || bytes.size() < kHead.size() || std::memcmp(bytes.data(), kHead.data(), kHead.size()) != 0)
-    return false;
-  Reader r(bytes.data(), bytes.size(), limits);
-  r.set_pos(kHead.size());
-  if (r.Enter() || DecodeField(r, &out->layout_info)) return false;
-  r.Leave();
-  return r.remaining() == 0;
+  return TryExact(bytes, kHead, limits, [&](Reader& r) { return !DecodeField(r, &out->layout_info); });
 }
 }  // namespace
 }  // namespace detail
