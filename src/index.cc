@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <condition_variable>
@@ -17,30 +18,85 @@
 
 namespace kvring::index {
 
-// A holder's keys in fixed chunks: growth never copies and wastes at most one
-// partly filled chunk and one empty spare per holder.
+// A holder's keys in fixed chunks, in the order they came: growth never
+// copies, and at most one partly filled chunk at each end, and one spare, is
+// wasted per holder.
+//
+// Removing a key moves the list's *first* key into its place (unless it is
+// that key, or the last one: then nothing moves). Keys leave a cache mostly
+// oldest first (LRU), so most removals take the first key and move nothing,
+// and the keys a worker admitted together (a request's prefix) stay side by
+// side, for lookups to walk (KeysFrom). Moving the last key instead, as a
+// vector's swap-remove does, would move the newest keys, one per eviction:
+// under steady LRU churn every prefix, once admitted, would be scattered.
+//
+// Positions count modulo 2^kPosBits (the slots keep kPosBits of them), so a
+// list whose keys come at one end and go at the other never runs out: live
+// positions are [head, head + size), fewer than 2^kPosBits.
 struct ChunkIndex::HolderKeys {
   static constexpr std::size_t kChunk = 1024;
+  static_assert((std::size_t{kPosMask} + 1) % kChunk == 0, "a chunk never straddles the positions' wrap");
+  static_assert(kMaxKeysPerHolder + 2 * kChunk <= std::size_t{kPosMask} + 1,
+                "the chunks of a full list, partial at both ends, span fewer than 2^kPosBits positions");
+  // chunks[first] starts at position `base`; those before it are let go
+  // (null), and erased once they are half of the vector, so that the
+  // vector's capacity serves for good and a steady cache allocates nothing.
   std::vector<std::unique_ptr<std::uint64_t[]>> chunks;
+  std::size_t first = 0;
+  std::unique_ptr<std::uint64_t[]> spare;  // the last chunk let go, for the next one needed
+  std::uint32_t base = 0;                                // a multiple of kChunk
+  std::uint32_t head = 0;                                // the first key's position
   std::size_t size = 0;
 
-  std::uint64_t& at(std::size_t i) { return chunks[i / kChunk][i % kChunk]; }
-  std::uint32_t Push(std::uint64_t key) {
-    if (size == chunks.size() * kChunk) chunks.emplace_back(new std::uint64_t[kChunk]);
-    at(size) = key;
-    return static_cast<std::uint32_t>(size++);
+  explicit HolderKeys(std::uint32_t start) : base(Wrap(start / kChunk * kChunk)), head(Wrap(start)) {}
+  static std::uint32_t Wrap(std::size_t pos) { return static_cast<std::uint32_t>(pos) & kPosMask; }
+  std::size_t Offset(std::uint32_t pos) const { return Wrap(pos - base); }  // from chunks[first][0]
+  std::size_t Chunks() const { return chunks.size() - first; }
+  bool Live(std::uint32_t pos) const { return Wrap(pos - head) < size; }
+  std::uint64_t* Address(std::uint32_t pos) const {
+    const std::size_t o = Offset(pos);
+    return &chunks[first + o / kChunk][o % kChunk];
   }
-  // Removes position `pos` by moving the last key into it; returns that key
-  // (or `pos`'s own key if it was the last).
-  std::uint64_t SwapRemove(std::size_t pos) {
-    std::uint64_t last = at(size - 1);
-    at(pos) = last;
+  std::uint32_t Last() const { return Wrap(head + size - 1); }
+  std::uint32_t Push(std::uint64_t key) {
+    const std::uint32_t pos = Wrap(head + size);
+    if (Offset(pos) / kChunk >= Chunks())
+      chunks.push_back(spare ? std::move(spare) : std::make_unique_for_overwrite<std::uint64_t[]>(kChunk));
+    *Address(pos) = key;
+    ++size;
+    return pos;
+  }
+  // Removes the key at live position `pos`; returns the key that moved into
+  // its place (the first), or nothing if none did.
+  std::optional<std::uint64_t> Remove(std::uint32_t pos) {
+    if (pos == Last()) {
+      --size;
+      // The last chunk goes once the one before it is empty too: a holder
+      // whose count hovers at a chunk boundary (admit, evict, admit...) would
+      // otherwise let go of and take a chunk on every pair.
+      const std::size_t used = Offset(head) + size;  // chunks[first] onwards
+      if (used % kChunk == 0 && Chunks() > used / kChunk + 1) {
+        spare = std::move(chunks.back());
+        chunks.pop_back();
+      }
+      return std::nullopt;
+    }
+    std::optional<std::uint64_t> moved;
+    if (pos != head) {
+      moved = *Address(head);
+      *Address(pos) = *moved;
+    }
+    head = Wrap(head + 1);
     --size;
-    // The last chunk goes once the one before it is empty too: a holder whose
-    // count hovers at a chunk boundary (admit, evict, admit...) would
-    // otherwise free and remake a chunk on every pair.
-    if (size % kChunk == 0 && chunks.size() > size / kChunk + 1) chunks.pop_back();
-    return last;
+    if (Offset(head) == kChunk) {  // chunks[first] is empty now
+      spare = std::move(chunks[first++]);
+      base = Wrap(base + kChunk);
+      if (2 * first >= chunks.size()) {
+        chunks.erase(chunks.begin(), chunks.begin() + static_cast<std::ptrdiff_t>(first));
+        first = 0;
+      }
+    }
+    return moved;
   }
 };
 
@@ -214,7 +270,7 @@ ChunkIndex::~ChunkIndex() = default;
 
 ChunkIndex::HolderKeys& ChunkIndex::Keys(HolderId holder) {
   if (holder >= holders_.size()) holders_.resize(holder + 1);
-  if (!holders_[holder]) holders_[holder] = std::make_unique<HolderKeys>();
+  if (!holders_[holder]) holders_[holder] = std::make_unique<HolderKeys>(options_.list_position_start);
   return *holders_[holder];
 }
 
@@ -224,8 +280,23 @@ std::size_t ChunkIndex::KeysOf(HolderId holder) const {
 
 void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uint64_t)>& fn) const {
   if (holder >= holders_.size() || !holders_[holder]) return;
-  HolderKeys& hk = *holders_[holder];
-  for (std::size_t i = 0; i < hk.size; ++i) fn(hk.at(i));
+  const HolderKeys& hk = *holders_[holder];
+  for (std::size_t i = 0; i < hk.size; ++i) fn(*hk.Address(HolderKeys::Wrap(hk.head + i)));
+}
+
+std::span<const std::uint64_t> ChunkIndex::KeysFrom(HolderId holder, std::size_t pos) const {
+  if (holder >= holders_.size() || !holders_[holder]) return {};
+  const HolderKeys& hk = *holders_[holder];
+  const std::uint32_t p = HolderKeys::Wrap(pos);
+  if (!hk.Live(p)) return {};
+  const std::size_t in_chunk = hk.Offset(p) % HolderKeys::kChunk;
+  return {hk.Address(p), std::min(hk.size - HolderKeys::Wrap(p - hk.head), HolderKeys::kChunk - in_chunk)};
+}
+
+void ChunkIndex::PrefetchKeyAt(HolderId holder, std::size_t pos) const {
+  if (holder >= holders_.size() || !holders_[holder]) return;
+  const HolderKeys& hk = *holders_[holder];
+  if (const std::uint32_t p = HolderKeys::Wrap(pos); hk.Live(p)) __builtin_prefetch(hk.Address(p));
 }
 
 const ChunkIndex::Slot* ChunkIndex::FindKey(const Shard& sh, std::uint64_t stored, Where* where) {
@@ -542,9 +613,7 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
         return false;
     }
   }
-  HolderKeys& hk = *holders_[holder];
-  std::uint64_t moved = hk.SwapRemove(pos);
-  if (pos < hk.size) SetPos(moved, holder, pos);
+  if (const std::optional<std::uint64_t> moved = holders_[holder]->Remove(pos)) SetPos(*moved, holder, pos);
   --pairs_;
   return true;
 }
@@ -564,10 +633,7 @@ std::size_t ChunkIndex::HolderCount(std::uint64_t key) const {
 std::size_t ChunkIndex::DropHolderSlice(HolderId holder, std::size_t budget) {
   if (holder >= holders_.size() || !holders_[holder]) return 0;
   HolderKeys& hk = *holders_[holder];
-  while (budget-- > 0 && hk.size > 0) {
-    std::uint64_t key = hk.at(hk.size - 1);  // from the end: no swaps needed
-    Remove(key, holder);
-  }
+  while (budget-- > 0 && hk.size > 0) Remove(*hk.Address(hk.head), holder);  // the first: nothing moves
   std::size_t left = hk.size;
   if (left == 0) holders_[holder].reset();
   return left;
@@ -602,7 +668,7 @@ std::size_t ChunkIndex::MemoryBytes() const {
   }
   for (const auto& h : holders_)
     if (h) bytes += sizeof(HolderKeys) + h->chunks.capacity() * sizeof(void*) +
-                    h->chunks.size() * HolderKeys::kChunk * sizeof(std::uint64_t);
+                    (h->Chunks() + (h->spare ? 1 : 0)) * HolderKeys::kChunk * sizeof(std::uint64_t);
   return bytes;
 }
 

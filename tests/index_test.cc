@@ -207,6 +207,18 @@ void CheckAgainstAModel(const Options& o) {
       if (holders.count(h)) want.insert(key);
     ASSERT_EQ(listed, want) << "holder " << h;
   }
+  // Every position a probe reports is where the holder's list has the key
+  // (a P2P lookup walks the lists from there).
+  for (const auto& [key, holders] : model) {
+    std::size_t seen = 0;
+    idx.ForEachHolderAt(idx.Locate(key), [&](HolderId x, std::uint32_t pos) {
+      const auto listed = idx.KeysFrom(x, pos);
+      ASSERT_FALSE(listed.empty()) << key;
+      ASSERT_EQ(listed[0], key) << "holder " << x;
+      ++seen;
+    });
+    ASSERT_EQ(seen, holders.size()) << key;
+  }
   // Dropping one holder in slices takes exactly its keys.
   while (idx.DropHolderSlice(0, 97) > 0) {}
   EXPECT_EQ(idx.KeysOf(0), 0u);
@@ -230,6 +242,64 @@ TEST(ChunkIndex, MatchesAModelWithTablesThatAreNotPowersOfTwo) {
   o.shard_bits = 1;
   o.reserve_keys = 3000;  // 2,001 slots a shard, then 4,002, 8,004, ...: runs wrap at odd ends
   CheckAgainstAModel(o);
+}
+
+TEST(ChunkIndex, MatchesAModelWithListPositionsWrapping) {
+  Options o;
+  o.shard_bits = 1;
+  // Each removal moves a list's first position on: ~27,000 a holder here, past 2^28.
+  o.list_position_start = (std::uint32_t{1} << ChunkIndex::kPosBits) - 5000;
+  CheckAgainstAModel(o);
+}
+
+// Keys leave a cache mostly oldest first; when they do, nothing in a
+// holder's list moves, and the keys admitted after them stay side by side in
+// the order they came, for a lookup to walk. A key leaving from the middle
+// takes the list's first (oldest) key into its place, not its newest.
+TEST(ChunkIndex, KeyListsKeepTheOrderKeysCameInWhileTheOldestLeave) {
+  for (const std::uint32_t start : {0u, (std::uint32_t{1} << ChunkIndex::kPosBits) - 2500}) {
+    ChunkIndex idx(Options{.list_position_start = start});
+    constexpr HolderId kHolder = 3;
+    std::uint64_t next = 0, oldest = 0;
+    auto key = [](std::uint64_t i) { return ChunkIndex::Mix(i + 1); };
+    for (; next < 3000; ++next) ASSERT_EQ(idx.Add(key(next), kHolder), AddResult::kAdded);
+    for (int round = 0; round < 5000; ++round) {  // a steady cache: one in, the oldest out
+      ASSERT_EQ(idx.Add(key(next++), kHolder), AddResult::kAdded);
+      ASSERT_TRUE(idx.Remove(key(oldest++), kHolder));
+    }
+    auto position = [&](std::uint64_t k) {
+      std::uint32_t at = 0;
+      std::size_t n = 0;
+      idx.ForEachHolderAt(idx.Locate(k), [&](HolderId h, std::uint32_t pos) {
+        EXPECT_EQ(h, kHolder);
+        at = pos;
+        ++n;
+      });
+      EXPECT_EQ(n, 1u);
+      return at;
+    };
+    // Walking from the oldest key meets every key in the order it came.
+    auto walk = [&](std::uint64_t from, std::uint64_t to) {
+      std::size_t pos = position(key(from));
+      for (std::uint64_t i = from; i < to;) {
+        const auto keys = idx.KeysFrom(kHolder, pos);
+        ASSERT_FALSE(keys.empty()) << i;
+        for (std::size_t j = 0; j < keys.size() && i < to; ++j, ++i, ++pos) ASSERT_EQ(keys[j], key(i)) << i;
+      }
+      if (to == next) {
+        EXPECT_TRUE(idx.KeysFrom(kHolder, pos).empty());  // past the last key
+      }
+    };
+    walk(oldest, next);
+    // One key leaves from the middle: the oldest takes its place, the rest stay.
+    const std::uint64_t middle = oldest + 1500;
+    const std::uint32_t hole = position(key(middle));
+    ASSERT_TRUE(idx.Remove(key(middle), kHolder));
+    EXPECT_EQ(position(key(oldest)), hole);
+    walk(oldest + 1, middle);
+    walk(middle + 1, next);
+    EXPECT_EQ(idx.KeysOf(kHolder), next - oldest - 1);
+  }
 }
 
 // A reserve is room made at start: filling it never grows a shard (no

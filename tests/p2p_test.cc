@@ -222,5 +222,73 @@ TEST(P2PLookup, LongestPrefixEqualsABruteForceOnRandomStates) {
   }
 }
 
+// Long lookups walk the candidates' key lists where those list the request's
+// hashes in order (p2p.cc); the answer must not depend on the lists' order.
+// Here holders admit prefixes in order, in pieces among other keys, across a
+// list chunk's end, shuffled, or with keys evicted and admitted again (a
+// removal moves the list's last key into the hole), and every answer is
+// checked against each holder's prefix counted with Contains.
+TEST(P2PLookup, LongestPrefixEqualsABruteForceWhateverOrderTheKeyListsHold) {
+  std::mt19937_64 rng(29);
+  for (int round = 0; round < 120; ++round) {
+    Cluster c;
+    std::vector<HolderId> holders;
+    const int n_inst = 1 + static_cast<int>(rng() % 4);
+    for (int i = 0; i < n_inst; ++i)
+      for (int w = 0; w < 1 + static_cast<int>(rng() % 2); ++w)
+        holders.push_back(c.Worker("I" + std::to_string(i), w, "LocalCPUBackend", rng() % 6 != 0));
+    const std::size_t len = 1 + rng() % 700;
+    std::vector<std::uint64_t> hashes(len);
+    for (auto& x : hashes) x = rng();
+    std::uint64_t filler = 0;  // keys no request asks for
+    auto other_keys = [&](HolderId h, std::size_t n) {
+      for (std::size_t k = 0; k < n; ++k) ASSERT_EQ(c.idx.Add(++filler | (1ull << 63), h), index::AddResult::kAdded);
+    };
+    for (HolderId h : holders) {
+      if (rng() % 4 == 0) continue;
+      // Start anywhere in a list chunk (1,024 keys), so that some prefixes cross its end.
+      other_keys(h, rng() % 2 == 0 ? rng() % 1100 : 0);
+      const std::size_t holds = rng() % 2 == 0 ? len : rng() % (len + 1);
+      std::vector<std::size_t> order(holds);
+      for (std::size_t k = 0; k < holds; ++k) order[k] = k;
+      if (rng() % 4 == 0) std::shuffle(order.begin(), order.end(), rng);  // else in order, maybe in pieces:
+      for (std::size_t k = 0; k < holds; ++k) {
+        ASSERT_EQ(c.idx.Add(hashes[order[k]], h), index::AddResult::kAdded);
+        if (rng() % 50 == 0) other_keys(h, 1 + rng() % 20);
+      }
+      // Some hashes past the prefix's end, and some evicted, some of those admitted again.
+      for (std::size_t k = holds + 1; k < len; k += 1 + rng() % 40) ASSERT_EQ(c.idx.Add(hashes[k], h), index::AddResult::kAdded);
+      const std::size_t churn = rng() % 4 == 0 ? 0 : rng() % 30;
+      for (std::size_t e = 0; e < churn && holds > 0; ++e) {
+        const std::uint64_t key = hashes[rng() % holds];
+        if (!c.idx.Remove(key, h)) continue;
+        if (rng() % 3 != 0) {
+          ASSERT_EQ(c.idx.Add(key, h), index::AddResult::kAdded);
+        }
+      }
+      if (rng() % 3 == 0) {  // evict some other keys: their list's last keys move
+        for (std::uint64_t f = filler; f > 0 && rng() % 8 != 0; --f) (void)c.idx.Remove(f | (1ull << 63), h);
+      }
+    }
+    const std::string requester = "I" + std::to_string(rng() % (n_inst + 1));
+    const int wid = static_cast<int>(rng() % 2);
+    std::size_t best = 0;
+    std::map<HolderId, std::size_t> prefix;
+    for (HolderId h : holders) {
+      const auto& w = c.reg.worker(c.reg.holder(h).worker);
+      if (w.instance_id == requester || !w.peer_init_url) continue;
+      std::size_t k = 0;
+      while (k < len && c.idx.Contains(hashes[k], h)) ++k;
+      prefix[h] = k;
+      best = std::max(best, k);
+    }
+    Hit got = c.Ask(hashes, requester, wid);
+    ASSERT_EQ(got.num_hit_chunks, best) << round;
+    if (best == 0) continue;
+    ASSERT_TRUE(prefix.count(got.holder)) << round;
+    EXPECT_EQ(prefix[got.holder], best) << round;
+  }
+}
+
 }  // namespace
 }  // namespace kvring::p2p

@@ -5,7 +5,10 @@
 // holding the longest contiguous prefix of `hashes`; ties prefer the
 // requester's worker_id (same TP rank), then rotate among equal peers to
 // spread load. Cost: prefix length x holders per key, independent of the
-// number of workers or keys (the hashes are prefetched in batches).
+// number of workers or keys: the hashes are probed in prefetched batches, and
+// where the candidates' key lists hold the prefix in the order it was admitted
+// (a worker stores a request's chunks in order), the lookup walks the lists
+// instead, eight hashes a cache line (p2p.cc).
 //
 // kLMCache: LMCache's rule exactly (lmcache-controller.md §3.4): the first
 // holder of hashes[0] in registration order outside the requester's instance
