@@ -274,19 +274,25 @@ ChunkIndex::HolderKeys& ChunkIndex::Keys(HolderId holder) {
   return *holders_[holder];
 }
 
+const ChunkIndex::HolderKeys* ChunkIndex::ListOf(HolderId holder) const {
+  return holder < holders_.size() ? holders_[holder].get() : nullptr;
+}
+
 std::size_t ChunkIndex::KeysOf(HolderId holder) const {
-  return holder < holders_.size() && holders_[holder] ? holders_[holder]->size : 0;
+  const HolderKeys* hk = ListOf(holder);
+  return hk ? hk->size : 0;
 }
 
 void ChunkIndex::ForEachKeyOf(HolderId holder, const std::function<void(std::uint64_t)>& fn) const {
-  if (holder >= holders_.size() || !holders_[holder]) return;
-  const HolderKeys& hk = *holders_[holder];
-  for (std::size_t i = 0; i < hk.size; ++i) fn(*hk.Address(HolderKeys::Wrap(hk.head + i)));
+  const HolderKeys* hk = ListOf(holder);
+  if (!hk) return;
+  for (std::size_t i = 0; i < hk->size; ++i) fn(*hk->Address(HolderKeys::Wrap(hk->head + i)));
 }
 
 std::span<const std::uint64_t> ChunkIndex::KeysFrom(HolderId holder, std::size_t pos) const {
-  if (holder >= holders_.size() || !holders_[holder]) return {};
-  const HolderKeys& hk = *holders_[holder];
+  const HolderKeys* list = ListOf(holder);
+  if (!list) return {};
+  const HolderKeys& hk = *list;
   const std::uint32_t p = HolderKeys::Wrap(pos);
   if (!hk.Live(p)) return {};
   const std::size_t in_chunk = hk.Offset(p) % HolderKeys::kChunk;
@@ -294,9 +300,8 @@ std::span<const std::uint64_t> ChunkIndex::KeysFrom(HolderId holder, std::size_t
 }
 
 void ChunkIndex::PrefetchKeyAt(HolderId holder, std::size_t pos) const {
-  if (holder >= holders_.size() || !holders_[holder]) return;
-  const HolderKeys& hk = *holders_[holder];
-  if (const std::uint32_t p = HolderKeys::Wrap(pos); hk.Live(p)) __builtin_prefetch(hk.Address(p));
+  const HolderKeys* hk = ListOf(holder);
+  if (const std::uint32_t p = HolderKeys::Wrap(pos); hk && hk->Live(p)) __builtin_prefetch(hk->Address(p));
 }
 
 const ChunkIndex::Slot* ChunkIndex::FindKey(const Shard& sh, std::uint64_t stored, Where* where) {

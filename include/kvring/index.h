@@ -345,6 +345,7 @@ class ChunkIndex {
   void StartGrowth(Shard& sh);
   void SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos);
   HolderKeys& Keys(HolderId holder);
+  const HolderKeys* ListOf(HolderId holder) const;  // null: the holder has no list
   // The slow lookup: a growing shard, or a key that may be in the overflow.
   template <typename Fn>
   void ForEachHolderSlow(const Shard& sh, std::uint64_t stored, Fn&& fn) const;
