@@ -132,6 +132,12 @@ void BM_E2E_Ingest(benchmark::State& state) {
   const auto keys = static_cast<std::size_t>(state.range(0));
   ControllerProcess ctl(UniqueName("ingest"));
   Pin(1);
+  // Other workers connected but quiet: the controller still looks for their
+  // requests every request_check_ops applied ops (KVRING_E2E_IDLE_CLIENTS, default 0).
+  std::vector<std::unique_ptr<client::Worker>> idle;
+  if (const char* e = std::getenv("KVRING_E2E_IDLE_CLIENTS"))
+    for (unsigned long i = 0; i < std::strtoul(e, nullptr, 10); ++i)
+      idle.push_back(Connect(ctl.name, "idle" + std::to_string(i)));
   auto w = Connect(ctl.name, "inst0");
   std::uint64_t next = 0, oldest = 0;
   for (; next < keys; ++next) w->Admit(kLocation, Mix(next));  // prefill, not timed

@@ -180,8 +180,11 @@ std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
   if (serving_waiting_) return 0;
   serving_waiting_ = true;
   std::size_t n = 0;
+  // Most clients have nothing waiting: a look at the header where their
+  // next record would be settles that, without a serving pass.
   for (const auto& cp : listener_->clients())
-    if (cp.get() != busy) n += ServeClient(*cp, options_.ring_budget_records, options_.ring_budget_bytes, true);
+    if (cp.get() != busy && cp->requests.HasRecord())
+      n += ServeClient(*cp, options_.ring_budget_records, options_.ring_budget_bytes, true);
   serving_waiting_ = false;
   return n;
 }

@@ -121,6 +121,7 @@ TEST(Kvringd, IndexReserveTheMachineCannotHoldIsRefusedAtStart) {
 TEST(Kvringd, BadFlagsAreAUsageError) {
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--p2p-policy", "random"}).exit_code, 2);
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--full-sync-threshold", "2"}).exit_code, 2);
+  EXPECT_EQ(RunProcess({KVRINGD_PATH, "--request-check-ops", "0"}).exit_code, 2);
   auto help = RunProcess({KVRINGD_PATH, "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("--heartbeat-interval"), std::string::npos);

@@ -83,6 +83,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--key-quota", o.index.per_holder_quota, "Keys per (worker, location) at most (0: unlimited)")
       ->capture_default_str();
+  app.add_option("--request-check-ops", o.request_check_ops,
+                 "KV ops applied between looks for waiting requests (lookups, heartbeats): a lookup waits behind "
+                 "at most this many ops of someone's ingest; fewer cost ingest a few % (docs/PERFORMANCE.md)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))->capture_default_str();
   app.add_option("--spin", spin_passes, "Idle passes spun before sleeping (latency vs. idle CPU)")->capture_default_str();
   app.add_option("--stats-interval", stats_interval, "Seconds between stats lines in the log (0: none)")
       ->check(CLI::Range(0.0, 86400.0))->capture_default_str();
