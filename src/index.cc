@@ -44,8 +44,8 @@ struct ChunkIndex::HolderKeys {
   std::vector<std::unique_ptr<std::uint64_t[]>> chunks;
   std::size_t first = 0;
   std::unique_ptr<std::uint64_t[]> spare;  // the last chunk let go, for the next one needed
-  std::uint32_t base = 0;                                // a multiple of kChunk
-  std::uint32_t head = 0;                                // the first key's position
+  std::uint32_t base = 0;  // a multiple of kChunk
+  std::uint32_t head = 0;  // the first key's position
   std::size_t size = 0;
 
   explicit HolderKeys(std::uint32_t start) : base(Wrap(start / kChunk * kChunk)), head(Wrap(start)) {}

@@ -85,7 +85,7 @@ Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry
   const std::size_t count = hashes.size();
   std::array<index::ChunkIndex::Probe, kPrefetchAhead> ahead;
   // Starts probing at hashes[from]: the first kLocateAhead are located, and
-  // so on; Step(i) then keeps the pipeline full and gives hashes[i]'s probe.
+  // so on; step(i) then keeps the pipeline full and gives hashes[i]'s probe.
   auto warm = [&](std::size_t from) __attribute__((always_inline)) {
     for (std::size_t i = from; i < std::min(from + kLocateAhead, count); ++i)
       ahead[i % kPrefetchAhead] = idx.Locate(hashes[i]);

@@ -159,13 +159,15 @@ class ChunkIndex {
   void ForEachHolderAt(const Probe& probe, Fn&& fn) const;
 
   // A holder's key list keeps its keys in the order they came (removing one
-  // moves the list's last key into its place), so the chunks of a prefix
-  // that a worker admitted one after another sit side by side in it: a long
-  // lookup that has found one of them there checks the next hashes against
-  // the list, a line for eight, instead of probing each (p2p.cc). A key at a
-  // position below the list's size is one the holder holds.
-  // The keys of `holder` from list position `pos` to the end of that piece of
-  // the list (a piece holds HolderKeys::kChunk keys), or an empty span past its last key.
+  // moves the list's first key into its place, and keys mostly leave oldest
+  // first), so the chunks of a prefix that a worker admitted one after
+  // another sit side by side in it: a long lookup that has found one of them
+  // there checks the next hashes against the list, a line for eight, instead
+  // of probing each (p2p.cc). A key at a live position of the list is one
+  // the holder holds.
+  // The keys of `holder` from list position `pos` (taken modulo 2^kPosBits)
+  // to the end of that piece of the list (a piece holds 1,024 keys), or an
+  // empty span if `pos` is not a live position.
   std::span<const std::uint64_t> KeysFrom(HolderId holder, std::size_t pos) const;
   void PrefetchKeyAt(HolderId holder, std::size_t pos) const;
 
