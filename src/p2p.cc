@@ -40,6 +40,37 @@ std::size_t MatchingPrefix(const std::uint64_t* a, const std::uint64_t* b, std::
   return k;
 }
 
+// Walks `holder`'s key list from position `pos`, where it lists hashes[i],
+// on through `hashes`; returns where the list stops saying the holder holds
+// them (hashes.size() if it never does): hashes[i, returned) are all held.
+std::size_t Walk(const index::ChunkIndex& idx, HolderId holder, std::size_t pos, std::span<const std::uint64_t> hashes,
+                 std::size_t i) {
+  const std::size_t end = hashes.size();
+  std::size_t j = i, skipped = 0;
+  while (j < end) {
+    const auto keys = idx.KeysFrom(holder, pos);
+    const std::size_t m = std::min(keys.size(), end - j);
+    const std::size_t same = MatchingPrefix(keys.data(), hashes.data() + j, m);
+    j += same;
+    pos += same;
+    if (same == m) {
+      if (keys.empty()) break;
+      continue;  // the next piece of the list
+    }
+    // Another key here. If the list goes on with the next hash, this one is
+    // likely a key taken out of its place (evicted and admitted again: it
+    // went to the list's end): one probe settles it, and the walk goes on,
+    // instead of a new run of probes.
+    if (skipped * kWalkedPerSkip > j - i || j + 1 >= end) break;
+    const auto next = idx.KeysFrom(holder, pos + 1);
+    if (next.empty() || next[0] != hashes[j + 1] || !idx.Contains(hashes[j], holder)) break;
+    ++skipped;
+    ++j;
+    ++pos;
+  }
+  return j;
+}
+
 Hit MakeHit(const registry::Registry& reg, HolderId h, std::uint64_t hits) {
   const auto& info = reg.holder(h);
   const auto& w = reg.worker(info.worker);
@@ -141,31 +172,7 @@ Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry
       if (listed) {
         // Walk: every alive candidate holds hashes[i, end).
         std::size_t end = count;
-        for_alive([&](std::size_t c) {
-          std::size_t j = i, pos = at[c] + kRunLead, skipped = 0;
-          while (j < end) {
-            const auto keys = idx.KeysFrom(cand[c], pos);
-            const std::size_t m = std::min(keys.size(), end - j);
-            const std::size_t same = MatchingPrefix(keys.data(), hashes.data() + j, m);
-            j += same;
-            pos += same;
-            if (same == m) {
-              if (keys.empty()) break;
-              continue;  // the next piece of the list
-            }
-            // Another key here. If the list goes on with the next hash, this
-            // one is likely a key taken out of its place (evicted and
-            // admitted again: it went to the list's end): one probe settles
-            // it, and the walk goes on, instead of a new run of probes.
-            if (skipped * kWalkedPerSkip > j - i || j + 1 >= end) break;
-            const auto next = idx.KeysFrom(cand[c], pos + 1);
-            if (next.empty() || next[0] != hashes[j + 1] || !idx.Contains(hashes[j], cand[c])) break;
-            ++skipped;
-            ++j;
-            ++pos;
-          }
-          end = j;
-        });
+        for_alive([&](std::size_t c) { end = Walk(idx, cand[c], at[c] + kRunLead, hashes.first(end), i); });
         len = end;
         i = end;
         if (i == count) break;
@@ -211,8 +218,9 @@ Hit Lookup::LMCacheRule(const index::ChunkIndex& idx, const registry::Registry& 
   // First holder of hashes[0] in registry order: instance, then worker, then location.
   bool any = false;
   HolderId best = 0;
+  std::uint32_t best_at = 0;  // where best lists hashes[0]
   std::tuple<std::uint64_t, std::uint64_t, std::uint64_t> best_rank{};
-  idx.ForEachHolder(hashes[0], [&](HolderId h) {
+  idx.ForEachHolderAt(idx.Locate(hashes[0]), [&](HolderId h, std::uint32_t pos) {
     const auto& info = reg.holder(h);
     if (!info.live) return;
     const auto& w = reg.worker(info.worker);
@@ -221,12 +229,16 @@ Hit Lookup::LMCacheRule(const index::ChunkIndex& idx, const registry::Registry& 
     if (!any || rank < best_rank) {
       any = true;
       best = h;
+      best_at = pos;
       best_rank = rank;
     }
   });
   if (!any || !reg.worker(reg.holder(best).worker).peer_init_url) return Hit{};  // no fallback, as LMCache
-  std::size_t len = 1;
+  // One holder: its list is walked from hashes[0]'s place (its next line
+  // arriving with the probes' first prefetches), then probed from where the walk stops.
   idx.Prefetch(hashes.subspan(1, std::min(kPrefetchAhead, hashes.size() - 1)));
+  std::size_t len = Walk(idx, best, std::size_t{best_at} + 1, hashes, 1);
+  if (len > 1 && len < hashes.size()) idx.Prefetch(hashes.subspan(len, std::min(kPrefetchAhead, hashes.size() - len)));
   while (len < hashes.size() && idx.Contains(hashes[len], best)) {
     if (len + kPrefetchAhead < hashes.size()) idx.Prefetch(hashes.subspan(len + kPrefetchAhead, 1));
     ++len;

@@ -282,6 +282,13 @@ TEST(P2PLookup, LongestPrefixEqualsABruteForceWhateverOrderTheKeyListsHold) {
       prefix[h] = k;
       best = std::max(best, k);
     }
+    // LMCache's rule picks its holder by registration order (checked against
+    // LMCache's own rule elsewhere); its hit count is that holder's prefix.
+    const Hit lmcache = c.Ask(hashes, requester, wid, Policy::kLMCache);
+    if (lmcache.found()) {
+      ASSERT_TRUE(prefix.count(lmcache.holder)) << round;
+      EXPECT_EQ(lmcache.num_hit_chunks, prefix[lmcache.holder]) << round;
+    }
     Hit got = c.Ask(hashes, requester, wid);
     ASSERT_EQ(got.num_hit_chunks, best) << round;
     if (best == 0) continue;
