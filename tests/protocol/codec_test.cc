@@ -361,6 +361,22 @@ TEST(HotPath, WarmedViewsDecodeWithoutHeapAllocation) {
   EXPECT_EQ(p2p_view.hashes.size(), 4096u);
 }
 
+// Calls check(bytes, DecodeLimits{}) on every vector, valid or not, whose
+// tag is `tag`; returns how many there were.
+template <typename Check>
+int OnEveryVectorTagged(std::string_view tag, Check check) {
+  int n = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    const std::string bytes = VectorBytes(c);
+    auto found = PeekTag(AsBytes(bytes));
+    if (!found.ok() || *found != tag) continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    check(bytes, DecodeLimits{});
+    ++n;
+  }
+  return n;
+}
+
 // Calls check(bytes, limits) on every truncation of `whole`, every change of
 // one of its bytes to one of `values`, `whole` with a trailing byte, and
 // `whole` under each of `tight`: the inputs near a valid message where two
@@ -404,16 +420,7 @@ TEST(HotPath, TheControllersKeyViewDecodesLookupsAsTheViewDoes) {
     EXPECT_EQ(view.instance_id, keys.instance_id);
     EXPECT_EQ(view.worker_id, keys.worker_id);
   };
-  int lookups = 0;
-  for (const auto& c : Manifest()["cases"]) {
-    const std::string bytes = VectorBytes(c);
-    auto tag = PeekTag(AsBytes(bytes));
-    if (!tag.ok() || *tag != BatchedP2PLookupKeys::kTag) continue;
-    SCOPED_TRACE(c["file"].get<std::string>());
-    same(bytes, DecodeLimits{});
-    ++lookups;
-  }
-  EXPECT_GE(lookups, 3);
+  EXPECT_GE(OnEveryVectorTagged(BatchedP2PLookupKeys::kTag, same), 3);
   const std::string whole = ReadFile(VectorDir() + "BatchedP2PLookupMsg__32.msgpack");
   AroundAMessage(whole, {0x00, 0x7f, 0x80, 0xa0, 0xc1, 0xcf, 0xd3, 0xd9, 0xdc, 0xff},
                  {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 1},
@@ -619,16 +626,7 @@ TEST(HotPath, LookupRepliesDecodeAsTheGeneralDecoderDoes) {
       EXPECT_EQ(fast.ToString(), general.status().ToString());
     }
   };
-  int replies = 0;
-  for (const auto& c : Manifest()["cases"]) {
-    const std::string bytes = VectorBytes(c);
-    auto tag = PeekTag(AsBytes(bytes));
-    if (!tag.ok() || *tag != BatchedP2PLookupRetMsg::kTag) continue;
-    SCOPED_TRACE(c["file"].get<std::string>());
-    same(bytes, DecodeLimits{});
-    ++replies;
-  }
-  EXPECT_GE(replies, 3);
+  EXPECT_GE(OnEveryVectorTagged(BatchedP2PLookupRetMsg::kTag, same), 3);
   const std::string whole = ReadFile(VectorDir() + "BatchedP2PLookupRetMsg__hit.msgpack");
   AroundAMessage(whole, {0x00, 0x7f, 0x80, 0x90, 0x92, 0xa0, 0xc1, 0xd9, 0xdc, 0xff},
                  {DecodeLimits{.max_message_bytes = whole.size() - 1}, DecodeLimits{.max_depth = 2},
