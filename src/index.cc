@@ -33,8 +33,13 @@ namespace kvring::index {
 // Positions count modulo 2^kPosBits (the slots keep kPosBits of them), so a
 // list whose keys come at one end and go at the other never runs out: live
 // positions are [head, head + size), fewer than 2^kPosBits.
+//
+// Each chunk has an id (ListChunks) that names the holder and the position of
+// its first key, so a slot names a key's place in 32 bits (Slot::ref): the
+// id is taken when a chunk joins the list, its base updated when the spare
+// joins again elsewhere, and given back when the chunk's memory is freed.
 struct ChunkIndex::HolderKeys {
-  static constexpr std::size_t kChunk = 1024;
+  static constexpr std::size_t kChunk = std::size_t{1} << kChunkBits;
   static_assert((std::size_t{kPosMask} + 1) % kChunk == 0, "a chunk never straddles the positions' wrap");
   static_assert(kMaxKeysPerHolder + 2 * kChunk <= std::size_t{kPosMask} + 1,
                 "the chunks of a full list, partial at both ends, span fewer than 2^kPosBits positions");
@@ -42,13 +47,24 @@ struct ChunkIndex::HolderKeys {
   // (null), and erased once they are half of the vector, so that the
   // vector's capacity serves for good and a steady cache allocates nothing.
   std::vector<std::unique_ptr<std::uint64_t[]>> chunks;
+  std::vector<std::uint32_t> ids;  // chunks[i]'s id (0 for a chunk let go)
   std::size_t first = 0;
   std::unique_ptr<std::uint64_t[]> spare;  // the last chunk let go, for the next one needed
+  std::uint32_t spare_id = 0;
   std::uint32_t base = 0;  // a multiple of kChunk
   std::uint32_t head = 0;  // the first key's position
   std::size_t size = 0;
+  HolderId holder;
+  ListChunks* registry;
 
-  explicit HolderKeys(std::uint32_t start) : base(Wrap(start / kChunk * kChunk)), head(Wrap(start)) {}
+  HolderKeys(std::uint32_t start, HolderId h, ListChunks* r)
+      : base(Wrap(start / kChunk * kChunk)), head(Wrap(start)), holder(h), registry(r) {}
+  ~HolderKeys() {
+    for (std::size_t i = first; i < ids.size(); ++i) registry->Release(ids[i]);
+    registry->Release(spare_id);
+  }
+  HolderKeys(const HolderKeys&) = delete;
+  HolderKeys& operator=(const HolderKeys&) = delete;
   static std::uint32_t Wrap(std::size_t pos) { return static_cast<std::uint32_t>(pos) & kPosMask; }
   std::size_t Offset(std::uint32_t pos) const { return Wrap(pos - base); }  // from chunks[first][0]
   std::size_t Chunks() const { return chunks.size() - first; }
@@ -58,13 +74,31 @@ struct ChunkIndex::HolderKeys {
     return &chunks[first + o / kChunk][o % kChunk];
   }
   std::uint32_t Last() const { return Wrap(head + size - 1); }
+  // The ref of live position `pos` (Slot::ref).
+  std::uint32_t RefAt(std::uint32_t pos) const {
+    const std::size_t o = Offset(pos);
+    return ids[first + o / kChunk] << kChunkBits | static_cast<std::uint32_t>(o % kChunk);
+  }
+  // Whether the next Push takes a chunk id no spare has (ListChunks::Exhausted).
+  bool NeedsNewChunkId() const { return Offset(Wrap(head + size)) / kChunk >= Chunks() && spare_id == 0; }
   std::uint32_t Push(std::uint64_t key) {
     const std::uint32_t pos = Wrap(head + size);
-    if (Offset(pos) / kChunk >= Chunks())
+    if (Offset(pos) / kChunk >= Chunks()) {
+      const std::uint32_t id = spare_id ? spare_id : registry->Acquire();
       chunks.push_back(spare ? std::move(spare) : std::make_unique_for_overwrite<std::uint64_t[]>(kChunk));
+      ids.push_back(id);
+      spare_id = 0;
+      registry->by_id[id] = ListChunk{holder, Wrap(pos / kChunk * kChunk)};
+    }
     *Address(pos) = key;
     ++size;
     return pos;
+  }
+  // Keeps chunk (memory, id) as the spare; the spare it replaces is freed.
+  void LetGo(std::unique_ptr<std::uint64_t[]> chunk, std::uint32_t id) {
+    registry->Release(spare_id);
+    spare = std::move(chunk);
+    spare_id = id;
   }
   // Removes the key at live position `pos`; returns the key that moved into
   // its place (the first), or nothing if none did.
@@ -76,8 +110,9 @@ struct ChunkIndex::HolderKeys {
       // otherwise let go of and take a chunk on every pair.
       const std::size_t used = Offset(head) + size;  // chunks[first] onwards
       if (used % kChunk == 0 && Chunks() > used / kChunk + 1) {
-        spare = std::move(chunks.back());
+        LetGo(std::move(chunks.back()), ids.back());
         chunks.pop_back();
+        ids.pop_back();
       }
       return std::nullopt;
     }
@@ -89,10 +124,12 @@ struct ChunkIndex::HolderKeys {
     head = Wrap(head + 1);
     --size;
     if (Offset(head) == kChunk) {  // chunks[first] is empty now
-      spare = std::move(chunks[first++]);
+      LetGo(std::move(chunks[first]), ids[first]);
+      ids[first++] = 0;
       base = Wrap(base + kChunk);
       if (2 * first >= chunks.size()) {
         chunks.erase(chunks.begin(), chunks.begin() + static_cast<std::ptrdiff_t>(first));
+        ids.erase(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(first));
         first = 0;
       }
     }
@@ -102,9 +139,10 @@ struct ChunkIndex::HolderKeys {
 
 namespace {
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kMapAtLeast = std::size_t{64} << 10;  // smaller tables: zeroed heap (a few µs)
 }  // namespace
 
-void ChunkIndex::TableMemory::operator()(Slot* p) const {
+void ChunkIndex::TableMemory::operator()(Line* p) const {
   switch (kind) {
     case kHeap: std::free(p); break;
     case kMapped: munmap(p, bytes); break;
@@ -134,17 +172,17 @@ class ChunkIndex::TablePreparer {
     cv_.notify_one();
     thread_.join();
   }
-  // Prepares a table of `capacity` slots for `shard` (see Take).
-  void Request(std::size_t shard, std::size_t capacity) { Push(Task{Task::kPrepare, shard, capacity, {}}); }
+  // Prepares a table of `buckets` buckets for `shard` (see Take).
+  void Request(std::size_t shard, std::size_t buckets) { Push(Task{Task::kPrepare, shard, buckets, {}}); }
   // Advises huge pages for a table the owner filled itself.
   void Advise(Table&& view) { Push(Task{Task::kAdvise, 0, 0, std::move(view)}); }
   // Unmaps a drained table.
   void Retire(Table t) { Push(Task{Task::kRetire, 0, 0, std::move(t)}); }
-  // The table prepared for `shard`, if it is ready and of `capacity` slots.
-  std::optional<Table> Take(std::size_t shard, std::size_t capacity) {
+  // The table prepared for `shard`, if it is ready and of `buckets` buckets.
+  std::optional<Table> Take(std::size_t shard, std::size_t buckets) {
     std::lock_guard lock(mu_);
     auto it = ready_.find(shard);
-    if (it == ready_.end() || it->second.capacity != capacity) return std::nullopt;
+    if (it == ready_.end() || it->second.buckets != buckets) return std::nullopt;
     Table t = std::move(it->second);
     ready_.erase(it);
     return t;
@@ -153,7 +191,7 @@ class ChunkIndex::TablePreparer {
  private:
   struct Task {
     enum Kind { kPrepare, kAdvise, kRetire } kind;
-    std::size_t shard, capacity;
+    std::size_t shard, buckets;
     Table table;  // kAdvise: a non-owning view (released, never freed here); kRetire: owned
   };
   void Push(Task t) {
@@ -177,7 +215,7 @@ class ChunkIndex::TablePreparer {
       } else if (task.kind == Task::kRetire) {
         task.table = Table{};
       } else {
-        Table t = Prepare(task.capacity);
+        Table t = Prepare(task.buckets);
         lock.lock();
         ready_[task.shard] = std::move(t);
         continue;
@@ -187,9 +225,9 @@ class ChunkIndex::TablePreparer {
     for (Task& t : tasks_)
       if (t.kind == Task::kAdvise) (void)t.table.slots.release();
   }
-  static Table Prepare(std::size_t capacity) {
-    Table t = NewTable(capacity);
-    PopulateHugePages(t.slots.get(), t.capacity * sizeof(Slot));
+  static Table Prepare(std::size_t buckets) {
+    Table t = NewTable(buckets);
+    PopulateHugePages(t.slots.get(), t.buckets * sizeof(Line));
     return t;
   }
 
@@ -201,29 +239,41 @@ class ChunkIndex::TablePreparer {
   std::thread thread_;  // last: started once the members above exist
 };
 
-ChunkIndex::Table ChunkIndex::NewTable(std::size_t capacity) {
-  const std::size_t bytes = capacity * sizeof(Slot);
+ChunkIndex::Table ChunkIndex::NewTable(std::size_t buckets) {
+  const std::size_t bytes = buckets * sizeof(Line);
   Table t;
-  t.capacity = capacity;
-  t.buckets = capacity / kSlotsPerLine;
+  t.capacity = buckets * kSlotsPerLine;
+  t.buckets = buckets;
   if (bytes >= kHugePage) {
     void* p = MapAligned(bytes);
     // Not advised for huge pages yet: a huge-page fault can stall for
     // milliseconds (zeroing 2 MiB, and compaction when memory is
     // fragmented), and a growing table takes its faults on the insert path.
     // AdviseHugePages() runs once the table is fully populated.
-    t.slots = std::unique_ptr<Slot[], TableMemory>(static_cast<Slot*>(p), TableMemory{bytes, TableMemory::kMapped});
+    t.slots = std::unique_ptr<Line[], TableMemory>(static_cast<Line*>(p), TableMemory{bytes, TableMemory::kMapped});
+    return t;
+  }
+  if (bytes >= kMapAtLeast) {
+    // The kernel's zero pages, faulted in as slots arrive: zeroing a
+    // heap table of up to 2 MiB at once took up to ~1 ms, all of it in the
+    // one insert that started the growth.
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    t.slots = std::unique_ptr<Line[], TableMemory>(static_cast<Line*>(p), TableMemory{bytes, TableMemory::kMapped});
     return t;
   }
   // Cache-line aligned: a bucket is a line.
-  auto* p = static_cast<Slot*>(std::aligned_alloc(kLineBytes, bytes));
+  auto* p = static_cast<Line*>(std::aligned_alloc(kLineBytes, bytes));
   if (!p) throw std::bad_alloc();
   std::memset(p, 0, bytes);
-  t.slots = std::unique_ptr<Slot[], TableMemory>(p, TableMemory{bytes, TableMemory::kHeap});
+  t.slots = std::unique_ptr<Line[], TableMemory>(p, TableMemory{bytes, TableMemory::kHeap});
   return t;
 }
-static_assert(ChunkIndex::kLineBytes % sizeof(ChunkIndex::Slot) == 0);
-static_assert(ChunkIndex::kSlotsPerLine == 4, "BucketMatches compares four slots");
+static_assert(sizeof(ChunkIndex::Slot) == 12 && alignof(ChunkIndex::Slot) == 4);
+static_assert(sizeof(ChunkIndex::Line) == ChunkIndex::kLineBytes, "a bucket is a cache line");
+static_assert(ChunkIndex::kSlotsPerLine == 5, "BucketMatches compares five slots");
+static_assert(ChunkIndex::kMaxListChunks << ChunkIndex::kChunkBits == ChunkIndex::kGroupBit,
+              "a single holder's ref never has the group bit");
 
 // Maps `bytes` starting on a 2 MiB boundary (one huge page more is mapped
 // and trimmed): memory that starts mid-page could never be a huge page.
@@ -240,27 +290,28 @@ void* ChunkIndex::MapAligned(std::size_t bytes) {
 ChunkIndex::ChunkIndex(Options options) : options_(options) {
   if (options_.shard_bits < 1) options_.shard_bits = 1;
   if (options_.shard_bits > 16) options_.shard_bits = 16;
+  // A power of two of 16-byte slots' worth of lines (as before slots were 12 bytes).
   std::size_t slots = 16;
   while (slots < options_.initial_shard_slots) slots <<= 1;
+  std::size_t buckets = slots * 16 / kLineBytes;
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
   top_bits_ = ~std::uint64_t{0} << (64 - options_.shard_bits);
   if (options_.reserve_keys == 0) {
-    for (auto& sh : shards_) sh.cur = NewTable(slots);
+    for (auto& sh : shards_) sh.cur = NewTable(buckets);
   } else {
-    // 3/4 load when the reserve is full, 2 % over for shards above their
-    // share; whole buckets keep every piece cache-line aligned.
+    // 3/4 load when the reserve is full, 2 % over for shards above their share.
     const std::size_t per_shard = (options_.reserve_keys + shards_.size() - 1) / shards_.size();
-    slots = std::max(slots, (per_shard * 4 / 3 * 102 / 100 + 4) & ~std::size_t{3});
-    const std::size_t piece = slots * sizeof(Slot), bytes = piece * shards_.size();
-    auto* arena = static_cast<Slot*>(MapAligned(bytes));
-    reserve_arena_ = std::unique_ptr<Slot[], TableMemory>(arena, TableMemory{bytes, TableMemory::kMapped});
+    buckets = std::max(buckets, (per_shard * 4 / 3 * 102 / 100 + kSlotsPerLine) / kSlotsPerLine);
+    const std::size_t piece = buckets * sizeof(Line), bytes = piece * shards_.size();
+    auto* arena = static_cast<Line*>(MapAligned(bytes));
+    reserve_arena_ = std::unique_ptr<Line[], TableMemory>(arena, TableMemory{bytes, TableMemory::kMapped});
     PopulateHugePages(arena, bytes);
     for (std::size_t i = 0; i < shards_.size(); ++i) {
-      shards_[i].cur.capacity = slots;
-      shards_[i].cur.buckets = slots / kSlotsPerLine;
+      shards_[i].cur.capacity = buckets * kSlotsPerLine;
+      shards_[i].cur.buckets = buckets;
       shards_[i].cur.slots =
-          std::unique_ptr<Slot[], TableMemory>(arena + i * slots, TableMemory{piece, TableMemory::kArenaPiece});
+          std::unique_ptr<Line[], TableMemory>(arena + i * buckets, TableMemory{piece, TableMemory::kArenaPiece});
     }
   }
   if (options_.prepare_tables) preparer_ = std::make_unique<TablePreparer>();
@@ -270,7 +321,7 @@ ChunkIndex::~ChunkIndex() = default;
 
 ChunkIndex::HolderKeys& ChunkIndex::Keys(HolderId holder) {
   if (holder >= holders_.size()) holders_.resize(holder + 1);
-  if (!holders_[holder]) holders_[holder] = std::make_unique<HolderKeys>(options_.list_position_start);
+  if (!holders_[holder]) holders_[holder] = std::make_unique<HolderKeys>(options_.list_position_start, holder, &list_chunks_);
   return *holders_[holder];
 }
 
@@ -326,19 +377,19 @@ const ChunkIndex::Slot* ChunkIndex::FindKey(const Shard& sh, std::uint64_t store
   return nullptr;
 }
 
-std::uint32_t* ChunkIndex::PosOf(Shard& sh, Slot& slot, HolderId holder) {
-  if ((slot.tag & kGroupBit) == 0) return slot.tag == Tag(holder) ? &slot.pos : nullptr;
-  for (GroupEntry& e : sh.groups[slot.tag & ~kGroupBit])
-    if (e.holder == holder) return &e.pos;
-  return nullptr;
+bool ChunkIndex::HeldBy(const Shard& sh, const Slot& slot, HolderId holder) const {
+  bool held = false;
+  HoldersOf(sh, slot, [&](HolderId h, std::uint32_t) { held |= h == holder; });
+  return held;
 }
 
 namespace {
 
 // Bit j set: slot j of the bucket is empty.
-unsigned Empties(const ChunkIndex::Slot* b) {
-  return unsigned{b[0].tag == 0} | unsigned{b[1].tag == 0} << 1 | unsigned{b[2].tag == 0} << 2 |
-         unsigned{b[3].tag == 0} << 3;
+unsigned Empties(const ChunkIndex::Line* b) {
+  return unsigned{b->slots[0].ref == 0} | unsigned{b->slots[1].ref == 0} << 1 |
+         unsigned{b->slots[2].ref == 0} << 2 | unsigned{b->slots[3].ref == 0} << 3 |
+         unsigned{b->slots[4].ref == 0} << 4;
 }
 
 // Steps of the random walk before a slot goes to the overflow: below 85 %
@@ -348,35 +399,35 @@ constexpr int kMaxKicks = 32;
 
 }  // namespace
 
-void ChunkIndex::AddSpill(Slot* bucket, int delta) {
-  const unsigned c = Spilled(bucket);
+void ChunkIndex::AddSpill(Line* bucket, int delta) {
+  const std::uint32_t c = bucket->spilled;
   // Saturated counts stay (a lookup then always reads the second bucket);
   // a count never goes below 0, which would take a slot counted nowhere.
   if (c == kSpillSaturated || (delta < 0 && c == 0)) return;
-  bucket[0].pos = (bucket[0].pos & kPosMask) | static_cast<std::uint32_t>(static_cast<int>(c) + delta) << kPosBits;
+  bucket->spilled = static_cast<std::uint32_t>(static_cast<int>(c) + delta);
 }
 
 bool ChunkIndex::Put(Shard& sh, Slot s) {
   Table& t = sh.cur;
   const std::size_t b1 = t.First(s.mixed), b2 = t.Second(s.mixed);
-  Slot* l1 = t.Bucket(b1);
+  Line* l1 = t.Bucket(b1);
   // The first bucket when it has room (then lookups read only it), else the second.
   if (const unsigned e = Empties(l1); e != 0) {
-    Write(&l1[__builtin_ctz(e)], s);
+    l1->slots[__builtin_ctz(e)] = s;
     return true;
   }
-  Slot* l2 = t.Bucket(b2);
+  Line* l2 = t.Bucket(b2);
   if (const unsigned e = Empties(l2); e != 0) {
-    Write(&l2[__builtin_ctz(e)], s);
+    l2->slots[__builtin_ctz(e)] = s;
     if (b2 != b1) AddSpill(l1, +1);
     return true;
   }
   // Both full. First, a slot that can go to its other bucket at once makes
   // room (a look one step ahead, where a walk would take the first victim).
-  for (Slot* line : {l1, l2}) {
+  for (Line* line : {l1, l2}) {
     const std::size_t b = line == l1 ? b1 : b2;
     if (int j = MoveOneOut(t, b); j >= 0) {
-      Write(&line[j], s);
+      line->slots[j] = s;
       if (b != b1) AddSpill(l1, +1);
       return true;
     }
@@ -390,10 +441,10 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
     kick_state_ ^= kick_state_ << 13;
     kick_state_ ^= kick_state_ >> 7;
     kick_state_ ^= kick_state_ << 17;
-    Slot* line = t.Bucket(at);
-    Slot* victim_slot = &line[kick_state_ >> 62];
-    const Slot victim = Read(*victim_slot);
-    Write(victim_slot, s);
+    Line* line = t.Bucket(at);
+    Slot* victim_slot = &line->slots[((kick_state_ >> 32) * kSlotsPerLine) >> 32];
+    const Slot victim = *victim_slot;
+    *victim_slot = s;
     if (const std::size_t f = t.First(s.mixed); f != at) AddSpill(t.Bucket(f), +1);
     if (const std::size_t f = t.First(victim.mixed); f != at) AddSpill(t.Bucket(f), -1);
     s = victim;
@@ -401,7 +452,7 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
     at = a1 == at ? a2 : a1;
     line = t.Bucket(at);
     if (const unsigned e = Empties(line); e != 0) {
-      Write(&line[__builtin_ctz(e)], s);
+      line->slots[__builtin_ctz(e)] = s;
       if (at != a1) AddSpill(t.Bucket(a1), +1);
       return true;
     }
@@ -411,18 +462,18 @@ bool ChunkIndex::Put(Shard& sh, Slot s) {
 }
 
 int ChunkIndex::MoveOneOut(Table& t, std::size_t b) {
-  Slot* line = t.Bucket(b);
+  Line* line = t.Bucket(b);
   for (std::size_t j = 0; j < kSlotsPerLine; ++j) {
-    const std::uint64_t m = line[j].mixed;
+    const std::uint64_t m = line->slots[j].mixed;
     const std::size_t f = t.First(m), other = f == b ? t.Second(m) : f;
     if (other == b) continue;
-    Slot* to = t.Bucket(other);
+    Line* to = t.Bucket(other);
     const unsigned e = Empties(to);
     if (e == 0) continue;
-    Write(&to[__builtin_ctz(e)], Read(line[j]));
+    to->slots[__builtin_ctz(e)] = line->slots[j];
     if (other != f) AddSpill(t.Bucket(f), +1);  // into its second
     else AddSpill(t.Bucket(f), -1);             // back to its first
-    Clear(&line[j]);
+    Clear(&line->slots[j]);
     return static_cast<int>(j);
   }
   return -1;
@@ -440,15 +491,15 @@ void ChunkIndex::MarkOverflow(Shard& sh, std::uint64_t stored) {
   sh.marked[b / 64] |= std::uint64_t{1} << (b % 64);
 }
 
-// Twice the size: a table grown at 85 % starts at 43 %. (Growing by 3/2
-// instead kept a grown index between 57 and 85 % full, 29 resident bytes a
-// key at 10 M keys instead of 36, but 10 M-key ingest fell from 10.5 to 8.4
-// M ops/s: at 78 % load on 4 KiB pages more admits walk. A deployment that
-// needs the memory bound sets a reserve, which meets both: docs/PERFORMANCE.md.)
-std::size_t ChunkIndex::GrownCapacity(std::size_t capacity) { return capacity * 2; }
+// Half as large again: a table grown at 85 % starts at 57 %, so a grown
+// index is 57-85 % full and, with 12-byte slots, takes 22-30 bytes a key
+// with its key lists, at every size. (Doubling, 43-85 % full, took up to 36
+// at 10 M keys; growing by 3/2 with 16-byte slots met the bound but was 78 %
+// full there, and ingest lost a fifth to longer walks: docs/PERFORMANCE.md.)
+std::size_t ChunkIndex::GrownBuckets(std::size_t buckets) { return buckets + (buckets + 1) / 2; }
 
 void ChunkIndex::StartGrowth(Shard& sh) {
-  std::size_t cap = GrownCapacity(sh.cur.capacity);
+  std::size_t cap = GrownBuckets(sh.cur.buckets);
   std::optional<Table> prepared;
   if (preparer_ && sh.requested == cap) prepared = preparer_->Take(static_cast<std::size_t>(&sh - shards_.data()), cap);
   sh.requested = 0;
@@ -469,18 +520,18 @@ void ChunkIndex::MigrateStep(Shard& sh) {
   const std::size_t end = sh.old.buckets;
   std::size_t n = (options_.migrate_per_op + kSlotsPerLine - 1) / kSlotsPerLine;
   while (n-- > 0 && sh.migrate_at < end) {
-    Slot* line = sh.old.Bucket(sh.migrate_at);
+    const Line* line = sh.old.Bucket(sh.migrate_at);
     ++sh.migrate_at;  // from here on this bucket counts as moved
-    for (std::size_t j = 0; j < kSlotsPerLine; ++j)
-      if (line[j].tag != kEmptyTag) sh.used += Put(sh, Read(line[j]));
+    for (const Slot& slot : line->slots)
+      if (slot.ref != 0) sh.used += Put(sh, slot);
   }
   if (sh.migrate_at >= end) {
-    const bool big = sh.cur.capacity * sizeof(Slot) >= kHugePage;
+    const bool big = sh.cur.buckets * sizeof(Line) >= kHugePage;
     if (preparer_ && big) {
       preparer_->Retire(std::move(sh.old));
       if (!sh.prepared) {  // mapped here when the helper was late: advise it there
         Table view;
-        view.slots = std::unique_ptr<Slot[], TableMemory>(sh.cur.slots.get(), TableMemory{0, TableMemory::kHeap});
+        view.slots = std::unique_ptr<Line[], TableMemory>(sh.cur.slots.get(), TableMemory{0, TableMemory::kHeap});
         view.capacity = sh.cur.capacity;
         view.buckets = sh.cur.buckets;
         preparer_->Advise(std::move(view));
@@ -511,7 +562,7 @@ void ChunkIndex::PopulateHugePages(void* p, std::size_t bytes) {
 // huge pages in the background (lookups then miss the TLB far less), without
 // ever stalling the controller's thread.
 void ChunkIndex::AdviseHugePages(const Table& t) {
-  const std::size_t bytes = t.capacity * sizeof(Slot);
+  const std::size_t bytes = t.buckets * sizeof(Line);
   if (t.slots && bytes >= kHugePage) (void)madvise(t.slots.get(), bytes, MADV_HUGEPAGE);  // best effort
 }
 
@@ -519,8 +570,14 @@ void ChunkIndex::SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos) {
   const std::uint64_t m = Mix(key);
   Shard& sh = ShardOf(m);
   Where where;
-  if (Slot* s = FindKey(sh, Stored(m), &where))
-    if (std::uint32_t* p = PosOf(sh, *s, holder)) *p = (*p & ~kPosMask) | pos;  // a slot's spill bits stay
+  Slot* s = FindKey(sh, Stored(m), &where);
+  if (!s) return;
+  if ((s->ref & kGroupBit) == 0) {
+    if (ChunkOf(s->ref).holder == holder) s->ref = holders_[holder]->RefAt(pos);
+    return;
+  }
+  for (GroupEntry& e : sh.groups[s->ref & ~kGroupBit])
+    if (e.holder == holder) e.pos = pos;
 }
 
 AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
@@ -530,15 +587,16 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   MigrateStep(sh);
   Where where;
   Slot* slot = FindKey(sh, st, &where);
-  if (slot && PosOf(sh, *slot, holder)) return AddResult::kAlreadyPresent;
+  if (slot && HeldBy(sh, *slot, holder)) return AddResult::kAlreadyPresent;
   HolderKeys& hk = Keys(holder);
-  if ((options_.per_holder_quota && hk.size >= options_.per_holder_quota) || hk.size >= kMaxKeysPerHolder) {
+  if ((options_.per_holder_quota && hk.size >= options_.per_holder_quota) || hk.size >= kMaxKeysPerHolder ||
+      (hk.NeedsNewChunkId() && list_chunks_.Exhausted())) {  // the last: 2^31 keys in all
     ++over_quota_;
     return AddResult::kOverQuota;
   }
   ++pairs_;
   if (slot) {  // another holder of a key already here: its slot names a group
-    if ((slot->tag & kGroupBit) == 0) {
+    if ((slot->ref & kGroupBit) == 0) {
       std::uint32_t id;
       if (!sh.free_groups.empty()) {
         id = sh.free_groups.back();
@@ -547,28 +605,28 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
         id = static_cast<std::uint32_t>(sh.groups.size());
         sh.groups.emplace_back();
       }
-      sh.groups[id].assign({GroupEntry{static_cast<HolderId>(slot->tag - 1), slot->pos & kPosMask}});
-      slot->tag = kGroupBit | id;
-      slot->pos &= ~kPosMask;
+      sh.groups[id].assign({GroupEntry{ChunkOf(slot->ref).holder, PosOf(slot->ref)}});
+      slot->ref = kGroupBit | id;
       ++grouped_keys_;
     }
-    sh.groups[slot->tag & ~kGroupBit].push_back(GroupEntry{holder, hk.Push(key)});
+    sh.groups[slot->ref & ~kGroupBit].push_back(GroupEntry{holder, hk.Push(key)});
     return AddResult::kAdded;
   }
   // At 3/4, have the next big table prepared off this thread.
-  const std::size_t next = GrownCapacity(sh.cur.capacity);
-  if (preparer_ && sh.requested == 0 && next * sizeof(Slot) >= kHugePage && (sh.used + 1) * 4 > sh.cur.capacity * 3) {
+  const std::size_t next = GrownBuckets(sh.cur.buckets);
+  if (preparer_ && sh.requested == 0 && next * sizeof(Line) >= kHugePage && (sh.used + 1) * 4 > sh.cur.capacity * 3) {
     sh.requested = next;
     preparer_->Request(static_cast<std::size_t>(&sh - shards_.data()), next);
   }
-  // Grow at 85 %: the new table is twice as large, so it absorbs the rest of
-  // the old one and the inserts made while it drains; below 85 %, walks are short.
+  // Grow at 85 %: the new table is half as large again, so it absorbs the
+  // rest of the old one and the inserts made while it drains (at most one an
+  // op, while each op moves migrate_per_op slots); below 85 %, walks are short.
   if ((sh.used + 1) * 20 > sh.cur.capacity * 17) {
     while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
     StartGrowth(sh);
     MigrateStep(sh);
   }
-  sh.used += Put(sh, Slot{st, Tag(holder), hk.Push(key)});
+  sh.used += Put(sh, Slot{st, hk.RefAt(hk.Push(key))});
   return AddResult::kAdded;
 }
 
@@ -580,8 +638,8 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
   Slot* s = FindKey(sh, st, &where);
   if (!s) return false;
   std::uint32_t pos;
-  if (s->tag & kGroupBit) {
-    const std::uint32_t id = s->tag & ~kGroupBit;
+  if (s->ref & kGroupBit) {
+    const std::uint32_t id = s->ref & ~kGroupBit;
     std::vector<GroupEntry>& g = sh.groups[id];
     auto it = g.begin();
     while (it != g.end() && it->holder != holder) ++it;
@@ -590,15 +648,14 @@ bool ChunkIndex::Remove(std::uint64_t key, HolderId holder) {
     *it = g.back();
     g.pop_back();
     if (g.size() == 1) {  // one holder left: the slot holds it again
-      s->tag = Tag(g[0].holder);
-      s->pos = (s->pos & ~kPosMask) | g[0].pos;
+      s->ref = holders_[g[0].holder]->RefAt(g[0].pos);
       g.clear();
       sh.free_groups.push_back(id);
       --grouped_keys_;
     }
   } else {
-    if (s->tag != Tag(holder)) return false;
-    pos = s->pos & kPosMask;
+    if (ChunkOf(s->ref).holder != holder) return false;
+    pos = PosOf(s->ref);
     switch (where) {
       case Where::kSecond:
         AddSpill(sh.cur.Bucket(sh.cur.First(st)), -1);  // it had spilled to its second bucket
@@ -665,11 +722,11 @@ std::size_t ChunkIndex::MemoryBytes() const {
   constexpr std::size_t kOverflowSlotBytes = 2 * sizeof(std::uint64_t) + sizeof(Slot) + 2 * sizeof(void*);
   std::size_t bytes = shards_.capacity() * sizeof(Shard) + holders_.capacity() * sizeof(void*);
   for (const auto& sh : shards_) {
-    bytes += sh.cur.capacity * sizeof(Slot) + sh.marked.capacity() * sizeof(std::uint64_t) +
+    bytes += sh.cur.buckets * sizeof(Line) + sh.marked.capacity() * sizeof(std::uint64_t) +
              sh.overflow.size() * kOverflowSlotBytes + sh.groups.capacity() * sizeof(sh.groups[0]) +
              sh.free_groups.capacity() * sizeof(std::uint32_t);
     for (const auto& g : sh.groups) bytes += g.capacity() * sizeof(GroupEntry);
-    if (sh.old.slots) bytes += sh.old.capacity * sizeof(Slot);
+    if (sh.old.slots) bytes += sh.old.buckets * sizeof(Line);
   }
   for (const auto& h : holders_)
     if (h) bytes += sizeof(HolderKeys) + h->chunks.capacity() * sizeof(void*) +

@@ -63,10 +63,12 @@ TEST(ChunkIndex, ChurnAtAHolderListChunkBoundaryAllocatesNothing) {
 // compares halves) and empty slots.
 TEST(ChunkIndex, BucketCompareAgreesWithTheSlotBySlotCompare) {
   std::mt19937_64 rng(5);
-  alignas(ChunkIndex::kLineBytes) ChunkIndex::Slot bucket[ChunkIndex::kSlotsPerLine];
+  alignas(ChunkIndex::kLineBytes) ChunkIndex::Line line;
+  ChunkIndex::Slot* bucket = line.slots;
   for (int round = 0; round < 20000; ++round) {
     const std::uint64_t key = rng() | 1;
-    for (auto& s : bucket) {
+    line.spilled = static_cast<std::uint32_t>(rng());
+    for (auto& s : line.slots) {
       switch (rng() % 5) {
         case 0: s.mixed = key; break;
         case 1: s.mixed = key ^ (std::uint64_t{1} << (32 + rng() % 32)); break;  // low half equal
@@ -74,19 +76,18 @@ TEST(ChunkIndex, BucketCompareAgreesWithTheSlotBySlotCompare) {
         case 3: s.mixed = 0; break;
         default: s.mixed = rng(); break;
       }
-      s.tag = static_cast<std::uint32_t>(rng());
-      s.pos = static_cast<std::uint32_t>(rng());
+      s.ref = static_cast<std::uint32_t>(rng());
     }
-    ASSERT_EQ(ChunkIndex::BucketMatches(bucket, key), ChunkIndex::BucketMatchesScalar(bucket, key)) << round;
+    ASSERT_EQ(ChunkIndex::BucketMatches(&line, key), ChunkIndex::BucketMatchesScalar(&line, key)) << round;
   }
-  // Every bit pattern of the four slots.
-  for (unsigned bits = 0; bits < 16; ++bits) {
+  // Every bit pattern of the five slots.
+  for (unsigned bits = 0; bits < 32; ++bits) {
     unsigned want = 0;
     for (std::size_t j = 0; j < ChunkIndex::kSlotsPerLine; ++j) {
       bucket[j].mixed = bits >> j & 1 ? 42 : 43;
       want |= (bits >> j & 1) << (2 * j);
     }
-    ASSERT_EQ(ChunkIndex::BucketMatches(bucket, 42), want) << bits;
+    ASSERT_EQ(ChunkIndex::BucketMatches(&line, 42), want) << bits;
   }
 }
 
@@ -404,6 +405,59 @@ TEST(ChunkIndex, DroppingAHolderInSlicesLeavesOthersServed) {
   EXPECT_EQ(idx.pairs(), 50000u);
   EXPECT_FALSE(idx.Contains(7919, 1));
   EXPECT_TRUE(idx.Contains(8 * 7919, 2));
+}
+
+// A slot names its key's holder and list position through the id of the
+// list chunk the key is in; ids a holder gives back (chunks emptied, a
+// dropped holder) serve other holders' new chunks, and no key is ever
+// reported for a holder whose chunk once had that id.
+TEST(ChunkIndex, ListChunkIdsGivenBackServeOtherHoldersWithoutMixingThemUp) {
+  ChunkIndex idx;
+  std::unordered_map<std::uint64_t, HolderId> held;  // every key here has one holder
+  std::uint64_t next = 1;
+  auto admit = [&](HolderId h, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i, ++next) {
+      ASSERT_EQ(idx.Add(next, h), AddResult::kAdded);
+      held[next] = h;
+    }
+  };
+  auto check = [&] {
+    for (const auto& [key, h] : held) {
+      std::size_t seen = 0;
+      idx.ForEachHolderAt(idx.Locate(key), [&](HolderId x, std::uint32_t pos) {
+        ASSERT_EQ(x, h) << key;
+        const auto listed = idx.KeysFrom(x, pos);
+        ASSERT_FALSE(listed.empty()) << key;
+        ASSERT_EQ(listed[0], key) << key;
+        ++seen;
+      });
+      ASSERT_EQ(seen, 1u) << key;
+    }
+  };
+  admit(1, 5000);  // five chunks and a part
+  admit(2, 3000);
+  const std::uint64_t first_of_1 = 1;
+  while (idx.DropHolderSlice(1, 1000) > 0) {}
+  for (std::uint64_t k = first_of_1; k < first_of_1 + 5000; ++k) held.erase(k);
+  admit(3, 6000);  // takes holder 1's ids
+  ASSERT_NO_FATAL_FAILURE(check());
+  // Holder 2's oldest half leaves (its first chunks let go, spares replaced),
+  // one in the middle too (the first key moves into its place), and holder 3
+  // and a new holder grow meanwhile.
+  for (std::uint64_t k = 5001; k < 5001 + 1500; ++k) {
+    ASSERT_TRUE(idx.Remove(k, 2));
+    held.erase(k);
+  }
+  ASSERT_TRUE(idx.Remove(7000, 2));
+  held.erase(7000);
+  admit(4, 2500);
+  admit(3, 1100);
+  ASSERT_NO_FATAL_FAILURE(check());
+  EXPECT_EQ(idx.KeysOf(1), 0u);
+  EXPECT_EQ(idx.KeysOf(2), 1499u);
+  EXPECT_EQ(idx.KeysOf(3), 7100u);
+  EXPECT_EQ(idx.KeysOf(4), 2500u);
+  for (std::uint64_t k = first_of_1; k < first_of_1 + 5000; ++k) ASSERT_EQ(idx.HolderCount(k), 0u) << k;
 }
 
 TEST(ChunkIndex, QuotaStopsAFloodingHolderOnly) {

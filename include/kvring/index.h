@@ -5,23 +5,25 @@
 //
 //  * The index maps keys to holders, split into 2^k shards by the top bits of
 //    a mixed key. Each shard is a bucketed cuckoo table: a bucket is one cache
-//    line of four 16-byte slots, and a key's slot lives in either of its two
+//    line of five 12-byte slots, and a key's slot lives in either of its two
 //    buckets, chosen by two hashes of the key. A key has one slot whatever its
-//    holders: most keys have one, and the slot holds it and the key's position
-//    in its holder's key list; a key with several (a prefix many workers
-//    cache) has a holder group instead, a small array of (holder, position)
-//    in its shard, named by the slot. (Pairs with a slot each would make a
-//    key with h holders fill h of its eight slots, and a cuckoo table whose
-//    items take half a bucket works only below half load.)
+//    holders: most keys have one, and the slot holds the key and, in 32 bits,
+//    where that holder's key list has it (the id of the list's chunk, which
+//    names the holder and the chunk's first position, and the offset in it);
+//    a key with several (a prefix many workers cache) has a holder group
+//    instead, a small array of (holder, position) in its shard, named by the
+//    slot. (Pairs with a slot each would make a key with h holders fill h of
+//    its ten slots, and a cuckoo table whose items take half a bucket works
+//    only below half load.)
 //  * Every operation reads at most the same two lines, which the caller can
 //    prefetch many operations ahead (Prefetch, Locate): a lookup compares a
-//    bucket's four slots with the key in SIMD, an evict clears a slot, an
+//    bucket's five slots with the key in SIMD, an evict clears a slot, an
 //    admit fills an empty slot, of its first bucket if it has one. Nothing
 //    shifts and no probe run is walked, so an operation's work and lines do
 //    not grow with load.
-//  * A lookup reads the second bucket only if it must: the first slot of
-//    every bucket keeps, in the top bits of its `pos`, how many keys whose
-//    first bucket this is live in their second (saturating: at 15 it stays).
+//  * A lookup reads the second bucket only if it must: every bucket keeps,
+//    in the four bytes its slots leave, how many keys whose first bucket
+//    this is live in their second.
 //    At 3/4 load that count is 0 for most buckets, and a key found in its
 //    first bucket is done, so most lookups read one line; a long lookup
 //    (Locate, then Follow a few hashes before the probe) prefetches the
@@ -36,9 +38,11 @@
 //    the key's first bucket in a bitmap so that lookups of other keys skip
 //    the overflow. A shard with no overflow never looks at either.
 //  * No stop-the-world rehash. When a shard passes 85 % full it allocates a
-//    table twice the size and from then on every operation on the shard moves
-//    a fixed number of old buckets over; lookups consult both tables until the
-//    old one is drained (a bucket below the migration cursor counts as moved).
+//    table half as large again and from then on every operation on the shard
+//    moves a fixed number of old buckets over; lookups consult both tables
+//    until the old one is drained (a bucket below the migration cursor counts
+//    as moved). Growing by 3/2 keeps a grown table 57-85 % full: with the key
+//    lists, 22-30 bytes a key at any size (doubling left 43-85 %).
 //  * Per-holder membership: each holder keeps the list of its keys (chunked,
 //    so growth wastes at most a partly filled chunk at each end and one spare
 //    per holder), in the order they came: a removal moves the list's first
@@ -66,7 +70,7 @@
 //    not be powers of two), advised for huge pages and populated there: no
 //    growth, no fault and no compaction on the insert path until the reserve
 //    is exceeded (then growth goes on as above), every probe TLB-friendly,
-//    and at 10 M keys 22 bytes of table per key.
+//    and at 10 M keys 16 bytes of table per key.
 //
 // Thread-safety: none; owned by the single controller thread (the helper
 // thread only ever touches tables it has not handed over yet).
@@ -199,38 +203,47 @@ class ChunkIndex {
   // All-zero bytes are an empty slot, so a new table comes from calloc or
   // mmap (the kernel's zero pages) with no initialisation pass: growing a shard costs
   // no O(capacity) step, pages fault in as pairs arrive.
-  struct Slot {
+  // A slot is 12 bytes, five to a bucket: a quarter more slots in the same
+  // memory than 16-byte slots (docs/PERFORMANCE.md, "Twelve-byte slots").
+  struct __attribute__((packed, aligned(4))) Slot {
     // The key as Stored() leaves it: Mix(key) with the shard's bits (the top
     // ones, the same for every key of a table) set, so never 0, an empty
     // slot's; Mix is a bijection, so within a shard this is the key in
     // another form, and moving a slot to its other bucket needs no re-mixing.
     std::uint64_t mixed;
-    std::uint32_t tag;  // 0: empty; kGroupBit | id: the shard's holder group `id`; else holder + 1
-    // Position in the holder's key list (the low kPosBits; unused for a
-    // group); in a bucket's first slot, whether empty or not, the top bits
-    // count the keys that have this bucket first and live in their second.
-    std::uint32_t pos;
+    // 0: empty; kGroupBit | id: the shard's holder group `id`; else where the
+    // key's one holder lists it: (list chunk id << kChunkBits) | offset in
+    // that chunk. The chunk names the holder and the list position of its
+    // first key (ListChunk), so the slot needs no room for either.
+    std::uint32_t ref;
   };
   static constexpr std::uint32_t kGroupBit = 0x80000000u;
   static constexpr unsigned kPosBits = 28;
   static constexpr std::uint32_t kPosMask = (std::uint32_t{1} << kPosBits) - 1;
-  static constexpr unsigned kSpillSaturated = 0xf;
+  // A key list's chunk holds 2^kChunkBits keys; chunk ids fill the rest of a ref.
+  static constexpr unsigned kChunkBits = 10;
+  static constexpr std::uint32_t kChunkMask = (std::uint32_t{1} << kChunkBits) - 1;
+  static constexpr std::uint32_t kMaxListChunks = kGroupBit >> kChunkBits;  // ids 1 .. this - 1
   // Keys one holder can have (its list's positions, partly filled chunks at
   // both ends included, must fit kPosBits); more are over quota.
   static constexpr std::size_t kMaxKeysPerHolder = (std::size_t{1} << kPosBits) - 2048;
-  static unsigned Spilled(const Slot* bucket) { return bucket[0].pos >> kPosBits; }
-  static constexpr std::uint32_t kEmptyTag = 0;
-  static constexpr std::uint32_t Tag(HolderId h) { return h + 1; }
-  // A bucket is one cache line of slots; every table starts on a line.
+  static constexpr std::uint32_t kSpillSaturated = 0xffff;
+  // A bucket is one cache line: five slots, and a count of the keys that
+  // have this bucket first and live in their second. Every table starts on a line.
   static constexpr std::size_t kLineBytes = 64;
-  static constexpr std::size_t kSlotsPerLine = kLineBytes / sizeof(Slot);
-  // Bit 2j set: slot j of the bucket at `line` (line-aligned) holds `mixed`.
+  static constexpr std::size_t kSlotsPerLine = 5;
+  struct Line {
+    Slot slots[kSlotsPerLine];
+    std::uint32_t spilled;
+  };
+  static unsigned Spilled(const Line* bucket) { return bucket->spilled; }
+  // Bit 2j set: slot j of `line` holds `mixed`.
   // BucketMatches compares in SIMD where it can, BucketMatchesScalar a slot
   // at a time (the portable path, and the tests' reference).
-  static unsigned BucketMatches(const Slot* line, std::uint64_t mixed);
-  static unsigned BucketMatchesScalar(const Slot* line, std::uint64_t mixed) {
+  static unsigned BucketMatches(const Line* line, std::uint64_t mixed);
+  static unsigned BucketMatchesScalar(const Line* line, std::uint64_t mixed) {
     unsigned eq = 0;
-    for (std::size_t j = 0; j < kSlotsPerLine; ++j) eq |= unsigned{line[j].mixed == mixed} << (2 * j);
+    for (std::size_t j = 0; j < kSlotsPerLine; ++j) eq |= unsigned{line->slots[j].mixed == mixed} << (2 * j);
     return eq;
   }
 
@@ -247,7 +260,7 @@ class ChunkIndex {
     };
     std::size_t bytes;
     Kind kind;
-    void operator()(Slot* p) const;
+    void operator()(Line* p) const;
   };
   // Any number of buckets, not only powers of two (a table sized for a
   // reserve is not rounded up to twice what it needs): a bucket is the
@@ -255,7 +268,7 @@ class ChunkIndex {
   // range). The first bucket takes the stored key's low 32 bits; the second,
   // a multiplicative hash of all 64, so the two are independent.
   struct Table {
-    std::unique_ptr<Slot[], TableMemory> slots;
+    std::unique_ptr<Line[], TableMemory> slots;
     std::size_t capacity = 0;  // slots
     std::size_t buckets = 0;   // capacity / kSlotsPerLine
     std::size_t First(std::uint64_t stored) const {
@@ -265,10 +278,10 @@ class ChunkIndex {
       const auto h = static_cast<std::uint32_t>((stored * 0x9e3779b97f4a7c15ULL) >> 32);
       return static_cast<std::size_t>((std::uint64_t{h} * buckets) >> 32);
     }
-    Slot* Bucket(std::size_t b) const { return &slots[b * kSlotsPerLine]; }
+    Line* Bucket(std::size_t b) const { return &slots[b]; }
   };
-  static Table NewTable(std::size_t capacity);
-  static std::size_t GrownCapacity(std::size_t capacity);
+  static Table NewTable(std::size_t buckets);
+  static std::size_t GrownBuckets(std::size_t buckets);
   class TablePreparer;
   static void AdviseHugePages(const Table& t);
   // Advises huge pages for a big table and faults every page in (the
@@ -305,9 +318,9 @@ class ChunkIndex {
   Shard& ShardOf(std::uint64_t mixed) { return shards_[mixed >> (64 - options_.shard_bits)]; }
   const Shard& ShardOf(std::uint64_t mixed) const { return shards_[mixed >> (64 - options_.shard_bits)]; }
   // The key's slot in a bucket, or null.
-  static Slot* InBucket(Slot* bucket, std::uint64_t stored) {
+  static Slot* InBucket(Line* bucket, std::uint64_t stored) {
     const unsigned eq = BucketMatches(bucket, stored);
-    return eq ? &bucket[__builtin_ctz(eq) / 2] : nullptr;
+    return eq ? &bucket->slots[__builtin_ctz(eq) / 2] : nullptr;
   }
   // Where a key's slot is.
   enum class Where : std::uint8_t { kNone, kFirst, kSecond, kOld, kOverflow };
@@ -318,34 +331,48 @@ class ChunkIndex {
   static Slot* FindKey(Shard& sh, std::uint64_t stored, Where* where) {
     return const_cast<Slot*>(FindKey(static_cast<const Shard&>(sh), stored, where));
   }
-  // The position of `holder` in `slot`'s key (its own or its group's), or null.
-  static std::uint32_t* PosOf(Shard& sh, Slot& slot, HolderId holder);
+  // Whether `holder` holds `slot`'s key (alone or in its group).
+  bool HeldBy(const Shard& sh, const Slot& slot, HolderId holder) const;
   // Puts the slot `s` into sh.cur, moving other slots to their other bucket
   // if both of its are full; returns false if a slot went to the overflow
   // instead (then cur holds as many slots as before).
   bool Put(Shard& sh, Slot s);
   // Moves one slot of the full bucket `b` to its other bucket, if that has
   // room; returns the slot freed, or -1.
-  int MoveOneOut(Table& t, std::size_t b);
+  static int MoveOneOut(Table& t, std::size_t b);
   void AddToOverflow(Shard& sh, const Slot& s);
-  // Slot writes that keep a bucket's spill count (the top bits of its first
-  // slot's pos) where it is, and a read that leaves it out.
-  static void Write(Slot* to, const Slot& s) {
-    to->mixed = s.mixed;
-    to->tag = s.tag;
-    to->pos = (to->pos & ~kPosMask) | (s.pos & kPosMask);
-  }
-  static void Clear(Slot* s) {
-    s->mixed = 0;
-    s->tag = kEmptyTag;
-    s->pos &= ~kPosMask;
-  }
-  static Slot Read(const Slot& s) { return Slot{s.mixed, s.tag, s.pos & kPosMask}; }
-  static void AddSpill(Slot* bucket, int delta);
+  static void Clear(Slot* s) { *s = Slot{0, 0}; }
+  static void AddSpill(Line* bucket, int delta);
   void MarkOverflow(Shard& sh, std::uint64_t stored);
   void MigrateStep(Shard& sh);
   void StartGrowth(Shard& sh);
   void SetPos(std::uint64_t key, HolderId holder, std::uint32_t pos);
+  // A key list's chunk, by id (0: none): its holder, and the list position
+  // of its first key. Refs in slots name them (Slot::ref).
+  struct ListChunk {
+    HolderId holder;
+    std::uint32_t base;
+  };
+  struct ListChunks {
+    std::vector<ListChunk> by_id{ListChunk{0, 0}};  // id 0 never names a chunk
+    std::vector<std::uint32_t> free_ids;
+    bool Exhausted() const { return free_ids.empty() && by_id.size() >= kMaxListChunks; }
+    std::uint32_t Acquire() {
+      if (!free_ids.empty()) {
+        const std::uint32_t id = free_ids.back();
+        free_ids.pop_back();
+        return id;
+      }
+      by_id.push_back(ListChunk{0, 0});
+      return static_cast<std::uint32_t>(by_id.size() - 1);
+    }
+    void Release(std::uint32_t id) {
+      if (id != 0) free_ids.push_back(id);
+    }
+  };
+  // The holder and list position a single holder's ref names.
+  const ListChunk& ChunkOf(std::uint32_t ref) const { return list_chunks_.by_id[ref >> kChunkBits]; }
+  std::uint32_t PosOf(std::uint32_t ref) const { return ChunkOf(ref).base + (ref & kChunkMask); }
   HolderKeys& Keys(HolderId holder);
   const HolderKeys* ListOf(HolderId holder) const;  // null: the holder has no list
   // The slow lookup: a growing shard, or a key that may be in the overflow.
@@ -354,9 +381,13 @@ class ChunkIndex {
   // Calls fn(holder, list position) for the holder of a single-holder slot or
   // every holder of a group.
   template <typename Fn>
-  static void HoldersOf(const Shard& sh, const Slot& slot, Fn&& fn) {
-    if ((slot.tag & kGroupBit) == 0) return fn(static_cast<HolderId>(slot.tag - 1), slot.pos & kPosMask);
-    for (const GroupEntry& e : sh.groups[slot.tag & ~kGroupBit]) fn(e.holder, e.pos);
+  void HoldersOf(const Shard& sh, const Slot& slot, Fn&& fn) const {
+    const std::uint32_t ref = slot.ref;
+    if ((ref & kGroupBit) == 0) {
+      const ListChunk& c = ChunkOf(ref);
+      return fn(c.holder, c.base + (ref & kChunkMask));
+    }
+    for (const GroupEntry& e : sh.groups[ref & ~kGroupBit]) fn(e.holder, e.pos);
   }
 
   Options options_;
@@ -365,8 +396,9 @@ class ChunkIndex {
   // The reserve's tables, one mapping for all shards (so that all of it can
   // be huge pages: per-shard tables of a few MiB would each end in a partial
   // huge page). Declared before shards_, so it outlives their pieces.
-  std::unique_ptr<Slot[], TableMemory> reserve_arena_;
+  std::unique_ptr<Line[], TableMemory> reserve_arena_;
   std::vector<Shard> shards_;
+  ListChunks list_chunks_;  // before holders_: their lists give their chunk ids back as they go
   std::vector<std::unique_ptr<HolderKeys>> holders_;
   std::size_t pairs_ = 0;
   std::size_t grouped_keys_ = 0;  // holder groups in use, all shards
@@ -379,8 +411,8 @@ class ChunkIndex {
 struct ChunkIndex::Probe {
   std::uint64_t stored;
   const Shard* shard;
-  const Slot* first;   // the key's two buckets; null: the slow lookup
-  const Slot* second;  // null: the same bucket as `first`
+  const Line* first;   // the key's two buckets; null: the slow lookup
+  const Line* second;  // null: the same bucket as `first`
   // Set by Follow when the key is in `first` with a holder group.
   const std::vector<GroupEntry>* group;
 };
@@ -419,9 +451,9 @@ inline void ChunkIndex::Follow(Probe& probe, bool look_for_group) const {
     return;
   }
   if (!look_for_group) return;
-  const Slot& s = probe.first[__builtin_ctz(eq) / 2];
-  if (s.tag & kGroupBit) {
-    probe.group = &probe.shard->groups[s.tag & ~kGroupBit];
+  const std::uint32_t ref = probe.first->slots[__builtin_ctz(eq) / 2].ref;
+  if (ref & kGroupBit) {
+    probe.group = &probe.shard->groups[ref & ~kGroupBit];
     __builtin_prefetch(probe.group);
   }
 }
@@ -435,20 +467,24 @@ void ChunkIndex::ForEachHolder(std::uint64_t key, Fn&& fn) const {
   ForEachHolder(Place(key), std::forward<Fn>(fn));
 }
 
-inline unsigned ChunkIndex::BucketMatches(const Slot* line, std::uint64_t mixed) {
+inline unsigned ChunkIndex::BucketMatches(const Line* line, std::uint64_t mixed) {
 #if defined(__SSE2__)
   // Two slots' keys to a register, compared as 32-bit halves (SSE2 has no
-  // 64-bit compare): about a third of the instructions of a compare a slot,
-  // and a prefetched lookup is bound by its instructions and loads per hash
-  // as much as by its misses (docs/PERFORMANCE.md).
+  // 64-bit compare), the fifth alone: fewer instructions than a compare a
+  // slot, and a prefetched lookup is bound by its instructions and loads per
+  // hash as much as by its misses (docs/PERFORMANCE.md).
   const __m128i key = _mm_set1_epi64x(static_cast<long long>(mixed));
-  const auto* v = reinterpret_cast<const __m128i*>(line);  // 16-byte slots, buckets line-aligned
-  const __m128i lo = _mm_unpacklo_epi64(_mm_load_si128(v), _mm_load_si128(v + 1));
-  const __m128i hi = _mm_unpacklo_epi64(_mm_load_si128(v + 2), _mm_load_si128(v + 3));
+  const auto* b = reinterpret_cast<const unsigned char*>(line);
+  auto key_at = [b](std::size_t j) {  // slot j's key: 12-byte slots, so 4-byte aligned only
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + j * sizeof(Slot)));
+  };
+  const __m128i k01 = _mm_unpacklo_epi64(key_at(0), key_at(1));
+  const __m128i k23 = _mm_unpacklo_epi64(key_at(2), key_at(3));
   // Bits 2j, 2j+1: slot j's low and high halves equal.
-  const unsigned halves = static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(lo, key)))) |
-                          static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(hi, key)))) << 4;
-  return halves & (halves >> 1) & 0x55u;
+  const unsigned halves = static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(k01, key)))) |
+                          static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(k23, key)))) << 4 |
+                          (unsigned{line->slots[4].mixed == mixed} * 3u) << 8;
+  return halves & (halves >> 1) & 0x155u;
 #else
   return BucketMatchesScalar(line, mixed);
 #endif
@@ -468,10 +504,10 @@ void ChunkIndex::ForEachHolderAt(const Probe& probe, Fn&& fn) const {
   // a key has one slot, so found there it is done, and the second bucket is
   // read only if some key that has the first as its first lives there.
   if (const unsigned eq = BucketMatches(probe.first, probe.stored); eq != 0)
-    return HoldersOf(*probe.shard, probe.first[__builtin_ctz(eq) / 2], fn);
+    return HoldersOf(*probe.shard, probe.first->slots[__builtin_ctz(eq) / 2], fn);
   if (probe.second && Spilled(probe.first) != 0)
     if (const unsigned eq = BucketMatches(probe.second, probe.stored); eq != 0)
-      HoldersOf(*probe.shard, probe.second[__builtin_ctz(eq) / 2], fn);
+      HoldersOf(*probe.shard, probe.second->slots[__builtin_ctz(eq) / 2], fn);
 }
 
 template <typename Fn>
