@@ -242,7 +242,6 @@ class ChunkIndex::TablePreparer {
 ChunkIndex::Table ChunkIndex::NewTable(std::size_t buckets) {
   const std::size_t bytes = buckets * sizeof(Line);
   Table t;
-  t.capacity = buckets * kSlotsPerLine;
   t.buckets = buckets;
   if (bytes >= kHugePage) {
     void* p = MapAligned(bytes);
@@ -290,10 +289,12 @@ void* ChunkIndex::MapAligned(std::size_t bytes) {
 ChunkIndex::ChunkIndex(Options options) : options_(options) {
   if (options_.shard_bits < 1) options_.shard_bits = 1;
   if (options_.shard_bits > 16) options_.shard_bits = 16;
-  // A power of two of 16-byte slots' worth of lines (as before slots were 12 bytes).
+  // initial_shard_slots counts slots of the 16-byte, four-a-line kind the
+  // index had first: the same first tables (1,024 -> 256 lines), so the same
+  // sizes along growth (at 10 M keys, 63 % full).
   std::size_t slots = 16;
   while (slots < options_.initial_shard_slots) slots <<= 1;
-  std::size_t buckets = slots * 16 / kLineBytes;
+  std::size_t buckets = slots / 4;
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
   top_bits_ = ~std::uint64_t{0} << (64 - options_.shard_bits);
@@ -308,7 +309,6 @@ ChunkIndex::ChunkIndex(Options options) : options_(options) {
     reserve_arena_ = std::unique_ptr<Line[], TableMemory>(arena, TableMemory{bytes, TableMemory::kMapped});
     PopulateHugePages(arena, bytes);
     for (std::size_t i = 0; i < shards_.size(); ++i) {
-      shards_[i].cur.capacity = buckets * kSlotsPerLine;
       shards_[i].cur.buckets = buckets;
       shards_[i].cur.slots =
           std::unique_ptr<Line[], TableMemory>(arena + i * buckets, TableMemory{piece, TableMemory::kArenaPiece});
@@ -532,7 +532,6 @@ void ChunkIndex::MigrateStep(Shard& sh) {
       if (!sh.prepared) {  // mapped here when the helper was late: advise it there
         Table view;
         view.slots = std::unique_ptr<Line[], TableMemory>(sh.cur.slots.get(), TableMemory{0, TableMemory::kHeap});
-        view.capacity = sh.cur.capacity;
         view.buckets = sh.cur.buckets;
         preparer_->Advise(std::move(view));
       }
@@ -614,14 +613,14 @@ AddResult ChunkIndex::Add(std::uint64_t key, HolderId holder) {
   }
   // At 3/4, have the next big table prepared off this thread.
   const std::size_t next = GrownBuckets(sh.cur.buckets);
-  if (preparer_ && sh.requested == 0 && next * sizeof(Line) >= kHugePage && (sh.used + 1) * 4 > sh.cur.capacity * 3) {
+  if (preparer_ && sh.requested == 0 && next * sizeof(Line) >= kHugePage && (sh.used + 1) * 4 > sh.cur.capacity() * 3) {
     sh.requested = next;
     preparer_->Request(static_cast<std::size_t>(&sh - shards_.data()), next);
   }
   // Grow at 85 %: the new table is half as large again, so it absorbs the
   // rest of the old one and the inserts made while it drains (at most one an
   // op, while each op moves migrate_per_op slots); below 85 %, walks are short.
-  if ((sh.used + 1) * 20 > sh.cur.capacity * 17) {
+  if ((sh.used + 1) * 20 > sh.cur.capacity() * 17) {
     while (sh.old.slots) MigrateStep(sh);  // only if growth outran migration
     StartGrowth(sh);
     MigrateStep(sh);
