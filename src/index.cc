@@ -243,20 +243,17 @@ ChunkIndex::Table ChunkIndex::NewTable(std::size_t buckets) {
   const std::size_t bytes = buckets * sizeof(Line);
   Table t;
   t.buckets = buckets;
-  if (bytes >= kHugePage) {
-    void* p = MapAligned(bytes);
-    // Not advised for huge pages yet: a huge-page fault can stall for
-    // milliseconds (zeroing 2 MiB, and compaction when memory is
-    // fragmented), and a growing table takes its faults on the insert path.
-    // AdviseHugePages() runs once the table is fully populated.
-    t.slots = std::unique_ptr<Line[], TableMemory>(static_cast<Line*>(p), TableMemory{bytes, TableMemory::kMapped});
-    return t;
-  }
   if (bytes >= kMapAtLeast) {
-    // The kernel's zero pages, faulted in as slots arrive: zeroing a
+    // Mapped: the kernel's zero pages, faulted in as slots arrive (zeroing a
     // heap table of up to 2 MiB at once took up to ~1 ms, all of it in the
-    // one insert that started the growth.
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // one insert that started the growth). From 2 MiB on, on a 2 MiB boundary
+    // so that huge pages can back it, but not advised for them yet: a
+    // huge-page fault can stall for milliseconds (zeroing 2 MiB, and
+    // compaction when memory is fragmented), and a growing table takes its
+    // faults on the insert path. AdviseHugePages() runs once the table is
+    // fully populated.
+    void* p = bytes >= kHugePage ? MapAligned(bytes)
+                                 : mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     t.slots = std::unique_ptr<Line[], TableMemory>(static_cast<Line*>(p), TableMemory{bytes, TableMemory::kMapped});
     return t;
