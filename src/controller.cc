@@ -1,4 +1,5 @@
 #include "kvring/controller.h"
+#include "kvring/routed_command.h"
 
 #include <xxhash.h>
 
@@ -172,7 +173,7 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
     ++stats_.quarantined_rings;
     Problem(c, "request ring quarantined: " + c.requests.corruption());
   }
-  c.replies.Publish();
+  listener_->PublishReplies(c);
   return n;
 }
 
@@ -193,6 +194,10 @@ void Controller::HandleRecord(transport::Client& c, const ring::Record& r,
                               const std::optional<ring::Correlated>& corr, const Result<std::string_view>& tag) {
   ++stats_.messages;
   if (r.type == ring::kRecordControl) return HandleControl(c, r.payload);
+  if (r.type == ring::kRecordRoutedCommand) {  // the controller's to send, never to receive
+    ++stats_.errors;
+    return Problem(c, "routed command record sent to the controller");
+  }
   if ((r.type == ring::kRecordCommand || r.type == ring::kRecordRequest) && !corr) {
     ++stats_.errors;
     return Problem(c, "correlated record shorter than its id");
@@ -349,6 +354,23 @@ bool Controller::Emit(transport::Client& c, std::uint32_t type, std::uint64_t id
   return true;
 }
 
+bool Controller::EmitCommand(transport::Client& c, std::uint64_t id, std::uint32_t worker, const protocol::Message& m) {
+  if (c.role != segment::Role::kFront) return Emit(c, ring::kRecordCommand, id, m);
+  // A front carries many workers: the record names the one this is for.
+  const registry::WorkerRecord& w = registry_.worker(worker);
+  const std::size_t head = ring::RoutedCommandHeaderBytes(w.instance_id);
+  std::string bytes = protocol::Encode(m);
+  std::span<std::uint8_t> out;
+  if (c.replies.TryClaim(head + bytes.size(), &out) != ring::ClaimResult::kOk) {
+    ++stats_.reply_ring_full;
+    return false;
+  }
+  ring::StoreRoutedCommandHeader(out, id, w.worker_id, w.instance_id);
+  std::memcpy(out.data() + head, bytes.data(), bytes.size());
+  c.replies.Commit(head + bytes.size(), ring::kRecordRoutedCommand);
+  return true;
+}
+
 void Controller::ReplyControl(transport::Client& c, const std::string& json) {
   std::span<std::uint8_t> out;
   if (c.replies.TryClaim(json.size(), &out) != ring::ClaimResult::kOk) {
@@ -460,12 +482,15 @@ void Controller::HandleHeartbeat(transport::Client& c, const protocol::Heartbeat
   if (!known) {
     // Unknown (a restarted controller, or reaped): re-register and rebuild.
     bool is_new;
-    ask(UpsertWorker(c, WorkerRecordOf(hb), &is_new), "worker_re_registered");
+    const std::uint32_t w = UpsertWorker(c, WorkerRecordOf(hb), &is_new);
+    workers_[w].heartbeats = true;
+    ask(w, "worker_re_registered");
     return Reply(c, ret);
   }
   std::uint32_t w = *known;
   registry_.worker(w).last_heartbeat_time = WallSeconds();
   workers_[w].last_heartbeat_mono = MonoSeconds();
+  workers_[w].heartbeats = true;
   workers_[w].client = c.id;
   SyncState s = workers_[w].sync;
   if (full_sync_all_ && (s == SyncState::kNone || s == SyncState::kFailed)) ask(w, "controller_restart");
@@ -727,7 +752,7 @@ void Controller::Housekeeping(double now) {
   for (std::uint32_t w = 0; w < workers_.size(); ++w) {
     if (!registry_.worker_live(w)) continue;
     WorkerState& ws = workers_[w];
-    if (options_.worker_timeout_s > 0 && now - ws.last_heartbeat_mono > options_.worker_timeout_s) {
+    if (options_.worker_timeout_s > 0 && ws.heartbeats && now - ws.last_heartbeat_mono > options_.worker_timeout_s) {
       if (options_.log)
         options_.log("worker " + registry_.worker(w).instance_id + "/" + std::to_string(registry_.worker(w).worker_id) +
                      " missed its heartbeats for " + std::to_string(options_.worker_timeout_s) + " s: deregistered");
@@ -803,6 +828,7 @@ std::string Controller::StatsJson() const {
       {"commands_failed_total", stats_.commands_failed},
       {"late_command_replies_total", stats_.late_command_replies},
   };
+  for (const Extra& x : extras_) j[x.key] = nlohmann::json::parse(x.stats_json(), nullptr, /*allow_exceptions=*/false);
   return j.dump();
 }
 

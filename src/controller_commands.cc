@@ -146,7 +146,7 @@ void Controller::HandleOrchestration(transport::Client& c, const Message& m) {
     ++stats_.commands_sent;
     if (!target || target->quarantined) {
       SettlePart(id, i, PartState::kFailed, orch::kHealthUnreachable, "its client has gone");
-    } else if (!Emit(*target, ring::kRecordCommand, p.command_id, commands[i].second)) {
+    } else if (!EmitCommand(*target, p.command_id, commands[i].first, commands[i].second)) {
       SettlePart(id, i, PartState::kFailed, orch::kHealthUnreachable, "its command ring is full");
     } else {
       target->replies.Publish();  // another client's ring: ServeClient publishes only its own
@@ -247,7 +247,7 @@ void Controller::FinishFanOut(std::uint64_t fanout_id) {
   }
   RememberEvent(f.event_id, EventRecord{0, EventStatus(f)});
   if (transport::Client* origin = listener_->Find(f.origin.client)) {  // gone: nobody to tell
-    if (Emit(*origin, f.origin.type, f.origin.id, reply)) origin->replies.Publish();
+    if (Emit(*origin, f.origin.type, f.origin.id, reply)) listener_->PublishReplies(*origin);
   }
 }
 

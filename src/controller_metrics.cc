@@ -163,7 +163,7 @@ std::string Controller::MetricsText() const {
       ring::RingSnapshot s = ring::Snapshot(c->segment.ring_region(r), cap);
       auto rate = ring_records_per_s_.find(RingKey(c->id, r));
       rows.push_back({"{client=\"" + std::to_string(c->id) + "\",pid=\"" + std::to_string(c->pid) + "\",role=\"" +
-                          (c->role == segment::Role::kOrchestrator ? "orchestrator" : "worker") + "\",ring=\"" +
+                          segment::RoleName(static_cast<std::uint32_t>(c->role)) + "\",ring=\"" +
                           (r == segment::kRequestRing ? "requests" : "replies") + "\"}",
                       s.problem.empty() ? d(s.pending_bytes()) / d(cap) : 1.0, d(s.records_published),
                       rate == ring_records_per_s_.end() ? 0.0 : rate->second});
@@ -178,7 +178,9 @@ std::string Controller::MetricsText() const {
   for (const RingRow& row : rows) e.Sample("kvring_ring_records_per_second" + row.labels, row.per_second);
   e.Family("kvring_client_quarantined", "gauge", "1 when a ring of the client is quarantined");
   for (const auto& [labels, v] : quarantined) e.Sample("kvring_client_quarantined" + labels, v);
-  return e.Take();
+  std::string text = e.Take();
+  for (const Extra& x : extras_) text += x.metrics_text();
+  return text;
 }
 
 }  // namespace kvring::controller

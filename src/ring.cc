@@ -258,12 +258,13 @@ ClaimResult Producer::TryWrite(std::span<const std::uint8_t> payload, std::uint3
   return r;
 }
 
-void Producer::Publish() {
+bool Producer::Publish() {
   // Nothing new: no store (a seq_cst store is a full fence) and no one to wake.
-  if (tail_ == published_) return;
+  if (tail_ == published_) return false;
   published_ = tail_;
   ctl_->records_published.store(records_, std::memory_order_relaxed);
   PublishAndWake(&ctl_->tail, tail_, &ctl_->consumer_waiting);  // pairs with Consumer::RefreshTail
+  return true;
 }
 
 bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin) {

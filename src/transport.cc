@@ -202,7 +202,8 @@ void Listener::Handshake(int fd, Events* ev) {
     return refuse("handshake version " + std::to_string(h.version) + ", controller speaks version " +
                   std::to_string(kHandshakeVersion));
   if (h.role != static_cast<std::uint32_t>(segment::Role::kWorker) &&
-      h.role != static_cast<std::uint32_t>(segment::Role::kOrchestrator))
+      h.role != static_cast<std::uint32_t>(segment::Role::kOrchestrator) &&
+      h.role != static_cast<std::uint32_t>(segment::Role::kFront))
     return refuse("handshake: unknown role " + std::to_string(h.role));
   ucred cred{};
   socklen_t clen = sizeof cred;
@@ -271,6 +272,16 @@ void Listener::SetControllerSleeping(bool sleeping) {
 void Listener::NotifyClient(const Client& c) {
   char b = 'c';
   (void)send(c.socket, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);  // full buffer: a wake-up is pending anyway
+}
+
+void Listener::PublishReplies(Client& c) {
+  // Publish() ends in a seq_cst store of the tail; this seq_cst load pairs
+  // with the client's seq_cst store of client_sleeping and its load of the
+  // tail (Connection::SleepOnSocket): either it sees the replies, or this
+  // sees it asleep. The word is the client's to write: any value costs at
+  // most one byte on its own socket.
+  if (c.replies.Publish() && c.segment.header()->client_sleeping.load(std::memory_order_seq_cst) != 0)
+    NotifyClient(c);
 }
 
 void Listener::Heartbeat() {
@@ -358,6 +369,23 @@ void Connection::PublishRequests() {
   if (segment_.header()->controller_sleeping.load(std::memory_order_seq_cst) != 0) {
     char b = 'd';
     (void)send(fd_, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);  // full buffer: a wake-up is pending anyway
+  }
+}
+
+bool Connection::SleepOnSocket() {
+  // seq_cst: pairs with Listener::PublishReplies (Dekker).
+  segment_.header()->client_sleeping.store(1, std::memory_order_seq_cst);
+  if (replies_.HasData()) {
+    segment_.header()->client_sleeping.store(0, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void Connection::AwakeFromSocket() {
+  segment_.header()->client_sleeping.store(0, std::memory_order_relaxed);  // a hint: a late ring costs one byte
+  char drain[64];
+  while (recv(fd_, drain, sizeof drain, MSG_DONTWAIT) > 0) {
   }
 }
 

@@ -24,26 +24,46 @@ using testing::VectorDir;
 
 const std::string kCli = KVRING_CLI_PATH;
 
+// Each vector decoded the way the manifest says msgspec decodes it: as Msg by
+// default, heartbeat commands with --as command.
 TEST(KvringDecode, PrintsEveryValidVectorAsItsExpectedJson) {
-  std::vector<std::string> argv = {kCli, "decode"};
-  std::vector<const Json*> cases;
-  for (const auto& c : Manifest()["cases"]) {
-    if (!c["valid"].get<bool>()) continue;
-    argv.push_back(VectorDir() + c["file"].get<std::string>());
-    cases.push_back(&c);
+  for (const char* as : {"Msg", "AnyCommand"}) {
+    std::vector<std::string> argv = {kCli, "decode", "--as", as == std::string("Msg") ? "msg" : "command"};
+    std::vector<const Json*> cases;
+    for (const auto& c : Manifest()["cases"]) {
+      if (!c["valid"].get<bool>() || c["decode_as"] != as) continue;
+      argv.push_back(VectorDir() + c["file"].get<std::string>());
+      cases.push_back(&c);
+    }
+    ASSERT_FALSE(cases.empty()) << as;
+    auto r = RunProcess(argv);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::size_t pos = 0;
+    for (const Json* c : cases) {
+      std::size_t nl = r.out.find('\n', pos);
+      ASSERT_NE(nl, std::string::npos);
+      auto line = protocol::ParseJson(r.out.substr(pos, nl - pos));
+      ASSERT_TRUE(line.ok());
+      EXPECT_EQ(*line, (*c)["expected"]) << (*c)["file"];
+      pos = nl + 1;
+    }
+    EXPECT_EQ(pos, r.out.size());
   }
-  auto r = RunProcess(argv);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  std::size_t pos = 0;
-  for (const Json* c : cases) {
-    std::size_t nl = r.out.find('\n', pos);
-    ASSERT_NE(nl, std::string::npos);
-    auto line = protocol::ParseJson(r.out.substr(pos, nl - pos));
-    ASSERT_TRUE(line.ok());
-    EXPECT_EQ(*line, (*c)["expected"]) << (*c)["file"];
-    pos = nl + 1;
-  }
-  EXPECT_EQ(pos, r.out.size());
+}
+
+// msgspec's Decoder(Msg) refuses a map tagged "command_type"; so does the
+// default decode, and a Msg is refused as a command.
+TEST(KvringDecode, DecodesAsMsgUnlessToldCommand) {
+  const std::string cmd = VectorDir() + "FullSyncCommand__default.msgpack";
+  const std::string msg = VectorDir() + "ErrorMsg__typical.msgpack";
+  auto as_msg = RunProcess({kCli, "decode", cmd});
+  EXPECT_EQ(as_msg.exit_code, 1);
+  EXPECT_NE(as_msg.err.find("missing required field 'type'"), std::string::npos) << as_msg.err;
+  auto as_cmd = RunProcess({kCli, "decode", "--as", "command", cmd});
+  EXPECT_EQ(as_cmd.exit_code, 0) << as_cmd.err;
+  EXPECT_EQ(as_cmd.out, "{\"command_type\":\"full_sync\",\"reason\":null,\"args\":null}\n");
+  EXPECT_EQ(RunProcess({kCli, "decode", "--as", "command", msg}).exit_code, 1);
+  EXPECT_EQ(RunProcess({kCli, "decode", "--as", "nonsense", msg}).exit_code, 2);
 }
 
 TEST(KvringDecode, ReportsBadFilesAndGoesOn) {

@@ -389,12 +389,23 @@ TEST(Controller, SilentWorkerIsDeregisteredAfterTheHeartbeatTimeout) {
   ASSERT_TRUE(ctl.ok());
   pid_t pid = Spawn(Name("reap"), [](Worker& w) {
     if (!w.Ask(Reg("A", 0))) return 1;
+    // B registers and never heartbeats: not configured to, so never reaped.
+    if (!w.Ask(Reg("B", 0))) return 1;
+    if (!w.Ask(HeartbeatMsg{"A", Int(0), "127.0.0.1", Int(8000), std::nullopt})) return 2;
     w.Send(Ops("A", 0, OpType::kAdmit, {1, 2, 3}, 0));
+    w.Send(Ops("B", 0, OpType::kAdmit, {4, 5}, 0));
+    w.conn->PublishRequests();
     pause();  // alive, attached, but silent
     return 0;
   });
-  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->index().pairs() == 3; }));
-  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 0 && (*ctl)->index().pairs() == 0; }));
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->index().pairs() == 5; }));
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 1 && (*ctl)->index().pairs() == 2; }));
+  EXPECT_EQ((*ctl)->stats().workers_reaped, 1u);
+  EXPECT_TRUE((*ctl)->registry().Find("B", 0).has_value());  // the heartbeat-less worker stays
+  // Three timeouts later (the controller keeps serving), B is still there.
+  const auto until = Clock::now() + 600ms;
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Clock::now() > until; }));
+  EXPECT_EQ((*ctl)->registry().worker_count(), 1u);
   EXPECT_EQ((*ctl)->stats().workers_reaped, 1u);
   EXPECT_EQ((*ctl)->listener().clients().size(), 1u);  // the process itself is still attached
   kill(pid, SIGKILL);

@@ -65,22 +65,25 @@ struct LimitFlags {
   }
 };
 
-// Decodes as a Msg, or as a heartbeat command when it is one.
-Result<Json> DecodeToJson(const std::string& bytes, const protocol::DecodeLimits& limits) {
+// Decodes as msgspec's Decoder(Msg) does (a map tagged "command_type" is
+// refused, as there), or with `as_command` as Decoder(AnyCommand) does.
+Result<Json> DecodeToJson(const std::string& bytes, const protocol::DecodeLimits& limits, bool as_command) {
   auto span = std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-  auto msg = protocol::Decode(span, limits);
-  if (msg.ok()) return protocol::ToJson(*msg);
-  if (msg.status().message().rfind("missing required field 'type'", 0) == 0) {
+  if (as_command) {
     auto cmd = protocol::DecodeCommand(span, limits);
-    if (cmd.ok()) return protocol::ToJson(*cmd);
+    if (!cmd.ok()) return cmd.status();
+    return protocol::ToJson(*cmd);
   }
-  return msg.status();
+  auto msg = protocol::Decode(span, limits);
+  if (!msg.ok()) return msg.status();
+  return protocol::ToJson(*msg);
 }
 
 Command AddDecodeImpl(CLI::App& app) {
   struct State {
     std::vector<std::string> files;
     LimitFlags limits;
+    std::string as = "msg";
   };
   auto st = std::make_shared<State>();
   app.description(
@@ -88,6 +91,11 @@ Command AddDecodeImpl(CLI::App& app) {
       "JSON object per line, shaped like msgspec.to_builtins. '-' or no file reads stdin.\n"
       "Exit 0 when every input decoded, 1 otherwise (errors go to stderr, one per file).");
   app.add_option("files", st->files, "Message files, or - for stdin");
+  app.add_option("--as", st->as,
+                 "msg: as msgspec's Decoder(Msg) (a heartbeat command is refused there); command: as a heartbeat "
+                 "command (Decoder(AnyCommand), tagged \"command_type\")")
+      ->check(CLI::IsMember({"msg", "command"}))
+      ->capture_default_str();
   st->limits.Add(app);
   return [st]() {
     std::vector<std::string> files = st->files;
@@ -100,7 +108,7 @@ Command AddDecodeImpl(CLI::App& app) {
         rc = 1;
         continue;
       }
-      auto j = DecodeToJson(bytes, st->limits.limits);
+      auto j = DecodeToJson(bytes, st->limits.limits, st->as == "command");
       if (!j.ok()) {
         std::cerr << "error: " << file << ": " << j.status().ToString() << "\n";
         rc = 1;

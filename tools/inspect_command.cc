@@ -30,13 +30,7 @@ namespace bip = boost::interprocess;
 using protocol::Json;
 using segment::SegmentHeader;
 
-const char* RoleName(std::uint32_t r) {
-  switch (static_cast<segment::Role>(r)) {
-    case segment::Role::kWorker: return "worker";
-    case segment::Role::kOrchestrator: return "orchestrator";
-  }
-  return "unknown";
-}
+using segment::RoleName;
 
 std::vector<std::string> ListSegments(const std::string& prefix) {
   std::vector<std::string> out;

@@ -4,6 +4,14 @@
 // --stats-interval seconds. With --http it also serves LMCache's HTTP API
 // and /metrics (http_api.h) on threads of their own, as a ring client.
 //
+// It takes `lmcache_controller`'s flags with their meanings, so that an
+// operator can swap one command line for the other: --host, --port (the HTTP
+// API), --monitor-ports '{"pull": 8300, "reply": 8400, "heartbeat": 8082}'
+// (or the older --monitor-port, PULL only), --health-check-interval and
+// --lmcache-worker-timeout. Given any of the first four, kvringd serves
+// LMCache's ZeroMQ sockets (zmq/front.h) and its HTTP API on --host:--port,
+// with LMCache's defaults for whichever were not given.
+//
 // Exit codes: 0 clean shutdown, 1 could not start (another controller of that
 // name runs, /dev/shm too small, ...), 2 usage error.
 #include <signal.h>
@@ -17,11 +25,13 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "kvring/controller.h"
 #include "kvring/http_api.h"
+#include "kvring/zmq/front.h"
 
 namespace {
 
@@ -40,6 +50,11 @@ int main(int argc, char** argv) {
   std::uint32_t spin_passes = 2000;
   bool group_access = false, no_full_sync_on_start = false;
   std::string http_at;
+  // lmcache_controller's flags.
+  std::string lm_host = "0.0.0.0", monitor_ports_json;
+  int lm_port = 9000, monitor_port = 9001;
+  double health_check_interval = 10;
+  zmqfront::Options zo;
 
   CLI::App app{"kvringd: the kvring controller daemon (LMCache cache-controller protocol over shared memory)"};
   app.add_option("--name", o.listen.name, "Controller name: workers and tools attach by it")->capture_default_str();
@@ -51,9 +66,31 @@ int main(int argc, char** argv) {
   app.add_flag("--group-access", group_access, "Segments 0660 and clients of other uids accepted (default 0600, own uid)");
   app.add_option("--heartbeat-interval", o.heartbeat_interval_s, "Seconds between worker heartbeats (told at registration)")
       ->check(CLI::Range(0.01, 86400.0))->capture_default_str();
-  app.add_option("--worker-timeout", o.worker_timeout_s,
-                 "Deregister a worker silent this many seconds (0: off; dead processes are noticed at once anyway)")
+  o.worker_timeout_s = 300;
+  app.add_option("--lmcache-worker-timeout,--worker-timeout", o.worker_timeout_s,
+                 "Deregister a worker that heartbeats and then stays silent this many seconds (0: never; a worker "
+                 "that never heartbeats is never reaped; a dead shared-memory client is noticed at once anyway)")
       ->check(CLI::Range(0.0, 1e7))->capture_default_str();
+  app.add_option("--health-check-interval", health_check_interval,
+                 "LMCache's flag: <= 0 turns the heartbeat timeout off; kvring checks every 0.1 s whatever the value")
+      ->capture_default_str();
+  auto* lm_host_opt = app.add_option("--host", lm_host, "LMCache's flag: bind host of the ZeroMQ sockets and the HTTP API")
+                          ->capture_default_str();
+  auto* lm_port_opt = app.add_option("--port", lm_port, "LMCache's flag: the HTTP API's port (on --host)")
+                          ->check(CLI::Range(0, 65535))->capture_default_str();
+  auto* ports_opt = app.add_option("--monitor-ports", monitor_ports_json,
+                                   "LMCache's flag: ZeroMQ ports as JSON, e.g. '{\"pull\": 8300, \"reply\": 8400, "
+                                   "\"heartbeat\": 8082}' (0: any free port; default {\"pull\": 8300, \"reply\": 8400})");
+  auto* port_opt = app.add_option("--monitor-port", monitor_port, "LMCache's older flag: a PULL socket only, on this port")
+                       ->check(CLI::Range(0, 65535));
+  port_opt->excludes(ports_opt);
+  app.add_option("--advertise-host", zo.advertise_host,
+                 "Host put into heartbeat_url (default: the bind host, or for 0.0.0.0 one the worker can reach)");
+  app.add_option("--zmq-max-message-bytes", zo.max_message_bytes,
+                 "Largest ZeroMQ frame accepted (a larger one disconnects its peer; 0: the request ring's largest record)")
+      ->capture_default_str();
+  app.add_option("--zmq-hwm", zo.receive_hwm, "Frames queued per ZeroMQ peer at most")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_option("--full-sync-threshold", o.full_sync_threshold,
                  "Completed fraction of workers at which full-syncing workers may leave freeze")
       ->check(CLI::Range(0.0, 1.0))->capture_default_str();
@@ -117,8 +154,41 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  if (health_check_interval <= 0) o.worker_timeout_s = 0;
+  // LMCache's command line: its sockets and its HTTP API, its defaults for the rest.
+  const bool lmcache_mode = lm_host_opt->count() || lm_port_opt->count() || ports_opt->count() || port_opt->count();
+  if (lmcache_mode) {
+    zo.controller = o.listen.name;
+    zo.host = lm_host;
+    zo.command_timeout_s = o.command_timeout_s;
+    zo.limits = o.limits;
+    zo.pull_port = 8300, zo.reply_port = 8400, zo.heartbeat_port = -1;
+    if (port_opt->count()) {
+      zo.pull_port = monitor_port, zo.reply_port = -1;
+    } else if (ports_opt->count()) {
+      auto j = nlohmann::json::parse(monitor_ports_json, nullptr, /*allow_exceptions=*/false);
+      auto port_of = [&](const char* key, int* out) {
+        if (!j.contains(key) || j[key].is_null() || (j[key].is_string() && j[key].get<std::string>().empty())) return true;
+        if (!j[key].is_number_integer() || j[key].get<long long>() < 0 || j[key].get<long long>() > 65535) return false;
+        *out = j[key].get<int>();
+        return true;
+      };
+      int pull = -1, reply = -1, heartbeat = -1;
+      if (!j.is_object() || !port_of("pull", &pull) || !port_of("reply", &reply) || !port_of("heartbeat", &heartbeat) ||
+          pull < 0) {
+        std::cerr << "--monitor-ports: expected a JSON object with a \"pull\" port and optional \"reply\" and "
+                     "\"heartbeat\" ports (0-65535), got '" << monitor_ports_json << "'\n";
+        return 2;
+      }
+      zo.pull_port = pull, zo.reply_port = reply, zo.heartbeat_port = heartbeat;
+    }
+    if (!app.count("--http")) http_at = (lm_host.find(':') != std::string::npos ? "[" + lm_host + "]" : lm_host) + ":" +
+                                        std::to_string(lm_port);
+  }
+  const bool serve_http = app.count("--http") || lmcache_mode;
+
   http::Options ho;
-  if (app.count("--http")) {
+  if (serve_http) {
     if (http_at.empty()) http_at = "127.0.0.1:9000";
     auto colon = http_at.rfind(':');
     unsigned long port = 0;
@@ -152,11 +222,25 @@ int main(int argc, char** argv) {
   std::atomic<int> http_state{0};  // 0 starting (or off), 1 serving, 2 failed
   Status http_error;
   std::thread http_starter;
-  if (app.count("--http")) {
+  if (serve_http) {
     http_starter = std::thread([&] {
       auto s = http::Server::Start(ho);
       if (s.ok()) server = std::move(s).value(), http_state.store(1, std::memory_order_release);  // pairs with the loop's acquire
       else http_error = s.status(), http_state.store(2, std::memory_order_release);
+    });
+  }
+
+  // The ZeroMQ front attaches as a client too.
+  std::unique_ptr<zmqfront::Front> front;
+  std::atomic<int> front_state{0};  // 0 starting (or off), 1 serving, 2 failed
+  Status front_error;
+  std::thread front_starter;
+  if (lmcache_mode) {
+    zo.log = [log](std::string_view line) { log->warn("{}", line); };
+    front_starter = std::thread([&] {
+      auto f = zmqfront::Front::Start(zo);
+      if (f.ok()) front = std::move(f).value(), front_state.store(1, std::memory_order_release);  // pairs with the loop's acquire
+      else front_error = f.status(), front_state.store(2, std::memory_order_release);
     });
   }
 
@@ -179,6 +263,19 @@ int main(int argc, char** argv) {
         stop.store(true, std::memory_order_relaxed);
       }
     }
+    if (front_starter.joinable() && front_state.load(std::memory_order_acquire) != 0) {  // pairs with the starter's release
+      front_starter.join();
+      if (front) {
+        log->info("ZeroMQ front on {}: PULL {}, reply ROUTER {}, heartbeat ROUTER {} (LMCache's worker sockets)", zo.host,
+                  front->pull_port(), front->reply_port(), front->heartbeat_port());
+        zmqfront::Front* f = front.get();
+        ctl.AddStatsSource("zmq", [f] { return f->StatsJson(); }, [f] { return f->MetricsText(); });
+      } else {
+        log->error("cannot start the ZeroMQ front: {}", front_error.message());
+        exit_code = 1;
+        stop.store(true, std::memory_order_relaxed);
+      }
+    }
     if (stats_interval <= 0 || (idle && ++passes % 1024 != 0)) return;
     auto now = Clock::now();
     if (now < next_stats) return;
@@ -195,12 +292,14 @@ int main(int argc, char** argv) {
   // The HTTP side closes while the loop still answers its last requests.
   std::atomic<bool> http_closed{false};
   std::thread closer([&] {
+    if (front_starter.joinable()) front_starter.join();  // a start under way needs the loop to attach
     if (http_starter.joinable()) http_starter.join();
     server.reset();
     http_closed.store(true, std::memory_order_relaxed);
   });
   ctl.Run(http_closed, 0);
   closer.join();
+  front.reset();  // the controller's stats sources point at it: gone only after the loop's last pass
   const controller::Stats& s = ctl.stats();
   log->info("shutting down: {} messages, {} kv ops, {} lookups, {} errors; removing segments", s.messages, s.kv_ops,
             s.p2p_lookups, s.errors);

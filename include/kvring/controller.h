@@ -80,7 +80,10 @@ struct Options {
   std::size_t request_check_ops = 8;
   std::size_t drop_slice = 4096;               // keys of a departed worker dropped per pass
   double heartbeat_interval_s = 10;            // told to workers in RegisterRetMsg.extra_config
-  double worker_timeout_s = 0;                 // > 0: a worker silent this long is deregistered
+  // > 0: a worker that has heartbeated and then stays silent this long is
+  // deregistered (LMCache's --lmcache-worker-timeout). A worker that never
+  // heartbeats is never judged by it: it may simply not be configured to.
+  double worker_timeout_s = 0;
   double full_sync_threshold = 0.8;            // completed fraction at which workers may leave freeze
   double full_sync_timeout_s = 30;             // a sync idle this long fails and is asked again
   bool full_sync_on_start = true;              // ask every worker to full-sync (rebuilds after a restart)
@@ -174,12 +177,20 @@ class Controller {
   // kSyncing and kCompleted).
   std::size_t WorkersIn(SyncState state) const;
   bool full_sync_all_pending() const { return full_sync_all_; }
+  // Another part of the daemon (the ZeroMQ front) whose figures belong in
+  // MetricsText() (Prometheus lines appended) and StatsJson() (a JSON object
+  // under `key`). The functions run on the controller's thread.
+  void AddStatsSource(std::string key, std::function<std::string()> stats_json,
+                      std::function<std::string()> metrics_text) {
+    extras_.push_back({std::move(key), std::move(stats_json), std::move(metrics_text)});
+  }
   std::size_t fanouts_in_flight() const { return fanouts_.size(); }
 
  private:
   struct WorkerState {
     std::uint64_t client = 0;
     double last_heartbeat_mono = 0;
+    bool heartbeats = false;  // has sent a HeartbeatMsg: worker_timeout_s applies
     bool seq_gap = false;  // ask for a full sync in the next heartbeat reply
     SyncState sync = SyncState::kNone;
     double sync_activity_mono = 0;  // last Start/Batch/End, or when the sync was asked for
@@ -240,6 +251,10 @@ class Controller {
   void Reply(transport::Client& c, const protocol::Message& m);
   // Writes `m` into c's reply ring as a record of `type` (with `id` when correlated).
   bool Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m);
+  // Writes fan-out command `m` for `worker` into c's reply ring: a
+  // kRecordCommand, or for a front (which carries many workers) a
+  // kRecordRoutedCommand naming the worker.
+  bool EmitCommand(transport::Client& c, std::uint64_t id, std::uint32_t worker, const protocol::Message& m);
   // Orchestration (controller_commands.cc).
   void HandleOrchestration(transport::Client& c, const protocol::Message& m);
   void HandleCheckFinish(transport::Client& c, const protocol::CheckFinishMsg& m);
@@ -304,6 +319,11 @@ class Controller {
   std::unordered_map<std::uint64_t, double> ring_records_per_s_;  // same keys as RateSample::ring_records
   void SampleRates(double now);
   std::unordered_map<std::uint64_t, double> last_problem_log_;  // client id -> monotonic seconds
+  struct Extra {
+    std::string key;
+    std::function<std::string()> stats_json, metrics_text;
+  };
+  std::vector<Extra> extras_;
 };
 
 }  // namespace kvring::controller

@@ -64,8 +64,10 @@ class Producer {
   ClaimResult TryWrite(std::span<const std::uint8_t> payload, std::uint32_t type = kRecordMessage);
 
   // Advances the published tail over every committed record (one store: what
-  // inspection and a sleeping consumer go by) and wakes the consumer if it sleeps.
-  void Publish();
+  // inspection and a sleeping consumer go by) and wakes the consumer if it
+  // sleeps. Returns whether anything new was published (the store is a
+  // seq_cst one: a caller may pair a seq_cst load after it with a sleeper).
+  bool Publish();
   // Moves the lines of the last committed record out of this core's caches
   // to the cache all cores share (CLDEMOTE, where the CPU has it; elsewhere
   // nothing), so that the consumer reads them from there instead of snooping

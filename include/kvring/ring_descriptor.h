@@ -87,7 +87,11 @@ inline constexpr std::uint32_t kRecordControl = 2;
 // Who numbered an id follows from the record type, never from its value.
 inline constexpr std::uint32_t kRecordRequest = 3;
 inline constexpr std::uint32_t kRecordCommand = 4;
-inline constexpr std::uint32_t kMaxRecordType = kRecordCommand;
+// kRecordRoutedCommand: a kRecordCommand for a client of role kFront, which
+// carries many workers' traffic: the id, then the worker the command is for,
+// then the Msg (routed_command.h). The front answers with a kRecordCommand.
+inline constexpr std::uint32_t kRecordRoutedCommand = 5;
+inline constexpr std::uint32_t kMaxRecordType = kRecordRoutedCommand;
 inline constexpr std::size_t kCorrelationIdBytes = 8;
 
 inline constexpr std::size_t kMinCapacity = 4096;

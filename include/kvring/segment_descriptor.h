@@ -13,6 +13,8 @@
 //   |   quarantine word, ready word (written last, with release)   |
 //   |   controller-sleeping word (a client that publishes while it |
 //   |   is set rings the doorbell: a byte on the attach socket)    |
+//   |   client-sleeping word (the controller rings the client's    |
+//   |   doorbell after it publishes replies while it is set)       |
 //   +--------------------------------------------------------------+ 4096
 //   | ring 0: client -> controller (requests and events)           |
 //   |   RingControl (512 B) + data (capacity 0)                    |
@@ -35,14 +37,27 @@
 namespace kvring::segment {
 
 inline constexpr std::uint64_t kMagic = 0x01'00'47'45'53'52'56'4bULL;  // "KVRSEG\0\1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 4;  // 2: control records, 3: correlated records,
-                                                    // 4: records visible by their header (ring_descriptor.h)
+inline constexpr std::uint32_t kLayoutVersion = 5;  // 2: control records, 3: correlated records,
+                                                    // 4: records visible by their header (ring_descriptor.h),
+                                                    // 5: client-sleeping word, front role, routed commands
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kPageBytes = 4096;
 inline constexpr std::uint32_t kReady = 0x52454459;  // "READY"-ish; anything else is not ready
 inline constexpr std::uint32_t kClosed = 0x434c5344;
 
-enum class Role : std::uint32_t { kWorker = 1, kOrchestrator = 2 };
+// kFront: a gateway that carries other processes' messages (the ZeroMQ front,
+// zmq/front.h). The controller sends it fan-out commands as
+// kRecordRoutedCommand, naming the worker each is for.
+enum class Role : std::uint32_t { kWorker = 1, kOrchestrator = 2, kFront = 3 };
+// The role word as written (a segment's header may hold any value).
+inline const char* RoleName(std::uint32_t role) {
+  switch (role) {
+    case static_cast<std::uint32_t>(Role::kWorker): return "worker";
+    case static_cast<std::uint32_t>(Role::kOrchestrator): return "orchestrator";
+    case static_cast<std::uint32_t>(Role::kFront): return "front";
+    default: return "unknown";
+  }
+}
 
 inline constexpr int kRequestRing = 0;  // client -> controller
 inline constexpr int kReplyRing = 1;    // controller -> client
@@ -69,6 +84,10 @@ struct SegmentHeader {
   alignas(64) std::atomic<std::uint32_t> quarantined;  // bit per ring: its consumer found it corrupt
   std::atomic<std::uint32_t> state;                    // kReady once initialised; kClosed at shutdown
   alignas(64) std::atomic<std::uint32_t> controller_sleeping;  // 1 while the controller sleeps in poll()
+  // 1 while the client sleeps in poll() on its attach socket rather than on
+  // the reply ring's futex (a ZeroMQ front waits on its sockets and the ring
+  // at once): the controller then rings it after publishing replies.
+  alignas(64) std::atomic<std::uint32_t> client_sleeping;
 };
 
 static_assert(offsetof(SegmentHeader, magic) == 0);
@@ -90,6 +109,7 @@ static_assert(offsetof(SegmentHeader, client_heartbeat_ns) == 256);
 static_assert(offsetof(SegmentHeader, quarantined) == 320);
 static_assert(offsetof(SegmentHeader, state) == 324);
 static_assert(offsetof(SegmentHeader, controller_sleeping) == 384);
+static_assert(offsetof(SegmentHeader, client_sleeping) == 448);
 static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
 
 constexpr std::size_t PageAlign(std::size_t n) { return (n + kPageBytes - 1) & ~(kPageBytes - 1); }

@@ -79,6 +79,9 @@ class Listener {
   // One byte on the client's attach socket: wakes a client that waits in
   // poll() for commands (a worker's background ticker) without spinning.
   void NotifyClient(const Client& c);
+  // Publishes c's reply ring and, if the client announced that it sleeps on
+  // its socket (Connection::SleepOnSocket), rings it.
+  void PublishReplies(Client& c);
   // Called with a departing client while its segment still exists, so that
   // whatever it published before it went (its last events, a DeRegisterMsg)
   // is still consumed: nothing a client committed is lost to its exit.
@@ -134,6 +137,14 @@ class Connection {
   // poll(), wakes it with one byte on the attach socket (the doorbell; a load
   // of the segment header when it is awake). The one way clients publish.
   void PublishRequests();
+  // For a client that waits in poll() on socket_fd() together with other
+  // descriptors (the ZeroMQ front) instead of on the reply ring's futex:
+  // announces the sleep so that the controller rings the socket after it
+  // publishes replies. Returns false when replies are already waiting (no
+  // sleep). After poll() returns, AwakeFromSocket() withdraws the
+  // announcement and drains the doorbell bytes.
+  bool SleepOnSocket();
+  void AwakeFromSocket();
   int socket_fd() const { return fd_; }
 
  private:
