@@ -132,6 +132,15 @@ def make_worker(d, instance, wid, peer=None, rep=True, **kw):
     return w
 
 
+def registered_pair(d):
+    """Two registered workers of two instances: inst_a (peer a:1) and inst_b (peer b:1)."""
+    a = make_worker(d, "inst_a", 0, "a:1")
+    b = make_worker(d, "inst_b", 0, "b:1")
+    a.register()
+    b.register()
+    return a, b
+
+
 @pytest.fixture(autouse=True)
 def close_workers():
     yield
@@ -201,10 +210,7 @@ def test_tp_ranks_get_their_own_ranks_peer(daemon):
 
 
 def test_many_lookups_in_flight_on_one_dealer_come_back_in_order(daemon):
-    a = make_worker(daemon, "inst_a", 0, "a:1")
-    b = make_worker(daemon, "inst_b", 0, "b:1")
-    a.register()
-    b.register()
+    a, b = registered_pair(daemon)
     a.admit(LOC, range(1, 201))
     lookup_until(b, range(1, 201), ("inst_a", LOC, 200, "a:1"))
     lengths = [(i * 37) % 200 + 1 for i in range(100)]
@@ -245,10 +251,7 @@ def test_json_frames_are_accepted_on_pull_and_router(daemon):
 
 
 def test_deregistration_and_reregistration_at_a_new_address(daemon):
-    a = make_worker(daemon, "inst_a", 0, "a:1")
-    b = make_worker(daemon, "inst_b", 0, "b:1")
-    a.register()
-    b.register()
+    a, b = registered_pair(daemon)
     a.admit(LOC, range(10))
     lookup_until(b, range(10), ("inst_a", LOC, 10, "a:1"))
     a.deregister()
@@ -306,10 +309,7 @@ def test_a_silent_worker_is_reported_and_its_req_socket_replaced(daemon):
 # ---- restarts and deaths ---------------------------------------------------------------
 
 def test_kill9_of_kvringd_and_restart_on_the_same_ports(daemon):
-    a = make_worker(daemon, "inst_a", 0, "a:1")
-    b = make_worker(daemon, "inst_b", 0, "b:1")
-    a.register()
-    b.register()
+    a, b = registered_pair(daemon)
     a.admit(LOC, range(300, 364))
     lookup_until(b, range(300, 364), ("inst_a", LOC, 64, "a:1"))
     daemon.kill9()
@@ -360,10 +360,7 @@ def test_a_worker_killed_without_deregistering_is_reaped():
 # ---- bad input -----------------------------------------------------------------------
 
 def test_bad_frames_on_pull_are_counted_and_skipped(daemon):
-    a = make_worker(daemon, "inst_a", 0, "a:1")
-    b = make_worker(daemon, "inst_b", 0, "b:1")
-    a.register()
-    b.register()
+    a, b = registered_pair(daemon)
     good = pack(tagged("BatchedKVOperationMsg", instance_id="inst_a", worker_id=0, location=LOC,
                        operations=[{"op_type": "admit", "key": 5, "seq_num": 0}]))
     bad = [b"\xc1", good[:-3], b"", pack({"type": "NoSuchMsg"}), b"{not json",
@@ -401,10 +398,7 @@ def test_bad_requests_on_the_routers_get_an_error_msg(daemon):
 
 
 def test_a_huge_frame_and_a_flood_leave_other_workers_served(daemon):
-    a = make_worker(daemon, "inst_a", 0, "a:1")
-    b = make_worker(daemon, "inst_b", 0, "b:1")
-    a.register()
-    b.register()
+    a, b = registered_pair(daemon)
     a.admit(LOC, range(40))
     lookup_until(b, range(40), ("inst_a", LOC, 40, "a:1"))
     ctx = zmq.Context.instance()
@@ -422,7 +416,7 @@ def test_a_huge_frame_and_a_flood_leave_other_workers_served(daemon):
         flood.send_multipart([junk] * 50)  # 10,000 frames of an unknown worker's events
     t0 = time.monotonic()
     assert b.lookup(range(40)) == ("inst_a", LOC, 40, "a:1")
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 5  # served while the flood is drained (ASan builds too)
     wait_for(lambda: daemon.stats()["dropped_unknown_worker"] >= 50 * 9000, 20, "the flood to drain")
     assert daemon.alive()
     hostile.close(0)
