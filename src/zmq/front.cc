@@ -274,7 +274,8 @@ struct Front::Impl {
   }
 
   // Sends the answered requests at the head of an identity's queue, in order.
-  void Flush(int socket, const std::string& identity) {
+  // `identity` by value: the entries it would otherwise refer into are erased here.
+  void Flush(int socket, std::string identity) {
     auto q = order[socket].find(identity);
     if (q == order[socket].end()) return;
     while (!q->second.empty()) {
