@@ -6,6 +6,8 @@
 //
 //   BM_Floor_ZmqReqRep/<hashes>       bare ZeroMQ REQ/REP round trip over tcp loopback to an echo
 //                                     process, a lookup's bytes each way: the floor of this path
+//   BM_Floor_ZmqReqRep_BusyCore/32    the floor while another process keeps one core busy (as a
+//                                     spinning controller does)
 //   BM_Floor_ZmqDealerRouter/<hashes> the same with the DEALER/ROUTER pair LMCache's workers use
 //   BM_ZmqFront_P2PLookup/<hashes>    a worker's DEALER -> kvringd's reply ROUTER -> controller -> back
 //   BM_Shm_P2PLookup/<hashes>         the same lookup from a shared-memory worker (client.h), same kvringd
@@ -196,6 +198,18 @@ void ZmqFloor(benchmark::State& state, bool dealer_router) {
   zmq_ctx_term(ctx);
 }
 void BM_Floor_ZmqReqRep(benchmark::State& state) { ZmqFloor(state, false); }
+// The same floor while a third process keeps one core busy, as kvringd's
+// controller thread does while it spins for requests: what two cores shared
+// by one more runnable thread cost this path.
+void BM_Floor_ZmqReqRep_BusyCore(benchmark::State& state) {
+  Child spinner;
+  spinner.pid = fork();
+  if (spinner.pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (std::uint64_t i = 0;; ++i) benchmark::DoNotOptimize(i);
+  }
+  ZmqFloor(state, false);
+}
 void BM_Floor_ZmqDealerRouter(benchmark::State& state) { ZmqFloor(state, true); }
 
 // ---- lookups ----------------------------------------------------------------------
@@ -325,6 +339,7 @@ void BM_Shm_Ingest(benchmark::State& state) {
 }
 
 BENCHMARK(BM_Floor_ZmqReqRep)->Arg(32)->Arg(256)->UseManualTime()->Iterations(20000);
+BENCHMARK(BM_Floor_ZmqReqRep_BusyCore)->Arg(32)->UseManualTime()->Iterations(20000);
 BENCHMARK(BM_Floor_ZmqDealerRouter)->Arg(32)->Arg(256)->UseManualTime()->Iterations(20000);
 BENCHMARK(BM_ZmqFront_P2PLookup)->Arg(32)->Arg(256)->UseManualTime()->Iterations(20000);
 BENCHMARK(BM_Shm_P2PLookup)->Arg(32)->Arg(256)->UseManualTime()->Iterations(200000);

@@ -22,6 +22,7 @@
 #include "kvring/protocol/json.h"
 #include "kvring/ring.h"
 #include "kvring/segment.h"
+#include "kvring/zmq/front.h"
 
 namespace kvring::tools {
 namespace {
@@ -85,6 +86,14 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
     };
     j["controller_heartbeat_age_ms"] = age_ms(h->controller_heartbeat_ns.load(std::memory_order_relaxed));
     j["client_heartbeat_age_ms"] = age_ms(h->client_heartbeat_ns.load(std::memory_order_relaxed));
+    if (h->role == static_cast<std::uint32_t>(segment::Role::kFront)) {
+      // The ZeroMQ front's own report (its peers, frames, drops): display only.
+      Json zmq = Json::object();
+      const segment::ClientCounters* c = segment::CountersOf(h);
+      for (std::size_t i = 0; i < zmqfront::kFrontCounterCount; ++i)
+        zmq[zmqfront::kFrontCounterNames[i]] = c->slot[i].load(std::memory_order_relaxed);
+      j["zmq"] = zmq;
+    }
     if (!j["controller_alive"].get<bool>()) problems.push_back("controller is gone: stale segment");
     std::uint32_t quarantined = h->quarantined.load(std::memory_order_relaxed);
     Json rings = Json::array();
@@ -179,6 +188,23 @@ void PrintHuman(const Json& seg, const Json* prev, double seconds) {
       if (rj.contains("peek"))
         for (const auto& m : rj["peek"]) std::cout << "    " << m.dump() << "\n";
     }
+  }
+  if (seg.contains("zmq")) {
+    // Counters with rates between refreshes (--watch) for those that only grow.
+    std::ostringstream line;
+    line << std::fixed << std::setprecision(0) << "  zmq:";
+    for (const auto& [k, v] : seg["zmq"].items()) {
+      line << " " << k << " " << v.get<std::uint64_t>();
+      const bool gauge = k == "peers" || k == "requests_in_flight" || k == "command_links";
+      if (!gauge && prev && prev->contains("zmq") && seconds > 0) {
+        double d = static_cast<double>(v.get<std::uint64_t>()) - (*prev)["zmq"][k].get<double>();
+        line << " (" << std::max(0.0, d / seconds) << "/s)";
+      }
+      line << ",";
+    }
+    std::string text = line.str();
+    text.pop_back();
+    std::cout << text << "\n";
   }
   for (const auto& p : seg["problems"]) std::cout << "  problem: " << p.get<std::string>() << "\n";
 }

@@ -15,6 +15,9 @@
 //   |   is set rings the doorbell: a byte on the attach socket)    |
 //   |   client-sleeping word (the controller rings the client's    |
 //   |   doorbell after it publishes replies while it is set)       |
+//   |   at 2048: 32 client counters (u64), the client's own report |
+//   |   of itself for `kvring inspect` (names by role; never       |
+//   |   trusted, never read by the controller)                     |
 //   +--------------------------------------------------------------+ 4096
 //   | ring 0: client -> controller (requests and events)           |
 //   |   RingControl (512 B) + data (capacity 0)                    |
@@ -111,6 +114,23 @@ static_assert(offsetof(SegmentHeader, state) == 324);
 static_assert(offsetof(SegmentHeader, controller_sleeping) == 384);
 static_assert(offsetof(SegmentHeader, client_sleeping) == 448);
 static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
+
+// Counters a client publishes about itself in its header page, for
+// inspection only (a ZeroMQ front's: zmq/front.h, FrontCounter). Written by
+// the client with relaxed stores, read by tools; any value is possible.
+inline constexpr std::size_t kClientCountersOffset = 2048;
+inline constexpr std::size_t kClientCounterSlots = 32;
+struct ClientCounters {
+  std::atomic<std::uint64_t> slot[kClientCounterSlots];
+};
+static_assert(sizeof(SegmentHeader) <= kClientCountersOffset);
+static_assert(kClientCountersOffset + sizeof(ClientCounters) <= kHeaderBytes);
+inline ClientCounters* CountersOf(SegmentHeader* h) {
+  return reinterpret_cast<ClientCounters*>(reinterpret_cast<char*>(h) + kClientCountersOffset);
+}
+inline const ClientCounters* CountersOf(const SegmentHeader* h) {
+  return reinterpret_cast<const ClientCounters*>(reinterpret_cast<const char*>(h) + kClientCountersOffset);
+}
 
 constexpr std::size_t PageAlign(std::size_t n) { return (n + kPageBytes - 1) & ~(kPageBytes - 1); }
 // Where each ring lives and how large the segment is, for given capacities.

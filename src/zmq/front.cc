@@ -548,6 +548,7 @@ struct Front::Impl {
     next_housekeeping = now + kHousekeepingPeriod;
     requests->Heartbeat();
     bulk->Heartbeat();
+    PublishCounters();
     // Requests the controller never answered (its reply ring was full, or it
     // stopped): given up, so the requests behind them flow again.
     std::vector<std::pair<int, std::string>> touched;
@@ -569,6 +570,18 @@ struct Front::Impl {
         NewSocket(l);
         SendNextCommand(l);
       }
+  }
+
+  // For `kvring inspect`, in the requests connection's header page.
+  void PublishCounters() {
+    const std::atomic<std::uint64_t>* from[kFrontCounterCount] = {
+        &stats.peers_connected, &stats.peers_disconnected, &stats.pull_frames, &stats.pull_bad_frames,
+        &stats.pull_ring_waits, &stats.reply_requests, &stats.heartbeat_requests, &stats.bad_requests,
+        &stats.replies_sent, &stats.requests_in_flight, &stats.requests_expired, &stats.command_links,
+        &stats.commands_sent, &stats.commands_timed_out};
+    segment::ClientCounters* to = segment::CountersOf(requests->segment().header());
+    for (std::size_t i = 0; i < kFrontCounterCount; ++i)
+      to->slot[i].store(from[i]->load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
 
   double NextDeadline(double now) const {

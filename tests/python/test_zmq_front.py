@@ -443,3 +443,22 @@ def test_metrics_show_the_zeromq_side(daemon):
     line = [l for l in text.splitlines() if l.startswith("lmcache:cache_controller_reply_socket_message_count")][0]
     assert float(line.split()[-1]) >= 2
     assert 'role="front"' in text
+
+
+def test_inspect_shows_the_front_and_its_counters(daemon):
+    a, b = registered_pair(daemon)
+    a.admit(LOC, range(10))
+    lookup_until(b, range(10), ("inst_a", LOC, 10, "a:1"))
+
+    def fronts():
+        r = subprocess.run([KVRING_CLI, "inspect", "--name", daemon.name, "--json"], capture_output=True, text=True,
+                           timeout=10)
+        segs = json.loads(r.stdout)["segments"]
+        return [s for s in segs if s.get("role") == "front" and s["zmq"]["reply_requests"] >= 3]
+    segs = wait_for(fronts, 10, "the front's counters in its segment")
+    z = [s["zmq"] for s in segs][0]
+    assert z["pull_frames"] >= 1 and z["peers"] >= 4 and z["command_links"] == 2
+    human = subprocess.run([KVRING_CLI, "inspect", "--name", daemon.name, "--watch", "--count", "2",
+                            "--interval", "0.2"], capture_output=True, text=True, timeout=10).stdout
+    assert "  front pid " in human and "  zmq: peers " in human and "reply_requests " in human
+    assert "/s)" in human  # rates on the second refresh

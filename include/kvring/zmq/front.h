@@ -97,6 +97,20 @@ struct Stats {
   std::atomic<std::uint64_t> reply_has_pending{0};
 };
 
+// The front's counters as it publishes them in its segment's header page
+// (segment_descriptor.h, ClientCounters), where `kvring inspect` reads them:
+// slot i holds kFrontCounterNames[i].
+enum FrontCounter : std::size_t {
+  kFrontPeers, kFrontPeerDisconnects, kFrontPullFrames, kFrontPullBadFrames, kFrontPullRingWaits,
+  kFrontReplyRequests, kFrontHeartbeatRequests, kFrontBadRequests, kFrontRepliesSent, kFrontRequestsInFlight,
+  kFrontRequestsExpired, kFrontCommandLinks, kFrontCommandsSent, kFrontCommandsTimedOut, kFrontCounterCount
+};
+inline constexpr const char* kFrontCounterNames[kFrontCounterCount] = {
+    "peers", "peer_disconnects", "pull_frames", "pull_bad_frames", "pull_ring_waits",
+    "reply_requests", "heartbeat_requests", "bad_requests", "replies_sent", "requests_in_flight",
+    "requests_expired", "command_links", "commands_sent", "commands_timed_out"};
+static_assert(kFrontCounterCount <= 32, "ClientCounters has 32 slots");
+
 class Front {
  public:
   // Binds the sockets (an address in use is an error here), attaches to the
