@@ -2,7 +2,8 @@
 # Installs dependencies, builds kvring and runs every test:
 #   1. Release build (-O2 -g), full ctest suite.
 #   2. ASan+UBSan build, full ctest suite.
-#   3. TSan build of the ring, transport, index, controller, client-library and HTTP API tests.
+#   3. TSan build of the ring, transport, index, controller, client-library, HTTP API and
+#      ZeroMQ front tests (libzmq's own hand-overs suppressed: tests/tsan.supp).
 #   4. libFuzzer build (clang) of the decoder, a short fuzzing run from the
 #      golden vectors (the corpus replay itself is part of ctest above).
 # Usage: bash scripts/test.sh            (from the repository root)
@@ -36,8 +37,8 @@ echo "=== tsan: rings and the other threaded code (ThreadSanitizer)"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DKVRING_SANITIZE=thread -DKVRING_BUILD_BENCH=OFF \
   > build/tsan.configure.log 2>&1 || { cat build/tsan.configure.log; exit 1; }
 cmake --build build/tsan -j"${jobs}" --target ring_test segment_test transport_test index_test controller_test controller_commands_test client_test \
-  http_api_test kvringd
-(cd build/tsan && ctest -j"${jobs}" --output-on-failure --timeout 600 -R '^(Ring|Segment|Transport|Processes|Names|ChunkIndex|Controller|Client|HttpApi)')
+  http_api_test kvringd kvring_cli shm_worker_tool
+(cd build/tsan && ctest -j"${jobs}" --output-on-failure --timeout 600 -R '^(Ring|Segment|Transport|Processes|Names|ChunkIndex|Controller|Client|HttpApi|python_zmq_front)')
 
 fuzz_seconds="${KVRING_FUZZ_SECONDS:-20}"
 if [ "${fuzz_seconds}" != 0 ]; then
