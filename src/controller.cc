@@ -140,12 +140,15 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
 }
 
 void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes,
-                     const std::function<void(bool idle)>& after_pass) {
+                     const std::function<void(bool idle)>& after_pass, std::chrono::microseconds spin_time) {
+  using Clock = std::chrono::steady_clock;
   std::uint32_t idle = 0;
+  Clock::time_point passes_spun{};  // when the idle passes were spun: the timed spin starts there
   while (!stop.load(std::memory_order_relaxed)) {  // relaxed: a flag, no data rides on it
-    bool sleep = idle >= spin_passes;
+    // The clock is read only once the passes are spun.
+    bool sleep = idle >= spin_passes && (spin_time.count() == 0 || Clock::now() - passes_spun >= spin_time);
     if (PollOnce(sleep ? kIdleSleep : std::chrono::milliseconds(0)) > 0) idle = 0;
-    else ++idle;
+    else if (++idle == spin_passes && spin_time.count() != 0) passes_spun = Clock::now();
     if (after_pass) after_pass(idle != 0);
   }
 }

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   std::string policy = "longest-prefix", log_level = "info";
   double stats_interval = 10;
   std::uint32_t spin_passes = 2000;
+  int spin_us = 300;
   bool group_access = false, no_full_sync_on_start = false;
   std::string http_at;
   // lmcache_controller's flags.
@@ -125,6 +126,10 @@ int main(int argc, char** argv) {
                  "at most this many ops of someone's ingest; fewer cost ingest a few % (docs/PERFORMANCE.md)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))->capture_default_str();
   app.add_option("--spin", spin_passes, "Idle passes spun before sleeping (latency vs. idle CPU)")->capture_default_str();
+  app.add_option("--spin-us", spin_us,
+                 "Microseconds spun after those passes before sleeping: covers the gap between ZeroMQ requests "
+                 "(a wake-up from sleep costs tens of microseconds; docs/PERFORMANCE.md)")
+      ->check(CLI::Range(0, 1000000))->capture_default_str();
   app.add_option("--stats-interval", stats_interval, "Seconds between stats lines in the log (0: none)")
       ->check(CLI::Range(0.0, 86400.0))->capture_default_str();
   app.add_option("--log-level", log_level, "error, warn, info or debug")
@@ -288,7 +293,7 @@ int main(int argc, char** argv) {
     prev = s;
     last_stats = now;
     next_stats = now + std::chrono::duration<double>(stats_interval);
-  });
+  }, std::chrono::microseconds(spin_us));
   // The HTTP side closes while the loop still answers its last requests.
   std::atomic<bool> http_closed{false};
   std::thread closer([&] {

@@ -48,6 +48,7 @@ constexpr std::size_t kFramesPerPass = 256;     // per socket per pass: no socke
 constexpr std::size_t kMaxPending = 1 << 16;    // ROUTER requests awaiting answers, all peers together
 constexpr std::size_t kMaxQueuedCommands = 256; // per worker, behind the one in flight
 constexpr double kHousekeepingPeriod = 0.1;
+constexpr double kRefreshPeriod = 50e-6;  // while busy, drained sockets are polled this often
 // After forwarding a request, the controller usually answers within a few
 // microseconds: polling the reply ring that long is cheaper than a sleep and
 // a doorbell (docs/PERFORMANCE.md, "The ZeroMQ front").
@@ -149,6 +150,13 @@ struct Front::Impl {
   std::map<std::pair<std::string, std::int64_t>, Link> links;
 
   std::deque<zmq::message_t> pull_backlog;  // frames received, waiting for ring space
+  // Whether a socket is worth a recv: an empty non-blocking recv costs a
+  // system call in libzmq (its mailbox is polled), so a drained socket is
+  // looked at again only when zmq_poll() says it is readable.
+  enum { kPullSocket = 0, kRouterSocket = 1, kSockets = 3 };
+  bool readable[kSockets] = {true, true, true};
+  double next_refresh = 0;  // while busy: when to ask zmq_poll() about the drained sockets
+  bool controller_gone = false;
   double next_housekeeping = 0;
   double last_log = -1e9;
   std::size_t suppressed_logs = 0;
@@ -251,6 +259,7 @@ struct Front::Impl {
   std::size_t PumpPull() {
     std::size_t n = 0;
     if (!DrainBacklog()) return 0;
+    if (!readable[kPullSocket]) return 0;
     while (n < kFramesPerPass) {
       zmq::message_t frame;
       auto got = pull.recv(frame, zmq::recv_flags::dontwait);
@@ -259,6 +268,7 @@ struct Front::Impl {
       Bump(stats.pull_frames);
       if (!pull_backlog.empty() || !ForwardPullFrame(frame)) pull_backlog.push_back(std::move(frame));
     }
+    readable[kPullSocket] = n == kFramesPerPass;  // else drained: zmq_poll says when to look again
     stats.pull_has_pending.store(n == kFramesPerPass || !pull_backlog.empty(), std::memory_order_relaxed);
     stats.pull_backlog_frames.store(pull_backlog.size(), std::memory_order_relaxed);
     return n;
@@ -368,7 +378,7 @@ struct Front::Impl {
   }
 
   std::size_t PumpRouter(int socket) {
-    if (!has_router[socket]) return 0;
+    if (!has_router[socket] || !readable[kRouterSocket + socket]) return 0;
     std::size_t n = 0;
     std::vector<zmq::message_t> frames;
     while (n < kFramesPerPass) {
@@ -378,6 +388,7 @@ struct Front::Impl {
       ++n;
       HandleRequest(socket, frames);
     }
+    readable[kRouterSocket + socket] = n == kFramesPerPass;
     if (socket == kMain) stats.reply_has_pending.store(n == kFramesPerPass, std::memory_order_relaxed);
     return n;
   }
@@ -549,6 +560,8 @@ struct Front::Impl {
     requests->Heartbeat();
     bulk->Heartbeat();
     PublishCounters();
+    PumpMonitors();
+    controller_gone = !requests->ControllerAlive();
     // Requests the controller never answered (its reply ring was full, or it
     // stopped): given up, so the requests behind them flow again.
     std::vector<std::pair<int, std::string>> touched;
@@ -600,13 +613,22 @@ struct Front::Impl {
       work += PumpPull();
       work += PumpRouter(kMain);
       work += PumpRouter(kHeartbeat);
-      for (int i = 0; i < 3; ++i)
-        if (has_monitor[i]) PumpMonitor(i);
       bulk->PublishRequests();
       requests->PublishRequests();
       const double now = MonoSeconds();
       Housekeeping(now);
-      if (work) continue;
+      if (controller_gone) {
+        Log("the controller has gone: the front stops");
+        return;
+      }
+      if (work) {
+        // Busy: a flood on one socket must not hide the others for long.
+        if (now >= next_refresh) {
+          RefreshReadable();
+          next_refresh = now + kRefreshPeriod;
+        }
+        continue;
+      }
       // Requests in flight: the answer is usually microseconds away.
       if (stats.requests_in_flight.load(std::memory_order_relaxed) > 0) {
         const auto until = Clock::now() + kReplySpin;
@@ -617,9 +639,9 @@ struct Front::Impl {
       items.clear();
       polled_links.clear();
       const bool pull_paused = !pull_backlog.empty();
-      if (!pull_paused) items.push_back({pull.handle(), 0, ZMQ_POLLIN, 0});
-      for (int s = 0; s < 2; ++s)
-        if (has_router[s]) items.push_back({router[s].handle(), 0, ZMQ_POLLIN, 0});
+      // Items 0..2: PULL and the ROUTERs (a paused or absent one polls nothing).
+      items.push_back({pull_paused ? nullptr : pull.handle(), -1, ZMQ_POLLIN, 0});
+      for (int s = 0; s < 2; ++s) items.push_back({has_router[s] ? router[s].handle() : nullptr, -1, ZMQ_POLLIN, 0});
       for (int i = 0; i < 3; ++i)
         if (has_monitor[i]) items.push_back({monitors[i].handle(), 0, ZMQ_POLLIN, 0});
       for (auto& [key, l] : links)
@@ -650,6 +672,10 @@ struct Front::Impl {
         requests->AwakeFromSocket();
       }
       if (ready > 0) {
+        for (int i = 0; i < kSockets; ++i)
+          if (items[i].revents & ZMQ_POLLIN) readable[i] = true;
+        for (std::size_t i = kSockets; i < first_link; ++i)
+          if (items[i].revents & ZMQ_POLLIN) PumpMonitors();
         for (std::size_t i = 0; i < polled_links.size(); ++i)
           if (items[first_link + i].revents & ZMQ_POLLIN) ReceiveCommandReply(*polled_links[i]);
         if (items[items.size() - 2].revents & (ZMQ_POLLIN | ZMQ_POLLERR)) {
@@ -658,11 +684,28 @@ struct Front::Impl {
           }
         }
       }
-      if (!requests->ControllerAlive()) {
-        Log("the controller has gone: the front stops");
-        return;
-      }
     }
+  }
+
+  // Which drained sockets have frames now (zmq_poll without waiting).
+  void RefreshReadable() {
+    zmq::pollitem_t items[kSockets] = {
+        {readable[kPullSocket] || !pull_backlog.empty() ? nullptr : pull.handle(), -1, ZMQ_POLLIN, 0},
+        {readable[kRouterSocket] || !has_router[kMain] ? nullptr : router[kMain].handle(), -1, ZMQ_POLLIN, 0},
+        {readable[kRouterSocket + 1] || !has_router[kHeartbeat] ? nullptr : router[kHeartbeat].handle(), -1,
+         ZMQ_POLLIN, 0}};
+    try {
+      if (zmq::poll(items, kSockets, std::chrono::milliseconds(0)) <= 0) return;
+    } catch (const zmq::error_t&) {
+      return;
+    }
+    for (int i = 0; i < kSockets; ++i)
+      if (items[i].revents & ZMQ_POLLIN) readable[i] = true;
+  }
+
+  void PumpMonitors() {
+    for (int i = 0; i < 3; ++i)
+      if (has_monitor[i]) PumpMonitor(i);
   }
 
   void Bind(zmq::socket_t& s, int port, int index, const char* what) {
