@@ -93,10 +93,11 @@ struct Daemon {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       std::string ports = "{\"pull\": " + std::to_string(pull) + ", \"reply\": " + std::to_string(reply) + "}";
       std::string port = std::to_string(http);
-      const char* spin = std::getenv("KVRING_ZMQ_BENCH_SPIN");  // kvringd --spin (default: kvringd's)
+      // kvringd --spin and --spin-us (defaults: kvringd's).
+      const char* spin = std::getenv("KVRING_ZMQ_BENCH_SPIN");
       execl(KVRINGD_PATH, "kvringd", "--name", name.c_str(), "--host", "127.0.0.1", "--port", port.c_str(),
             "--monitor-ports", ports.c_str(), "--stats-interval", "0", "--log-level", "error", "--no-full-sync-on-start",
-            "--spin", spin ? spin : "2000", static_cast<char*>(nullptr));
+            "--spin", spin ? spin : "2000", "--spin-us", std::getenv("KVRING_ZMQ_BENCH_SPIN_US") ? std::getenv("KVRING_ZMQ_BENCH_SPIN_US") : "1000", static_cast<char*>(nullptr));
       _exit(127);
     }
     // Up when its front answers a registration.

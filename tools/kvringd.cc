@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   std::string policy = "longest-prefix", log_level = "info";
   double stats_interval = 10;
   std::uint32_t spin_passes = 2000;
-  int spin_us = 300;
+  int spin_us = 1000;
   bool group_access = false, no_full_sync_on_start = false;
   std::string http_at;
   // lmcache_controller's flags.
