@@ -363,8 +363,9 @@ struct Front::Impl {
       if (m.ok()) {
         if (auto* r = std::get_if<protocol::RegisterMsg>(&*m)) {
           EnsureLink(r->instance_id, Small(r->worker_id), r->ip, Small(r->port));
-          pending[id].is_register = true;
-          pending[id].worker_ip = r->ip;
+          Pending& p = pending.at(id);
+          p.is_register = true;
+          p.worker_ip = r->ip;
         } else if (auto* h = std::get_if<protocol::HeartbeatMsg>(&*m)) {
           EnsureLink(h->instance_id, Small(h->worker_id), h->ip, Small(h->port));
         }
