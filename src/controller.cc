@@ -158,7 +158,7 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
   if (c.quarantined) return 0;
   std::size_t n = 0, bytes = 0;
   ring::Record r;
-  while (n < max_records && bytes < max_bytes && c.requests.Peek(&r) == ring::PollResult::kRecord) {
+  while (n < max_records && bytes < max_bytes && !c.quarantined && c.requests.Peek(&r) == ring::PollResult::kRecord) {
     // The tag is read once: it picks both the scheduling class and the handler.
     const std::optional<ring::Correlated> corr = ring::SplitCorrelated(r);
     Result<std::string_view> tag = r.type == ring::kRecordMessage || (r.type == ring::kRecordRequest && corr)
@@ -324,10 +324,7 @@ void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> b
   const std::size_t id_bytes = current_.type == ring::kRecordRequest ? ring::kCorrelationIdBytes : 0;
   std::span<std::uint8_t> out;
   std::size_t guess = id_bytes + 64 + l.instance_id.size() + l.location.size() + l.peer_init_url.size();
-  if (c.replies.TryClaim(guess, &out) != ring::ClaimResult::kOk) {
-    ++stats_.reply_ring_full;
-    return;
-  }
+  if (!ClaimReply(c, guess, &out)) return;
   if (id_bytes) ring::StoreCorrelationId(out, current_.id);
   protocol::EncodeResult r = protocol::EncodeTo(p2p_reply_, out.subspan(id_bytes));
   if (!r.fits) {  // cannot happen with the guess above; stay correct anyway
@@ -346,15 +343,28 @@ bool Controller::Emit(transport::Client& c, std::uint32_t type, std::uint64_t id
   const std::size_t id_bytes = type == ring::kRecordMessage ? 0 : ring::kCorrelationIdBytes;
   std::span<std::uint8_t> out;
   std::string bytes = protocol::Encode(m);  // the cold path; hot replies encode in place
-  if (c.replies.TryClaim(id_bytes + bytes.size(), &out) != ring::ClaimResult::kOk) {
-    ++stats_.reply_ring_full;
-    return false;
-  }
+  if (!ClaimReply(c, id_bytes + bytes.size(), &out)) return false;
   if (id_bytes) ring::StoreCorrelationId(out, id);
   std::memcpy(out.data() + id_bytes, bytes.data(), bytes.size());
   c.replies.Commit(id_bytes + bytes.size(), type);
   c.replies.DemoteLastRecord();
   return true;
+}
+
+bool Controller::ClaimReply(transport::Client& c, std::size_t bytes, std::span<std::uint8_t>* out) {
+  switch (c.replies.TryClaim(bytes, out)) {
+    case ring::ClaimResult::kOk: return true;
+    case ring::ClaimResult::kCorrupt:
+      // The client's consumer position is garbage: like a corrupt request
+      // ring, the client is quarantined (nothing of its is read or written again).
+      if (!c.quarantined) {
+        listener_->Quarantine(c, segment::kReplyRing);
+        ++stats_.quarantined_rings;
+        Problem(c, "reply ring quarantined: " + c.replies.corruption());
+      }
+      return false;
+    default: ++stats_.reply_ring_full; return false;  // full, or a reply above the ring's largest record
+  }
 }
 
 bool Controller::EmitCommand(transport::Client& c, std::uint64_t id, std::uint32_t worker, const protocol::Message& m) {
@@ -364,10 +374,7 @@ bool Controller::EmitCommand(transport::Client& c, std::uint64_t id, std::uint32
   const std::size_t head = ring::RoutedCommandHeaderBytes(w.instance_id);
   std::string bytes = protocol::Encode(m);
   std::span<std::uint8_t> out;
-  if (c.replies.TryClaim(head + bytes.size(), &out) != ring::ClaimResult::kOk) {
-    ++stats_.reply_ring_full;
-    return false;
-  }
+  if (!ClaimReply(c, head + bytes.size(), &out)) return false;
   ring::StoreRoutedCommandHeader(out, id, w.worker_id, w.instance_id);
   std::memcpy(out.data() + head, bytes.data(), bytes.size());
   c.replies.Commit(head + bytes.size(), ring::kRecordRoutedCommand);
@@ -376,10 +383,7 @@ bool Controller::EmitCommand(transport::Client& c, std::uint64_t id, std::uint32
 
 void Controller::ReplyControl(transport::Client& c, const std::string& json) {
   std::span<std::uint8_t> out;
-  if (c.replies.TryClaim(json.size(), &out) != ring::ClaimResult::kOk) {
-    ++stats_.reply_ring_full;
-    return;
-  }
+  if (!ClaimReply(c, json.size(), &out)) return;
   std::memcpy(out.data(), json.data(), json.size());
   c.replies.Commit(json.size(), ring::kRecordControl);
 }

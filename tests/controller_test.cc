@@ -412,6 +412,36 @@ TEST(Controller, SilentWorkerIsDeregisteredAfterTheHeartbeatTimeout) {
   Exit(pid);
 }
 
+// A client that writes garbage into its reply ring's consumer position is
+// quarantined like one whose request ring is corrupt, not counted as a full
+// reply ring forever; other clients are served on.
+TEST(Controller, AClientThatCorruptsItsReplyRingHeadIsQuarantined) {
+  auto ctl = Controller::Start(Small(Name("rhead")));
+  ASSERT_TRUE(ctl.ok());
+  pid_t bad = Spawn(Name("rhead"), [](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    auto* rc = static_cast<ring::RingControl*>(w.conn->segment().ring_region(segment::kReplyRing));
+    rc->head.store(std::uint64_t{1} << 40, std::memory_order_relaxed);  // beyond anything the controller wrote
+    // Requests whose replies fill the ring: the controller must look at the head.
+    HeartbeatMsg hb{"A", Int(0), "127.0.0.1", Int(8000), std::nullopt};
+    for (int i = 0; i < 1000; ++i)
+      while (!w.Send(hb)) w.conn->requests().WaitForSpace(256, 1s);
+    pause();
+    return 0;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->stats().quarantined_rings == 1; }));
+  EXPECT_EQ((*ctl)->stats().reply_ring_full, 0u);
+  auto& clients = (*ctl)->listener().clients();
+  ASSERT_EQ(clients.size(), 1u);
+  EXPECT_TRUE(clients[0]->quarantined);
+  EXPECT_NE(clients[0]->segment.header()->quarantined.load() & (1u << segment::kReplyRing), 0u);
+  // Another worker is served as before.
+  pid_t good = Spawn(Name("rhead"), [](Worker& w) { return w.Ask(Reg("B", 0)) ? 0 : 1; });
+  EXPECT_EQ(RunUntilExit(**ctl, good), 0);
+  kill(bad, SIGKILL);
+  Exit(bad);
+}
+
 TEST(Controller, FloodingWorkerIsHeldToItsQuotaWhileOthersAreServed) {
   Options o = Small(Name("quota"));
   o.index.per_holder_quota = 1000;

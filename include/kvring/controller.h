@@ -253,6 +253,10 @@ class Controller {
   bool ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
                const protocol::Int& seq, bool* gap_counted);
   void Reply(transport::Client& c, const protocol::Message& m);
+  // Room for a reply of `bytes` in c's reply ring. False when there is none:
+  // counted as reply_ring_full, or, when the client's consumer position is
+  // inconsistent, the client is quarantined (as for its request ring).
+  bool ClaimReply(transport::Client& c, std::size_t bytes, std::span<std::uint8_t>* out);
   // Writes `m` into c's reply ring as a record of `type` (with `id` when correlated).
   bool Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m);
   // Writes fan-out command `m` for `worker` into c's reply ring: a
