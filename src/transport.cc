@@ -121,7 +121,7 @@ Result<std::unique_ptr<Listener>> Listener::Start(const ListenerOptions& options
 }
 
 Listener::~Listener() {
-  for (int fd : pending_) close(fd);
+  for (const PendingConnection& p : pending_) close(p.fd);
   for (auto& c : clients_) {
     c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
     (void)segment::Segment::Remove(c->segment.shm_name());
@@ -138,10 +138,11 @@ Client* Listener::Find(std::uint64_t id) const {
 
 Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   Events ev;
+  ExpireHandshakes(&ev);  // first, so that pending_ and the polled descriptors match below
   std::vector<pollfd>& fds = pollfds_;  // reused: no allocation per pass once sized
   fds.clear();
   fds.push_back({listen_fd_, POLLIN, 0});
-  for (int fd : pending_) fds.push_back({fd, POLLIN, 0});
+  for (const PendingConnection& p : pending_) fds.push_back({p.fd, POLLIN, 0});
   for (const auto& c : clients_) fds.push_back({c->socket, POLLIN, 0});
   int n = poll(fds.data(), fds.size(), static_cast<int>(timeout.count()));
   if (n <= 0) return ev;
@@ -149,10 +150,10 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   // Handshake() appends to clients_, so work from the counts polled.
   const std::size_t polled_pending = pending_.size();
   const std::size_t polled_clients = clients_.size();
-  std::vector<int> still_pending;
+  std::vector<PendingConnection> still_pending;
   if (polled_pending) still_pending.reserve(polled_pending);
   for (std::size_t i = 0; i < polled_pending; ++i) {
-    if (fds[1 + i].revents) Handshake(pending_[i], &ev);  // its Hello arrived (or it hung up)
+    if (fds[1 + i].revents) Handshake(pending_[i].fd, &ev);  // its Hello arrived (or it hung up)
     else still_pending.push_back(pending_[i]);
   }
   // Departures: a client socket becomes readable only at EOF (clients send
@@ -175,25 +176,63 @@ void Listener::Accept(Events* ev) {
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return;
-    if (clients_.size() + pending_.size() >= options_.max_clients) {
-      ev->rejected.push_back("connection refused: " + std::to_string(options_.max_clients) + " clients attached");
-      close(fd);
+    // Another user is refused before anything is kept for it.
+    ucred cred{};
+    socklen_t clen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) {
+      Refuse(fd, "connection refused: cannot read peer credentials", ev);
       continue;
     }
-    pending_.push_back(fd);
+    if (!options_.allow_other_uids && cred.uid != getuid()) {
+      Refuse(fd, "uid " + std::to_string(cred.uid) + " may not attach (controller runs as uid " +
+                     std::to_string(getuid()) + ")", ev);
+      continue;
+    }
+    if (clients_.size() >= options_.max_clients || options_.max_pending == 0) {
+      Refuse(fd, "connection refused: " + std::to_string(options_.max_clients) + " clients attached", ev);
+      continue;
+    }
+    if (pending_.size() >= options_.max_pending) {
+      // Full of connections that said nothing yet: the oldest goes (a real
+      // client says Hello right after connecting).
+      ev->rejected.push_back("handshake: " + std::to_string(options_.max_pending) +
+                             " connections waiting to say Hello; the oldest was closed");
+      close(pending_.front().fd);
+      pending_.erase(pending_.begin());
+    }
+    pending_.push_back({fd, std::chrono::steady_clock::now() + options_.handshake_timeout});
   }
+}
+
+void Listener::ExpireHandshakes(Events* ev) {
+  if (pending_.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  std::erase_if(pending_, [&](const PendingConnection& p) {
+    if (now < p.deadline) return false;
+    ev->rejected.push_back("handshake timed out: no Hello within " + std::to_string(options_.handshake_timeout.count()) +
+                           " ms");
+    close(p.fd);
+    return true;
+  });
+}
+
+// Tells a connecting client why it is turned away (a Welcome with the
+// reason: the client reads it in place of its welcome) and closes.
+void Listener::Refuse(int fd, const std::string& why, Events* ev) {
+  Welcome w{};
+  w.magic = kHandshakeMagic;
+  w.version = kHandshakeVersion;
+  CopyString(w.error, sizeof w.error, why);
+  (void)send(fd, &w, sizeof w, MSG_NOSIGNAL | MSG_DONTWAIT);
+  close(fd);
+  ev->rejected.push_back(why);
 }
 
 void Listener::Handshake(int fd, Events* ev) {
   Welcome w{};
   w.magic = kHandshakeMagic;
   w.version = kHandshakeVersion;
-  auto refuse = [&](const std::string& why) {
-    CopyString(w.error, sizeof w.error, why);
-    (void)send(fd, &w, sizeof w, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close(fd);
-    ev->rejected.push_back(why);
-  };
+  auto refuse = [&](const std::string& why) { Refuse(fd, why, ev); };
   Hello h{};
   ssize_t r = recv(fd, &h, sizeof h, MSG_DONTWAIT);
   if (r != static_cast<ssize_t>(sizeof h) || h.magic != kHandshakeMagic)
@@ -208,9 +247,6 @@ void Listener::Handshake(int fd, Events* ev) {
   ucred cred{};
   socklen_t clen = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) return refuse("cannot read peer credentials");
-  if (!options_.allow_other_uids && cred.uid != getuid())
-    return refuse("uid " + std::to_string(cred.uid) + " may not attach (controller runs as uid " +
-                  std::to_string(getuid()) + ")");
 
   segment::CreateOptions co;
   std::uint64_t id = next_client_id_++;

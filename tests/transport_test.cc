@@ -3,7 +3,9 @@
 #include "kvring/protocol/codec.h"
 
 #include <signal.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -220,6 +222,151 @@ TEST(Transport, GarbageHandshakeIsRejectedAndTheControllerCarriesOn) {
   waitpid(pid, &status, 0);
   EXPECT_TRUE(attached);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+// Connects to controller `name` without saying Hello; -1 on failure.
+int IdleConnection(const std::string& name) {
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::string s = SocketName(name);
+  std::memcpy(a.sun_path, s.data(), s.size());
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + s.size())) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Forks a process that opens `n` idle connections to `name` (as uid `uid`
+// when not -1), writes one byte on the returned pipe once they are open, and
+// holds them until the pipe's other end closes; it exits 0 if every one was
+// closed by the controller by then (EOF), else 3.
+struct IdleHolder {
+  pid_t pid = -1;
+  int ready = -1, release = -1;
+};
+IdleHolder HoldIdleConnections(const std::string& name, int n, int uid) {
+  int ready[2], release[2];
+  if (pipe(ready) != 0 || pipe(release) != 0) return {};
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    close(ready[0]);
+    close(release[1]);
+    rlimit lim{4096, 4096};
+    (void)setrlimit(RLIMIT_NOFILE, &lim);
+    if (uid >= 0 && (setgid(static_cast<gid_t>(uid)) != 0 || setuid(static_cast<uid_t>(uid)) != 0)) _exit(100);
+    std::vector<int> fds;
+    for (int i = 0; i < n; ++i) {
+      int fd = IdleConnection(name);
+      if (fd < 0) _exit(101);
+      fds.push_back(fd);
+    }
+    if (write(ready[1], "r", 1) != 1) _exit(102);
+    char b;
+    (void)!read(release[0], &b, 1);  // until the test is done with them
+    int open_still = 0;
+    for (int fd : fds) {
+      pollfd p{fd, POLLIN, 0};
+      char buf[512];
+      // The controller closed it: readable, and EOF after any refusal it sent.
+      bool closed = poll(&p, 1, 0) == 1 && (recv(fd, buf, sizeof buf, MSG_DONTWAIT) == 0 ||
+                                            recv(fd, buf, sizeof buf, MSG_DONTWAIT) == 0);
+      open_still += closed ? 0 : 1;
+    }
+    _exit(open_still == 0 ? 0 : 3);
+  }
+  close(ready[1]);
+  close(release[0]);
+  return {pid, ready[0], release[1]};
+}
+
+bool WaitReadable(int fd, std::chrono::milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  return poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+}
+
+// A thousand idle connections from another user are turned away at once,
+// before anything is kept for them; a real client still gets in meanwhile.
+TEST(Transport, IdleConnectionsOfAnotherUserCannotLockOutRealClients) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  auto l = Listener::Start(Small(Name("otheruid")));
+  ASSERT_TRUE(l.ok());
+  IdleHolder h = HoldIdleConnections(Name("otheruid"), 1000, 65534);
+  ASSERT_GT(h.pid, 0);
+  std::size_t refused = 0;
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    for (const auto& r : e.rejected) refused += r.rfind("uid 65534 may not attach", 0) == 0 ? 1 : 0;
+    return refused == 1000 && WaitReadable(h.ready, 0ms);
+  }, 20000ms));
+  pid_t pid = fork();
+  if (pid == 0) _exit(Connection::Open({Name("otheruid"), segment::Role::kOrchestrator, 5000ms}).ok() ? 0 : 1);
+  EXPECT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return !e.attached.empty(); }));
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  close(h.release);
+  waitpid(h.pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit " << WEXITSTATUS(status);  // every one closed
+  close(h.ready);
+}
+
+// Connections of the controller's own user that never say Hello hold at most
+// max_pending places, for at most handshake_timeout each; real clients get in.
+TEST(Transport, ConnectionsThatNeverSayHelloTimeOutAndDoNotCountAsClients) {
+  ListenerOptions o = Small(Name("silent"));
+  o.max_clients = 2;
+  o.max_pending = 16;
+  o.handshake_timeout = 300ms;
+  auto l = Listener::Start(o);
+  ASSERT_TRUE(l.ok());
+  IdleHolder h = HoldIdleConnections(Name("silent"), 200, -1);
+  ASSERT_GT(h.pid, 0);
+  std::size_t evicted = 0, timed_out = 0;
+  auto count = [&](const Listener::Events& e) {
+    for (const auto& r : e.rejected) {
+      evicted += r.find("connections waiting to say Hello") != std::string::npos ? 1 : 0;
+      timed_out += r.rfind("handshake timed out", 0) == 0 ? 1 : 0;
+    }
+  };
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    count(e);
+    return WaitReadable(h.ready, 0ms) && evicted == 200 - 16;
+  }, 10000ms));
+  // Two real clients fill max_clients; the silent ones never counted.
+  std::vector<pid_t> real;
+  for (int i = 0; i < 2; ++i) {
+    pid_t pid = fork();
+    real.push_back(pid);
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      auto c = Connection::Open({Name("silent"), segment::Role::kOrchestrator, 5000ms});
+      if (!c.ok()) _exit(1);
+      pause();
+    }
+    ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+      count(e);
+      return !e.attached.empty();
+    }));
+  }
+  EXPECT_EQ((*l)->clients().size(), 2u);
+  // Every silent one is gone: pushed out by a newer connection (the real
+  // clients' too) or timed out.
+  ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) {
+    count(e);
+    return evicted + timed_out == 200;
+  }, 5000ms)) << evicted << " evicted, " << timed_out << " timed out";
+  EXPECT_GE(timed_out, 14u);
+  for (pid_t pid : real) {  // first: they hold copies of the release pipe
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+  close(h.release);
+  int status = 0;
+  waitpid(h.pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit " << WEXITSTATUS(status);
+  close(h.ready);
 }
 
 TEST(Transport, CleanShutdownRemovesEverySegmentAndTellsTheClients) {

@@ -40,7 +40,12 @@ struct ListenerOptions {
   std::size_t reply_capacity = std::size_t{1} << 20;
   unsigned segment_mode = 0600;  // 0660 lets the group attach too
   bool allow_other_uids = false; // accept clients of other users (with segment_mode 0660/0666)
-  std::size_t max_clients = 1024;
+  std::size_t max_clients = 1024;  // attached clients; connections still handshaking do not count
+  // Connections that have not sent their Hello: at most this many (the
+  // oldest is closed to make room: a real client says Hello at once), each
+  // closed after handshake_timeout.
+  std::size_t max_pending = 64;
+  std::chrono::milliseconds handshake_timeout{1000};
 };
 
 struct Client {
@@ -99,14 +104,20 @@ class Listener {
  private:
   Listener() = default;
   void Accept(Events* ev);
+  void ExpireHandshakes(Events* ev);  // closes and forgets pending connections past their deadline
   void Handshake(int fd, Events* ev);
+  static void Refuse(int fd, const std::string& why, Events* ev);
   void Drop(std::size_t index, Events* ev);
 
   ListenerOptions options_;
   int listen_fd_ = -1;
   std::uint64_t generation_ = 0;
   std::uint64_t next_client_id_ = 1;
-  std::vector<int> pending_;  // connected, Hello not yet read
+  struct PendingConnection {
+    int fd = -1;
+    std::chrono::steady_clock::time_point deadline;  // closed unanswered after this
+  };
+  std::vector<PendingConnection> pending_;  // connected, Hello not yet read, oldest first
   std::vector<struct pollfd> pollfds_;
   std::vector<std::unique_ptr<Client>> clients_;
   std::vector<std::string> stale_;
