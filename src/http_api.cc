@@ -121,6 +121,47 @@ Response Metrics(client::Orchestrator& o, const Options& opt) {
   return Response{200, "text/plain; version=0.0.4; charset=utf-8", j["metrics"].get<std::string>()};
 }
 
+// Walks a body as SAX events, without building anything, and stops at the
+// first value past the depth or element limit: the tree is built only for a
+// body within both, so its size is bounded by them, not by the body's shape.
+class BoundedJson : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  BoundedJson(std::size_t max_depth, std::size_t max_elements) : max_depth_(max_depth), max_elements_(max_elements) {}
+  std::string problem;  // set when a limit stopped the walk
+
+  bool null() override { return Value(); }
+  bool boolean(bool) override { return Value(); }
+  bool number_integer(number_integer_t) override { return Value(); }
+  bool number_unsigned(number_unsigned_t) override { return Value(); }
+  bool number_float(number_float_t, const string_t&) override { return Value(); }
+  bool string(string_t&) override { return Value(); }
+  bool binary(binary_t&) override { return Value(); }
+  bool start_object(std::size_t) override { return Value() && Enter(); }
+  bool end_object() override { return Leave(); }
+  bool start_array(std::size_t) override { return Value() && Enter(); }
+  bool end_array() override { return Leave(); }
+  bool key(string_t&) override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+ private:
+  bool Value() {
+    if (++elements_ <= max_elements_) return true;
+    problem = "the body has more than " + std::to_string(max_elements_) + " JSON values";
+    return false;
+  }
+  bool Enter() {
+    if (++depth_ <= max_depth_) return true;
+    problem = "the body nests JSON deeper than " + std::to_string(max_depth_) + " levels";
+    return false;
+  }
+  bool Leave() {
+    --depth_;
+    return true;
+  }
+  std::size_t max_depth_, max_elements_;
+  std::size_t depth_ = 0, elements_ = 0;
+};
+
 }  // namespace
 
 Response Handle(client::Orchestrator& o, std::string_view method, std::string_view target, std::string_view body,
@@ -136,6 +177,10 @@ Response Handle(client::Orchestrator& o, std::string_view method, std::string_vi
   if (!kPostPaths.count(path)) return Detail(404, "Not Found");
   if (method != "POST") return Detail(405, "Method Not Allowed");
 
+  BoundedJson bounds(opt.max_json_depth, opt.max_json_elements);
+  if (!nlohmann::json::sax_parse(body.begin(), body.end(), &bounds, nlohmann::json::input_format_t::json,
+                                 /*strict=*/true, /*ignore_comments=*/false))
+    return bounds.problem.empty() ? Detail(400, "the body is not valid JSON") : Detail(413, bounds.problem);
   auto j = nlohmann::json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Detail(400, "the body is not valid JSON");
   if (!j.is_object()) return Detail(400, "the body must be a JSON object");

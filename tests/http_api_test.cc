@@ -3,7 +3,10 @@
 // own HTTP client. Every endpoint, a worker that never answers, a worker that
 // answers an error, unknown instances, malformed requests, and a token lookup
 // whose chunk hashes come from CPython itself (tests/data/cpython-chunk-hash).
+#include <atomic>
+#include <fstream>
 #include <regex>
+#include <thread>
 #include <stdexcept>
 
 #include <gtest/gtest.h>
@@ -241,6 +244,58 @@ TEST_F(HttpApi, EveryEndpointAnswersInLMCachesShapeAndFailuresGetAClearStatus) {
                            "kvring_token_lookup_seconds_count 1\n", "kvring_ring_fill_ratio{client=",
                            "kvring_dropped_total{reason=\"over_quota\"} 0\n"})
     EXPECT_NE(metrics->body.find(line), std::string::npos) << line;
+}
+
+}  // namespace
+}  // namespace kvring
+
+namespace kvring {
+namespace {
+
+// kvringd's peak resident set (VmHWM), in bytes.
+std::size_t PeakResident(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+// Bodies that are small but explode into JSON trees (8 MB of '[' took ~500 MB
+// to parse, eight at once ~4.7 GB) are refused before any tree is built; the
+// daemon's peak memory stays a small multiple of the bodies it was sent.
+TEST_F(HttpApi, DeepOrHugeJsonIsRefusedBeforeItIsBuilt) {
+  const std::string deep(7u << 20, '[');
+  auto [ds, deep_reply] = Post("/lookup", deep);
+  EXPECT_EQ(ds, 413);
+  EXPECT_NE(deep_reply["detail"].get<std::string>().find("deeper than 64"), std::string::npos) << deep_reply;
+  std::string many = R"({"tokens": [)";
+  for (int i = 0; i < (1 << 20) + 10; ++i) many += i ? ",0" : "0";
+  many += "]}";
+  auto [ms, many_reply] = Post("/lookup", many);
+  EXPECT_EQ(ms, 413);
+  EXPECT_NE(many_reply["detail"].get<std::string>().find("JSON values"), std::string::npos) << many_reply;
+  // Just inside the limits: an ordinary answer.
+  std::string nested = R"({"tokens": [1, 2], "x": )" + std::string(60, '[') + std::string(60, ']') + "}";
+  auto [ns, nested_reply] = Post("/lookup", nested);
+  EXPECT_EQ(ns, 200) << nested_reply;
+  // Eight deep bodies at once.
+  const std::size_t before = PeakResident(daemon_.pid);
+  std::vector<std::thread> senders;
+  std::atomic<int> refused{0};
+  for (int i = 0; i < 8; ++i)
+    senders.emplace_back([&] {
+      auto c = http::HttpClient::Connect("127.0.0.1", port_);
+      if (!c.ok()) return;
+      auto r = (*c)->Post("/lookup", deep);
+      if (r.ok() && r->status == 413) ++refused;
+    });
+  for (auto& t : senders) t.join();
+  EXPECT_EQ(refused.load(), 8);
+  const std::size_t after = PeakResident(daemon_.pid);
+  EXPECT_LT(after - std::min(after, before), std::size_t{200} << 20) << before << " -> " << after;
+  auto [hs, health] = Post("/health", R"({"instance_id":"test"})");
+  EXPECT_EQ(hs, 200);
 }
 
 }  // namespace

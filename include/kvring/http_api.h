@@ -33,6 +33,10 @@ struct Options {
   std::uint16_t port = 9000;               // 0: any free port (see Server::port())
   std::string controller = "kvring";       // the controller's name
   std::size_t max_body_bytes = 8u << 20;   // larger bodies get 413
+  // A body is checked against these before any JSON tree is built (413):
+  // an 8 MiB body of '[' would otherwise take ~500 MB to parse.
+  std::size_t max_json_depth = 64;
+  std::size_t max_json_elements = 1u << 20;  // values in the whole body (a token list's length, roughly)
   std::size_t max_connections = 256;       // more get 503 and are closed
   std::chrono::milliseconds request_timeout{10000};  // keep above the controller's command deadline
   std::chrono::milliseconds idle_timeout{60000};     // a keep-alive connection idle this long is closed
