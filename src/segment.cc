@@ -19,10 +19,24 @@ namespace kvring::segment {
 
 namespace bip = boost::interprocess;
 
+// Where the rings are, read once (from the creator's own values, or from a
+// validated copy of an attached header) and kept here: the header is
+// writable by the other side, so nothing later follows its offset words.
+struct Placement {
+  std::uint64_t offset[2] = {0, 0};
+  std::uint64_t capacity[2] = {0, 0};
+  std::uint64_t max_record[2] = {0, 0};
+};
+
 struct Segment::Impl {
   std::string name;
   bip::mapped_region region;
+  Placement rings;
 };
+
+namespace {
+Status ValidateInto(const void* base, std::size_t mapped, bool require_ready, Placement* out);
+}  // namespace
 
 Segment::Segment(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Segment::Segment(Segment&&) noexcept = default;
@@ -31,10 +45,10 @@ Segment::~Segment() = default;
 
 SegmentHeader* Segment::header() const { return static_cast<SegmentHeader*>(impl_->region.get_address()); }
 void* Segment::ring_region(int ring) const {
-  return static_cast<char*>(impl_->region.get_address()) + header()->ring_offset[ring];
+  return static_cast<char*>(impl_->region.get_address()) + impl_->rings.offset[ring];
 }
-std::size_t Segment::capacity(int ring) const { return header()->ring_capacity[ring]; }
-std::size_t Segment::max_record(int ring) const { return header()->max_record[ring]; }
+std::size_t Segment::capacity(int ring) const { return impl_->rings.capacity[ring]; }
+std::size_t Segment::max_record(int ring) const { return impl_->rings.max_record[ring]; }
 std::size_t Segment::size() const { return impl_->region.get_size(); }
 const std::string& Segment::shm_name() const { return impl_->name; }
 
@@ -95,8 +109,11 @@ Result<Segment> Segment::Create(const CreateOptions& o) {
   h->layout_version = kLayoutVersion;
   h->header_bytes = kHeaderBytes;
   h->segment_bytes = bytes;
-  h->ring_offset[0] = RingOffset(0, o.request_capacity);
-  h->ring_offset[1] = RingOffset(1, o.request_capacity);
+  impl->rings = Placement{{RingOffset(0, o.request_capacity), RingOffset(1, o.request_capacity)},
+                          {o.request_capacity, o.reply_capacity},
+                          {rec0, rec1}};
+  h->ring_offset[0] = impl->rings.offset[0];
+  h->ring_offset[1] = impl->rings.offset[1];
   h->ring_capacity[0] = o.request_capacity;
   h->ring_capacity[1] = o.reply_capacity;
   h->max_record[0] = static_cast<std::uint32_t>(rec0);
@@ -114,7 +131,7 @@ Result<Segment> Segment::Create(const CreateOptions& o) {
   h->client_heartbeat_ns.store(0, std::memory_order_relaxed);
   h->quarantined.store(0, std::memory_order_relaxed);
   for (int r = 0; r < 2; ++r) {
-    Status s = ring::InitializeRegion(base + h->ring_offset[r], h->ring_capacity[r]);
+    Status s = ring::InitializeRegion(base + impl->rings.offset[r], impl->rings.capacity[r]);
     if (!s.ok()) {
       bip::shared_memory_object::remove(o.shm_name.c_str());
       return s;
@@ -125,6 +142,15 @@ Result<Segment> Segment::Create(const CreateOptions& o) {
 }
 
 Status Segment::Validate(const void* base, std::size_t mapped, bool require_ready) {
+  Placement unused;
+  return ValidateInto(base, mapped, require_ready, &unused);
+}
+
+namespace {
+
+// Each header word is read once into a local, checked there and only the
+// checked copy is used: the other side may rewrite the header meanwhile.
+Status ValidateInto(const void* base, std::size_t mapped, bool require_ready, Placement* out) {
   if (mapped < kHeaderBytes)
     return Status(ErrorKind::kCorrupt, "segment of " + std::to_string(mapped) +
                                            " bytes is smaller than its header (" +
@@ -135,30 +161,42 @@ Status Segment::Validate(const void* base, std::size_t mapped, bool require_read
   if (require_ready && state != kReady)
     return Status(ErrorKind::kUnavailable,
                   state == kClosed ? "segment is closed" : "segment is not initialised (no ready word)");
-  if (h->magic != kMagic) {
+  auto once = [](const auto& field) { return __atomic_load_n(&field, __ATOMIC_RELAXED); };  // one read per word
+  const std::uint64_t magic = once(h->magic);
+  if (magic != kMagic) {
     std::ostringstream m;
-    m << "bad magic 0x" << std::hex << h->magic << " (expected 0x" << kMagic << "): not a kvring segment";
+    m << "bad magic 0x" << std::hex << magic << " (expected 0x" << kMagic << "): not a kvring segment";
     return Status(ErrorKind::kCorrupt, m.str());
   }
-  if (h->layout_version != kLayoutVersion)
-    return Status(ErrorKind::kCorrupt, "segment layout version " + std::to_string(h->layout_version) +
+  const std::uint64_t version = once(h->layout_version);
+  if (version != kLayoutVersion)
+    return Status(ErrorKind::kCorrupt, "segment layout version " + std::to_string(version) +
                                            ", this build reads version " + std::to_string(kLayoutVersion));
-  if (h->header_bytes != kHeaderBytes || h->segment_bytes != mapped)
-    return Status(ErrorKind::kCorrupt, "segment says " + std::to_string(h->segment_bytes) +
-                                           " bytes with a " + std::to_string(h->header_bytes) +
+  const std::uint64_t header_bytes = once(h->header_bytes), segment_bytes = once(h->segment_bytes);
+  if (header_bytes != kHeaderBytes || segment_bytes != mapped)
+    return Status(ErrorKind::kCorrupt, "segment says " + std::to_string(segment_bytes) +
+                                           " bytes with a " + std::to_string(header_bytes) +
                                            "-byte header, but " + std::to_string(mapped) + " are mapped");
+  Placement p;
   for (int r = 0; r < 2; ++r) {
-    std::uint64_t cap = h->ring_capacity[r], off = h->ring_offset[r], rec = h->max_record[r];
-    if (Status s = ring::ValidateGeometry(cap, rec); !s.ok())
+    p.capacity[r] = once(h->ring_capacity[r]);
+    p.offset[r] = once(h->ring_offset[r]);
+    p.max_record[r] = once(h->max_record[r]);
+  }
+  for (int r = 0; r < 2; ++r) {
+    if (Status s = ring::ValidateGeometry(p.capacity[r], p.max_record[r]); !s.ok())
       return Status(ErrorKind::kCorrupt, "ring " + std::to_string(r) + ": " + s.message());
-    if (off != RingOffset(r, h->ring_capacity[0]) || off + ring::RegionBytes(cap) > mapped)
-      return Status(ErrorKind::kCorrupt, "ring " + std::to_string(r) + " at offset " + std::to_string(off) +
+    if (p.offset[r] != RingOffset(r, p.capacity[0]) || p.offset[r] + ring::RegionBytes(p.capacity[r]) > mapped)
+      return Status(ErrorKind::kCorrupt, "ring " + std::to_string(r) + " at offset " + std::to_string(p.offset[r]) +
                                              " does not fit the segment");
   }
-  if (SegmentBytes(h->ring_capacity[0], h->ring_capacity[1]) != mapped)
+  if (SegmentBytes(p.capacity[0], p.capacity[1]) != mapped)
     return Status(ErrorKind::kCorrupt, "segment size does not match its rings");
+  *out = p;
   return Status();
 }
+
+}  // namespace
 
 Result<Segment> Segment::Attach(const std::string& shm_name, std::chrono::milliseconds timeout,
                                 bool read_only) {
@@ -177,7 +215,7 @@ Result<Segment> Segment::Attach(const std::string& shm_name, std::chrono::millis
         auto impl = std::make_unique<Impl>();
         impl->name = shm_name;
         impl->region = bip::mapped_region(shm, mode, 0, static_cast<std::size_t>(size));
-        last = Validate(impl->region.get_address(), impl->region.get_size(), true);
+        last = ValidateInto(impl->region.get_address(), impl->region.get_size(), true, &impl->rings);
         if (last.ok()) return Segment(std::move(impl));
         if (last.kind() != ErrorKind::kUnavailable) return Status(last.kind(), shm_name + ": " + last.message());
       }

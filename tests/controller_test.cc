@@ -442,6 +442,49 @@ TEST(Controller, AClientThatCorruptsItsReplyRingHeadIsQuarantined) {
   Exit(bad);
 }
 
+TEST(Controller, AClientThatRewritesItsSegmentHeaderCannotMoveTheRingsTheControllerReads) {
+  // The ring placement words of the header are the client's to write; the
+  // controller's metrics and rate sampling once followed them (a fault
+  // within a second). They are read once, at attach, and kept.
+  auto ctl = Controller::Start(Small(Name("scribble")));
+  ASSERT_TRUE(ctl.ok());
+  pid_t bad = Spawn(Name("scribble"), [](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    segment::SegmentHeader* h = w.conn->segment().header();
+    for (int r = 0; r < 2; ++r) {
+      h->ring_offset[r] = std::uint64_t{1} << 46;  // far outside any mapping
+      h->ring_capacity[r] = std::uint64_t{1} << 40;
+      h->max_record[r] = 0xffffffffu;
+    }
+    h->segment_bytes = 1;
+    // Keep publishing, so the controller samples this client's rings.
+    HeartbeatMsg hb{"A", Int(0), "127.0.0.1", Int(8000), std::nullopt};
+    for (;;) {
+      if (w.Send(hb)) (void)w.Receive();
+      else w.conn->requests().WaitForSpace(256, 1s);
+    }
+    return 0;
+  });
+  // Rates come from two samples a second apart: wait for this client's.
+  std::string metrics;
+  ASSERT_TRUE(PumpUntil(**ctl, [&] {
+    metrics = (*ctl)->MetricsText();
+    const std::string series = "kvring_ring_records_per_second{client=\"";
+    for (std::size_t at = metrics.find(series); at != std::string::npos; at = metrics.find(series, at + 1)) {
+      const std::size_t end = metrics.find('\n', at);
+      const std::string line = metrics.substr(at, end - at);
+      if (line.find("ring=\"requests\"") != std::string::npos && line.substr(line.rfind(' ') + 1) != "0")
+        return true;
+    }
+    return false;
+  }, 20000ms)) << metrics;
+  EXPECT_EQ((*ctl)->stats().quarantined_rings, 0u);  // the rings themselves are intact
+  pid_t good = Spawn(Name("scribble"), [](Worker& w) { return w.Ask(Reg("B", 0)) ? 0 : 1; });
+  EXPECT_EQ(RunUntilExit(**ctl, good), 0);
+  kill(bad, SIGKILL);
+  Exit(bad);
+}
+
 TEST(Controller, FloodingWorkerIsHeldToItsQuotaWhileOthersAreServed) {
   Options o = Small(Name("quota"));
   o.index.per_holder_quota = 1000;
