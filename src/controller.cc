@@ -1,9 +1,12 @@
 #include "kvring/controller.h"
 #include "kvring/routed_command.h"
+#include "spin_wait.h"
 
 #include <xxhash.h>
 
 #include <algorithm>
+#include <limits>
+#include <optional>
 #include <tuple>
 #include <cstdio>
 #include <cstring>
@@ -142,13 +145,38 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
 void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes,
                      const std::function<void(bool idle)>& after_pass, std::chrono::microseconds spin_time) {
   using Clock = std::chrono::steady_clock;
+  // Idle, the loop keeps passing for spin_passes passes and spin_time more,
+  // then sleeps on the doorbell. Both budgets scale with the thread's
+  // SpinShrink (spin_wait.h): they halve while idle spins do not pay off
+  // (traffic sparser than the spin) and regrow while they do. A controller
+  // descheduled while spinning spins on: it is the one thread every client
+  // waits for, and a sleeping one costs each client's next record a wake-up
+  // (measured: sleeping sooner under contention lowered ingest, PERFORMANCE.md).
   std::uint32_t idle = 0;
-  Clock::time_point passes_spun{};  // when the idle passes were spun: the timed spin starts there
+  std::optional<detail::SpinWait> spin;  // the idle period's, from its first idle pass
+  std::uint32_t passes = 0;              // this idle period's pass budget
+  Clock::time_point passes_spun{};       // when the passes were spun: the timed spin starts there
+  Clock::duration spin_for{};
+  bool asleep = false;
   while (!stop.load(std::memory_order_relaxed)) {  // relaxed: a flag, no data rides on it
-    // The clock is read only once the passes are spun.
-    bool sleep = idle >= spin_passes && (spin_time.count() == 0 || Clock::now() - passes_spun >= spin_time);
-    if (PollOnce(sleep ? kIdleSleep : std::chrono::milliseconds(0)) > 0) idle = 0;
-    else if (++idle == spin_passes && spin_time.count() != 0) passes_spun = Clock::now();
+    if (spin && !asleep && idle >= passes) {
+      asleep = spin_time.count() == 0 || Clock::now() - passes_spun >= spin_for;  // the clock is read only now
+      if (asleep) spin->Stop();
+    }
+    if (PollOnce(asleep ? kIdleSleep : std::chrono::milliseconds(0)) > 0) {
+      if (spin) spin->Done(true);
+      spin.reset();
+      idle = 0;
+      asleep = false;
+    } else if (++idle == 1) {
+      spin.emplace(std::numeric_limits<std::uint64_t>::max());  // only its outcome is used
+      const unsigned shrink = detail::SpinShrink();
+      passes = spin_passes >> shrink;
+      spin_for = std::chrono::duration_cast<Clock::duration>(spin_time) / (1u << shrink);
+      if (passes == 0) passes_spun = Clock::now();
+    } else if (idle == passes) {
+      passes_spun = Clock::now();
+    }
     if (after_pass) after_pass(idle != 0);
   }
 }

@@ -9,6 +9,9 @@
 #include <new>
 
 #include "futex.h"
+#include "spin_wait.h"
+
+#include <sched.h>
 
 namespace kvring::ring {
 namespace {
@@ -94,22 +97,47 @@ template <typename Poll, typename Ready, typename Broken>
 bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds timeout,
                    std::uint32_t spin, Poll poll, Ready ready, Broken broken) {
   if (poll()) return true;
-  for (std::uint32_t i = 0; i < spin && !broken(); ++i) {
+  // The spin gives way (spin_wait.h): at most `spin` polls, fewer when this
+  // thread's spins have not been paying, none more once it was descheduled.
+  detail::SpinWait sw(spin);
+  for (std::uint32_t i = 0; sw.Again() && !broken(); ++i) {
     detail::SpinPoll(i);
-    if (poll()) return true;
+    if (poll()) {
+      sw.Done(true);
+      return true;
+    }
   }
   const auto deadline = Clock::now() + timeout;
+  // More runnable threads than cores: yield for a while before sleeping.
+  // A yield hands this core to a runnable thread (perhaps the very one that
+  // will answer) and costs the answering side nothing, where a futex sleep
+  // costs it a wake-up system call, an IPI on a guest: measured with 8 load
+  // workers on 2 cores, ingest went from 0.7 to 2-2.8 M ops/s
+  // (docs/PERFORMANCE.md "Under CPU contention").
+  if (detail::CpuOversubscribed()) {
+    const auto yield_until = std::min(deadline, Clock::now() + detail::kYieldPhase);
+    while (!broken() && Clock::now() < yield_until) {
+      sched_yield();
+      if (poll()) {
+        sw.Done(true);
+        return true;
+      }
+    }
+  }
   while (!broken()) {
     waiting->store(1, std::memory_order_seq_cst);  // Dekker pair with PublishAndWake
     if (ready()) {
       waiting->store(0, std::memory_order_relaxed);
+      sw.Done(true);
       return true;
     }
     auto left = deadline - Clock::now();
     if (left <= std::chrono::nanoseconds::zero()) break;
     detail::FutexWait(waiting, 1, std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
   }
-  return !broken() && ready();
+  const bool met = !broken() && ready();
+  sw.Done(met);
+  return met;
 }
 
 }  // namespace
@@ -360,7 +388,21 @@ void Consumer::Release() {
 
 void Consumer::PublishHead() {
   ctl_->records_consumed.store(records_, std::memory_order_relaxed);
-  PublishAndWake(&ctl_->head, head_, &ctl_->producer_waiting);  // pairs with Producer::RefreshHead
+  // The seq_cst store of the head and the seq_cst load of the waiting word
+  // pair (Dekker) with the producer's in SpinThenSleep, as in PublishAndWake.
+  ctl_->head.store(head_, std::memory_order_seq_cst);  // also pairs with Producer::RefreshHead
+  if (ctl_->producer_waiting.load(std::memory_order_seq_cst) == 0) return;
+  // A producer waiting for space is woken once half the ring is free, not
+  // on every release: a wake-up is a system call here and an IPI (a VM exit
+  // on a guest) for the sleeper; with many producers kept waiting by a busy
+  // consumer, waking each one per pass cost the consumer ~15 % of its time.
+  // No wake-up is lost: a waiting producer adds nothing, the consumer drains
+  // what is published, and an empty ring is always half free. (The published
+  // tail can lag the records this consumer has read: then it wakes at once.)
+  const std::uint64_t tail = ctl_->tail.load(std::memory_order_relaxed);  // an estimate: nothing is read by it
+  if (tail > head_ && tail - head_ > capacity_ / 2) return;
+  ctl_->producer_waiting.store(0, std::memory_order_relaxed);
+  detail::FutexWakeAll(&ctl_->producer_waiting);
 }
 
 bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin) {

@@ -143,6 +143,40 @@ TEST(Ring, FullIsAResultAndSpaceReturnsAfterRelease) {
   EXPECT_EQ(p.TryWrite(Bytes(payload)), ClaimResult::kOk);
 }
 
+TEST(Ring, AWaitingProducerIsWokenOnceHalfTheRingIsFreeNotOnEveryRelease) {
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  std::string payload(500, 'x');  // 512 bytes a record with its header
+  while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) {
+  }
+  p.Publish();  // 7 records, 3,584 of 4,096 bytes
+  // The producer announces its sleep as WaitForSpace does before its futex
+  // wait; the consumer clears the word when it wakes it.
+  r.control()->producer_waiting.store(1);
+  ASSERT_EQ(c.Drain(1, SIZE_MAX, [](const Record&) {}), 1u);  // 3,072 bytes still used
+  EXPECT_EQ(r.control()->producer_waiting.load(), 1u);
+  ASSERT_EQ(c.Drain(1, SIZE_MAX, [](const Record&) {}), 1u);  // 2,560
+  EXPECT_EQ(r.control()->producer_waiting.load(), 1u);
+  ASSERT_EQ(c.Drain(1, SIZE_MAX, [](const Record&) {}), 1u);  // 2,048: half free
+  EXPECT_EQ(r.control()->producer_waiting.load(), 0u);
+}
+
+TEST(Ring, AProducerWaitingOnAnEmptiedRingIsAlwaysWoken) {
+  // The published tail can lag what the consumer read (the consumer follows
+  // record headers): a ring drained past the published tail counts as empty.
+  SharedRegion r(4096);
+  Producer p(r.get(), 4096, DefaultMaxRecord(4096));
+  Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
+  std::string payload(500, 'x');
+  while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) {
+  }
+  p.Publish();
+  r.control()->producer_waiting.store(1);
+  EXPECT_EQ(c.Drain(64, SIZE_MAX, [](const Record&) {}), 7u);
+  EXPECT_EQ(r.control()->producer_waiting.load(), 0u);
+}
+
 TEST(Ring, OversizedRecordIsRefusedAtTheProducer) {
   SharedRegion r(4096);
   Producer p(r.get(), 4096, DefaultMaxRecord(4096));

@@ -15,11 +15,15 @@
 // Exit codes: 0 clean shutdown, 1 could not start (another controller of that
 // name runs, /dev/shm too small, ...), 2 usage error.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <optional>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -49,6 +53,7 @@ int main(int argc, char** argv) {
   double stats_interval = 10;
   std::uint32_t spin_passes = 2000;
   int spin_us = 1000;
+  std::optional<int> nice_value;
   bool group_access = false, no_full_sync_on_start = false;
   std::string http_at;
   // lmcache_controller's flags.
@@ -130,6 +135,11 @@ int main(int argc, char** argv) {
                  "Microseconds spun after those passes before sleeping: covers the gap between ZeroMQ requests "
                  "(a wake-up from sleep costs tens of microseconds; docs/PERFORMANCE.md)")
       ->check(CLI::Range(0, 1000000))->capture_default_str();
+  app.add_option("--nice", nice_value,
+                 "Scheduling niceness for the controller (-20..19; below 0 needs CAP_SYS_NICE or RLIMIT_NICE, "
+                 "else a warning and the default): the one thread every client waits for, on a machine with more "
+                 "runnable threads than cores (docs/PERFORMANCE.md \"Under CPU contention\")")
+      ->check(CLI::Range(-20, 19));
   app.add_option("--stats-interval", stats_interval, "Seconds between stats lines in the log (0: none)")
       ->check(CLI::Range(0.0, 86400.0))->capture_default_str();
   app.add_option("--log-level", log_level, "error, warn, info or debug")
@@ -149,6 +159,17 @@ int main(int argc, char** argv) {
     o.listen.allow_other_uids = true;
   }
   o.full_sync_on_start = !no_full_sync_on_start;
+  if (nice_value) {
+    // Before any thread starts: Linux's niceness is per thread, and threads
+    // inherit it. The HTTP and ZeroMQ threads serve the controller, so they
+    // share its priority.
+    errno = 0;
+    if (setpriority(PRIO_PROCESS, 0, *nice_value) != 0)
+      log->warn("--nice {}: {} (running at niceness {})", *nice_value, std::strerror(errno),
+                getpriority(PRIO_PROCESS, 0));
+    else
+      log->info("niceness {}", *nice_value);
+  }
   o.policy = policy == "lmcache" ? p2p::Policy::kLMCache : p2p::Policy::kLongestPrefix;
   o.log = [log](std::string_view line) { log->warn("{}", line); };
 

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <limits>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -33,6 +34,7 @@
 #include "kvring/protocol/messages.h"
 #include "kvring/routed_command.h"
 #include "kvring/transport.h"
+#include "../spin_wait.h"  // internal: the base layer's waiting rule
 
 namespace kvring::zmqfront {
 namespace {
@@ -632,9 +634,16 @@ struct Front::Impl {
       }
       // Requests in flight: the answer is usually microseconds away.
       if (stats.requests_in_flight.load(std::memory_order_relaxed) > 0) {
-        const auto until = Clock::now() + kReplySpin;
-        while (Clock::now() < until && !requests->replies().HasRecord()) __builtin_ia32_pause();
-        if (requests->replies().HasRecord()) continue;
+        // The spin gives way (spin_wait.h): shorter while it has not been
+        // paying, over once the thread was descheduled.
+        detail::SpinWait sw(std::numeric_limits<std::uint64_t>::max());
+        const auto until = Clock::now() + kReplySpin / (1u << detail::SpinShrink());
+        bool replied = false;
+        while (sw.Again() && Clock::now() < until && !(replied = requests->replies().HasRecord())) {
+        }
+        sw.Stop();
+        sw.Done(replied);
+        if (replied) continue;
       }
 
       items.clear();

@@ -1,0 +1,119 @@
+// Waiting that gives way: a spin budget that adapts per thread, an end to a
+// spin as soon as the thread finds it was descheduled, and a hint for when
+// the machine has more runnable threads than cores.
+//
+// Why: a waiter spins because the answer is usually microseconds away, on
+// another core. With more runnable threads than cores that is false, and the
+// spin takes the very core the answer needs (8 load workers on 2 cores made
+// the controller's ingest fall to a fifth of one worker's). The signals:
+//   - being descheduled: consecutive clock reads inside a spin loop are well
+//     under a microsecond apart; a gap over kDescheduledGap means the kernel
+//     ran something else on this core meanwhile (another thread wanted it, or
+//     the hypervisor took the vCPU). The spin ends at once. Free: the clock
+//     is a vDSO read every kClockEvery polls.
+//   - paying off: a wait whose condition came during the spin, or soon
+//     enough after it that a spin twice as long would have caught it, doubles
+//     the thread's budget (up to the caller's maximum); one that was
+//     descheduled, or waited longer, halves it. A thread whose spins never
+//     pay (sparse traffic, a busy machine) soon spins only briefly before it
+//     sleeps; one whose spins pay spins up to the caller's maximum.
+//   - oversubscription: CpuOversubscribed() (a /proc/loadavg read at most
+//     every 10 ms per thread) tells a waiter to yield for a while before it
+//     sleeps on a futex (ring.cc, SpinThenSleep).
+// No PAUSE: on the Firecracker/KVM guests kvring runs on, pause-loop exiting
+// hands the vCPU back to the host (see futex.h, SpinPoll).
+//
+// Thread-safety: a SpinWait is used by one thread; the adaptive budget is
+// thread_local, shared by the spins of one thread.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+
+namespace kvring::detail {
+
+inline constexpr std::chrono::nanoseconds kDescheduledGap{50'000};
+inline constexpr std::chrono::nanoseconds kMinUsefulSpin{10'000};
+inline constexpr unsigned kMaxSpinShrink = 12;  // a budget shrinks to max / 4096 at most
+inline constexpr std::uint64_t kClockEvery = 8;  // polls between two clock reads
+// How long a waiter on an oversubscribed machine yields before it sleeps.
+inline constexpr std::chrono::microseconds kYieldPhase{1000};
+
+// Whether more threads are runnable than there are cores (the machine's
+// count of runnable threads in /proc/loadavg, the caller included), read at
+// most every 10 ms per thread (a read costs ~1 us). Spinning then only takes
+// a core from a thread that is waiting for one. spin_wait.cc.
+bool CpuOversubscribed();
+
+// How much of a caller's maximum this thread may spin: max >> shrink.
+inline unsigned& SpinShrink() {
+  thread_local unsigned shrink = 0;
+  return shrink;
+}
+
+// One wait: poll while Again(), then (if still not ready) sleep, then Done().
+class SpinWait {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // `max_polls`: the most this spin may poll when spinning pays off.
+  explicit SpinWait(std::uint64_t max_polls)
+      : start_(Clock::now()),
+        last_(start_),
+        budget_(std::max<std::uint64_t>(1, max_polls >> SpinShrink())) {}
+
+  // Whether to poll again: false once the thread's budget of polls is spent
+  // or the thread was descheduled while spinning (then the caller should
+  // sleep rather than spin on: someone else wants this core).
+  bool Again() {
+    if (polls_ >= budget_ || descheduled_) return End();
+    if (++polls_ % kClockEvery == 0) {
+      const Clock::time_point now = Clock::now();
+      if (now - last_ > kDescheduledGap) {
+        descheduled_ = true;
+        return End();
+      }
+      last_ = now;
+    }
+    return true;
+  }
+
+  bool descheduled() const { return descheduled_; }
+
+  // The caller ends the spin by a rule of its own (then sleeps).
+  void Stop() { (void)End(); }
+
+  // The wait's outcome, for the thread's budget. `met`: the condition came
+  // (rather than a timeout). The budget grows when the spin caught it, or
+  // when a spin twice as long would have (it came within twice the spin's
+  // time, or kMinUsefulSpin); it shrinks when the thread was descheduled or
+  // the condition came later than that.
+  void Done(bool met) const {
+    unsigned& s = SpinShrink();
+    bool paid = met && !descheduled_;
+    if (paid && ended_) {
+      const auto spun = std::max<Clock::duration>(spin_end_ - start_, kMinUsefulSpin);
+      paid = Clock::now() - start_ <= 2 * spun;
+    }
+    if (paid)
+      s = s > 0 ? s - 1 : 0;
+    else
+      s = std::min(s + 1, kMaxSpinShrink);
+  }
+
+ private:
+  bool End() {
+    if (!ended_) {
+      ended_ = true;
+      spin_end_ = Clock::now();
+    }
+    return false;
+  }
+
+  Clock::time_point start_, last_, spin_end_{};
+  std::uint64_t budget_, polls_ = 0;
+  bool descheduled_ = false, ended_ = false;
+};
+
+}  // namespace kvring::detail
