@@ -164,7 +164,8 @@ void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes,
       if (asleep) spin->Stop();
     }
     if (PollOnce(asleep ? kIdleSleep : std::chrono::milliseconds(0)) > 0) {
-      if (spin) spin->Done(true);
+      // Full spin: the passes (~0.1 us each, not timed) and spin_time.
+      if (spin) spin->Done(true, std::chrono::duration_cast<Clock::duration>(spin_time) + spin_passes * std::chrono::nanoseconds(100));
       spin.reset();
       idle = 0;
       asleep = false;
@@ -173,7 +174,7 @@ void Controller::Run(const std::atomic<bool>& stop, std::uint32_t spin_passes,
       const unsigned shrink = detail::SpinShrink();
       passes = spin_passes >> shrink;
       spin_for = std::chrono::duration_cast<Clock::duration>(spin_time) / (1u << shrink);
-      if (passes == 0) passes_spun = Clock::now();
+      if (passes <= 1) passes_spun = Clock::now();
     } else if (idle == passes) {
       passes_spun = Clock::now();
     }

@@ -12,9 +12,9 @@
 //     the hypervisor took the vCPU). The spin ends at once. Free: the clock
 //     is a vDSO read every kClockEvery polls.
 //   - paying off: a wait whose condition came during the spin, or soon
-//     enough after it that a spin twice as long would have caught it, doubles
-//     the thread's budget (up to the caller's maximum); one that was
-//     descheduled, or waited longer, halves it. A thread whose spins never
+//     enough after it that a spin of the caller's full maximum would have
+//     caught it, doubles the thread's budget (up to that maximum); one that
+//     was descheduled, or waited longer, halves it. A thread whose spins never
 //     pay (sparse traffic, a busy machine) soon spins only briefly before it
 //     sleeps; one whose spins pay spins up to the caller's maximum.
 //   - oversubscription: CpuOversubscribed() (a /proc/loadavg read at most
@@ -85,16 +85,19 @@ class SpinWait {
   void Stop() { (void)End(); }
 
   // The wait's outcome, for the thread's budget. `met`: the condition came
-  // (rather than a timeout). The budget grows when the spin caught it, or
-  // when a spin twice as long would have (it came within twice the spin's
-  // time, or kMinUsefulSpin); it shrinks when the thread was descheduled or
-  // the condition came later than that.
-  void Done(bool met) const {
+  // (rather than a timeout). The budget grows when a spin of the caller's
+  // full maximum would have caught it: it came while spinning, or within
+  // `full_spin` (the maximum's length in time; by default estimated from
+  // this spin's polls per second). It shrinks when the condition came later
+  // than that, or the thread was descheduled while spinning.
+  void Done(bool met, Clock::duration full_spin = Clock::duration::zero()) const {
     unsigned& s = SpinShrink();
     bool paid = met && !descheduled_;
     if (paid && ended_) {
-      const auto spun = std::max<Clock::duration>(spin_end_ - start_, kMinUsefulSpin);
-      paid = Clock::now() - start_ <= 2 * spun;
+      if (full_spin == Clock::duration::zero() && polls_ > 0)
+        full_spin = std::chrono::duration_cast<Clock::duration>(
+            (spin_end_ - start_) * (static_cast<double>(budget_ << s) / static_cast<double>(polls_)));
+      paid = Clock::now() - start_ <= std::max<Clock::duration>(full_spin, kMinUsefulSpin);
     }
     if (paid)
       s = s > 0 ? s - 1 : 0;

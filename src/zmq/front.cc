@@ -164,6 +164,7 @@ struct Front::Impl {
   std::size_t suppressed_logs = 0;
   std::string advertise_heartbeat_host;  // fixed host, or empty: per worker
   std::string scratch;                   // JSON conversions
+  std::optional<detail::SpinWait> reply_wait;  // a reply spin that ended before its reply came
 
   void Log(const std::string& line) {
     if (!o.log) return;
@@ -613,6 +614,11 @@ struct Front::Impl {
     std::vector<Link*> polled_links;
     while (!stop.load(std::memory_order_relaxed)) {  // relaxed: a flag, no data rides on it
       std::size_t work = DrainControllerReplies();
+      if (reply_wait && (work || stats.requests_in_flight.load(std::memory_order_relaxed) == 0)) {
+        // A spin that missed: would a full one have caught this reply?
+        reply_wait->Done(work != 0, kReplySpin);
+        reply_wait.reset();
+      }
       work += PumpPull();
       work += PumpRouter(kMain);
       work += PumpRouter(kHeartbeat);
@@ -642,8 +648,11 @@ struct Front::Impl {
         while (sw.Again() && Clock::now() < until && !(replied = requests->replies().HasRecord())) {
         }
         sw.Stop();
-        sw.Done(replied);
-        if (replied) continue;
+        if (replied) {
+          sw.Done(true);
+          continue;
+        }
+        reply_wait = sw;  // judged when the reply comes (above)
       }
 
       items.clear();
