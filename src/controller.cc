@@ -297,6 +297,10 @@ void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_
       stats_.dropped_unknown_worker += n - from;  // LMCache drops these too
       return false;
     }
+    if (!MaySpeakFor(c, *found, "BatchedKVOperationMsg", false)) {
+      stats_.dropped_not_owner += n - from;
+      return false;
+    }
     if (workers_[*found].sync == SyncState::kSyncing) {
       stats_.dropped_syncing += n - from;  // as LMCache: the sync's snapshot supersedes them
       return false;
@@ -451,15 +455,42 @@ std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::Wor
   if (w >= workers_.size()) workers_.resize(w + 1);
   if (*is_new) workers_[w] = WorkerState{};
   workers_[w].client = c.id;
+  workers_[w].owner_is_front = c.role == segment::Role::kFront;
   workers_[w].last_heartbeat_mono = MonoSeconds();
   return w;
+}
+
+// A worker identity belongs to the connection that registered it: a client
+// may name any (instance_id, worker_id) in a message, and without this rule
+// one process could evict another's keys, inject phantom keys, or redirect
+// peers to its own peer_init_url. The owner's departure (its socket closes)
+// forgets its workers, so a restarted worker registers afresh. The ZeroMQ
+// front is one owner for all its network peers (and its bulk and requests
+// are two connections): ZeroMQ does not tell them apart here
+// (docs/LMCACHE-SEMANTICS.md).
+bool Controller::MaySpeakFor(transport::Client& c, std::uint32_t w, std::string_view what, bool reply) {
+  const WorkerState& ws = workers_[w];
+  if (ws.client == c.id || (ws.owner_is_front && c.role == segment::Role::kFront)) return true;
+  ++stats_.identity_refused;
+  const registry::WorkerRecord& rec = registry_.worker(w);
+  const transport::Client* owner = listener_->Find(ws.client);
+  const std::string why = std::string(what) + " for worker " + rec.instance_id + "/" +
+                          std::to_string(rec.worker_id) + " refused: that worker is registered by another connection (" +
+                          (owner ? "pid " + std::to_string(owner->pid) : "client " + std::to_string(ws.client)) + ")";
+  Problem(c, why);
+  if (reply) ReplyError(c, "kvring: " + why);
+  return false;
 }
 
 void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   using namespace protocol;
   if (auto* reg = std::get_if<RegisterMsg>(&m)) {
-    // As LMCache: a repeated registration starts the worker's keys afresh.
-    if (auto known = registry_.Find(reg->instance_id, Small(reg->worker_id))) ForgetWorker(*known);
+    // As LMCache: a repeated registration starts the worker's keys afresh;
+    // unlike LMCache, only from the connection that holds the identity.
+    if (auto known = registry_.Find(reg->instance_id, Small(reg->worker_id))) {
+      if (!MaySpeakFor(c, *known, "RegisterMsg", true)) return;
+      ForgetWorker(*known);
+    }
     bool is_new;
     UpsertWorker(c, WorkerRecordOf(*reg), &is_new);
     RegisterRetMsg ret;
@@ -469,7 +500,8 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   }
   if (auto* hb = std::get_if<HeartbeatMsg>(&m)) return HandleHeartbeat(c, *hb);
   if (auto* de = std::get_if<DeRegisterMsg>(&m)) {
-    if (auto w = registry_.Find(de->instance_id, Small(de->worker_id))) ForgetWorker(*w);
+    if (auto w = registry_.Find(de->instance_id, Small(de->worker_id)))
+      if (MaySpeakFor(c, *w, "DeRegisterMsg", false)) ForgetWorker(*w);
     return;
   }
   if (std::holds_alternative<FullSyncStartMsg>(m) || std::holds_alternative<FullSyncBatchMsg>(m) ||
@@ -492,6 +524,7 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   auto single = [&](const auto& op, OpType type) {
     auto w = registry_.Find(op.instance_id, Small(op.worker_id));
     if (!w) return void(++stats_.dropped_unknown_worker);
+    if (!MaySpeakFor(c, *w, TagOf(m), false)) return void(++stats_.dropped_not_owner);
     if (workers_[*w].sync == SyncState::kSyncing) return void(++stats_.dropped_syncing);
     bool gap_counted = false;
     ApplyOp(*w, registry_.Holder(*w, op.location), type, op.key.bits(), op.seq_num, &gap_counted);
@@ -524,10 +557,10 @@ void Controller::HandleHeartbeat(transport::Client& c, const protocol::Heartbeat
     return Reply(c, ret);
   }
   std::uint32_t w = *known;
+  if (!MaySpeakFor(c, w, "HeartbeatMsg", true)) return;
   registry_.worker(w).last_heartbeat_time = WallSeconds();
   workers_[w].last_heartbeat_mono = MonoSeconds();
   workers_[w].heartbeats = true;
-  workers_[w].client = c.id;
   SyncState s = workers_[w].sync;
   if (full_sync_all_ && (s == SyncState::kNone || s == SyncState::kFailed)) ask(w, "controller_restart");
   else if (s == SyncState::kFailed) ask(w, "sync_failed_retry");
@@ -545,6 +578,9 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
     if (!w) {
       ret.error_msg = "Failed to start sync: worker " + st->instance_id + "/" + std::to_string(Small(st->worker_id)) +
                       " is not registered";
+    } else if (!MaySpeakFor(c, *w, "FullSyncStartMsg", false)) {
+      ret.error_msg = "Failed to start sync: worker " + st->instance_id + "/" + std::to_string(Small(st->worker_id)) +
+                      " is registered by another connection";
     } else if (workers_[*w].sync == SyncState::kSyncing && workers_[*w].sync_id != st->sync_id) {
       ret.error_msg = "Failed to start sync: worker already syncing with sync_id " + workers_[*w].sync_id;
     } else if (batches < 0 || batches > options_.full_sync_max_batches || keys < 0) {
@@ -577,6 +613,7 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
   // The worker whose sync `msg` continues; counted and logged when none is.
   auto running = [&](const auto& msg) -> std::optional<std::uint32_t> {
     auto w = registry_.Find(msg.instance_id, Small(msg.worker_id));
+    if (w && !MaySpeakFor(c, *w, TagOf(m), false)) return std::nullopt;
     if (w && workers_[*w].sync == SyncState::kSyncing && workers_[*w].sync_id == msg.sync_id) return w;
     ++stats_.errors;
     Problem(c, std::string(TagOf(m)) + " for " + msg.sync_id + " outside a running sync: dropped");
@@ -625,6 +662,7 @@ void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
   FullSyncStatusRetMsg ret;
   ret.sync_id = q.sync_id;
   auto w = registry_.Find(q.instance_id, Small(q.worker_id));
+  if (w && !MaySpeakFor(c, *w, "FullSyncStatusMsg", true)) return;
   if (w) {
     const WorkerState& ws = workers_[*w];
     ret.is_complete = ws.sync == SyncState::kCompleted && ws.sync_id == q.sync_id;
@@ -843,6 +881,8 @@ std::string Controller::StatsJson() const {
       {"quarantined_rings", stats_.quarantined_rings},
       {"quarantined_clients", quarantined_now},
       {"dropped_unknown_worker", stats_.dropped_unknown_worker},
+      {"dropped_not_owner", stats_.dropped_not_owner},
+      {"identity_refused", stats_.identity_refused},
       {"dropped_syncing", stats_.dropped_syncing},
       {"over_quota", index_.over_quota()},
       {"kv_op_seq_discontinuity_count", stats_.seq_discontinuities},

@@ -135,8 +135,11 @@ std::string Controller::MetricsText() const {
   e.Family("kvring_dropped_total", "counter", "messages or operations dropped, by reason");
   e.Sample("kvring_dropped_total{reason=\"unknown_worker\"}", d(stats_.dropped_unknown_worker));
   e.Sample("kvring_dropped_total{reason=\"syncing\"}", d(stats_.dropped_syncing));
+  e.Sample("kvring_dropped_total{reason=\"not_owner\"}", d(stats_.dropped_not_owner));
   e.Sample("kvring_dropped_total{reason=\"over_quota\"}", d(index_.over_quota()));
   e.Sample("kvring_dropped_total{reason=\"reply_ring_full\"}", d(stats_.reply_ring_full));
+  e.One("kvring_identity_refused_total", "counter",
+        "messages naming a worker that another connection registered, refused", d(stats_.identity_refused));
   e.One("kvring_quarantined_rings_total", "counter", "rings quarantined for corruption", d(stats_.quarantined_rings));
   e.One("kvring_full_syncs_failed_total", "counter", "full syncs that stalled past the timeout", d(stats_.full_syncs_failed));
   e.One("kvring_workers_reaped_total", "counter", "workers deregistered for missed heartbeats", d(stats_.workers_reaped));

@@ -485,6 +485,64 @@ TEST(Controller, AClientThatRewritesItsSegmentHeaderCannotMoveTheRingsTheControl
   Exit(bad);
 }
 
+TEST(Controller, AWorkerIdentityBelongsToTheConnectionThatRegisteredIt) {
+  auto ctl = Controller::Start(Small(Name("owner")));
+  ASSERT_TRUE(ctl.ok());
+  Controller& c = **ctl;
+  // The owner: registers A/0 and admits three chunks, then stays connected.
+  int owner_done[2];
+  ASSERT_EQ(pipe(owner_done), 0);
+  pid_t owner = Spawn(Name("owner"), [&](Worker& w) {
+    if (!w.Ask(Reg("A", 0)) || !w.Send(Ops("A", 0, OpType::kAdmit, {11, 12, 13}, 0))) return 1;
+    char b;
+    return read(owner_done[0], &b, 1) == 1 ? 0 : 2;  // until the test lets it go
+  });
+  ASSERT_TRUE(PumpUntil(c, [&] { return c.index().pairs() == 3; }));
+  // Another process names A/0 in everything it sends.
+  pid_t hostile = Spawn(Name("owner"), [](Worker& w) {
+    auto is_error = [](const std::optional<Message>& m) { return m && std::holds_alternative<ErrorMsg>(*m); };
+    if (!w.Send(Ops("A", 0, OpType::kEvict, {11, 12}, 3))) return 1;            // evict the owner's keys
+    if (!w.Send(Ops("A", 0, OpType::kAdmit, {66, 67}, 5))) return 2;            // phantom keys
+    if (!w.Send(KVAdmitMsg{"A", Int(0), Int(68), "LocalCPUBackend", Int(7)})) return 3;
+    RegisterMsg takeover{"A", Int(0), "10.0.0.66", Int(6666), "evil:6666"};      // redirect the peers
+    if (!is_error(w.Ask(takeover))) return 4;
+    if (!is_error(w.Ask(HeartbeatMsg{"A", Int(0), "10.0.0.66", Int(6666), "evil:6666"}))) return 5;
+    auto start = w.Ask(FullSyncStartMsg{"A", Int(0), "LocalCPUBackend", "s1", Int(0), Int(1)});
+    if (!start || std::get<FullSyncStartRetMsg>(*start).accepted) return 6;
+    if (!is_error(w.Ask(FullSyncStatusMsg{"A", Int(0), "s1"}))) return 7;
+    if (!w.Send(DeRegisterMsg{"A", Int(0), "10.0.0.66", Int(6666)})) return 8;
+    // Its own identity is its own: B/0 registers and admits as usual.
+    if (!w.Ask(Reg("B", 0)) || !w.Send(Ops("B", 0, OpType::kAdmit, {90}, 0))) return 9;
+    auto hit = w.Ask(BatchedP2PLookupMsg{{Int(11), Int(12), Int(13)}, "C", Int(0)});
+    if (!hit) return 10;
+    const auto& l = std::get<BatchedP2PLookupRetMsg>(*hit).layout_info;
+    if (l.size() != 1 || l[0].instance_id != "A" || l[0].num_hit_chunks != Int(3) || l[0].peer_init_url != "A:8200")
+      return 11;
+    auto phantom = w.Ask(BatchedP2PLookupMsg{{Int(66)}, "C", Int(0)});
+    if (!phantom || std::get<BatchedP2PLookupRetMsg>(*phantom).layout_info[0].num_hit_chunks != Int(0)) return 12;
+    return 0;
+  });
+  EXPECT_EQ(RunUntilExit(c, hostile), 0);
+  // B left with its process; A's 11, 12, 13 remain: none evicted, no phantom.
+  ASSERT_TRUE(PumpUntil(c, [&] { return c.index().pairs() == 3; }));
+  EXPECT_EQ(c.stats().dropped_not_owner, 5u);                // 2 + 2 + 1 ops
+  EXPECT_EQ(c.stats().identity_refused, 8u);                 // 3 KV messages, Register, Heartbeat, Start, Status, DeRegister
+  auto a = c.registry().Find("A", 0);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(c.registry().worker(*a).peer_init_url, "A:8200");
+  // Once the owner's connection is gone, the identity is free again.
+  ASSERT_EQ(write(owner_done[1], "x", 1), 1);
+  EXPECT_EQ(RunUntilExit(c, owner), 0);
+  ASSERT_TRUE(PumpUntil(c, [&] { return !c.registry().Find("A", 0).has_value(); }));
+  pid_t heir = Spawn(Name("owner"), [](Worker& w) {
+    auto r = w.Ask(RegisterMsg{"A", Int(0), "10.0.0.7", Int(7000), "heir:7000"});
+    return r && std::holds_alternative<RegisterRetMsg>(*r) ? 0 : 1;
+  });
+  EXPECT_EQ(RunUntilExit(c, heir), 0);
+  close(owner_done[0]);
+  close(owner_done[1]);
+}
+
 TEST(Controller, FloodingWorkerIsHeldToItsQuotaWhileOthersAreServed) {
   Options o = Small(Name("quota"));
   o.index.per_holder_quota = 1000;

@@ -123,6 +123,8 @@ struct Stats {
   std::uint64_t p2p_lookups = 0;
   std::uint64_t errors = 0;            // undecodable, unknown or out-of-place messages
   std::uint64_t dropped_unknown_worker = 0;
+  std::uint64_t dropped_not_owner = 0;  // KV ops naming a worker another connection registered
+  std::uint64_t identity_refused = 0;   // messages naming such a worker (a KV batch counts once)
   std::uint64_t dropped_syncing = 0;   // KV ops of a worker in the middle of a full sync
   std::uint64_t seq_discontinuities = 0;
   std::uint64_t quarantined_rings = 0;
@@ -192,7 +194,8 @@ class Controller {
 
  private:
   struct WorkerState {
-    std::uint64_t client = 0;
+    std::uint64_t client = 0;   // the connection that registered the worker: its owner
+    bool owner_is_front = false;  // the ZeroMQ front (two connections, many peers)
     double last_heartbeat_mono = 0;
     bool heartbeats = false;  // has sent a HeartbeatMsg: worker_timeout_s applies
     bool seq_gap = false;  // ask for a full sync in the next heartbeat reply
@@ -279,6 +282,9 @@ class Controller {
   void ReplyError(transport::Client& c, const std::string& text);
   void Problem(const transport::Client& c, const std::string& what);
   std::uint32_t UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new);
+  // Whether `c` may speak for `worker`; if not, counts and logs the refusal
+  // of `what` (and answers an ErrorMsg when `reply`).
+  bool MaySpeakFor(transport::Client& c, std::uint32_t worker, std::string_view what, bool reply);
   void ForgetWorker(std::uint32_t worker);
   void RetireHolder(index::HolderId h);
   void ClientGone(std::uint64_t client_id);
