@@ -419,7 +419,7 @@ struct Worker::Impl {
 
   Status Reattach() {
     if (!o.reattach) return Unavailable("controller '" + o.controller + "' has gone");
-    auto c = transport::Connection::Open({o.controller, segment::Role::kWorker, o.attach_timeout});
+    auto c = transport::Connection::Open({o.controller, segment::Role::kWorker, o.attach_timeout, o.controller_uid});
     if (!c.ok()) return c.status();
     conn = std::move(c).value();
     stale_replies = 0;
@@ -454,7 +454,8 @@ Result<std::unique_ptr<Worker>> Worker::Connect(WorkerOptions options) {
   if (options.batch_ops == 0) return Status(ErrorKind::kInvalidArgument, "batch_ops must be > 0");
   auto impl = std::make_unique<Impl>();
   impl->o = std::move(options);
-  auto c = transport::Connection::Open({impl->o.controller, segment::Role::kWorker, impl->o.attach_timeout});
+  auto c = transport::Connection::Open(
+      {impl->o.controller, segment::Role::kWorker, impl->o.attach_timeout, impl->o.controller_uid});
   if (!c.ok()) return c.status();
   impl->conn = std::move(c).value();
   if (Status s = impl->Register(); !s.ok()) return s;

@@ -32,6 +32,8 @@ struct Segment::Impl {
   std::string name;
   bip::mapped_region region;
   Placement rings;
+  unsigned owner_uid = 0;
+  unsigned mode = 0;
 };
 
 namespace {
@@ -51,6 +53,8 @@ std::size_t Segment::capacity(int ring) const { return impl_->rings.capacity[rin
 std::size_t Segment::max_record(int ring) const { return impl_->rings.max_record[ring]; }
 std::size_t Segment::size() const { return impl_->region.get_size(); }
 const std::string& Segment::shm_name() const { return impl_->name; }
+unsigned Segment::owner_uid() const { return impl_->owner_uid; }
+unsigned Segment::mode() const { return impl_->mode; }
 
 namespace {
 
@@ -96,6 +100,8 @@ Result<Segment> Segment::Create(const CreateOptions& o) {
                              o.shm_name + " (is /dev/shm large enough?): " + std::strerror(err)));
     }
     impl->region = bip::mapped_region(shm, bip::read_write, 0, bytes);
+    impl->owner_uid = geteuid();
+    impl->mode = o.mode;
   } catch (const bip::interprocess_exception& e) {
     if (e.get_error_code() == bip::already_exists_error)
       return Status(ErrorKind::kInvalidArgument,
@@ -214,6 +220,10 @@ Result<Segment> Segment::Attach(const std::string& shm_name, std::chrono::millis
       } else {
         auto impl = std::make_unique<Impl>();
         impl->name = shm_name;
+        struct stat st {};
+        if (fstat(shm.get_mapping_handle().handle, &st) != 0) return Errno("fstat " + shm_name, errno);
+        impl->owner_uid = st.st_uid;
+        impl->mode = st.st_mode & 07777;
         impl->region = bip::mapped_region(shm, mode, 0, static_cast<std::size_t>(size));
         last = ValidateInto(impl->region.get_address(), impl->region.get_size(), true, &impl->rings);
         if (last.ok()) return Segment(std::move(impl));

@@ -17,6 +17,7 @@ std::string_view ErrorKindName(ErrorKind kind) {
     case ErrorKind::kUnavailable: return "unavailable";
     case ErrorKind::kTimeout: return "timeout";
     case ErrorKind::kInternal: return "internal error";
+    case ErrorKind::kPermission: return "permission";
   }
   return "unknown";
 }

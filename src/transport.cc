@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -338,8 +339,23 @@ Connection::Connection(int fd, std::uint64_t id, segment::Segment seg)
 
 Connection::~Connection() { close(fd_); }
 
+Result<unsigned> ExpectedControllerUid(const ConnectOptions& o) {
+  if (o.controller_uid) return *o.controller_uid;
+  if (const char* env = std::getenv("KVRING_CONTROLLER_UID"); env && *env) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long uid = std::strtoul(env, &end, 10);
+    if (errno != 0 || *end != '\0' || uid > 0xfffffffeul)
+      return Status(ErrorKind::kInvalidArgument, std::string("KVRING_CONTROLLER_UID='") + env + "' is not a uid");
+    return static_cast<unsigned>(uid);
+  }
+  return static_cast<unsigned>(geteuid());
+}
+
 Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
   if (Status s = segment::ValidateControllerName(o.name); !s.ok()) return s;
+  const Result<unsigned> expected_uid = ExpectedControllerUid(o);
+  if (!expected_uid.ok()) return expected_uid.status();
   const auto deadline = std::chrono::steady_clock::now() + o.timeout;
   auto left_ms = [&] {
     auto d = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -356,6 +372,20 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
       close(fd);
       std::this_thread::sleep_for(std::chrono::milliseconds(std::min<long>(10, left_ms())));
       continue;
+    }
+    // Who listens under this name? Checked before anything is said to it.
+    ucred peer{};
+    socklen_t peer_len = sizeof peer;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0) {
+      close(fd);
+      return Errno("SO_PEERCRED");
+    }
+    if (peer.uid != *expected_uid) {
+      close(fd);
+      return Status(ErrorKind::kPermission,
+                    "the controller '" + o.name + "' runs as uid " + std::to_string(peer.uid) + " (pid " +
+                        std::to_string(peer.pid) + "), not the expected uid " + std::to_string(*expected_uid) +
+                        ": not trusted (set ConnectOptions::controller_uid or KVRING_CONTROLLER_UID if it is right)");
     }
     Hello h{kHandshakeMagic, kHandshakeVersion, static_cast<std::uint32_t>(o.role)};
     Welcome w{};
@@ -378,11 +408,22 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
       close(fd);
       return seg.status();
     }
-    // The segment must be the one made for this process.
+    // The segment must be the one made for this process, by that controller,
+    // and writable by no one else.
     if (seg->header()->client_pid != static_cast<std::uint32_t>(getpid()) ||
         seg->header()->client_id != w.client_id) {
       close(fd);
       return Status(ErrorKind::kCorrupt, std::string("segment ") + w.shm_name + " was not made for this client");
+    }
+    if (seg->owner_uid() != *expected_uid || seg->header()->controller_pid != static_cast<std::uint32_t>(peer.pid) ||
+        (seg->mode() & 0002) != 0) {
+      close(fd);
+      return Status(ErrorKind::kPermission,
+                    std::string("segment ") + w.shm_name + " is owned by uid " + std::to_string(seg->owner_uid()) +
+                        " with mode " + std::to_string(seg->mode()) + " and names controller pid " +
+                        std::to_string(seg->header()->controller_pid) + "; expected uid " +
+                        std::to_string(*expected_uid) + ", pid " + std::to_string(peer.pid) +
+                        " and no write access for others: not trusted");
     }
     std::unique_ptr<Connection> c(new Connection(fd, w.client_id, std::move(seg).value()));
     c->Heartbeat();

@@ -312,6 +312,42 @@ TEST(Transport, IdleConnectionsOfAnotherUserCannotLockOutRealClients) {
   close(h.ready);
 }
 
+// After a controller dies any local user can listen under its name: a client
+// checks who listens (SO_PEERCRED) and who owns the segment before it trusts
+// the controller with anything.
+TEST(Transport, AControllerOfAnotherUserIsNotTrustedUnlessThatUserIsExpected) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t impostor = fork();
+  ASSERT_GE(impostor, 0);
+  if (impostor == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(90);
+    ListenerOptions o = Small(Name("impostor"));
+    o.allow_other_uids = true;  // so that root's clients get as far as the segment
+    auto l = Listener::Start(o);
+    if (!l.ok()) _exit(91);
+    if (write(ready[1], "r", 1) != 1) _exit(92);
+    for (;;) (void)(*l)->Poll(10ms);
+  }
+  char b;
+  ASSERT_EQ(read(ready[0], &b, 1), 1);
+  auto refused = Connection::Open({Name("impostor"), segment::Role::kWorker, 2000ms});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().kind(), ErrorKind::kPermission);
+  EXPECT_NE(refused.status().message().find("runs as uid 65534"), std::string::npos) << refused.status().message();
+  // Expected: the same controller is trusted, its segment owned by 65534.
+  auto trusted = Connection::Open({Name("impostor"), segment::Role::kWorker, 2000ms, 65534u});
+  ASSERT_TRUE(trusted.ok()) << trusted.status().ToString();
+  EXPECT_EQ((*trusted)->segment().owner_uid(), 65534u);
+  kill(impostor, SIGKILL);
+  int status = 0;
+  waitpid(impostor, &status, 0);
+  close(ready[0]);
+  close(ready[1]);
+}
+
 // Connections of the controller's own user that never say Hello hold at most
 // max_pending places, for at most handshake_timeout each; real clients get in.
 TEST(Transport, ConnectionsThatNeverSayHelloTimeOutAndDoNotCountAsClients) {

@@ -81,6 +81,9 @@ struct WorkerOptions {
   std::int64_t port = 0;
   std::optional<std::string> peer_init_url;  // null: this worker serves no P2P transfers
   std::chrono::milliseconds attach_timeout{2000};
+  // The uid the controller must run as (transport::ConnectOptions); unset:
+  // $KVRING_CONTROLLER_UID, else this process's effective uid.
+  std::optional<unsigned> controller_uid;
   std::chrono::milliseconds request_timeout{2000};  // one request's reply, or room in a full ring
   // Polls of the reply ring before a waiting request sleeps on its futex: a
   // lookup's reply usually comes within microseconds, and a futex wake-up

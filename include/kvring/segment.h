@@ -60,6 +60,10 @@ class Segment {
   std::size_t max_record(int ring) const;
   std::size_t size() const;
   const std::string& shm_name() const;
+  // The shared memory object's owner and mode, as the kernel saw them when
+  // it was created or attached (fstat): who could have written it.
+  unsigned owner_uid() const;
+  unsigned mode() const;
 
  private:
   struct Impl;

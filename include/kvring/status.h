@@ -30,6 +30,7 @@ enum class ErrorKind : std::uint8_t {
   kUnavailable,    // peer gone / not running
   kTimeout,
   kInternal,
+  kPermission,     // a peer is not who it must be (uid, owner)
 };
 
 std::string_view ErrorKindName(ErrorKind kind);

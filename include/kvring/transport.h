@@ -128,7 +128,16 @@ struct ConnectOptions {
   std::string name = "kvring";
   segment::Role role = segment::Role::kWorker;
   std::chrono::milliseconds timeout{2000};
+  // The uid the controller must run as (SO_PEERCRED of its socket) and own
+  // its segments with. Unset: $KVRING_CONTROLLER_UID if set, else this
+  // process's effective uid. After a controller dies, any local user can
+  // listen under its name; a client that trusted it would hand it its keys
+  // and peer URLs.
+  std::optional<unsigned> controller_uid = std::nullopt;
 };
+
+// The uid a client expects its controller to run as (ConnectOptions).
+Result<unsigned> ExpectedControllerUid(const ConnectOptions& o);
 
 class Connection {
  public:
