@@ -7,6 +7,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <cctype>
 #include <unordered_set>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -164,18 +165,47 @@ class BoundedJson : public nlohmann::json_sax<nlohmann::json> {
 
 }  // namespace
 
+namespace {
+
+// Whether `authorization` is "Bearer <token>"; compared in time that does
+// not depend on where a guess goes wrong.
+bool BearerMatches(std::string_view authorization, std::string_view token) {
+  constexpr std::string_view kScheme = "Bearer ";
+  if (authorization.size() < kScheme.size()) return false;
+  for (std::size_t i = 0; i < kScheme.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(authorization[i])) != std::tolower(static_cast<unsigned char>(kScheme[i])))
+      return false;
+  const std::string_view given = authorization.substr(kScheme.size());
+  unsigned char diff = given.size() == token.size() ? 0 : 1;
+  for (std::size_t i = 0; i < token.size(); ++i)
+    diff |= static_cast<unsigned char>(token[i] ^ (i < given.size() ? given[i] : 0));
+  return diff == 0;
+}
+
+Response Unauthorized() {
+  Response r = Detail(401, "this endpoint needs \"Authorization: Bearer <token>\" (kvringd --http-token-file)");
+  r.bearer_challenge = true;
+  return r;
+}
+
+}  // namespace
+
 Response Handle(client::Orchestrator& o, std::string_view method, std::string_view target, std::string_view body,
-                const Options& opt) {
+                const Options& opt, std::string_view authorization) {
   std::string_view path = target.substr(0, target.find('?'));
   static const std::unordered_set<std::string_view> kPostPaths = {
       "/lookup", "/clear", "/pin", "/compress", "/decompress", "/move", "/health", "/check_finish",
       "/query_instance", "/query_worker_info"};
+  static const std::unordered_set<std::string_view> kMutating = {"/clear", "/pin", "/compress", "/decompress", "/move"};
+  const bool authorized = opt.bearer_token.empty() || BearerMatches(authorization, opt.bearer_token);
   if (path == "/metrics") {
     if (method != "GET") return Detail(405, "Method Not Allowed");
+    if (opt.metrics_need_token && !authorized) return Unauthorized();
     return Metrics(o, opt);
   }
   if (!kPostPaths.count(path)) return Detail(404, "Not Found");
   if (method != "POST") return Detail(405, "Method Not Allowed");
+  if (kMutating.count(path) && !authorized) return Unauthorized();
 
   BoundedJson bounds(opt.max_json_depth, opt.max_json_elements);
   if (!nlohmann::json::sax_parse(body.begin(), body.end(), &bounds, nlohmann::json::input_format_t::json,
@@ -259,6 +289,7 @@ struct Server::Impl {
     bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), version};
     res.set(bhttp::field::server, "kvring");
     res.set(bhttp::field::content_type, r.content_type);
+    if (r.bearer_challenge) res.set(bhttp::field::www_authenticate, "Bearer realm=\"kvring\"");
     res.keep_alive(keep_alive);
     res.body() = r.body;
     res.prepare_payload();
@@ -297,7 +328,8 @@ struct Server::Impl {
       const auto& req = parser.get();
       Response r = Handle(*controller, std::string_view(req.method_string().data(), req.method_string().size()),
                           std::string_view(req.target().data(), req.target().size()),
-                          std::string_view(req.body().data(), req.body().size()), o);
+                          std::string_view(req.body().data(), req.body().size()), o,
+                          std::string_view(req[bhttp::field::authorization].data(), req[bhttp::field::authorization].size()));
       const bool keep = req.keep_alive();
       Write(s, req.version(), r, keep, ec);
       if (ec || !keep) break;

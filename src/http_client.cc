@@ -19,6 +19,7 @@ struct HttpClient::Impl {
   std::string host;
   std::uint16_t port = 0;
   std::chrono::milliseconds timeout{};
+  std::string token;  // bearer token, or empty
   asio::io_context io;
   tcp::socket socket{io};
   beast::flat_buffer buffer;
@@ -44,6 +45,7 @@ struct HttpClient::Impl {
                                            std::string(path), 11};
     req.set(bhttp::field::host, host);
     req.set(bhttp::field::user_agent, "kvring");
+    if (!token.empty()) req.set(bhttp::field::authorization, "Bearer " + token);
     if (!body.empty()) req.set(bhttp::field::content_type, "application/json");
     req.body() = std::string(body);
     req.keep_alive(true);
@@ -69,6 +71,7 @@ struct HttpClient::Impl {
 };
 
 HttpClient::HttpClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+void HttpClient::SetBearerToken(std::string token) { impl_->token = std::move(token); }
 HttpClient::~HttpClient() = default;
 
 Result<std::unique_ptr<HttpClient>> HttpClient::Connect(const std::string& host, std::uint16_t port,

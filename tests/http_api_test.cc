@@ -264,6 +264,71 @@ std::size_t PeakResident(pid_t pid) {
 // Bodies that are small but explode into JSON trees (8 MB of '[' took ~500 MB
 // to parse, eight at once ~4.7 GB) are refused before any tree is built; the
 // daemon's peak memory stays a small multiple of the bodies it was sent.
+// kvringd --http-token-file: the endpoints that change caches want the
+// bearer token (LMCache's /clear and /move are open to anyone on the port);
+// lookups, queries and /health stay open, /metrics too unless asked.
+TEST(HttpApiAuth, EndpointsThatChangeCachesWantTheBearerTokenAndTheRestStayOpen) {
+  char path[] = "/tmp/kvring-token-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string token = "s3cr3t-" + kPid;
+  ASSERT_EQ(write(fd, (token + "\n").data(), token.size() + 1), static_cast<ssize_t>(token.size() + 1));
+  close(fd);
+  auto start = [&](const std::string& name, std::vector<std::string> extra) -> std::pair<Daemon, std::uint16_t> {
+    extra.insert(extra.begin(), {"--http", "127.0.0.1:0", "--http-token-file", path});
+    Daemon d = Daemon::Start(name, extra);
+    std::string log = d.AwaitLog("HTTP API on http://", 10s);
+    std::smatch m;
+    if (!std::regex_search(log, m, std::regex("HTTP API on http://127\\.0\\.0\\.1:([0-9]+)/"))) return {std::move(d), 0};
+    return {std::move(d), static_cast<std::uint16_t>(std::stoi(m[1]))};
+  };
+  auto [daemon, port] = start("ha" + kPid, {});
+  ASSERT_NE(port, 0);
+  auto c = http::HttpClient::Connect("127.0.0.1", port);
+  ASSERT_TRUE(c.ok());
+  const std::string clear = R"({"instance_id":"A","location":"LocalCPUBackend"})";
+  for (const char* p : {"/clear", "/pin", "/compress", "/decompress", "/move"}) {
+    auto r = (*c)->Post(p, clear);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->status, 401) << p;
+    EXPECT_NE(r->body.find("Authorization: Bearer"), std::string::npos) << r->body;
+  }
+  auto open_lookup = (*c)->Post("/lookup", R"({"tokens":[1,2,3]})");
+  ASSERT_TRUE(open_lookup.ok());
+  EXPECT_EQ(open_lookup->status, 200);
+  auto open_health = (*c)->Post("/health", R"({"instance_id":"A"})");
+  ASSERT_TRUE(open_health.ok());
+  EXPECT_NE(open_health->status, 401);
+  auto open_metrics = (*c)->Send("GET", "/metrics");
+  ASSERT_TRUE(open_metrics.ok());
+  EXPECT_EQ(open_metrics->status, 200);
+  (*c)->SetBearerToken(token + "x");  // wrong, and as long as a prefix match would need
+  EXPECT_EQ((*c)->Post("/clear", clear)->status, 401);
+  (*c)->SetBearerToken(token.substr(0, token.size() - 1));
+  EXPECT_EQ((*c)->Post("/clear", clear)->status, 401);
+  (*c)->SetBearerToken(token);
+  auto authorized = (*c)->Post("/clear", clear);
+  ASSERT_TRUE(authorized.ok());
+  EXPECT_EQ(authorized->status, 404);  // let in: no instance A here
+  EXPECT_EQ(daemon.Stop(SIGTERM), 0);
+
+  auto [guarded, guarded_port] = start("hm" + kPid, {"--http-metrics-auth"});
+  ASSERT_NE(guarded_port, 0);
+  auto g = http::HttpClient::Connect("127.0.0.1", guarded_port);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->Send("GET", "/metrics")->status, 401);
+  (*g)->SetBearerToken(token);
+  EXPECT_EQ((*g)->Send("GET", "/metrics")->status, 200);
+  EXPECT_EQ(guarded.Stop(SIGTERM), 0);
+
+  // A token file without a token is a usage error at start.
+  ASSERT_EQ(truncate(path, 0), 0);
+  auto bad = testing::RunProcess({KVRINGD_PATH, "--name", "hb" + kPid, "--http", "127.0.0.1:0", "--http-token-file", path});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("must hold one token"), std::string::npos) << bad.err;
+  unlink(path);
+}
+
 TEST_F(HttpApi, DeepOrHugeJsonIsRefusedBeforeItIsBuilt) {
   const std::string deep(7u << 20, '[');
   auto [ds, deep_reply] = Post("/lookup", deep);

@@ -24,7 +24,9 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <thread>
 
@@ -55,7 +57,8 @@ int main(int argc, char** argv) {
   int spin_us = 1000;
   std::optional<int> nice_value;
   bool group_access = false, no_full_sync_on_start = false;
-  std::string http_at;
+  std::string http_at, http_token_file;
+  bool http_metrics_auth = false;
   // lmcache_controller's flags.
   std::string lm_host = "0.0.0.0", monitor_ports_json;
   int lm_port = 9000, monitor_port = 9001;
@@ -117,6 +120,11 @@ int main(int argc, char** argv) {
                  "Serve LMCache's HTTP API and /metrics on HOST:PORT (port 0: any free port; the log names it). "
                  "Given without a value: 127.0.0.1:9000")
       ->expected(0, 1)->default_str("127.0.0.1:9000");
+  app.add_option("--http-token-file", http_token_file,
+                 "A file whose content (surrounding whitespace trimmed) is the bearer token the HTTP API wants on "
+                 "/clear, /pin, /compress, /decompress and /move (\"Authorization: Bearer <token>\"; 401 without)")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--http-metrics-auth", http_metrics_auth, "GET /metrics wants the bearer token too (default: open)");
   app.add_flag("--index-prepare-tables", o.index.prepare_tables,
                "Have a helper thread prepare the index's big tables with huge pages (lookups -20 %, ingest +20 %, "
                "but a growing index may pause inserts for 15-25 ms; docs/PERFORMANCE.md)");
@@ -231,6 +239,26 @@ int main(int argc, char** argv) {
     // The HTTP side waits a little longer than the workers get, so a worker's
     // deadline is reported as such rather than as the controller's.
     ho.request_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(o.command_timeout_s * 1000) + 2000);
+    if (!http_token_file.empty()) {
+      std::ifstream in(http_token_file);
+      std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const auto first = token.find_first_not_of(" \t\r\n");
+      token = first == std::string::npos ? "" : token.substr(first, token.find_last_not_of(" \t\r\n") - first + 1);
+      if (!in.good() && !in.eof()) {
+        std::cerr << "--http-token-file: cannot read " << http_token_file << "\n";
+        return 2;
+      }
+      if (token.empty() || token.size() > 4096 || token.find_first_of(" \t\r\n") != std::string::npos) {
+        std::cerr << "--http-token-file: " << http_token_file
+                  << " must hold one token (1-4096 characters, no whitespace inside)\n";
+        return 2;
+      }
+      ho.bearer_token = std::move(token);
+    }
+    ho.metrics_need_token = http_metrics_auth;
+  } else if (!http_token_file.empty() || http_metrics_auth) {
+    std::cerr << "--http-token-file and --http-metrics-auth need the HTTP API (--http or LMCache's flags)\n";
+    return 2;
   }
 
   auto started = controller::Controller::Start(o);

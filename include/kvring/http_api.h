@@ -40,17 +40,26 @@ struct Options {
   std::size_t max_connections = 256;       // more get 503 and are closed
   std::chrono::milliseconds request_timeout{10000};  // keep above the controller's command deadline
   std::chrono::milliseconds idle_timeout{60000};     // a keep-alive connection idle this long is closed
+  // Non-empty: the endpoints that change caches (/clear, /pin, /compress,
+  // /decompress, /move) want "Authorization: Bearer <token>" and answer 401
+  // without it (LMCache's are open to anyone who reaches the port);
+  // metrics_need_token extends that to GET /metrics. Lookups, queries,
+  // /health and /check_finish stay open.
+  std::string bearer_token;
+  bool metrics_need_token = false;
 };
 
 struct Response {
   int status = 200;
   std::string content_type = "application/json";
   std::string body;
+  bool bearer_challenge = false;  // 401: send WWW-Authenticate: Bearer
 };
 
 // One request to the API: what the server does for each, without sockets.
+// `authorization`: the request's Authorization header, if any.
 Response Handle(client::Orchestrator& controller, std::string_view method, std::string_view path,
-                std::string_view body, const Options& options);
+                std::string_view body, const Options& options, std::string_view authorization = {});
 
 class Server {
  public:

@@ -33,6 +33,8 @@ class HttpClient {
   // closed it). An empty body with "GET".
   Result<HttpReply> Send(std::string_view method, std::string_view path, std::string_view body = {});
   Result<HttpReply> Post(std::string_view path, std::string_view json) { return Send("POST", path, json); }
+  // Sent as "Authorization: Bearer <token>" with every request (empty: none).
+  void SetBearerToken(std::string token);
 
  private:
   struct Impl;
