@@ -3,14 +3,20 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
-#include <condition_variable>
+#include <atomic>
+#include <future>
+#include <list>
+#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <cctype>
 #include <unordered_set>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
@@ -274,96 +280,203 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 
+// One thread runs every socket's I/O and timers (asynchronous: a slow or
+// silent peer holds no thread); requests, once whole, go to a small pool
+// where Handle() may wait on the controller (up to request_timeout), and
+// their replies come back to the I/O thread to be written. Every phase has a
+// deadline: the first byte of a request (idle_timeout), the rest of it
+// (read_timeout), the reply's write (read_timeout). Connections are bounded
+// in total and per client address; when a bound is reached, the oldest
+// connection still waiting for or reading a request is closed to make room,
+// so connections that trickle bytes (slowloris) cannot lock real clients out.
 struct Server::Impl {
+  struct Session;
   Options o;
   std::unique_ptr<client::Orchestrator> controller;
   asio::io_context io;
   tcp::acceptor acceptor{io};
-  std::thread accepting;
-  std::mutex mu;
-  std::condition_variable idle;
-  std::unordered_set<int> open;  // sockets being served (shut down on stop)
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
+  std::thread io_thread;
+  std::unique_ptr<asio::thread_pool> handlers;
+  std::atomic<std::size_t> in_handlers{0};
+  // I/O thread only:
+  std::list<std::shared_ptr<Session>> sessions;  // oldest first
+  std::unordered_map<std::string, std::size_t> per_address;
   bool stopping = false;
 
-  static void Write(tcp::socket& s, unsigned version, const Response& r, bool keep_alive, beast::error_code& ec) {
-    bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), version};
+  void Accept();
+  void Admit(tcp::socket sock);
+  bool EvictOldestReader(const std::string* address);
+  void Forget(Session* s);
+};
+
+struct Server::Impl::Session : std::enable_shared_from_this<Session> {
+  enum class State { kWaiting, kReading, kHandling, kWriting, kClosed };
+  Impl& srv;
+  beast::tcp_stream stream;
+  std::string address;
+  std::list<std::shared_ptr<Session>>::iterator at;
+  beast::flat_buffer buf;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser;
+  bhttp::response<bhttp::string_body> res;
+  State state = State::kWaiting;
+  std::size_t drained = 0;
+  char sink[16384];
+
+  Session(Impl& s, tcp::socket sock, std::string addr)
+      : srv(s), stream(std::move(sock)), address(std::move(addr)) {}
+
+  bool evictable() const { return state == State::kWaiting || state == State::kReading; }
+
+  void ReadRequest() {
+    parser.emplace();
+    parser->body_limit(srv.o.max_body_bytes);
+    parser->header_limit(static_cast<std::uint32_t>(srv.o.max_header_bytes));
+    state = State::kWaiting;
+    if (buf.size() > 0) return ReadRest();  // pipelined: the next request has begun
+    stream.expires_after(srv.o.idle_timeout);
+    stream.async_read_some(buf.prepare(4096), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      if (ec || self->state == State::kClosed) return self->Close();
+      self->buf.commit(n);
+      self->ReadRest();
+    });
+  }
+
+  void ReadRest() {
+    state = State::kReading;
+    stream.expires_after(srv.o.read_timeout);
+    bhttp::async_read(stream, buf, *parser, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->OnRead(ec);
+    });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (state == State::kClosed) return;
+    if (ec == bhttp::error::body_limit)
+      return Respond(Detail(413, "the body exceeds " + std::to_string(srv.o.max_body_bytes) + " bytes"), 11, false, true);
+    if (ec == bhttp::error::header_limit)
+      return Respond(Detail(431, "the header exceeds " + std::to_string(srv.o.max_header_bytes) + " bytes"), 11, false,
+                     true);
+    if (ec) {
+      if (ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category())
+        return Respond(Detail(400, "malformed HTTP request: " + ec.message()), 11, false, false);
+      return Close();  // end of stream, reset, or a deadline passed
+    }
+    if (srv.in_handlers.load(std::memory_order_relaxed) >= srv.o.max_queued_requests)
+      return Respond(Detail(503, "too many requests in progress (" + std::to_string(srv.o.max_queued_requests) + ")"),
+                     parser->get().version(), false, false);
+    state = State::kHandling;
+    stream.expires_never();
+    srv.in_handlers.fetch_add(1, std::memory_order_relaxed);
+    asio::post(*srv.handlers, [self = shared_from_this()] {
+      // The parser is this thread's alone while the session is kHandling:
+      // the I/O thread starts nothing on the session until the reply is back.
+      const auto& req = self->parser->get();
+      Response r = Handle(*self->srv.controller, std::string_view(req.method_string().data(), req.method_string().size()),
+                          std::string_view(req.target().data(), req.target().size()),
+                          std::string_view(req.body().data(), req.body().size()), self->srv.o,
+                          std::string_view(req[bhttp::field::authorization].data(),
+                                           req[bhttp::field::authorization].size()));
+      const unsigned version = req.version();
+      const bool keep = req.keep_alive();
+      asio::post(self->srv.io, [self, r = std::move(r), version, keep] {
+        self->srv.in_handlers.fetch_sub(1, std::memory_order_relaxed);
+        if (self->state == State::kClosed) return;
+        self->Respond(r, version, keep, false);
+      });
+    });
+  }
+
+  void Respond(const Response& r, unsigned version, bool keep_alive, bool linger) {
+    state = State::kWriting;
+    res = bhttp::response<bhttp::string_body>{static_cast<bhttp::status>(r.status), version};
     res.set(bhttp::field::server, "kvring");
     res.set(bhttp::field::content_type, r.content_type);
     if (r.bearer_challenge) res.set(bhttp::field::www_authenticate, "Bearer realm=\"kvring\"");
-    res.keep_alive(keep_alive);
+    res.keep_alive(keep_alive && !srv.stopping);
     res.body() = r.body;
     res.prepare_payload();
-    bhttp::write(s, res, ec);
+    stream.expires_after(srv.o.read_timeout);
+    bhttp::async_write(stream, res, [self = shared_from_this(), linger](beast::error_code ec, std::size_t) {
+      if (self->state == State::kClosed) return;
+      if (!ec && linger) return self->Linger();
+      if (ec || !self->res.keep_alive()) return self->Close();
+      self->ReadRequest();
+    });
   }
 
-  void Serve(tcp::socket& s) {
-    timeval tv{static_cast<time_t>(o.idle_timeout.count() / 1000),
-               static_cast<suseconds_t>(o.idle_timeout.count() % 1000 * 1000)};
-    setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);  // idle keep-alive connections end
-    beast::flat_buffer buf;
-    for (;;) {
-      bhttp::request_parser<bhttp::string_body> parser;
-      parser.body_limit(o.max_body_bytes);
-      beast::error_code ec;
-      bhttp::read(s, buf, parser, ec);
-      if (ec == bhttp::error::body_limit) {
-        Write(s, 11, Detail(413, "the body exceeds " + std::to_string(o.max_body_bytes) + " bytes"), false, ec);
-        // Lingering close: the client may still be sending its body; closing
-        // with unread data would reset the connection before it reads the 413.
-        s.shutdown(tcp::socket::shutdown_send, ec);
-        char sink[65536];
-        for (std::size_t drained = 0; drained < 4 * o.max_body_bytes;) {
-          std::size_t n = s.read_some(asio::buffer(sink), ec);
-          if (ec) break;
-          drained += n;
-        }
-        break;
-      }
-      if (ec == bhttp::error::end_of_stream || ec == asio::error::eof) break;
-      if (ec) {
-        if (ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category())
-          Write(s, 11, Detail(400, "malformed HTTP request: " + ec.message()), false, ec);
-        break;  // also: idle timeout, reset, shutdown
-      }
-      const auto& req = parser.get();
-      Response r = Handle(*controller, std::string_view(req.method_string().data(), req.method_string().size()),
-                          std::string_view(req.target().data(), req.target().size()),
-                          std::string_view(req.body().data(), req.body().size()), o,
-                          std::string_view(req[bhttp::field::authorization].data(), req[bhttp::field::authorization].size()));
-      const bool keep = req.keep_alive();
-      Write(s, req.version(), r, keep, ec);
-      if (ec || !keep) break;
-    }
+  // After a 413: the client may still be sending its body; closing with
+  // unread data would reset the connection before it reads the answer.
+  void Linger() {
     beast::error_code ignored;
-    s.shutdown(tcp::socket::shutdown_both, ignored);
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.expires_after(std::chrono::seconds(2));
+    DrainSome();
+  }
+  void DrainSome() {
+    stream.async_read_some(asio::buffer(sink), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->drained += n;
+      if (ec || self->state == State::kClosed || self->drained > 4 * self->srv.o.max_body_bytes) return self->Close();
+      self->DrainSome();
+    });
   }
 
-  void Accept() {
-    for (;;) {
-      beast::error_code ec;
-      tcp::socket s(io);
-      acceptor.accept(s, ec);
-      std::unique_lock lock(mu);
-      if (stopping) return;
-      if (ec) continue;  // e.g. the peer reset before accept
-      if (open.size() >= o.max_connections) {
-        lock.unlock();
-        Write(s, 11, Detail(503, "too many connections (" + std::to_string(o.max_connections) + ")"), false, ec);
-        continue;
-      }
-      int fd = s.native_handle();
-      open.insert(fd);
-      std::thread([this, fd, sock = std::move(s)]() mutable {
-        Serve(sock);
-        std::lock_guard l(mu);
-        open.erase(fd);  // before the close: the destructor never shuts down a reused descriptor
-        beast::error_code ignored;
-        sock.close(ignored);
-        idle.notify_all();
-      }).detach();  // the destructor waits for `open` to empty, so none outlives the Impl
-    }
+  void Close() {
+    if (state == State::kClosed) return;
+    state = State::kClosed;
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream.close();
+    srv.Forget(this);
   }
 };
+
+void Server::Impl::Forget(Session* s) {
+  auto a = per_address.find(s->address);
+  if (a != per_address.end() && --a->second == 0) per_address.erase(a);
+  sessions.erase(s->at);  // the last reference may be a pending handler's
+}
+
+bool Server::Impl::EvictOldestReader(const std::string* address) {
+  for (auto& s : sessions)
+    if (s->evictable() && (!address || s->address == *address)) {
+      s->Close();
+      return true;
+    }
+  return false;
+}
+
+void Server::Impl::Admit(tcp::socket sock) {
+  beast::error_code ec;
+  const auto peer = sock.remote_endpoint(ec);
+  if (ec) return;  // gone already
+  std::string address = peer.address().to_string();
+  const bool room_here = per_address[address] < o.max_connections_per_address || EvictOldestReader(&address);
+  const bool room = room_here && (sessions.size() < o.max_connections || EvictOldestReader(nullptr));
+  if (!room) {
+    if (per_address[address] == 0) per_address.erase(address);
+    // Everyone is busy with a request: say so, without waiting on this peer.
+    const std::string busy = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 39\r\nConnection: close\r\n\r\n{\"detail\": \"too many connections busy\"}";
+    sock.non_blocking(true, ec);
+    (void)sock.write_some(asio::buffer(busy), ec);
+    sock.close(ec);
+    return;
+  }
+  ++per_address[address];
+  auto session = std::make_shared<Session>(*this, std::move(sock), std::move(address));
+  sessions.push_back(session);
+  session->at = std::prev(sessions.end());
+  session->ReadRequest();
+}
+
+void Server::Impl::Accept() {
+  acceptor.async_accept([this](beast::error_code ec, tcp::socket sock) {
+    if (stopping) return;
+    if (!ec) Admit(std::move(sock));
+    Accept();  // also after an error (e.g. the peer reset before accept, EMFILE)
+  });
+}
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
@@ -384,23 +497,31 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   auto c = client::Orchestrator::Connect(options.controller, std::chrono::milliseconds(5000));
   if (!c.ok()) return c.status();
   impl->controller = std::move(c).value();
+  impl->handlers = std::make_unique<asio::thread_pool>(std::max<std::size_t>(1, options.handler_threads));
   Impl* raw = impl.get();
-  impl->accepting = std::thread([raw] { raw->Accept(); });
+  raw->Accept();
+  impl->io_thread = std::thread([raw] { raw->io.run(); });
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 std::uint16_t Server::port() const { return impl_->acceptor.local_endpoint().port(); }
 
 Server::~Server() {
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->stopping = true;
-    for (int fd : impl_->open) ::shutdown(fd, SHUT_RDWR);  // wakes each connection's blocking read
-  }
-  ::shutdown(impl_->acceptor.native_handle(), SHUT_RDWR);  // wakes the blocking accept
-  if (impl_->accepting.joinable()) impl_->accepting.join();
-  std::unique_lock lock(impl_->mu);
-  impl_->idle.wait(lock, [&] { return impl_->open.empty(); });
+  Impl& i = *impl_;
+  // On the I/O thread: stop accepting and close every connection (a request
+  // being handled is answered to no one).
+  std::promise<void> closed;
+  asio::post(i.io, [&] {
+    i.stopping = true;
+    beast::error_code ignored;
+    i.acceptor.close(ignored);
+    while (!i.sessions.empty()) i.sessions.front()->Close();
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  i.handlers->join();  // handlers end within request_timeout; their replies find closed sessions
+  i.work.reset();
+  i.io_thread.join();  // io.run() returns once nothing is pending
 }
 
 }  // namespace kvring::http

@@ -3,6 +3,12 @@
 // own HTTP client. Every endpoint, a worker that never answers, a worker that
 // answers an error, unknown instances, malformed requests, and a token lookup
 // whose chunk hashes come from CPython itself (tests/data/cpython-chunk-hash).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
 #include <atomic>
 #include <fstream>
 #include <regex>
@@ -327,6 +333,57 @@ TEST(HttpApiAuth, EndpointsThatChangeCachesWantTheBearerTokenAndTheRestStayOpen)
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("must hold one token"), std::string::npos) << bad.err;
   unlink(path);
+}
+
+// Slowloris: a thousand connections that send half a request head and stop
+// do not keep real clients out (each one no longer holds a thread; past the
+// per-address bound the oldest reader is closed), and a connection that stops
+// mid-request is closed at its read deadline.
+TEST(HttpApiSlowClients, AThousandStalledConnectionsDoNotKeepRequestsOut) {
+  rlimit nofile{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 4096);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &nofile), 0);
+  const std::size_t stalled_count = std::min<std::size_t>(1000, nofile.rlim_cur - 64);
+  const std::string name = "hs" + kPid;
+  Daemon d = Daemon::Start(name, {"--http", "127.0.0.1:0", "--http-read-timeout", "1", "--http-idle-timeout", "30"});
+  std::string log = d.AwaitLog("HTTP API on http://", 10s);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("HTTP API on http://127\\.0\\.0\\.1:([0-9]+)/"))) << log;
+  const auto port = static_cast<std::uint16_t>(std::stoi(m[1]));
+  auto stall = [port] {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+    const std::string head = "POST /lookup HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    return send(fd, head.data(), head.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(head.size()) ? fd : -1;
+  };
+  std::vector<int> stalled;
+  for (std::size_t i = 0; i < stalled_count; ++i) {
+    const int fd = stall();
+    ASSERT_GE(fd, 0) << "connection " << i;
+    stalled.push_back(fd);
+  }
+  auto c = http::HttpClient::Connect("127.0.0.1", port);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  for (int i = 0; i < 20; ++i) {
+    auto r = (*c)->Post("/lookup", R"({"tokens":[1,2,3]})");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
+  for (int fd : stalled) close(fd);
+  // A connection that stops mid-head is closed once --http-read-timeout passes.
+  const int late = stall();
+  ASSERT_GE(late, 0);
+  pollfd p{late, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1) << "not closed within 10 s";
+  char b;
+  EXPECT_EQ(recv(late, &b, 1, 0), 0);  // EOF: the server closed it
+  close(late);
+  EXPECT_EQ(d.Stop(SIGTERM), 0);
 }
 
 TEST_F(HttpApi, DeepOrHugeJsonIsRefusedBeforeItIsBuilt) {

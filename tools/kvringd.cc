@@ -59,6 +59,8 @@ int main(int argc, char** argv) {
   bool group_access = false, no_full_sync_on_start = false;
   std::string http_at, http_token_file;
   bool http_metrics_auth = false;
+  double http_idle_timeout = 60, http_read_timeout = 10;
+  std::size_t http_per_address = 64;
   // lmcache_controller's flags.
   std::string lm_host = "0.0.0.0", monitor_ports_json;
   int lm_port = 9000, monitor_port = 9001;
@@ -125,6 +127,14 @@ int main(int argc, char** argv) {
                  "/clear, /pin, /compress, /decompress and /move (\"Authorization: Bearer <token>\"; 401 without)")
       ->check(CLI::ExistingFile);
   app.add_flag("--http-metrics-auth", http_metrics_auth, "GET /metrics wants the bearer token too (default: open)");
+  app.add_option("--http-idle-timeout", http_idle_timeout, "Seconds an HTTP connection may wait before a request starts")
+      ->check(CLI::Range(0.01, 86400.0))->capture_default_str();
+  app.add_option("--http-read-timeout", http_read_timeout,
+                 "Seconds from a request's first byte to its last (and for a reply's write); slower peers are closed")
+      ->check(CLI::Range(0.01, 3600.0))->capture_default_str();
+  app.add_option("--http-connections-per-address", http_per_address,
+                 "HTTP connections per client address; past it the oldest one still reading a request is closed")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))->capture_default_str();
   app.add_flag("--index-prepare-tables", o.index.prepare_tables,
                "Have a helper thread prepare the index's big tables with huge pages (lookups -20 %, ingest +20 %, "
                "but a growing index may pause inserts for 15-25 ms; docs/PERFORMANCE.md)");
@@ -256,6 +266,9 @@ int main(int argc, char** argv) {
       ho.bearer_token = std::move(token);
     }
     ho.metrics_need_token = http_metrics_auth;
+    ho.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(http_idle_timeout * 1000));
+    ho.read_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(http_read_timeout * 1000));
+    ho.max_connections_per_address = http_per_address;
   } else if (!http_token_file.empty() || http_metrics_auth) {
     std::cerr << "--http-token-file and --http-metrics-auth need the HTTP API (--http or LMCache's flags)\n";
     return 2;

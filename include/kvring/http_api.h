@@ -9,9 +9,10 @@
 //   503 controller unreachable;  504 a worker (or the controller) missed the
 //   deadline.
 //
-// The server runs on threads of its own (one accepting, one per connection,
-// up to max_connections) and reaches the controller as an ordinary ring
-// client (client::Orchestrator), so the controller stays single-threaded.
+// The server runs on threads of its own (one for every socket's asynchronous
+// I/O and deadlines, handler_threads for requests) and reaches the controller
+// as an ordinary ring client (client::Orchestrator), so the controller stays
+// single-threaded.
 //
 // Thread-safety: Handle() may be called from any thread; a Server is started
 // and destroyed by one thread.
@@ -37,9 +38,17 @@ struct Options {
   // an 8 MiB body of '[' would otherwise take ~500 MB to parse.
   std::size_t max_json_depth = 64;
   std::size_t max_json_elements = 1u << 20;  // values in the whole body (a token list's length, roughly)
-  std::size_t max_connections = 256;       // more get 503 and are closed
+  std::size_t max_header_bytes = 16u << 10;  // larger request heads get 431
+  // Connections in all and per client address. At either bound the oldest
+  // connection still waiting for or reading a request is closed to make
+  // room; when every one is busy with a request, a newcomer gets 503.
+  std::size_t max_connections = 1024;
+  std::size_t max_connections_per_address = 64;
+  std::size_t handler_threads = 8;           // requests handled at once (each may wait on the controller)
+  std::size_t max_queued_requests = 256;     // whole requests waiting or in handlers; more get 503
   std::chrono::milliseconds request_timeout{10000};  // keep above the controller's command deadline
-  std::chrono::milliseconds idle_timeout{60000};     // a keep-alive connection idle this long is closed
+  std::chrono::milliseconds idle_timeout{60000};     // until a request's first byte (keep-alive idle)
+  std::chrono::milliseconds read_timeout{10000};     // from a request's first byte to its last; a reply's write
   // Non-empty: the endpoints that change caches (/clear, /pin, /compress,
   // /decompress, /move) want "Authorization: Bearer <token>" and answer 401
   // without it (LMCache's are open to anyone who reaches the port);
