@@ -302,6 +302,7 @@ struct Server::Impl {
   // I/O thread only:
   std::list<std::shared_ptr<Session>> sessions;  // oldest first
   std::unordered_map<std::string, std::size_t> per_address;
+  std::size_t body_bytes_reserved = 0;
   bool stopping = false;
 
   void Accept();
@@ -320,6 +321,7 @@ struct Server::Impl::Session : std::enable_shared_from_this<Session> {
   std::optional<bhttp::request_parser<bhttp::string_body>> parser;
   bhttp::response<bhttp::string_body> res;
   State state = State::kWaiting;
+  std::size_t reserved = 0;  // of the server's body budget
   std::size_t drained = 0;
   char sink[16384];
 
@@ -345,9 +347,34 @@ struct Server::Impl::Session : std::enable_shared_from_this<Session> {
   void ReadRest() {
     state = State::kReading;
     stream.expires_after(srv.o.read_timeout);
+    bhttp::async_read_header(stream, buf, *parser, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec || self->state == State::kClosed) return self->OnRead(ec);
+      self->ReadBody();
+    });
+  }
+
+  // The body's memory is reserved from the server's budget before it is
+  // read: connections that each send a large body at once cannot together
+  // take more than max_body_memory.
+  void ReadBody() {
+    const std::size_t want = std::min<std::size_t>(
+        parser->content_length() ? static_cast<std::size_t>(*parser->content_length()) : srv.o.max_body_bytes,
+        srv.o.max_body_bytes);
+    if (want > 0) {
+      if (srv.body_bytes_reserved + want > srv.o.max_body_memory)
+        return Respond(Detail(503, "the server is reading too many bodies at once; try again"), parser->get().version(),
+                       false, true);
+      srv.body_bytes_reserved += want;
+      reserved = want;
+    }
     bhttp::async_read(stream, buf, *parser, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       self->OnRead(ec);
     });
+  }
+
+  void Unreserve() {
+    srv.body_bytes_reserved -= reserved;
+    reserved = 0;
   }
 
   void OnRead(beast::error_code ec) {
@@ -381,6 +408,7 @@ struct Server::Impl::Session : std::enable_shared_from_this<Session> {
       const bool keep = req.keep_alive();
       asio::post(self->srv.io, [self, r = std::move(r), version, keep] {
         self->srv.in_handlers.fetch_sub(1, std::memory_order_relaxed);
+        self->Unreserve();
         if (self->state == State::kClosed) return;
         self->Respond(r, version, keep, false);
       });
@@ -423,6 +451,7 @@ struct Server::Impl::Session : std::enable_shared_from_this<Session> {
 
   void Close() {
     if (state == State::kClosed) return;
+    if (state != State::kHandling) Unreserve();  // a handler still reads the body: released when it is done
     state = State::kClosed;
     beast::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_both, ignored);

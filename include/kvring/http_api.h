@@ -39,6 +39,9 @@ struct Options {
   std::size_t max_json_depth = 64;
   std::size_t max_json_elements = 1u << 20;  // values in the whole body (a token list's length, roughly)
   std::size_t max_header_bytes = 16u << 10;  // larger request heads get 431
+  // Bodies being read at once reserve their length (or max_body_bytes when
+  // unknown) from this budget; past it a request gets 503.
+  std::size_t max_body_memory = 128u << 20;
   // Connections in all and per client address. At either bound the oldest
   // connection still waiting for or reading a request is closed to make
   // room; when every one is busy with a request, a newcomer gets 503.
