@@ -150,4 +150,15 @@ BENCHMARK(BM_Ring_Lookup)->Threads(1)->Threads(8)->UseRealTime()->MinTime(2.0);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+// The shared setup is made on the main thread: its controller child has
+// PR_SET_PDEATHSIG, which fires when the *thread* that forked it ends, and
+// a threads:N benchmark runs on threads that end after each trial (a
+// threads:8 run first killed the controller under itself).
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  (void)Shared();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

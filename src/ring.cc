@@ -95,15 +95,19 @@ void PublishAndWake(std::atomic<std::uint64_t>* position, std::uint64_t value,
 // announcement); poll() may be cheaper. Returns whether ready.
 template <typename Poll, typename Ready, typename Broken>
 bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds timeout,
-                   std::uint32_t spin, Poll poll, Ready ready, Broken broken) {
+                   std::uint32_t spin, Poll poll, Ready ready, Broken broken, bool for_reply) {
   if (poll()) return true;
   // The spin gives way (spin_wait.h): at most `spin` polls, fewer when this
   // thread's spins have not been paying, none more once it was descheduled.
   detail::SpinWait sw(spin);
+  auto done = [&](bool met) {
+    if (for_reply) sw.Done(met, sw.EstimatedFullSpin());
+    else sw.Done(met);
+  };
   for (std::uint32_t i = 0; sw.Again() && !broken(); ++i) {
     detail::SpinPoll(i);
     if (poll()) {
-      sw.Done(true);
+      done(true);
       return true;
     }
   }
@@ -119,7 +123,7 @@ bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds
     while (!broken() && Clock::now() < yield_until) {
       sched_yield();
       if (poll()) {
-        sw.Done(true);
+        done(true);
         return true;
       }
     }
@@ -128,7 +132,7 @@ bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds
     waiting->store(1, std::memory_order_seq_cst);  // Dekker pair with PublishAndWake
     if (ready()) {
       waiting->store(0, std::memory_order_relaxed);
-      sw.Done(true);
+      done(true);
       return true;
     }
     auto left = deadline - Clock::now();
@@ -136,7 +140,7 @@ bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds
     detail::FutexWait(waiting, 1, std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
   }
   const bool met = !broken() && ready();
-  sw.Done(met);
+  done(met);
   return met;
 }
 
@@ -299,7 +303,7 @@ bool Producer::WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout,
   // worst case: padding + record + the next header slot
   const std::size_t need = Align8(kRecordHeaderBytes + bytes) * 2 + kRecordHeaderBytes;
   auto room = [&] { return RefreshHead() && FreeBytes() >= std::min(need, capacity_); };
-  return SpinThenSleep(&ctl_->producer_waiting, timeout, spin, room, room, [&] { return corrupt(); });
+  return SpinThenSleep(&ctl_->producer_waiting, timeout, spin, room, room, [&] { return corrupt(); }, true);
 }
 
 // ---- Consumer -----------------------------------------------------------------
@@ -405,10 +409,10 @@ void Consumer::PublishHead() {
   detail::FutexWakeAll(&ctl_->producer_waiting);
 }
 
-bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin) {
+bool Consumer::WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin, bool for_reply) {
   return SpinThenSleep(
       &ctl_->consumer_waiting, timeout, spin, [&] { return HasRecord(); }, [&] { return HasData(); },
-      [&] { return corrupt(); });
+      [&] { return corrupt(); }, for_reply);
 }
 
 // ---- read-only inspection -------------------------------------------------------

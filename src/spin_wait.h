@@ -14,9 +14,12 @@
 //   - paying off: a wait whose condition came during the spin, or soon
 //     enough after it that a spin of the caller's full maximum would have
 //     caught it, doubles the thread's budget (up to that maximum); one that
-//     was descheduled, or waited longer, halves it. A thread whose spins never
-//     pay (sparse traffic, a busy machine) soon spins only briefly before it
-//     sleeps; one whose spins pay spins up to the caller's maximum.
+//     was descheduled halves it, and so does, for a waiter whose waits start
+//     when it is otherwise idle (the controller), one that waited longer. A
+//     ring consumer cannot tell its idle time from its waits, so for it a
+//     late condition or a timeout changes nothing (an orchestrator's reader
+//     thread, idle between requests, would otherwise shrink its spin to
+//     nothing and then pay a scheduler tick per reply).
 //   - oversubscription: CpuOversubscribed() (a /proc/loadavg read at most
 //     every 10 ms per thread) tells a waiter to yield for a while before it
 //     sleeps on a futex (ring.cc, SpinThenSleep).
@@ -84,21 +87,46 @@ class SpinWait {
   // The caller ends the spin by a rule of its own (then sleeps).
   void Stop() { (void)End(); }
 
-  // The wait's outcome, for the thread's budget. `met`: the condition came
-  // (rather than a timeout). The budget grows when a spin of the caller's
-  // full maximum would have caught it: it came while spinning, or within
-  // `full_spin` (the maximum's length in time; by default estimated from
-  // this spin's polls per second). It shrinks when the condition came later
-  // than that, or the thread was descheduled while spinning.
-  void Done(bool met, Clock::duration full_spin = Clock::duration::zero()) const {
+  // The wait's outcome, for the thread's budget, for a waiter that cannot
+  // tell idle time from waiting time (a ring consumer that waits in a loop,
+  // idle or not): the budget shrinks only when the thread was descheduled
+  // while spinning (the sure sign that spinning took a core someone wanted),
+  // and grows when a spin of the caller's full maximum would have caught the
+  // condition (estimated from this spin's polls per second). A timeout, or a
+  // condition that came long after, changes nothing: that was idleness.
+  void Done(bool met) const {
+    unsigned& s = SpinShrink();
+    if (descheduled_) {
+      s = std::min(s + 1, kMaxSpinShrink);
+      return;
+    }
+    if (!met) return;
+    bool caught = !ended_;
+    if (!caught && polls_ > 0) {
+      const auto full_spin = std::chrono::duration_cast<Clock::duration>(
+          (spin_end_ - start_) * (static_cast<double>(budget_ << s) / static_cast<double>(polls_)));
+      caught = Clock::now() - start_ <= std::max<Clock::duration>(full_spin, kMinUsefulSpin);
+    }
+    if (caught) s = s > 0 ? s - 1 : 0;
+  }
+
+  // This spin's full maximum in time, estimated from its polls per second.
+  Clock::duration EstimatedFullSpin() const {
+    if (polls_ == 0) return Clock::duration::zero();
+    const Clock::time_point end = ended_ ? spin_end_ : Clock::now();
+    return std::chrono::duration_cast<Clock::duration>(
+        (end - start_) * (static_cast<double>(budget_ << SpinShrink()) / static_cast<double>(polls_)));
+  }
+
+  // The same for a waiter whose wait starts with what it waits for: a reply
+  // to the request just sent, room the consumer is making, the controller's
+  // idle passes, the ZeroMQ front's reply spin. There a condition that came
+  // later than `full_spin` (the caller's maximum in time), or never, means
+  // spinning does not pay at this traffic, and the budget shrinks too.
+  void Done(bool met, Clock::duration full_spin) const {
     unsigned& s = SpinShrink();
     bool paid = met && !descheduled_;
-    if (paid && ended_) {
-      if (full_spin == Clock::duration::zero() && polls_ > 0)
-        full_spin = std::chrono::duration_cast<Clock::duration>(
-            (spin_end_ - start_) * (static_cast<double>(budget_ << s) / static_cast<double>(polls_)));
-      paid = Clock::now() - start_ <= std::max<Clock::duration>(full_spin, kMinUsefulSpin);
-    }
+    if (paid && ended_) paid = Clock::now() - start_ <= std::max<Clock::duration>(full_spin, kMinUsefulSpin);
     if (paid)
       s = s > 0 ? s - 1 : 0;
     else

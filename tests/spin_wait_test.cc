@@ -48,7 +48,7 @@ TEST(SpinWait, WaitsThatNeverPayShrinkTheThreadsBudgetAndPayingOnesRegrowIt) {
   ResetShrink reset;
   for (unsigned i = 0; i < kMaxSpinShrink + 5; ++i) {
     SpinWait sw(1 << 20);
-    sw.Done(false);  // a timeout: spinning did not pay
+    sw.Done(false, 1ms);  // an idle waiter's wait that nothing ended: spinning did not pay
   }
   EXPECT_EQ(SpinShrink(), kMaxSpinShrink);
   EXPECT_EQ(PollsUntilGiven(1 << 20), (1u << 20) >> kMaxSpinShrink);
@@ -61,15 +61,26 @@ TEST(SpinWait, WaitsThatNeverPayShrinkTheThreadsBudgetAndPayingOnesRegrowIt) {
   EXPECT_EQ(PollsUntilGiven(1 << 20), 1u << 20);
 }
 
-TEST(SpinWait, AConditionMetLongAfterTheSpinEndedCountsAsNotPaying) {
+TEST(SpinWait, AConditionMetLongAfterTheSpinEndedShrinksOnlyAnIdleWaitersBudget) {
   ResetShrink reset;
-  SpinWait sw(8);
-  while (sw.Again()) {
+  {
+    SpinWait sw(8);
+    while (sw.Again()) {
+    }
+    // The condition comes long after the spin (a sleep stands for the futex
+    // wait that followed): a spin of the full maximum would not have caught it.
+    std::this_thread::sleep_for(2 * kMinUsefulSpin + 5ms);
+    sw.Done(true, kMinUsefulSpin);
   }
-  // The condition comes long after the spin (a sleep stands for the futex
-  // wait that followed): a spin twice as long would not have caught it.
-  std::this_thread::sleep_for(2 * kMinUsefulSpin + 5ms);
-  sw.Done(true);
+  EXPECT_EQ(SpinShrink(), 1u);
+  // A ring consumer cannot tell that from idleness: its budget stays.
+  for (bool met : {true, false}) {
+    SpinWait sw(8);
+    while (sw.Again()) {
+    }
+    std::this_thread::sleep_for(2 * kMinUsefulSpin + 5ms);
+    sw.Done(met);
+  }
   EXPECT_EQ(SpinShrink(), 1u);
 }
 

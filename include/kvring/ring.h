@@ -77,6 +77,7 @@ class Producer {
   // Blocks until at least `bytes` of payload could be claimed, the ring turns
   // corrupt, or the timeout passes (spins first, then sleeps on a futex).
   // Returns whether there is room.
+  // (The spin budget adapts per thread: src/spin_wait.h; a reply-like wait.)
   bool WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin = 4000);
 
   bool corrupt() const { return !corruption_.empty(); }
@@ -160,7 +161,10 @@ class Consumer {
   // Blocks until a record is available, the ring turns corrupt, or the
   // timeout passes (spins `spin` polls first, then sleeps on a futex).
   // Returns whether data is available.
-  bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000);
+  // `for_reply`: the wait starts with a request just sent (a late record then
+  // teaches the thread to spin less, src/spin_wait.h); otherwise the caller
+  // may have been idle, and only being descheduled while spinning does.
+  bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000, bool for_reply = false);
 
   // Whether a record is waiting, without consuming it. When none is, it loads
   // the producer's published position with seq_cst: the sleeper's half of the

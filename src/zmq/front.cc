@@ -649,7 +649,7 @@ struct Front::Impl {
         }
         sw.Stop();
         if (replied) {
-          sw.Done(true);
+          sw.Done(true, kReplySpin);
           continue;
         }
         reply_wait = sw;  // judged when the reply comes (above)
