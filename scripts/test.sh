@@ -36,9 +36,9 @@ run_suite "asan+ubsan" build/asan -DCMAKE_BUILD_TYPE=Debug -DKVRING_SANITIZE=add
 echo "=== tsan: rings and the other threaded code (ThreadSanitizer)"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DKVRING_SANITIZE=thread -DKVRING_BUILD_BENCH=OFF \
   > build/tsan.configure.log 2>&1 || { cat build/tsan.configure.log; exit 1; }
-cmake --build build/tsan -j"${jobs}" --target ring_test segment_test transport_test index_test controller_test controller_commands_test client_test \
+cmake --build build/tsan -j"${jobs}" --target spin_wait_test ring_test segment_test transport_test index_test controller_test controller_commands_test client_test \
   http_api_test kvringd kvring_cli shm_worker_tool
-(cd build/tsan && ctest -j"${jobs}" --output-on-failure --timeout 600 -R '^(Ring|Segment|Transport|Processes|Names|ChunkIndex|Controller|Client|HttpApi|python_zmq_front)')
+(cd build/tsan && ctest -j"${jobs}" --output-on-failure --timeout 600 -R '^(SpinWait|Ring|Segment|Transport|Processes|Names|ChunkIndex|Controller|Client|HttpApi|python_zmq_front)')
 
 fuzz_seconds="${KVRING_FUZZ_SECONDS:-20}"
 if [ "${fuzz_seconds}" != 0 ]; then
