@@ -1,13 +1,11 @@
 #include "kvring/http_api.h"
 
 #include <sys/socket.h>
-#include <sys/time.h>
 
 #include <atomic>
 #include <future>
 #include <list>
 #include <unordered_map>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <cctype>
@@ -485,8 +483,9 @@ void Server::Impl::Admit(tcp::socket sock) {
   if (!room) {
     if (per_address[address] == 0) per_address.erase(address);
     // Everyone is busy with a request: say so, without waiting on this peer.
-    const std::string busy = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                             "Content-Length: 39\r\nConnection: close\r\n\r\n{\"detail\": \"too many connections busy\"}";
+    const std::string body = Detail(503, "every connection is busy with a request").body;
+    const std::string busy = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
+                             std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
     sock.non_blocking(true, ec);
     (void)sock.write_some(asio::buffer(busy), ec);
     sock.close(ec);
