@@ -70,15 +70,25 @@ client::CommandHandlers Healthy(std::int64_t clear_tokens) {
   return h;
 }
 
+// The port a kvringd started with --http 127.0.0.1:0 serves on, from its
+// log line; 0 (a test failure naming the log) if it did not say in 10 s.
+std::uint16_t HttpPortOf(const Daemon& d) {
+  const std::string log = d.AwaitLog("HTTP API on http://", 10s);
+  std::smatch m;
+  if (!std::regex_search(log, m, std::regex("HTTP API on http://127\\.0\\.0\\.1:([0-9]+)/"))) {
+    ADD_FAILURE() << "no HTTP port in the log of kvringd (" << d.log << "):\n" << log;
+    return 0;
+  }
+  return static_cast<std::uint16_t>(std::stoi(m[1]));
+}
+
 class HttpApi : public ::testing::Test {
  protected:
   void SetUp() override {
     name_ = "h" + kPid;
     daemon_ = Daemon::Start(name_, {"--http", "127.0.0.1:0", "--command-timeout", "0.5", "--no-full-sync-on-start"});
-    std::string log = daemon_.AwaitLog("HTTP API on http://", 10s);
-    std::smatch m;
-    ASSERT_TRUE(std::regex_search(log, m, std::regex("HTTP API on http://127\\.0\\.0\\.1:([0-9]+)/"))) << log;
-    port_ = static_cast<std::uint16_t>(std::stoi(m[1]));
+    port_ = HttpPortOf(daemon_);
+    ASSERT_NE(port_, 0);
     auto c = http::HttpClient::Connect("127.0.0.1", port_);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     http_ = std::move(c).value();
@@ -283,10 +293,8 @@ TEST(HttpApiAuth, EndpointsThatChangeCachesWantTheBearerTokenAndTheRestStayOpen)
   auto start = [&](const std::string& name, std::vector<std::string> extra) -> std::pair<Daemon, std::uint16_t> {
     extra.insert(extra.begin(), {"--http", "127.0.0.1:0", "--http-token-file", path});
     Daemon d = Daemon::Start(name, extra);
-    std::string log = d.AwaitLog("HTTP API on http://", 10s);
-    std::smatch m;
-    if (!std::regex_search(log, m, std::regex("HTTP API on http://127\\.0\\.0\\.1:([0-9]+)/"))) return {std::move(d), 0};
-    return {std::move(d), static_cast<std::uint16_t>(std::stoi(m[1]))};
+    const std::uint16_t port = HttpPortOf(d);
+    return {std::move(d), port};
   };
   auto [daemon, port] = start("ha" + kPid, {});
   ASSERT_NE(port, 0);
@@ -347,10 +355,8 @@ TEST(HttpApiSlowClients, AThousandStalledConnectionsDoNotKeepRequestsOut) {
   const std::size_t stalled_count = std::min<std::size_t>(1000, nofile.rlim_cur - 64);
   const std::string name = "hs" + kPid;
   Daemon d = Daemon::Start(name, {"--http", "127.0.0.1:0", "--http-read-timeout", "1", "--http-idle-timeout", "30"});
-  std::string log = d.AwaitLog("HTTP API on http://", 10s);
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(log, m, std::regex("HTTP API on http://127\\.0\\.0\\.1:([0-9]+)/"))) << log;
-  const auto port = static_cast<std::uint16_t>(std::stoi(m[1]));
+  const std::uint16_t port = HttpPortOf(d);
+  ASSERT_NE(port, 0);
   auto stall = [port] {
     const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
