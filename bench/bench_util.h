@@ -66,8 +66,7 @@ struct Child {
 };
 
 // In a forked child: runs `ctl` until SIGTERM, then returns (the caller
-// destroys the controller, which removes its shared-memory segments; a
-// SIGKILL-ed controller would leave them in /dev/shm).
+// destroys the controller, which marks its segments closed for the clients).
 template <typename Controller>
 void RunController(Controller& ctl, std::uint32_t spin_passes) {
   static std::atomic<bool> stop{false};

@@ -70,7 +70,7 @@ wait "${daemon}"
 daemon=""
 echo "--- kvringd's log"
 cat "${log}"
-if ls /dev/shm | grep -q "^kvring\.${name}\."; then
+if ! "${bin}/kvring" inspect --name "${name}" | grep -q "^no kvring segments"; then
   echo "segments left behind" >&2
   exit 1
 fi

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -116,9 +117,30 @@ struct Worker::Impl {
     Clock::time_point oldest{};
   };
 
+  // A full sync in progress. It advances one step per Tick (Start, batches
+  // and End of a location; then one status poll per step, at most every
+  // full_sync_status_poll) and the mutex is free between steps, so an
+  // engine's Admit and Lookup go on while the controller keeps workers in
+  // freeze; keys_of runs without the mutex too.
+  struct SyncJob {
+    std::vector<std::string> locations;  // still to sync; the first is current
+    bool started = false;                // the current location's Start..End went out
+    bool keys_pending = false;           // a thread is in keys_of for it (mutex released)
+    std::string id;
+    std::vector<std::uint64_t> keys;
+    std::size_t batches = 0;
+    int polls = 0;
+    int resends = 0;
+    Clock::time_point next_poll{};
+  };
+
   WorkerOptions o;
-  mutable std::mutex mu;
+  // Timed: a Lookup waits for it no longer than its own deadline.
+  mutable std::timed_mutex mu;
+  std::condition_variable_any sync_progress;  // a sync step ended (FinishSync waits on it)
   std::unique_ptr<transport::Connection> conn;
+  std::optional<SyncJob> sync;
+  std::uint64_t sync_generation = 0;  // bumped whenever `sync` is begun or dropped
   bool closed = false;
   std::size_t stale_replies = 0;  // replies still to come for requests that gave up waiting
   std::vector<std::unique_ptr<Location>> locations;
@@ -164,6 +186,7 @@ struct Worker::Impl {
   Status Dead() {
     conn.reset();  // the next Tick reattaches
     stale_replies = 0;
+    DropSync();  // the next controller asks for its own
     return Unavailable("controller '" + o.controller + "' has gone");
   }
 
@@ -243,7 +266,7 @@ struct Worker::Impl {
   }
 
   // Answers every collected command; handlers run with `lock` released.
-  void RunCommands(std::unique_lock<std::mutex>& lock) {
+  void RunCommands(std::unique_lock<std::timed_mutex>& lock) {
     CollectCommands();
     while (!commands.empty()) {
       auto [id, bytes] = std::move(commands.front());
@@ -345,7 +368,7 @@ struct Worker::Impl {
     ++counters.heartbeats;
     next_heartbeat = Clock::now() + heartbeat_every;
     for (const HeartbeatCommand& c : r->commands)
-      if (c.kind == CommandKind::kFullSync) return FullSync();
+      if (c.kind == CommandKind::kFullSync) return BeginFullSync();
     return Status::Ok();
   }
 
@@ -355,17 +378,102 @@ struct Worker::Impl {
     return o.instance_id + "_" + std::to_string(o.worker_id) + "_" + hex;
   }
 
-  Status FullSync() {
+  // Schedules a full sync of every location this worker has used (and
+  // sync_locations); Tick and Heartbeat advance it (AdvanceSync).
+  Status BeginFullSync() {
     if (!o.keys_of)
       return Status(ErrorKind::kInvalidArgument, "the controller asked for a full sync, but no keys_of callback is set");
+    if (sync) return Status::Ok();  // one is under way
     if (Status s = FlushAll(); !s.ok()) return s;
     std::vector<std::string> names = o.sync_locations;
     for (const auto& l : locations)
       if (std::find(names.begin(), names.end(), l->name) == names.end()) names.push_back(l->name);
     if (names.empty()) names.push_back(kDefaultSyncLocation);
-    for (const std::string& loc : names)
-      if (Status s = SyncLocation(loc); !s.ok()) return s;
-    ++counters.full_syncs;
+    sync.emplace();
+    sync->locations = std::move(names);
+    ++sync_generation;
+    return Status::Ok();
+  }
+
+  void DropSync() {
+    if (!sync) return;
+    sync.reset();
+    ++sync_generation;
+    sync_progress.notify_all();
+  }
+
+  // The current location is done (or given up on, as LMCache does after
+  // its last poll: the sync itself went through): on to the next.
+  void NextSyncLocation() {
+    sync->locations.erase(sync->locations.begin());
+    sync->started = false;
+    sync->keys.clear();
+    if (sync->locations.empty()) {
+      ++counters.full_syncs;
+      DropSync();
+    }
+  }
+
+  // One step of the sync under way, if one is due. `lock` holds mu; it is
+  // released while keys_of runs.
+  Status AdvanceSync(std::unique_lock<std::timed_mutex>& lock) {
+    if (!sync || !conn || sync->keys_pending) return Status::Ok();
+    if (!sync->started) {
+      const std::uint64_t generation = sync_generation;
+      const std::string loc = sync->locations.front();
+      const auto keys_of = o.keys_of;
+      sync->keys_pending = true;
+      lock.unlock();
+      std::vector<std::uint64_t> keys = keys_of(loc);  // the engine's code, without the mutex
+      lock.lock();
+      if (generation != sync_generation || !sync || !conn || closed) return Status::Ok();  // dropped meanwhile
+      sync->keys_pending = false;
+      sync->keys = std::move(keys);
+      Status s = StartSyncLocation(loc);
+      if (!s.ok()) DropSync();  // the controller asks again in a later heartbeat
+      sync_progress.notify_all();
+      return s;
+    }
+    if (Clock::now() < sync->next_poll) return Status::Ok();
+    ++counters.full_sync_status_polls;
+    auto st = Ask<FullSyncStatusRetMsg>(FullSyncStatusMsg{o.instance_id, Int::FromI64(o.worker_id), sync->id}, Deadline());
+    if (!sync) return st.ok() ? Status::Ok() : st.status();  // the controller went while we waited
+    if (!st.ok()) {
+      DropSync();
+      return st.status();
+    }
+    const std::string loc = sync->locations.front();
+    SyncJob& j = *sync;
+    if (st->is_complete && st->can_exit_freeze) {
+      NextSyncLocation();
+    } else if (!st->missing_batches.empty() && j.resends++ < 3) {
+      for (const Int& b : st->missing_batches)
+        if (b.FitsI64() && b.AsI64() >= 0 && static_cast<std::size_t>(b.AsI64()) < j.batches)
+          if (Status s = SendSyncBatch(loc, j.id, j.keys, static_cast<std::size_t>(b.AsI64())); !s.ok()) return s;
+      FullSyncEndMsg end{o.instance_id, Int::FromI64(o.worker_id), loc, j.id, Int::FromU64(j.keys.size())};
+      if (Status s = Send(end); !s.ok()) return s;
+      j.next_poll = Clock::now();  // ask again at once
+    } else if (++j.polls >= o.full_sync_max_polls) {
+      NextSyncLocation();  // as LMCache: leave freeze anyway
+    } else {
+      // As LMCache: wait for the controller to let workers leave freeze.
+      j.next_poll = Clock::now() + o.full_sync_status_poll;
+    }
+    sync_progress.notify_all();
+    return Status::Ok();
+  }
+
+  // Runs the sync under way to its end (Heartbeat()), the mutex released
+  // while it waits between status polls.
+  Status FinishSync(std::unique_lock<std::timed_mutex>& lock) {
+    while (sync && conn && !closed) {
+      if (sync->keys_pending || (sync->started && Clock::now() < sync->next_poll)) {
+        const auto until = sync->keys_pending ? Clock::now() + std::chrono::milliseconds(50) : sync->next_poll;
+        sync_progress.wait_until(lock, until);
+        continue;
+      }
+      if (Status s = AdvanceSync(lock); !s.ok()) return s;
+    }
     return Status::Ok();
   }
 
@@ -377,13 +485,14 @@ struct Worker::Impl {
     return Send(m);
   }
 
-  Status SyncLocation(const std::string& loc) {
-    std::vector<std::uint64_t> keys = o.keys_of(loc);
+  // Start (retried), every batch and End for the current location.
+  Status StartSyncLocation(const std::string& loc) {
+    SyncJob& j = *sync;
     const std::size_t per = std::max<std::size_t>(1, o.full_sync_batch_keys);
-    const std::size_t batches = std::max<std::size_t>(1, (keys.size() + per - 1) / per);
-    const std::string id = NewSyncId();
-    FullSyncStartMsg start{o.instance_id, Int::FromI64(o.worker_id), loc, id, Int::FromU64(keys.size()),
-                           Int::FromU64(batches)};
+    j.batches = std::max<std::size_t>(1, (j.keys.size() + per - 1) / per);
+    j.id = NewSyncId();
+    FullSyncStartMsg start{o.instance_id, Int::FromI64(o.worker_id), loc, j.id, Int::FromU64(j.keys.size()),
+                           Int::FromU64(j.batches)};
     Status last;
     bool accepted = false;
     for (int attempt = 0; attempt < std::max(1, o.full_sync_start_retries) && !accepted; ++attempt) {
@@ -394,26 +503,14 @@ struct Worker::Impl {
       if (!accepted && !conn) return last;
     }
     if (!accepted) return last;
-    FullSyncEndMsg end{o.instance_id, Int::FromI64(o.worker_id), loc, id, Int::FromU64(keys.size())};
-    for (std::size_t b = 0; b < batches; ++b)
-      if (Status s = SendSyncBatch(loc, id, keys, b); !s.ok()) return s;
+    for (std::size_t b = 0; b < j.batches; ++b)
+      if (Status s = SendSyncBatch(loc, j.id, j.keys, b); !s.ok()) return s;
+    FullSyncEndMsg end{o.instance_id, Int::FromI64(o.worker_id), loc, j.id, Int::FromU64(j.keys.size())};
     if (Status s = Send(end); !s.ok()) return s;
-    int resends = 0;
-    for (int poll = 0; poll < o.full_sync_max_polls; ++poll) {
-      auto st = Ask<FullSyncStatusRetMsg>(FullSyncStatusMsg{o.instance_id, Int::FromI64(o.worker_id), id}, Deadline());
-      if (!st.ok()) return st.status();
-      if (st->is_complete && st->can_exit_freeze) return Status::Ok();
-      if (!st->missing_batches.empty() && resends++ < 3) {
-        for (const Int& b : st->missing_batches)
-          if (b.FitsI64() && b.AsI64() >= 0 && static_cast<std::size_t>(b.AsI64()) < batches)
-            if (Status s = SendSyncBatch(loc, id, keys, static_cast<std::size_t>(b.AsI64())); !s.ok()) return s;
-        if (Status s = Send(end); !s.ok()) return s;
-        continue;
-      }
-      // As LMCache: wait for the controller to let workers leave freeze.
-      std::this_thread::sleep_for(o.full_sync_status_poll);
-    }
-    // Also as LMCache: leave freeze anyway, the sync itself went through.
+    j.started = true;
+    j.polls = 0;
+    j.resends = 0;
+    j.next_poll = Clock::now();
     return Status::Ok();
   }
 
@@ -429,19 +526,22 @@ struct Worker::Impl {
     return DoHeartbeat();
   }
 
-  Status TickLocked() {
+  Status TickLocked(std::unique_lock<std::timed_mutex>& lock) {
     if (closed) return Status(ErrorKind::kInvalidArgument, "worker closed");
     if (!conn || !conn->ControllerAlive()) {
       conn.reset();
-      return Reattach();
+      DropSync();
+      if (Status s = Reattach(); !s.ok()) return s;
+      return AdvanceSync(lock);
     }
     conn->Heartbeat();  // the segment's liveness word, shown by `kvring inspect`
     auto now = Clock::now();
     for (auto& l : locations)
       if (!l->ops.empty() && now - l->oldest >= o.flush_interval)
         if (Status s = SendQueued(*l); !s.ok()) return s;
-    if (now >= next_heartbeat) return DoHeartbeat();
-    return Status::Ok();
+    if (now >= next_heartbeat)
+      if (Status s = DoHeartbeat(); !s.ok()) return s;
+    return AdvanceSync(lock);
   }
 };
 
@@ -478,11 +578,15 @@ Status Worker::Flush() {
 }
 
 Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono::milliseconds timeout) {
-  std::lock_guard lock(impl_->mu);
+  const auto deadline = Clock::now() + timeout;
+  // Another thread's request or a sync step holds the mutex for one round
+  // trip at most; still, this call never waits past its own deadline.
+  std::unique_lock lock(impl_->mu, deadline);
+  if (!lock.owns_lock())
+    return Status(ErrorKind::kTimeout, "the worker was busy with another request for the whole timeout");
   Impl& m = *impl_;
   if (m.closed) return Status(ErrorKind::kInvalidArgument, "worker closed");
   const protocol::BatchedP2PLookupRequest request{hashes, m.o.instance_id, Int::FromI64(m.o.worker_id)};
-  auto deadline = Clock::now() + timeout;
   std::size_t guess = 48 + m.o.instance_id.size() + 9 * hashes.size();
   if (Status s = m.Write(guess, [&](std::span<std::uint8_t> out) { return EncodeTo(request, out); }); !s.ok())
     return s;
@@ -509,15 +613,16 @@ Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono
 
 Status Worker::Tick() {
   std::unique_lock lock(impl_->mu);
-  Status s = impl_->TickLocked();
+  Status s = impl_->TickLocked(lock);
   impl_->RunCommands(lock);
   return s;
 }
 
 Status Worker::Heartbeat() {
-  std::lock_guard lock(impl_->mu);
+  std::unique_lock lock(impl_->mu);
   if (impl_->closed) return Status(ErrorKind::kInvalidArgument, "worker closed");
-  return impl_->DoHeartbeat();
+  if (Status s = impl_->DoHeartbeat(); !s.ok()) return s;
+  return impl_->FinishSync(lock);
 }
 
 Status Worker::Close() {
@@ -535,6 +640,7 @@ Status Worker::Close() {
   Impl& m = *impl_;
   if (m.closed) return Status::Ok();
   m.closed = true;
+  m.DropSync();
   if (!m.conn) return Status::Ok();
   Status s = m.FlushAll();
   if (s.ok())
@@ -560,7 +666,7 @@ void Worker::StartBackgroundTicks() {
       (void)poll(fds, 2, period_ms);
       lock.lock();
       if (m.ticker_stop) break;
-      (void)m.TickLocked();  // failures show in the next call's Status; it also reads the socket's byte
+      (void)m.TickLocked(lock);  // failures show in the next call's Status; it also reads the socket's byte
       m.RunCommands(lock);
     }
   });

@@ -770,9 +770,25 @@ void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
   Reply(c, ret);
 }
 
+// The fraction of the workers a full sync waits for that have completed one.
+// It waits only for workers that could answer: live and heard from (a
+// registration, a heartbeat or a sync message) within two heartbeat intervals. The ask to
+// sync rides a heartbeat reply, so a worker silent for longer cannot be
+// asked, and a dead one that no timeout has reaped yet is silent too;
+// neither keeps every other worker in freeze (LMCache counts them all).
 double Controller::GlobalSyncProgress() const {
-  std::size_t live = registry_.worker_count();
-  return live == 0 ? 1.0 : static_cast<double>(WorkersIn(SyncState::kCompleted)) / static_cast<double>(live);
+  const double now = MonoSeconds();
+  const double silent_after = 2 * std::max(options_.heartbeat_interval_s, 0.05);
+  std::size_t awaited = 0, completed = 0;
+  for (std::uint32_t w = 0; w < workers_.size(); ++w) {
+    if (!registry_.worker_live(w)) continue;
+    const WorkerState& ws = workers_[w];
+    const double last_heard = std::max(ws.last_heartbeat_mono, ws.sync_activity_mono);  // sync messages count
+    if (ws.sync != SyncState::kCompleted && now - last_heard > silent_after) continue;
+    ++awaited;
+    completed += ws.sync == SyncState::kCompleted ? 1 : 0;
+  }
+  return awaited == 0 ? 1.0 : static_cast<double>(completed) / static_cast<double>(awaited);
 }
 
 std::size_t Controller::WorkersIn(SyncState state) const {

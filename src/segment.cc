@@ -1,23 +1,26 @@
 #include "kvring/segment.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <set>
+#include <tuple>
 #include <sstream>
-#include <thread>
+#include <utility>
 
 #include "kvring/ring.h"
 
 namespace kvring::segment {
-
-namespace bip = boost::interprocess;
 
 // Where the rings are, read once (from the creator's own values, or from a
 // validated copy of an attached header) and kept here: the header is
@@ -30,14 +33,24 @@ struct Placement {
 
 struct Segment::Impl {
   std::string name;
-  bip::mapped_region region;
+  int fd = -1;
+  void* base = nullptr;
+  std::size_t bytes = 0;
   Placement rings;
   unsigned owner_uid = 0;
   unsigned mode = 0;
+  ~Impl() {
+    if (base) munmap(base, bytes);
+    if (fd >= 0) close(fd);
+  }
 };
 
 namespace {
 Status ValidateInto(const void* base, std::size_t mapped, bool require_ready, Placement* out);
+
+// Sealed against any change of size, and against changes of the seals.
+constexpr int kSizeSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+constexpr int kAllSeals = kSizeSeals | F_SEAL_SEAL;
 }  // namespace
 
 Segment::Segment(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -45,14 +58,13 @@ Segment::Segment(Segment&&) noexcept = default;
 Segment& Segment::operator=(Segment&&) noexcept = default;
 Segment::~Segment() = default;
 
-SegmentHeader* Segment::header() const { return static_cast<SegmentHeader*>(impl_->region.get_address()); }
-void* Segment::ring_region(int ring) const {
-  return static_cast<char*>(impl_->region.get_address()) + impl_->rings.offset[ring];
-}
+SegmentHeader* Segment::header() const { return static_cast<SegmentHeader*>(impl_->base); }
+void* Segment::ring_region(int ring) const { return static_cast<char*>(impl_->base) + impl_->rings.offset[ring]; }
 std::size_t Segment::capacity(int ring) const { return impl_->rings.capacity[ring]; }
 std::size_t Segment::max_record(int ring) const { return impl_->rings.max_record[ring]; }
-std::size_t Segment::size() const { return impl_->region.get_size(); }
-const std::string& Segment::shm_name() const { return impl_->name; }
+std::size_t Segment::size() const { return impl_->bytes; }
+const std::string& Segment::name() const { return impl_->name; }
+int Segment::fd() const { return impl_->fd; }
 unsigned Segment::owner_uid() const { return impl_->owner_uid; }
 unsigned Segment::mode() const { return impl_->mode; }
 
@@ -63,15 +75,30 @@ Status Errno(const std::string& what, int err) {
 }
 
 Status CheckName(const std::string& name) {
+  // memfd names are at most 249 bytes; '/' would confuse the /proc link.
   if (name.empty() || name.size() > 200 || name.find('/') != std::string::npos)
-    return Status(ErrorKind::kInvalidArgument, "invalid shared memory name '" + name + "'");
+    return Status(ErrorKind::kInvalidArgument, "invalid segment name '" + name + "'");
   return Status();
+}
+
+// The memfd's name from /proc/self/fd/<fd> ("/memfd:NAME (deleted)").
+std::string MemfdName(int fd) {
+  char link[512];
+  ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+  if (n <= 0) return "";
+  std::string s(link, static_cast<std::size_t>(n));
+  constexpr std::string_view kPrefix = "/memfd:", kDeleted = " (deleted)";
+  if (s.rfind(kPrefix, 0) != 0) return s;
+  s.erase(0, kPrefix.size());
+  if (s.size() >= kDeleted.size() && s.compare(s.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0)
+    s.resize(s.size() - kDeleted.size());
+  return s;
 }
 
 }  // namespace
 
 Result<Segment> Segment::Create(const CreateOptions& o) {
-  if (Status s = CheckName(o.shm_name); !s.ok()) return s;
+  if (Status s = CheckName(o.name); !s.ok()) return s;
   std::size_t rec0 = o.request_max_record ? o.request_max_record : ring::DefaultMaxRecord(o.request_capacity);
   std::size_t rec1 = o.reply_max_record ? o.reply_max_record : ring::DefaultMaxRecord(o.reply_capacity);
   if (Status s = ring::ValidateGeometry(o.request_capacity, rec0); !s.ok()) return s;
@@ -81,35 +108,23 @@ Result<Segment> Segment::Create(const CreateOptions& o) {
   const std::size_t bytes = SegmentBytes(o.request_capacity, o.reply_capacity);
 
   auto impl = std::make_unique<Impl>();
-  impl->name = o.shm_name;
-  try {
-    // create_only: fails if the name exists, whoever made it.
-    bip::shared_memory_object shm(bip::create_only, o.shm_name.c_str(), bip::read_write,
-                                  bip::permissions(o.mode));
-    int fd = shm.get_mapping_handle().handle;
-    auto fail = [&](Status s) {
-      bip::shared_memory_object::remove(o.shm_name.c_str());
-      return s;
-    };
-    if (fchmod(fd, o.mode) != 0) return fail(Errno("fchmod " + o.shm_name, errno));  // umask-proof
-    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0)
-      return fail(Errno("sizing " + o.shm_name, errno));
-    if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
-      return fail(Status(ErrorKind::kIo,
-                         "cannot allocate " + std::to_string(bytes) + " bytes for shared memory segment " +
-                             o.shm_name + " (is /dev/shm large enough?): " + std::strerror(err)));
-    }
-    impl->region = bip::mapped_region(shm, bip::read_write, 0, bytes);
-    impl->owner_uid = geteuid();
-    impl->mode = o.mode;
-  } catch (const bip::interprocess_exception& e) {
-    if (e.get_error_code() == bip::already_exists_error)
-      return Status(ErrorKind::kInvalidArgument,
-                    "shared memory segment " + o.shm_name + " already exists; refusing to adopt it");
-    return Status(ErrorKind::kIo, "creating shared memory segment " + o.shm_name + ": " + e.what());
-  }
+  impl->name = o.name;
+  impl->fd = memfd_create(o.name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (impl->fd < 0) return Errno("memfd_create " + o.name, errno);
+  const int fd = impl->fd;
+  if (fchmod(fd, o.mode) != 0) return Errno("fchmod " + o.name, errno);  // umask-proof
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) return Errno("sizing " + o.name, errno);
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0)
+    return Status(ErrorKind::kIo, "cannot allocate " + std::to_string(bytes) + " bytes of shared memory for segment " +
+                                      o.name + ": " + std::strerror(err));
+  if (fcntl(fd, F_ADD_SEALS, kAllSeals) != 0) return Errno("sealing " + o.name, errno);
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return Errno("mapping " + o.name, errno);
+  impl->base = base;
+  impl->bytes = bytes;
+  impl->owner_uid = geteuid();
+  impl->mode = o.mode;
 
-  auto* base = static_cast<char*>(impl->region.get_address());
   auto* h = new (base) SegmentHeader;
   h->magic = kMagic;
   h->layout_version = kLayoutVersion;
@@ -136,15 +151,54 @@ Result<Segment> Segment::Create(const CreateOptions& o) {
   h->controller_heartbeat_ns.store(MonotonicNs(), std::memory_order_relaxed);
   h->client_heartbeat_ns.store(0, std::memory_order_relaxed);
   h->quarantined.store(0, std::memory_order_relaxed);
-  for (int r = 0; r < 2; ++r) {
-    Status s = ring::InitializeRegion(base + impl->rings.offset[r], impl->rings.capacity[r]);
-    if (!s.ok()) {
-      bip::shared_memory_object::remove(o.shm_name.c_str());
+  for (int r = 0; r < 2; ++r)
+    if (Status s = ring::InitializeRegion(static_cast<char*>(base) + impl->rings.offset[r], impl->rings.capacity[r]);
+        !s.ok())
       return s;
-    }
-  }
   h->state.store(kReady, std::memory_order_release);  // pairs with the acquire load in Validate
   return Segment(std::move(impl));
+}
+
+Status Segment::CheckSealed(int fd) {
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0)
+    return Status(ErrorKind::kPermission, std::string("not a sealable memory file (") + std::strerror(errno) +
+                                              "): its size could change under a mapping");
+  if ((seals & kSizeSeals) != kSizeSeals)
+    return Status(ErrorKind::kPermission, "memory file not sealed against resizing (seals 0x" + [&] {
+      std::ostringstream h;
+      h << std::hex << seals;
+      return h.str();
+    }() + "): its size could change under a mapping");
+  return Status();
+}
+
+Result<Segment> Segment::Adopt(int fd, bool read_only, bool require_ready) {
+  auto impl = std::make_unique<Impl>();
+  impl->fd = fd;  // closed by impl on every path
+  if (fd < 0) return Status(ErrorKind::kInvalidArgument, "no segment descriptor");
+  impl->name = MemfdName(fd);
+  if (Status s = CheckSealed(fd); !s.ok()) return Status(s.kind(), "segment " + impl->name + ": " + s.message());
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return Errno("fstat " + impl->name, errno);
+  impl->owner_uid = st.st_uid;
+  impl->mode = st.st_mode & 07777;
+  if (st.st_size <= 0 || static_cast<std::uint64_t>(st.st_size) > (std::uint64_t{1} << 40))
+    return Status(ErrorKind::kCorrupt, "segment " + impl->name + " of " + std::to_string(st.st_size) + " bytes");
+  const auto bytes = static_cast<std::size_t>(st.st_size);
+  void* base = mmap(nullptr, bytes, read_only ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return Errno("mapping " + impl->name, errno);
+  impl->base = base;
+  impl->bytes = bytes;
+  if (Status s = ValidateInto(base, bytes, require_ready, &impl->rings); !s.ok())
+    return Status(s.kind(), impl->name + ": " + s.message());
+  return Segment(std::move(impl));
+}
+
+Result<Segment> Segment::Open(const std::string& path, bool read_only) {
+  int fd = open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) return Errno("opening " + path, errno);
+  return Adopt(fd, read_only);
 }
 
 Status Segment::Validate(const void* base, std::size_t mapped, bool require_ready) {
@@ -204,47 +258,37 @@ Status ValidateInto(const void* base, std::size_t mapped, bool require_ready, Pl
 
 }  // namespace
 
-Result<Segment> Segment::Attach(const std::string& shm_name, std::chrono::milliseconds timeout,
-                                bool read_only) {
-  if (Status s = CheckName(shm_name); !s.ok()) return s;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto mode = read_only ? bip::read_only : bip::read_write;
-  for (;;) {
-    Status last;
-    try {
-      bip::shared_memory_object shm(bip::open_only, shm_name.c_str(), mode);
-      bip::offset_t size = 0;
-      if (!shm.get_size(size)) return Status(ErrorKind::kIo, "cannot stat " + shm_name);
-      if (size <= 0) {
-        last = Status(ErrorKind::kUnavailable, "segment " + shm_name + " is empty (not yet sized)");
-      } else {
-        auto impl = std::make_unique<Impl>();
-        impl->name = shm_name;
-        struct stat st {};
-        if (fstat(shm.get_mapping_handle().handle, &st) != 0) return Errno("fstat " + shm_name, errno);
-        impl->owner_uid = st.st_uid;
-        impl->mode = st.st_mode & 07777;
-        impl->region = bip::mapped_region(shm, mode, 0, static_cast<std::size_t>(size));
-        last = ValidateInto(impl->region.get_address(), impl->region.get_size(), true, &impl->rings);
-        if (last.ok()) return Segment(std::move(impl));
-        if (last.kind() != ErrorKind::kUnavailable) return Status(last.kind(), shm_name + ": " + last.message());
-      }
-    } catch (const bip::interprocess_exception& e) {
-      if (e.get_error_code() != bip::not_found_error)
-        return Status(ErrorKind::kIo, "opening " + shm_name + ": " + e.what());
-      last = Status(ErrorKind::kUnavailable, "no shared memory segment " + shm_name);
+std::vector<FoundSegment> FindSegments(std::string_view name_prefix) {
+  std::vector<FoundSegment> out;
+  std::set<std::pair<dev_t, ino_t>> seen;
+  const std::string want = "/memfd:" + std::string(name_prefix);
+  DIR* proc = opendir("/proc");
+  if (!proc) return out;
+  while (dirent* p = readdir(proc)) {
+    if (!std::isdigit(static_cast<unsigned char>(p->d_name[0]))) continue;
+    const std::string dir = std::string("/proc/") + p->d_name + "/fd";
+    DIR* fds = opendir(dir.c_str());
+    if (!fds) continue;  // another user's, or gone
+    while (dirent* f = readdir(fds)) {
+      if (f->d_name[0] == '.') continue;
+      const std::string path = dir + "/" + f->d_name;
+      char link[512];
+      ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
+      if (n <= 0 || static_cast<std::size_t>(n) < want.size() || std::memcmp(link, want.data(), want.size()) != 0)
+        continue;
+      struct stat st {};
+      if (stat(path.c_str(), &st) != 0 || !seen.insert({st.st_dev, st.st_ino}).second) continue;
+      std::string name(link + 7, static_cast<std::size_t>(n) - 7);  // after "/memfd:"
+      if (auto d = name.rfind(" (deleted)"); d != std::string::npos) name.resize(d);
+      out.push_back({std::move(name), path, static_cast<pid_t>(std::atoi(p->d_name))});
     }
-    if (std::chrono::steady_clock::now() >= deadline)
-      return Status(last.kind(), last.message() + " (gave up after " + std::to_string(timeout.count()) + " ms)");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    closedir(fds);
   }
-}
-
-Status Segment::Remove(const std::string& shm_name) {
-  if (Status s = CheckName(shm_name); !s.ok()) return s;
-  if (!bip::shared_memory_object::remove(shm_name.c_str()))
-    return Status(ErrorKind::kIo, "cannot remove " + shm_name);
-  return Status();
+  closedir(proc);
+  std::sort(out.begin(), out.end(), [](const FoundSegment& a, const FoundSegment& b) {
+    return std::tie(a.name, a.holder) < std::tie(b.name, b.holder);
+  });
+  return out;
 }
 
 std::uint64_t ProcessStartTicks(pid_t pid) {

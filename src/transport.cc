@@ -1,6 +1,5 @@
 #include "kvring/transport.h"
 
-#include <dirent.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -29,7 +28,7 @@ struct Welcome {
   std::uint32_t version;
   std::uint32_t ok;
   std::uint64_t client_id;
-  char shm_name[128];
+  char segment_name[128];  // the segment itself comes as a descriptor (SCM_RIGHTS)
   char error[256];
 };
 
@@ -56,32 +55,58 @@ std::uint64_t RealtimeNs() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-// Removes /dev/shm/kvring.<name>.* left by controllers that are gone.
-std::vector<std::string> RemoveStaleSegments(const std::string& name) {
-  std::vector<std::string> removed;
-  std::string prefix = segment::SegmentPrefix(name);
-  DIR* d = opendir("/dev/shm");
-  if (!d) return removed;
-  std::vector<std::string> names;
-  while (dirent* e = readdir(d))
-    if (std::strncmp(e->d_name, prefix.data(), prefix.size()) == 0) names.emplace_back(e->d_name);
-  closedir(d);
-  for (const auto& n : names) {
-    std::string why = "unreadable or not a kvring segment";
-    auto seg = segment::Segment::Attach(n, std::chrono::milliseconds(0), /*read_only=*/true);
-    if (seg.ok()) {
-      const auto* h = seg->header();
-      if (segment::ProcessAlive(static_cast<pid_t>(h->controller_pid), h->controller_start_ticks) &&
-          h->controller_pid != static_cast<std::uint32_t>(getpid())) {
-        // We hold the name, so a live creator is not a kvring controller of
-        // this name any more (another namespace?): leave it alone.
-        continue;
-      }
-      why = "controller pid " + std::to_string(h->controller_pid) + " is gone";
-    }
-    if (segment::Segment::Remove(n).ok()) removed.push_back(n + " (" + why + ")");
+// Sends one datagram carrying `pass_fd` (SCM_RIGHTS) with it when >= 0.
+ssize_t SendWithFd(int socket_fd, const void* data, std::size_t size, int pass_fd) {
+  iovec iov{const_cast<void*>(data), size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (pass_fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
   }
-  return removed;
+  return sendmsg(socket_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// Receives one datagram and at most one descriptor with it (*received, -1
+// if none). Any descriptor beyond the first, or a truncated set, is closed
+// and reported as an error: a peer cannot leave descriptors in this process.
+ssize_t RecvWithFd(int socket_fd, void* data, std::size_t size, int* received) {
+  *received = -1;
+  iovec iov{data, size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t r = recvmsg(socket_fd, &msg, MSG_CMSG_CLOEXEC);
+  bool extra = (msg.msg_flags & MSG_CTRUNC) != 0;
+  if (r >= 0) {
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < n; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        if (*received < 0) *received = fd;
+        else { close(fd); extra = true; }
+      }
+    }
+  }
+  if (extra) {
+    if (*received >= 0) close(*received);
+    *received = -1;
+    errno = EBADMSG;
+    return -1;
+  }
+  return r;
 }
 
 // For a socket that poll() reported readable: whether the peer has gone. The
@@ -117,7 +142,6 @@ Result<std::unique_ptr<Listener>> Listener::Start(const ListenerOptions& options
   }
   if (listen(l->listen_fd_, 128) != 0) return Errno("listen");
   l->generation_ = RealtimeNs();
-  l->stale_ = RemoveStaleSegments(options.name);
   return l;
 }
 
@@ -125,7 +149,6 @@ Listener::~Listener() {
   for (const PendingConnection& p : pending_) close(p.fd);
   for (auto& c : clients_) {
     c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
-    (void)segment::Segment::Remove(c->segment.shm_name());
     close(c->socket);
   }
   if (listen_fd_ >= 0) close(listen_fd_);
@@ -251,7 +274,7 @@ void Listener::Handshake(int fd, Events* ev) {
 
   segment::CreateOptions co;
   std::uint64_t id = next_client_id_++;
-  co.shm_name = segment::SegmentPrefix(options_.name) + std::to_string(generation_) + "." + std::to_string(id);
+  co.name = segment::SegmentPrefix(options_.name) + std::to_string(generation_) + "." + std::to_string(id);
   co.request_capacity = options_.request_capacity;
   co.reply_capacity = options_.reply_capacity;
   co.mode = options_.segment_mode;
@@ -266,9 +289,9 @@ void Listener::Handshake(int fd, Events* ev) {
 
   w.ok = 1;
   w.client_id = id;
-  CopyString(w.shm_name, sizeof w.shm_name, co.shm_name);
-  if (send(fd, &w, sizeof w, MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof w)) {
-    (void)segment::Segment::Remove(co.shm_name);
+  CopyString(w.segment_name, sizeof w.segment_name, co.name);
+  // The segment travels with the Welcome: a descriptor, never a name.
+  if (SendWithFd(fd, &w, sizeof w, seg->fd()) != static_cast<ssize_t>(sizeof w)) {
     close(fd);
     ev->rejected.push_back("client pid " + std::to_string(cred.pid) + " left during the handshake");
     return;
@@ -288,7 +311,6 @@ void Listener::Drop(std::size_t index, Events* ev) {
   auto& c = clients_[index];
   if (on_departure_) on_departure_(*c);
   c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
-  (void)segment::Segment::Remove(c->segment.shm_name());
   close(c->socket);
   ev->detached.push_back(c->id);
   clients_.erase(clients_.begin() + static_cast<std::ptrdiff_t>(index));
@@ -390,20 +412,28 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
     Hello h{kHandshakeMagic, kHandshakeVersion, static_cast<std::uint32_t>(o.role)};
     Welcome w{};
     pollfd p{fd, POLLIN, 0};
+    int segment_fd = -1;
     if (send(fd, &h, sizeof h, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof h) ||
         poll(&p, 1, static_cast<int>(left_ms())) != 1 ||
-        recv(fd, &w, sizeof w, 0) != static_cast<ssize_t>(sizeof w) || w.magic != kHandshakeMagic) {
+        RecvWithFd(fd, &w, sizeof w, &segment_fd) != static_cast<ssize_t>(sizeof w) || w.magic != kHandshakeMagic) {
+      if (segment_fd >= 0) close(segment_fd);
       close(fd);
       last = Status(ErrorKind::kUnavailable, "controller '" + o.name + "' did not complete the handshake");
       continue;
     }
     if (!w.ok) {
+      if (segment_fd >= 0) close(segment_fd);
       close(fd);
       w.error[sizeof w.error - 1] = '\0';
       return Status(ErrorKind::kUnavailable, "controller '" + o.name + "' refused: " + w.error);
     }
-    w.shm_name[sizeof w.shm_name - 1] = '\0';
-    auto seg = segment::Segment::Attach(w.shm_name, std::chrono::milliseconds(left_ms()));
+    w.segment_name[sizeof w.segment_name - 1] = '\0';
+    if (segment_fd < 0) {
+      close(fd);
+      return Status(ErrorKind::kCorrupt, "controller '" + o.name + "' welcomed without a segment");
+    }
+    // Adopt checks the seals: a segment anyone could truncate is not mapped.
+    auto seg = segment::Segment::Adopt(segment_fd);
     if (!seg.ok()) {
       close(fd);
       return seg.status();
@@ -413,13 +443,13 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& o) {
     if (seg->header()->client_pid != static_cast<std::uint32_t>(getpid()) ||
         seg->header()->client_id != w.client_id) {
       close(fd);
-      return Status(ErrorKind::kCorrupt, std::string("segment ") + w.shm_name + " was not made for this client");
+      return Status(ErrorKind::kCorrupt, std::string("segment ") + w.segment_name + " was not made for this client");
     }
     if (seg->owner_uid() != *expected_uid || seg->header()->controller_pid != static_cast<std::uint32_t>(peer.pid) ||
         (seg->mode() & 0002) != 0) {
       close(fd);
       return Status(ErrorKind::kPermission,
-                    std::string("segment ") + w.shm_name + " is owned by uid " + std::to_string(seg->owner_uid()) +
+                    std::string("segment ") + w.segment_name + " is owned by uid " + std::to_string(seg->owner_uid()) +
                         " with mode " + std::to_string(seg->mode()) + " and names controller pid " +
                         std::to_string(seg->header()->controller_pid) + "; expected uid " +
                         std::to_string(*expected_uid) + ", pid " + std::to_string(peer.pid) +

@@ -146,7 +146,7 @@ struct TestSegment {
   std::optional<segment::Segment> seg;
   TestSegment() {
     segment::CreateOptions o;
-    o.shm_name = shm;
+    o.name = shm;
     o.request_capacity = 1 << 16;
     o.reply_capacity = 1 << 14;
     o.controller_name = controller;
@@ -155,7 +155,6 @@ struct TestSegment {
     auto s = segment::Segment::Create(o);
     if (s.ok()) seg.emplace(std::move(s).value());
   }
-  ~TestSegment() { (void)segment::Segment::Remove(shm); }
 };
 
 TEST(KvringInspect, ShowsPendingRecordsDecodedWithoutConsumingThem) {
@@ -206,16 +205,27 @@ TEST(KvringInspect, DescribesBrokenSegmentsAndExitsNonZero) {
   r = RunProcess({kCli, "inspect", "--name", t.controller, "--json"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.out.find("not a kvring segment"), std::string::npos) << r.out;
-  // ...and a truncated file.
-  std::string small = segment::SegmentPrefix(t.controller) + "1.8";
-  int fd = shm_open(("/" + small).c_str(), O_CREAT | O_RDWR, 0600);
+  // ...a file too small (sealed at that size)...
+  const std::string small = segment::SegmentPrefix(t.controller) + "1.8";
+  int fd = memfd_create(small.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(ftruncate(fd, 100), 0);
-  close(fd);
+  ASSERT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
   r = RunProcess({kCli, "inspect", "--name", t.controller});
-  shm_unlink(("/" + small).c_str());
+  close(fd);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.out.find("smaller than a segment header"), std::string::npos) << r.out;
+  // ...and one its holder could still resize: never mapped (a truncation
+  // under the mapping would kill inspect with SIGBUS).
+  const std::string unsealed = segment::SegmentPrefix(t.controller) + "1.9";
+  fd = memfd_create(unsealed.c_str(), MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(t.seg->size())), 0);
+  r = RunProcess({kCli, "inspect", "--name", t.controller});
+  close(fd);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("problem: segment " + unsealed + ": memory file not sealed against resizing"),
+            std::string::npos) << r.out;
 }
 
 TEST(KvringInspect, NoSegmentsIsSaidPlainly) {

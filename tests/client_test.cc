@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <functional>
 #include <numeric>
+#include <optional>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -162,6 +164,103 @@ TEST(Client, FullSyncAskedInAHeartbeatRebuildsTheLocationFromKeysOf) {
   EXPECT_EQ((*ctl)->stats().full_syncs_completed, 1u);
   ASSERT_EQ(write(release[1], "r", 1), 1);
   EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
+}
+
+// A registered worker that never heartbeats (so it can never be asked to
+// sync), until the test writes to `release`.
+pid_t SpawnSilentWorker(const std::string& name, int registered, int release) {
+  return Spawn([=] {
+    auto s = Worker::Connect(Opts(name, "S", 0));
+    if (!s.ok() || write(registered, "r", 1) != 1) return 1;
+    char c;
+    return read(release, &c, 1) == 1 ? 0 : 2;
+  });
+}
+
+TEST(Client, AFullSyncWaitingForFreezeToEndDoesNotBlockTheEngine) {
+  // After a controller start, the worker's sync polls for leave-freeze;
+  // that held the Worker's mutex for up to 10 s per location, and the
+  // engine's Admit and Lookup waited on it. Here a silent worker keeps the
+  // sync in freeze while the engine admits and looks up.
+  controller::Options o = Small(Name("freeze"));
+  o.full_sync_on_start = true;
+  o.heartbeat_interval_s = 60;  // the silent worker is awaited the whole test
+  auto ctl = controller::Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  int registered[2], release[2], polling[2];
+  ASSERT_EQ(pipe(registered), 0);
+  ASSERT_EQ(pipe(release), 0);
+  ASSERT_EQ(pipe(polling), 0);
+  pid_t silent = SpawnSilentWorker(Name("freeze"), registered[1], release[0]);
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Readable(registered[0]); }));
+  pid_t engine = Spawn([&] {
+    WorkerOptions wo = Opts(Name("freeze"), "A", 0);
+    wo.full_sync_status_poll = 5ms;
+    wo.full_sync_max_polls = 4000;  // 20 s: far beyond this test
+    wo.keys_of = [](const std::string&) { return std::vector<std::uint64_t>{1, 2, 3}; };
+    auto a = Worker::Connect(wo);
+    if (!a.ok()) return 1;
+    Worker& w = **a;
+    w.Admit("LocalCPUBackend", 1);
+    if (!w.Flush().ok()) return 2;
+    Status synced = Status(ErrorKind::kUnavailable, "not yet");
+    std::thread sync_thread([&] { synced = w.Heartbeat(); });  // syncs, then polls for leave-freeze
+    while (w.counters().full_sync_status_polls < 3) std::this_thread::yield();
+    // In freeze: the engine carries on.
+    w.Admit("LocalCPUBackend", 42);
+    const Status flushed = w.Flush();
+    const std::uint64_t chain[] = {1, 2, 3};
+    auto hit = w.Lookup(chain, 2000ms);
+    const bool still_in_freeze = w.counters().full_syncs == 0;
+    if (write(polling[1], flushed.ok() && hit.ok() && still_in_freeze ? "y" : "n", 1) != 1) return 3;
+    sync_thread.join();  // the silent worker goes: freeze ends
+    if (!synced.ok() || w.counters().full_syncs != 1) return 4;
+    return flushed.ok() && hit.ok() && still_in_freeze ? 0 : 5;
+  });
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Readable(polling[0]); }));
+  char answer = 0;
+  ASSERT_EQ(read(polling[0], &answer, 1), 1);
+  EXPECT_EQ(answer, 'y') << "Admit/Flush/Lookup did not complete during the sync's freeze";
+  // The admit made in freeze is in the index beside the synced keys.
+  auto holder = [&]() -> std::optional<index::HolderId> {
+    auto w = (*ctl)->registry().Find("A", 0);
+    return w ? (*ctl)->registry().FindHolder(*w, "LocalCPUBackend") : std::nullopt;
+  };
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return holder() && (*ctl)->index().Contains(42, *holder()); }));
+  ASSERT_EQ(write(release[1], "g", 1), 1);
+  EXPECT_EQ(RunUntilExit(**ctl, silent), 0);
+  EXPECT_EQ(RunUntilExit(**ctl, engine), 0);
+}
+
+TEST(Client, AFullSyncDoesNotWaitForAWorkerThatCannotBeAskedToSync) {
+  // Progress counted every registered worker: one that never heartbeats
+  // (it cannot be told to sync) kept every other worker in freeze for good.
+  // It is not awaited once silent for two heartbeat intervals.
+  controller::Options o = Small(Name("silent"));
+  o.full_sync_on_start = true;
+  o.heartbeat_interval_s = 0.2;
+  auto ctl = controller::Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  int registered[2], release[2];
+  ASSERT_EQ(pipe(registered), 0);
+  ASSERT_EQ(pipe(release), 0);
+  pid_t silent = SpawnSilentWorker(Name("silent"), registered[1], release[0]);
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Readable(registered[0]); }));
+  pid_t syncing = Spawn([&] {
+    WorkerOptions wo = Opts(Name("silent"), "A", 0);
+    wo.full_sync_status_poll = 5ms;
+    wo.full_sync_max_polls = 4000;  // 20 s: giving up would take longer than the test allows
+    wo.keys_of = [](const std::string&) { return std::vector<std::uint64_t>{7, 8}; };
+    auto a = Worker::Connect(wo);
+    if (!a.ok()) return 1;
+    if (!(*a)->Heartbeat().ok()) return 2;  // returns once the controller lets it leave freeze
+    return (*a)->counters().full_syncs == 1 && (*a)->counters().full_sync_status_polls < 4000 ? 0 : 3;
+  });
+  EXPECT_EQ(RunUntilExit(**ctl, syncing), 0);
+  EXPECT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 1; }));  // the syncing one left...
+  EXPECT_TRUE((*ctl)->registry().Find("S", 0).has_value());  // ...the silent one is still registered
+  ASSERT_EQ(write(release[1], "g", 1), 1);
+  EXPECT_EQ(RunUntilExit(**ctl, silent), 0);
 }
 
 TEST(Client, BackgroundTicksSendAPartialBatchAfterTheFlushInterval) {

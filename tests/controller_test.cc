@@ -4,13 +4,16 @@
 
 #include "alloc_counter.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <functional>
 
 #include <gtest/gtest.h>
@@ -483,6 +486,43 @@ TEST(Controller, AClientThatRewritesItsSegmentHeaderCannotMoveTheRingsTheControl
   EXPECT_EQ(RunUntilExit(**ctl, good), 0);
   kill(bad, SIGKILL);
   Exit(bad);
+}
+
+TEST(Controller, AClientCannotTruncateItsSegmentUnderTheController) {
+  // A client that ftruncate-d its /dev/shm segment to 0 killed the
+  // controller with SIGBUS on its next peek. The segment is a sealed memory
+  // file now: every way the client has to it refuses a change of size.
+  auto ctl = Controller::Start(Small(Name("truncate")));
+  ASSERT_TRUE(ctl.ok());
+  const pid_t controller_pid = getpid();
+  pid_t bad = Spawn(Name("truncate"), [controller_pid](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    const int received = w.conn->segment().fd();  // the descriptor the controller passed
+    if (ftruncate(received, 0) == 0 || errno != EPERM) return 2;
+    const auto twice = static_cast<off_t>(w.conn->segment().size() * 2);
+    if (fallocate(received, 0, 0, twice) == 0 || errno != EPERM) return 3;  // nor grow it
+    // The controller's own descriptor, reopened read-write through /proc
+    // (a same-uid process may): sealed all the same.
+    int found = 0;
+    for (const auto& f : segment::FindSegments(w.conn->segment().name())) {
+      if (f.holder != controller_pid) continue;
+      int fd = open(f.path.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0) return 4;
+      if (ftruncate(fd, 0) == 0 || errno != EPERM) return 5;
+      if (fcntl(fd, F_ADD_SEALS, 0) == 0 || errno != EPERM) return 6;  // F_SEAL_SEAL: seals are final
+      close(fd);
+      ++found;
+    }
+    if (found != 1) return 7;
+    struct stat st {};
+    if (fstat(received, &st) != 0 || static_cast<std::size_t>(st.st_size) != w.conn->segment().size()) return 8;
+    // And the controller still answers this client.
+    return w.Ask(HeartbeatMsg{"A", Int(0), "127.0.0.1", Int(8000), std::nullopt}) ? 0 : 9;
+  });
+  EXPECT_EQ(RunUntilExit(**ctl, bad), 0);
+  pid_t good = Spawn(Name("truncate"), [](Worker& w) { return w.Ask(Reg("B", 0)) ? 0 : 1; });
+  EXPECT_EQ(RunUntilExit(**ctl, good), 0);
+  EXPECT_EQ((*ctl)->stats().quarantined_rings, 0u);
 }
 
 TEST(Controller, AWorkerIdentityBelongsToTheConnectionThatRegisteredIt) {

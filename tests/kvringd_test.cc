@@ -19,6 +19,7 @@
 
 #include "kvring/chunk_hash.h"
 #include "kvring/client.h"
+#include "kvring/segment.h"
 #include "process_util.h"
 #include "worker_process.h"
 
@@ -44,14 +45,10 @@ Json Stats(const std::string& name, bool digest = false, int timeout_ms = 5000) 
   return Json::parse(r.out, nullptr, false);
 }
 
+// The segments of controller `name` any process here still holds.
 std::vector<std::string> Segments(const std::string& name) {
   std::vector<std::string> out;
-  std::string prefix = "kvring." + name + ".";
-  if (DIR* d = opendir("/dev/shm")) {
-    while (dirent* e = readdir(d))
-      if (std::string(e->d_name).rfind(prefix, 0) == 0) out.push_back(e->d_name);
-    closedir(d);
-  }
+  for (const auto& f : segment::FindSegments(segment::SegmentPrefix(name))) out.push_back(f.name);
   return out;
 }
 

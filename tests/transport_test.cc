@@ -2,6 +2,7 @@
 
 #include "kvring/protocol/codec.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -38,7 +39,31 @@ ListenerOptions Small(const std::string& name) {
   return o;
 }
 
-bool ShmExists(const std::string& shm_name) { return access(("/dev/shm/" + shm_name).c_str(), F_OK) == 0; }
+// Whether this process holds a descriptor of the segment's memory file.
+bool HeldHere(const std::string& segment_name) {
+  const std::string want = "/memfd:" + segment_name + " (deleted)";
+  bool held = false;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(d)) {
+      char link[512];
+      ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link);
+      if (n > 0 && std::string(link, static_cast<std::size_t>(n)) == want) held = true;
+    }
+    closedir(d);
+  }
+  return held;
+}
+
+// Whether any file of controller `name` is in /dev/shm (there never is one).
+bool AnythingInDevShm(const std::string& name) {
+  bool found = false;
+  if (DIR* d = opendir("/dev/shm")) {
+    while (dirent* e = readdir(d))
+      if (std::string(e->d_name).rfind(segment::SegmentPrefix(name), 0) == 0) found = true;
+    closedir(d);
+  }
+  return found;
+}
 
 // Polls the listener until `done` or the timeout; returns whether done.
 bool PumpUntil(Listener& l, const std::function<bool(const Listener::Events&)>& done,
@@ -70,7 +95,7 @@ AttachedClient StartClient(Listener& l, const std::string& name, const std::func
   close(ready[1]);
   AttachedClient a{pid, ""};
   bool seen = PumpUntil(l, [&](const Listener::Events& e) {
-    if (!e.attached.empty()) a.shm = l.Find(e.attached[0])->segment.shm_name();
+    if (!e.attached.empty()) a.shm = l.Find(e.attached[0])->segment.name();
     return !a.shm.empty();
   });
   char b = 0;
@@ -105,7 +130,8 @@ TEST(Transport, ClientAttachesExchangesRecordsAndDetachesOnExit) {
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->pid, pid);
   EXPECT_EQ(c->segment.header()->client_pid, static_cast<std::uint32_t>(pid));
-  std::string shm = c->segment.shm_name();
+  std::string shm = c->segment.name();
+  EXPECT_TRUE(HeldHere(shm));
   ASSERT_TRUE(c->requests.WaitForData(5s));
   std::string got;
   c->requests.Drain(1, SIZE_MAX, [&](const ring::Record& r) { got.assign(r.payload.begin(), r.payload.end()); });
@@ -117,7 +143,7 @@ TEST(Transport, ClientAttachesExchangesRecordsAndDetachesOnExit) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return !e.detached.empty(); }));
   EXPECT_EQ((*l)->Find(id), nullptr);
-  EXPECT_FALSE(ShmExists(shm));
+  EXPECT_FALSE(HeldHere(shm));  // the controller let go of it: the memory goes with the client
 }
 
 TEST(Transport, SecondControllerWithTheSameNameRefusesToStart) {
@@ -138,14 +164,14 @@ TEST(Transport, KilledClientIsNoticedWithinOneHundredMilliseconds) {
   ASSERT_TRUE(l.ok());
   AttachedClient c = StartClient(**l, Name("kill-client"), [](Connection&) { pause(); return 0; });
   ASSERT_FALSE(c.shm.empty());
-  EXPECT_TRUE(ShmExists(c.shm));
+  EXPECT_TRUE(HeldHere(c.shm));
   kill(c.pid, SIGKILL);
   auto t0 = Clock::now();
   ASSERT_TRUE(PumpUntil(**l, [&](const Listener::Events& e) { return !e.detached.empty(); }));
   auto took = Clock::now() - t0;
   waitpid(c.pid, nullptr, 0);
   EXPECT_LT(took, 100ms);
-  EXPECT_FALSE(ShmExists(c.shm));
+  EXPECT_FALSE(HeldHere(c.shm));
   EXPECT_TRUE((*l)->clients().empty());
 }
 
@@ -167,14 +193,17 @@ TEST(Transport, ClientLearnsTheControllerDiedAndReattachesToANewOne) {
   ASSERT_EQ(read(ready[0], &b, 1), 1);
   auto c = Connection::Open({name, segment::Role::kWorker, 5000ms});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  std::string old_shm = (*c)->segment().shm_name();
+  std::string old_shm = (*c)->segment().name();
   EXPECT_TRUE((*c)->ControllerAlive());
   kill(ctl, SIGKILL);
   waitpid(ctl, nullptr, 0);
   auto t0 = Clock::now();
   while ((*c)->ControllerAlive() && Clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
   EXPECT_LT(Clock::now() - t0, 100ms);
-  EXPECT_TRUE(ShmExists(old_shm));  // a killed controller cannot clean up...
+  // A killed controller leaves no file anywhere: the segment lives on only
+  // in this client's mapping and descriptor, and goes with them.
+  EXPECT_FALSE(AnythingInDevShm(name));
+  EXPECT_TRUE(HeldHere(old_shm));
 
   pid_t ctl2 = fork();
   if (ctl2 == 0) RunController(name, ready[1]);
@@ -182,11 +211,12 @@ TEST(Transport, ClientLearnsTheControllerDiedAndReattachesToANewOne) {
   ASSERT_EQ(b, 1);
   auto c2 = Connection::Open({name, segment::Role::kWorker, 5000ms});
   ASSERT_TRUE(c2.ok()) << c2.status().ToString();
-  EXPECT_NE((*c2)->segment().shm_name(), old_shm);
-  EXPECT_FALSE(ShmExists(old_shm));  // ...so the next one removes its stale segment
+  EXPECT_NE((*c2)->segment().name(), old_shm);
+  c->reset();
+  EXPECT_FALSE(HeldHere(old_shm));
   kill(ctl2, SIGKILL);
   waitpid(ctl2, nullptr, 0);
-  (void)segment::Segment::Remove((*c2)->segment().shm_name());
+  EXPECT_FALSE(AnythingInDevShm(name));
 }
 
 TEST(Transport, NoControllerIsAClearErrorAfterTheDeadline) {
@@ -416,9 +446,9 @@ TEST(Transport, CleanShutdownRemovesEverySegmentAndTellsTheClients) {
     return !conn.ControllerAlive() && closed ? 0 : 2;
   });
   ASSERT_FALSE(c.shm.empty());
-  EXPECT_TRUE(ShmExists(c.shm));
+  EXPECT_TRUE(HeldHere(c.shm));
   l->reset();  // the controller shuts down cleanly
-  EXPECT_FALSE(ShmExists(c.shm));
+  EXPECT_FALSE(HeldHere(c.shm));
   int status = 0;
   waitpid(c.pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;

@@ -1,13 +1,14 @@
 // `kvring inspect`: a read-only look at every kvring segment (in the spirit of
-// Aeron's aeron_stat). Segments are mapped read-only and never written; a
-// garbage, truncated or half-made segment is described, not trusted: nothing
-// in a ring is read until the header has been validated against the real
-// size of the mapping.
-#include <dirent.h>
+// Aeron's aeron_stat). Segments are memory files found in /proc/<pid>/fd
+// (segment::FindSegments: the controller's and its clients' descriptors, so
+// inspect sees what the user it runs as may read), mapped read-only and never
+// written; a garbage, truncated, unsealed or half-made segment is described,
+// not trusted: nothing in a ring is read until the header has been validated
+// against the real size of the mapping.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
 #include <chrono>
 #include <cstring>
 #include <iomanip>
@@ -27,49 +28,44 @@
 namespace kvring::tools {
 namespace {
 
-namespace bip = boost::interprocess;
 using protocol::Json;
 using segment::SegmentHeader;
 
 using segment::RoleName;
 
-std::vector<std::string> ListSegments(const std::string& prefix) {
-  std::vector<std::string> out;
-  if (DIR* d = opendir("/dev/shm")) {
-    while (dirent* e = readdir(d))
-      if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) out.emplace_back(e->d_name);
-    closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 // Everything inspect says about one segment, as JSON; "problems" lists what is wrong.
-Json InspectSegment(const std::string& name, std::size_t peek) {
+Json InspectSegment(const segment::FoundSegment& found, std::size_t peek) {
   Json j = Json::object();
-  j["segment"] = name;
+  j["segment"] = found.name;
+  j["holder_pid"] = found.holder;
   Json problems = Json::array();
-  try {
-    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_only);
-    bip::offset_t size = 0;
-    shm.get_size(size);
-    j["bytes"] = size;
-    if (size < static_cast<bip::offset_t>(sizeof(SegmentHeader))) {
-      problems.push_back("only " + std::to_string(size) + " bytes: smaller than a segment header");
-      j["problems"] = problems;
-      return j;
-    }
-    bip::mapped_region region(shm, bip::read_only, 0, static_cast<std::size_t>(size));
-    const auto* h = static_cast<const SegmentHeader*>(region.get_address());
-    Status valid = segment::Segment::Validate(h, region.get_size(), /*require_ready=*/false);
+  auto done = [&](std::string problem) {
+    problems.push_back(std::move(problem));
+    j["problems"] = problems;
+    return j;
+  };
+  const int fd = open(found.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return done("cannot open " + found.path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    return done("cannot stat " + found.path + ": " + std::strerror(errno));
+  }
+  j["bytes"] = st.st_size;
+  if (st.st_size < static_cast<off_t>(sizeof(SegmentHeader))) {
+    close(fd);
+    return done("only " + std::to_string(st.st_size) + " bytes: smaller than a segment header");
+  }
+  // Adopt checks the seals (an unsealed file could shrink under the mapping)
+  // and validates the header once; the rings are then found through its
+  // private copy of the placement, never through the header again.
+  auto seg = segment::Segment::Adopt(fd, /*read_only=*/true, /*require_ready=*/false);
+  if (!seg.ok()) return done(seg.status().message());
+  const SegmentHeader* h = seg->header();
+  {
     std::uint32_t state = h->state.load(std::memory_order_acquire);  // pairs with Segment::Create
     j["state"] = state == segment::kReady ? "ready" : state == segment::kClosed ? "closed" : "initialising";
     if (state != segment::kReady && state != segment::kClosed) problems.push_back("not initialised (no ready word)");
-    if (!valid.ok()) {
-      problems.push_back(valid.message());
-      j["problems"] = problems;
-      return j;
-    }
     std::string cname(h->controller_name, strnlen(h->controller_name, sizeof h->controller_name));
     j["controller"] = cname;
     j["controller_pid"] = h->controller_pid;
@@ -98,13 +94,13 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
     std::uint32_t quarantined = h->quarantined.load(std::memory_order_relaxed);
     Json rings = Json::array();
     for (int r = 0; r < 2; ++r) {
-      const void* region_base = static_cast<const char*>(region.get_address()) + h->ring_offset[r];
-      std::size_t cap = h->ring_capacity[r];
+      const void* region_base = seg->ring_region(r);
+      const std::size_t cap = seg->capacity(r), max_record = seg->max_record(r);
       ring::RingSnapshot s = ring::Snapshot(region_base, cap);
       Json rj = Json::object();
       rj["ring"] = r == segment::kRequestRing ? "requests (client->controller)" : "replies (controller->client)";
       rj["capacity"] = cap;
-      rj["max_record"] = h->max_record[r];
+      rj["max_record"] = max_record;
       rj["head"] = s.head;
       rj["tail"] = s.tail;
       rj["records_published"] = s.records_published;
@@ -120,7 +116,7 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
         rj["fill_percent"] = 100.0 * static_cast<double>(pending) / static_cast<double>(cap);
         std::size_t count = 0;
         Json peeked = Json::array();
-        std::string bad = ring::PeekPending(region_base, cap, h->max_record[r], SIZE_MAX, [&](const ring::Record& rec) {
+        std::string bad = ring::PeekPending(region_base, cap, max_record, SIZE_MAX, [&](const ring::Record& rec) {
           if (count++ >= peek) return;
           if (rec.type == ring::kRecordControl) {
             peeked.push_back(Json{{"control", std::string(rec.payload.begin(), rec.payload.end())}});
@@ -147,8 +143,6 @@ Json InspectSegment(const std::string& name, std::size_t peek) {
       rings.push_back(rj);
     }
     j["rings"] = rings;
-  } catch (const bip::interprocess_exception& e) {
-    problems.push_back(std::string("cannot map: ") + e.what());
   }
   j["problems"] = problems;
   return j;
@@ -249,8 +243,8 @@ Command AddInspect(CLI::App& app) {
       last = now;
       Json all = Json::array();
       rc = 0;
-      for (const auto& name : ListSegments(prefix)) {
-        Json seg = InspectSegment(name, st->peek);
+      for (const auto& found : segment::FindSegments(prefix)) {
+        Json seg = InspectSegment(found, st->peek);
         if (!seg["problems"].empty()) rc = 1;
         all.push_back(seg);
       }

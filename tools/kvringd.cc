@@ -274,13 +274,18 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // Each attached client holds two descriptors here (its socket and its
+  // segment's memory file): lift the soft limit (often 1024) to the hard one.
+  if (rlimit nofile{}; getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) log->warn("cannot raise the descriptor limit: {}", std::strerror(errno));
+  }
   auto started = controller::Controller::Start(o);
   if (!started.ok()) {
     log->error("cannot start: {}", started.status().message());
     return 1;
   }
   controller::Controller& ctl = **started;
-  for (const std::string& s : ctl.listener().stale_segments_removed()) log->info("removed stale segment {}", s);
   log->info("controller '{}' running (pid {}, p2p policy {}, heartbeat {} s, full sync on start: {})", o.listen.name,
             getpid(), policy, o.heartbeat_interval_s, o.full_sync_on_start ? "yes" : "no");
 

@@ -38,8 +38,9 @@
 //
 // Thread-safety: every public member may be called from several threads; one
 // internal mutex serialises them (a lookup holds it while it waits for its
-// reply, so lookups from several threads take turns). keys_of is called with
-// that mutex held: it must not call back into the Worker.
+// reply, so lookups from several threads take turns; a Lookup waits for it
+// no longer than its own timeout). keys_of is called without that mutex (it
+// may call the Worker), from the thread that runs Tick() or Heartbeat().
 #pragma once
 
 #include <chrono>
@@ -117,6 +118,7 @@ struct WorkerCounters {
   std::uint64_t lookups = 0;
   std::uint64_t heartbeats = 0;
   std::uint64_t full_syncs = 0;
+  std::uint64_t full_sync_status_polls = 0;  // FullSyncStatusMsg sent (while the controller keeps workers in freeze)
   std::uint64_t reattaches = 0;
   std::uint64_t late_replies_skipped = 0;
   std::uint64_t commands_handled = 0;

@@ -1,10 +1,19 @@
-// A client segment (layout: segment_descriptor.h) in POSIX shared memory,
-// created, attached, validated and removed with Boost.Interprocess.
+// A client segment (layout: segment_descriptor.h) in a sealed memfd.
 //
-// Creation is exclusive (an existing name is never adopted), the mode is set
-// explicitly after creation so the umask does not matter, and the pages are
-// allocated up front (posix_fallocate) so that a /dev/shm too small for the
-// segment fails here with a clear error rather than SIGBUS later.
+// The controller creates the segment as an anonymous memory file
+// (memfd_create), sizes it, allocates its pages up front (posix_fallocate:
+// no memory is a clear error here, not a SIGBUS later), sets its mode
+// (umask-proof) and seals it against resizing (F_SEAL_SHRINK | F_SEAL_GROW
+// | F_SEAL_SEAL). The client receives the descriptor over the attach socket
+// (SCM_RIGHTS); it has no name in any file system. A seal binds the file,
+// not a descriptor, and cannot be removed: nobody, the controller included,
+// can ever truncate it, so no mapping of it can fault with SIGBUS (a client
+// that once could ftruncate its /dev/shm segment killed the controller).
+// Whoever maps a segment (Adopt, Open) checks those seals first.
+//
+// Nothing is left behind: the memory goes when the last descriptor and
+// mapping go (a controller killed with SIGKILL leaves no file to clean up).
+// `kvring inspect` finds segments through /proc/<pid>/fd (FindSegments).
 //
 // Thread-safety: a Segment is a handle; one thread at a time.
 #pragma once
@@ -16,6 +25,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "kvring/segment_descriptor.h"
 #include "kvring/status.h"
@@ -23,7 +33,9 @@
 namespace kvring::segment {
 
 struct CreateOptions {
-  std::string shm_name;  // without leading '/', e.g. "kvring.demo.1732530000.7"
+  // The memfd's name: a label for /proc/<pid>/fd and `kvring inspect`
+  // (e.g. "kvring.demo.1732530000.7"), not a path; need not be unique.
+  std::string name;
   std::size_t request_capacity = std::size_t{4} << 20;  // a 10,000-op batch is ~280 KiB
   std::size_t reply_capacity = std::size_t{1} << 20;
   std::size_t request_max_record = 0;  // 0: capacity / 4 - 8
@@ -44,11 +56,16 @@ class Segment {
   ~Segment();
 
   static Result<Segment> Create(const CreateOptions& options);
-  // Maps an existing segment and validates it, waiting up to `timeout` for
-  // its ready word (a segment being created is not an error until then).
-  static Result<Segment> Attach(const std::string& shm_name, std::chrono::milliseconds timeout,
-                                bool read_only = false);
-  static Status Remove(const std::string& shm_name);
+  // Maps a segment received as a descriptor (takes ownership of `fd`, closed
+  // on failure too) once it is shown to be a sealed memory file that nobody
+  // can resize, and validates its header (the ready word too, unless
+  // `require_ready` is false: inspect looks at closed segments as well).
+  static Result<Segment> Adopt(int fd, bool read_only = false, bool require_ready = true);
+  // Opens `path` (e.g. /proc/<pid>/fd/<n>) and adopts it.
+  static Result<Segment> Open(const std::string& path, bool read_only = true);
+  // Whether `fd` is sealed against shrinking and growing (kPermission if
+  // not: a file someone can truncate is never mapped).
+  static Status CheckSealed(int fd);
 
   // Checks a mapped header against the mapping's real size: magic, version,
   // sizes, offsets, ring geometry. `require_ready`: the ready word too.
@@ -59,7 +76,8 @@ class Segment {
   std::size_t capacity(int ring) const;
   std::size_t max_record(int ring) const;
   std::size_t size() const;
-  const std::string& shm_name() const;
+  const std::string& name() const;
+  int fd() const;  // the memory file (sent to the client, found by inspect)
   // The shared memory object's owner and mode, as the kernel saw them when
   // it was created or attached (fstat): who could have written it.
   unsigned owner_uid() const;
@@ -70,6 +88,17 @@ class Segment {
   explicit Segment(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// --- finding segments -----------------------------------------------------------
+// A segment some process holds open, as seen in /proc/<pid>/fd: each memory
+// file once (by inode), whoever holds it. Only processes whose descriptors
+// this one may read (same uid, or root) are seen.
+struct FoundSegment {
+  std::string name;  // the memfd's name, e.g. "kvring.demo.1732530000.7"
+  std::string path;  // /proc/<pid>/fd/<n>: open this to map it
+  pid_t holder = 0;
+};
+std::vector<FoundSegment> FindSegments(std::string_view name_prefix);
 
 // --- processes --------------------------------------------------------------------
 // Start time of a process in clock ticks since boot (/proc/<pid>/stat field

@@ -7,8 +7,9 @@
 //
 // A client connects and sends Hello; the controller reads the client's pid
 // and uid from the kernel (SO_PEERCRED), creates the client's segment
-// (segment.h) exclusively and replies Welcome with its name. The client maps
-// and validates it. The connection then stays open and carries no data: it
+// (segment.h: a sealed memfd) and replies Welcome with the segment's
+// descriptor attached (SCM_RIGHTS). The client checks the seals, maps and
+// validates it. The connection then stays open and carries no data: it
 // tells each side, at once, that the other has gone (EOF), and a single byte
 // on it wakes a sleeping peer (the doorbells: PublishRequests, NotifyClient);
 // whatever arrives is read and discarded.
@@ -62,10 +63,11 @@ struct Client {
 
 class Listener {
  public:
-  // Binds the name (fails if a live controller holds it), then removes the
-  // segments of earlier, dead controllers of that name.
+  // Binds the name (fails if a live controller holds it). Earlier, dead
+  // controllers of that name left nothing behind: their segments were
+  // memory files that went with their last descriptor.
   static Result<std::unique_ptr<Listener>> Start(const ListenerOptions& options);
-  ~Listener();  // closes every connection and removes every segment
+  ~Listener();  // marks every segment closed, closes every connection and segment
 
   struct Events {
     std::vector<std::uint64_t> attached;
@@ -94,8 +96,6 @@ class Listener {
 
   const std::vector<std::unique_ptr<Client>>& clients() const { return clients_; }
   Client* Find(std::uint64_t id) const;
-  // Segments of dead controllers removed at start, one line each.
-  const std::vector<std::string>& stale_segments_removed() const { return stale_; }
   const ListenerOptions& options() const { return options_; }
   std::uint64_t generation() const { return generation_; }
   // The listening socket (readable when a client connects), for a caller's epoll.
@@ -120,7 +120,6 @@ class Listener {
   std::vector<PendingConnection> pending_;  // connected, Hello not yet read, oldest first
   std::vector<struct pollfd> pollfds_;
   std::vector<std::unique_ptr<Client>> clients_;
-  std::vector<std::string> stale_;
   std::function<void(Client&)> on_departure_;
 };
 
