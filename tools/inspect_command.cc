@@ -90,7 +90,7 @@ Json InspectSegment(const segment::FoundSegment& found, std::size_t peek) {
         zmq[zmqfront::kFrontCounterNames[i]] = c->slot[i].load(std::memory_order_relaxed);
       j["zmq"] = zmq;
     }
-    if (!j["controller_alive"].get<bool>()) problems.push_back("controller is gone: stale segment");
+    if (!j["controller_alive"].get<bool>()) problems.push_back("controller is gone: only its client still holds this segment");
     std::uint32_t quarantined = h->quarantined.load(std::memory_order_relaxed);
     Json rings = Json::array();
     for (int r = 0; r < 2; ++r) {

@@ -13,7 +13,7 @@
 // with LMCache's defaults for whichever were not given.
 //
 // Exit codes: 0 clean shutdown, 1 could not start (another controller of that
-// name runs, /dev/shm too small, ...), 2 usage error.
+// name runs, no memory for a segment, ...), 2 usage error.
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>

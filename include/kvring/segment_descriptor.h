@@ -1,7 +1,7 @@
 // Shared-memory layout of one client segment: a versioned header page and the
-// client's two rings. One segment per attached client (worker or
-// orchestrator), created by the controller, named
-//   /dev/shm/kvring.<controller name>.<controller generation>.<client id>
+// client's two rings. One segment per attached client (worker, orchestrator
+// or front), created by the controller as a sealed memfd (segment.h) named
+//   kvring.<controller name>.<controller generation>.<client id>
 //
 //   +--------------------------------------------------------------+ 0
 //   | SegmentHeader (one 4 KiB page)                               |
