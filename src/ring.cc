@@ -322,11 +322,13 @@ void Consumer::MarkCorrupt(std::string why) {
 bool Consumer::RefreshTail() {
   // seq_cst (a plain load on x86): pairs with Producer::Publish, and is the
   // second half of the Dekker pair in WaitForData.
-  // The consumer may be ahead of the published tail (records are visible once
-  // committed), never by more than a capacity; the tail never goes back.
+  // The tail never goes back and is never more than a capacity beyond what
+  // this consumer has read (the producer writes only into space it freed).
+  // The consumer may be ahead of it by any amount: records are visible once
+  // committed, and a producer may commit many capacities' worth between two
+  // publishes. A tail lagging behind is harmless: nothing is read by it.
   std::uint64_t tail = ctl_->tail.load(std::memory_order_seq_cst);
-  const std::uint64_t apart = tail > head_ ? tail - head_ : head_ - tail;
-  if (tail < tail_cache_ || apart > capacity_ || tail % kRecordAlignment != 0) {
+  if (tail < tail_cache_ || (tail > head_ && tail - head_ > capacity_) || tail % kRecordAlignment != 0) {
     MarkCorrupt("producer position " + std::to_string(tail) + " is inconsistent with head " +
                 std::to_string(head_) + " (capacity " + std::to_string(capacity_) + ")");
     return false;
@@ -426,10 +428,10 @@ RingSnapshot Snapshot(const void* region, std::size_t capacity) {
   s.records_consumed = ctl->records_consumed.load(std::memory_order_relaxed);
   s.consumer_waiting = ctl->consumer_waiting.load(std::memory_order_relaxed) != 0;
   s.producer_waiting = ctl->producer_waiting.load(std::memory_order_relaxed) != 0;
-  // The consumer may run ahead of the published tail (by what the producer
-  // committed and has not published yet), never by more than a capacity.
-  if (s.head > s.tail && s.head - s.tail > capacity) s.problem = "head is more than a capacity ahead of tail";
-  else if (s.tail > s.head && s.tail - s.head > capacity) s.problem = "more bytes pending than the capacity";
+  // The consumer may run ahead of the published tail, by any amount (what the
+  // producer committed and has not published yet: records are visible by
+  // their headers).
+  if (s.tail > s.head && s.tail - s.head > capacity) s.problem = "more bytes pending than the capacity";
   else if (s.head % kRecordAlignment || s.tail % kRecordAlignment) s.problem = "unaligned position";
   return s;
 }

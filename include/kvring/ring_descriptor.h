@@ -34,7 +34,8 @@
 // Positions are free-running 64-bit byte counters (never wrap in practice);
 // the offset in data is position & (capacity - 1). Invariants a consumer
 // checks before trusting anything (a faulty peer may write any value):
-//   |tail - head| <= capacity, tail never goes back, both multiples of 8,
+//   tail - head <= capacity when tail > head (a consumer ahead of the
+//   published tail is normal), tail never goes back, both multiples of 8,
 //   8 <= length, record inside data, length - 8 <= max record, known type,
 //   and a published tail beyond head means a record at head.
 //
@@ -48,7 +49,8 @@
 // nothing half-visible. For that clear the producer keeps 8 bytes free
 // beyond every record. The producer stores `tail` (what inspection and a
 // sleeping consumer go by) once per batch; the consumer may therefore run
-// ahead of the published tail, by at most a capacity. The consumer frees
+// ahead of the published tail, by any amount (a producer may commit many
+// capacities' worth between two publishes). The consumer frees
 // space by storing `head` with release after reading, once per batch.
 // Nothing in the region is a pointer.
 #pragma once
