@@ -15,8 +15,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <functional>
+#include <set>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace kvring::controller {
 namespace {
@@ -486,6 +488,46 @@ TEST(Controller, AClientThatRewritesItsSegmentHeaderCannotMoveTheRingsTheControl
   EXPECT_EQ(RunUntilExit(**ctl, good), 0);
   kill(bad, SIGKILL);
   Exit(bad);
+}
+
+TEST(Controller, EveryStatsCounterIsInTheJsonAndInTheMetricsOnce) {
+  // One table feeds `kvring stats --json` and /metrics; a counter added to
+  // Stats but not to the table is caught by the count.
+  constexpr std::size_t kCounterWords = (sizeof(Stats) - 2 * sizeof(LatencyBuckets)) / sizeof(std::uint64_t);
+  ASSERT_EQ(StatsCounters().size(), kCounterWords);
+  auto ctl = Controller::Start(Small(Name("counters")));
+  ASSERT_TRUE(ctl.ok());
+  // Some of them non-zero: a registration and an undecodable record.
+  pid_t w = Spawn(Name("counters"), [](Worker& worker) {
+    if (!worker.Ask(Reg("A", 0))) return 1;
+    const std::uint8_t junk[] = {0xc1};
+    return worker.conn->requests().TryWrite(junk) == ring::ClaimResult::kOk ? (worker.conn->PublishRequests(), 0) : 2;
+  });
+  EXPECT_EQ(RunUntilExit(**ctl, w), 0);
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->stats().errors > 0; }));
+  const auto json = nlohmann::json::parse((*ctl)->StatsJson());
+  const std::string metrics = (*ctl)->MetricsText();
+  auto count = [&](const std::string& what) {
+    std::size_t n = 0;
+    for (std::size_t at = metrics.find(what); at != std::string::npos; at = metrics.find(what, at + 1))
+      n += at == 0 || metrics[at - 1] == '\n';
+    return n;
+  };
+  std::set<std::string> families;
+  for (const StatsCounter& c : StatsCounters()) {
+    const std::uint64_t value = (*ctl)->stats().*c.member;
+    ASSERT_TRUE(json.contains(c.json_key)) << c.json_key;
+    EXPECT_EQ(json[c.json_key].get<std::uint64_t>(), value) << c.json_key;
+    const std::string series = std::string(c.metric) + c.labels + " ";
+    EXPECT_EQ(count(series), 1u) << series;
+    EXPECT_NE(metrics.find("\n" + series + std::to_string(value) + "\n"), std::string::npos) << series;
+    families.insert(c.metric);
+  }
+  for (const std::string& f : families) {
+    EXPECT_EQ(count("# TYPE " + f + " "), 1u) << f;
+    EXPECT_EQ(count("# HELP " + f + " "), 1u) << f;
+  }
+  EXPECT_GT(json["errors_total"].get<std::uint64_t>(), 0u);
 }
 
 TEST(Controller, AClientCannotTruncateItsSegmentUnderTheController) {

@@ -49,6 +49,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -144,6 +145,21 @@ struct Stats {
   LatencyBuckets p2p_latency;
   LatencyBuckets token_lookup_latency;
 };
+
+// Every Stats counter once: its key in `kvring stats --json` (StatsJson()),
+// its Prometheus series in MetricsText() and its help text. Both are made
+// from this table, so the lists cannot drift apart. Entries of one metric
+// family are adjacent (the exposition format wants a family's samples
+// together).
+struct StatsCounter {
+  const char* json_key;
+  const char* metric;  // the family's name
+  const char* labels;  // "" or e.g. "{reason=\"syncing\"}"
+  const char* type;    // "counter" or "gauge"
+  const char* help;
+  std::uint64_t Stats::*member;
+};
+std::span<const StatsCounter> StatsCounters();
 
 enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
 
