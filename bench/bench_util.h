@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "kvring/index.h"
+#include "kvring/index/index.h"
 
 namespace kvring::bench {
 

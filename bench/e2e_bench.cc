@@ -35,8 +35,8 @@
 #include <thread>
 
 #include "bench_util.h"
-#include "kvring/client.h"
-#include "kvring/controller.h"
+#include "kvring/client/client.h"
+#include "kvring/controller/controller.h"
 
 namespace {
 

@@ -22,11 +22,11 @@
 #include <thread>
 
 #include "bench_util.h"
-#include "kvring/chunk_hash.h"
-#include "kvring/client.h"
-#include "kvring/controller.h"
-#include "kvring/http_api.h"
-#include "kvring/http_client.h"
+#include "kvring/protocol/chunk_hash.h"
+#include "kvring/client/client.h"
+#include "kvring/controller/controller.h"
+#include "kvring/http/server.h"
+#include "support/http_client.h"
 
 namespace {
 

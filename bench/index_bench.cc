@@ -36,7 +36,7 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "kvring/index.h"
+#include "kvring/index/index.h"
 
 namespace {
 

@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "kvring/index.h"
-#include "kvring/p2p.h"
+#include "kvring/index/index.h"
+#include "kvring/index/p2p.h"
 
 namespace {
 

@@ -32,8 +32,8 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "futex.h"
-#include "kvring/ring.h"
+#include "shm/futex.h"
+#include "kvring/shm/ring.h"
 
 namespace {
 

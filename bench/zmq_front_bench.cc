@@ -34,7 +34,7 @@
 #include <thread>
 
 #include "bench_util.h"
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 #include "kvring/protocol/codec.h"
 
 #include <nlohmann/json.hpp>

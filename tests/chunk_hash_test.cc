@@ -1,4 +1,4 @@
-#include "kvring/chunk_hash.h"
+#include "kvring/protocol/chunk_hash.h"
 
 #include <gtest/gtest.h>
 

@@ -8,8 +8,8 @@
 #include <gtest/gtest.h>
 
 #include "kvring/protocol/codec.h"
-#include "kvring/ring.h"
-#include "kvring/segment.h"
+#include "kvring/shm/ring.h"
+#include "kvring/shm/segment.h"
 #include "process_util.h"
 #include "test_util.h"
 

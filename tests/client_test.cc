@@ -1,6 +1,6 @@
 // The worker client library against a real controller, the workers in forked
 // processes on real shared memory.
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -16,7 +16,7 @@
 
 #include <gtest/gtest.h>
 
-#include "kvring/controller.h"
+#include "kvring/controller/controller.h"
 #include "process_util.h"
 
 namespace kvring::client {

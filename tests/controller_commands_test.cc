@@ -1,4 +1,4 @@
-// Orchestration fan-outs (src/controller_commands.cc) end to end: a real
+// Orchestration fan-outs (src/controller/controller_commands.cc) end to end: a real
 // controller, workers built on the client library in forked processes with
 // their command handlers, and an orchestrator process keeping several
 // requests in flight on one ring.
@@ -14,9 +14,9 @@
 
 #include <gtest/gtest.h>
 
-#include "kvring/client.h"
-#include "kvring/controller.h"
-#include "kvring/orchestration.h"
+#include "kvring/client/client.h"
+#include "kvring/controller/controller.h"
+#include "kvring/protocol/orchestration.h"
 #include "process_util.h"
 #include "worker_process.h"
 

@@ -1,6 +1,6 @@
 // The controller core with real worker processes on real shared memory.
-#include "kvring/controller.h"
-#include "kvring/client.h"
+#include "kvring/controller/controller.h"
+#include "kvring/client/client.h"
 
 #include "alloc_counter.h"
 

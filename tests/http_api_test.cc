@@ -1,4 +1,4 @@
-// The HTTP API (src/http_api.cc) end to end: a real kvringd --http process,
+// The HTTP API (src/http/server.cc) end to end: a real kvringd --http process,
 // workers built on the client library in forked processes, and the project's
 // own HTTP client. Every endpoint, a worker that never answers, a worker that
 // answers an error, unknown instances, malformed requests, and a token lookup
@@ -18,8 +18,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "kvring/http_client.h"
-#include "kvring/orchestration.h"
+#include "support/http_client.h"
+#include "kvring/protocol/orchestration.h"
 #include "process_util.h"
 #include "test_util.h"
 #include "worker_process.h"

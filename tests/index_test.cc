@@ -1,4 +1,4 @@
-#include "kvring/index.h"
+#include "kvring/index/index.h"
 
 #include "alloc_counter.h"
 

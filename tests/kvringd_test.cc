@@ -17,9 +17,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "kvring/chunk_hash.h"
-#include "kvring/client.h"
-#include "kvring/segment.h"
+#include "kvring/protocol/chunk_hash.h"
+#include "kvring/client/client.h"
+#include "kvring/shm/segment.h"
 #include "process_util.h"
 #include "worker_process.h"
 

@@ -1,4 +1,4 @@
-#include "kvring/p2p.h"
+#include "kvring/index/p2p.h"
 
 #include <algorithm>
 #include <map>

@@ -1,4 +1,4 @@
-#include "kvring/ring.h"
+#include "kvring/shm/ring.h"
 
 #include <signal.h>
 #include <sys/mman.h>

@@ -1,4 +1,4 @@
-#include "kvring/segment.h"
+#include "kvring/shm/segment.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 
 int main(int argc, char** argv) {
   if (argc != 5) {

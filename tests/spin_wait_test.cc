@@ -1,7 +1,7 @@
-// The waiting rule (src/spin_wait.h): budgets that shrink when spinning does
+// The waiting rule (src/shm/spin_wait.h): budgets that shrink when spinning does
 // not pay and regrow when it does, a spin that ends once the thread was off
 // its core, and the oversubscription hint read from the kernel.
-#include "spin_wait.h"
+#include "shm/spin_wait.h"
 
 #include <signal.h>
 #include <sys/wait.h>

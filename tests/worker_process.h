@@ -14,7 +14,7 @@
 #include <functional>
 #include <string>
 
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 
 namespace kvring::testing {
 

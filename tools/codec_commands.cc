@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "commands.h"
-#include "kvring/chunk_hash.h"
+#include "kvring/protocol/chunk_hash.h"
 #include "kvring/protocol/codec.h"
 #include "kvring/protocol/json.h"
 

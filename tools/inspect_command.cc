@@ -21,8 +21,8 @@
 #include "commands.h"
 #include "kvring/protocol/codec.h"
 #include "kvring/protocol/json.h"
-#include "kvring/ring.h"
-#include "kvring/segment.h"
+#include "kvring/shm/ring.h"
+#include "kvring/shm/segment.h"
 #include "kvring/zmq/front.h"
 
 namespace kvring::tools {

@@ -2,7 +2,7 @@
 // (controller.h) in the foreground until SIGINT or SIGTERM, then removes its
 // segments and exits 0. Logs to stderr, with one stats line every
 // --stats-interval seconds. With --http it also serves LMCache's HTTP API
-// and /metrics (http_api.h) on threads of their own, as a ring client.
+// and /metrics (http/server.h) on threads of their own, as a ring client.
 //
 // It takes `lmcache_controller`'s flags with their meanings, so that an
 // operator can swap one command line for the other: --host, --port (the HTTP
@@ -35,8 +35,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "kvring/controller.h"
-#include "kvring/http_api.h"
+#include "kvring/controller/controller.h"
+#include "kvring/http/server.h"
 #include "kvring/zmq/front.h"
 
 namespace {

@@ -29,9 +29,9 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "kvring/chunk_hash.h"
-#include "kvring/client.h"
-#include "kvring/index.h"
+#include "kvring/protocol/chunk_hash.h"
+#include "kvring/client/client.h"
+#include "kvring/index/index.h"
 #include "latency_histogram.h"
 
 namespace kvring::tools {

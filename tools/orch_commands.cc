@@ -6,8 +6,8 @@
 #include <sstream>
 
 #include "commands.h"
-#include "kvring/client.h"
-#include "kvring/orchestration.h"
+#include "kvring/client/client.h"
+#include "kvring/protocol/orchestration.h"
 #include "kvring/protocol/json.h"
 
 namespace kvring::tools {

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 
 namespace kvring::tools {
 

@@ -32,9 +32,9 @@
 
 #include "kvring/protocol/json.h"
 #include "kvring/protocol/messages.h"
-#include "kvring/routed_command.h"
-#include "kvring/transport.h"
-#include "../spin_wait.h"  // internal: the base layer's waiting rule
+#include "kvring/shm/routed_command.h"
+#include "kvring/shm/transport.h"
+#include "shm/spin_wait.h"  // internal: the base layer's waiting rule
 
 namespace kvring::zmqfront {
 namespace {

@@ -13,7 +13,7 @@ cleanup() {
 trap cleanup EXIT
 prefix="${work}/prefix"
 cmake --install "${build}" --prefix "${prefix}" > "${work}/install.log"
-for f in bin/kvringd bin/kvring include/kvring/client.h lib/libkvring.a lib/cmake/kvring/kvringConfig.cmake \
+for f in bin/kvringd bin/kvring include/kvring/client/client.h lib/libkvring_client.a lib/cmake/kvring/kvringConfig.cmake \
          lib/cmake/kvring/kvringConfigVersion.cmake lib/pkgconfig/kvring.pc; do
   found=$(find "${prefix}" -path "${prefix}/${f%%/*}*" -name "$(basename "$f")" | head -1)
   [[ -n "${found}" ]] || { echo "not installed: ${f}"; find "${prefix}"; exit 1; }

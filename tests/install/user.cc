@@ -1,6 +1,6 @@
 // A user's program against an installed kvring: two workers of a live
 // controller (its name is argv[1]); one admits a chunk, the other finds it.
-#include <kvring/client.h>
+#include <kvring/client/client.h>
 
 #include <chrono>
 #include <cstdint>

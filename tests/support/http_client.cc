@@ -1,4 +1,4 @@
-#include "kvring/http_client.h"
+#include "support/http_client.h"
 
 #include <sys/socket.h>
 #include <sys/time.h>

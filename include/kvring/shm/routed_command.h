@@ -18,7 +18,7 @@
 #include <span>
 #include <string_view>
 
-#include "kvring/ring.h"
+#include "kvring/shm/ring.h"
 
 namespace kvring::ring {
 

@@ -1,4 +1,4 @@
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -19,7 +19,7 @@
 
 #include "kvring/protocol/codec.h"
 #include "kvring/protocol/json.h"
-#include "kvring/transport.h"
+#include "kvring/shm/transport.h"
 
 namespace kvring::client {
 namespace {

@@ -13,7 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "kvring/index.h"
+#include "kvring/index/index.h"
 
 namespace kvring::registry {
 

@@ -28,7 +28,7 @@
 #include <span>
 #include <string>
 
-#include "kvring/ring_descriptor.h"
+#include "kvring/shm/ring_descriptor.h"
 #include "kvring/status.h"
 
 namespace kvring::ring {
@@ -77,7 +77,7 @@ class Producer {
   // Blocks until at least `bytes` of payload could be claimed, the ring turns
   // corrupt, or the timeout passes (spins first, then sleeps on a futex).
   // Returns whether there is room.
-  // (The spin budget adapts per thread: src/spin_wait.h; a reply-like wait.)
+  // (The spin budget adapts per thread: src/shm/spin_wait.h; a reply-like wait.)
   bool WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin = 4000);
 
   bool corrupt() const { return !corruption_.empty(); }
@@ -162,7 +162,7 @@ class Consumer {
   // timeout passes (spins `spin` polls first, then sleeps on a futex).
   // Returns whether data is available.
   // `for_reply`: the wait starts with a request just sent (a late record then
-  // teaches the thread to spin less, src/spin_wait.h); otherwise the caller
+  // teaches the thread to spin less, src/shm/spin_wait.h); otherwise the caller
   // may have been idle, and only being descheduled while spinning does.
   bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000, bool for_reply = false);
 

@@ -1,6 +1,6 @@
-#include "kvring/controller.h"
-#include "kvring/routed_command.h"
-#include "spin_wait.h"
+#include "kvring/controller/controller.h"
+#include "kvring/shm/routed_command.h"
+#include "shm/spin_wait.h"
 
 #include <xxhash.h>
 

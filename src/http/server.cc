@@ -1,4 +1,4 @@
-#include "kvring/http_api.h"
+#include "kvring/http/server.h"
 
 #include <sys/socket.h>
 
@@ -19,7 +19,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
-#include "kvring/orchestration.h"
+#include "kvring/protocol/orchestration.h"
 #include "kvring/protocol/json.h"
 
 namespace kvring::http {

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "kvring/controller.h"
-#include "kvring/orchestration.h"
+#include "kvring/controller/controller.h"
+#include "kvring/protocol/orchestration.h"
 
 namespace kvring::controller {
 namespace {

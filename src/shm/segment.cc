@@ -1,4 +1,4 @@
-#include "kvring/segment.h"
+#include "kvring/shm/segment.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -18,7 +18,7 @@
 #include <sstream>
 #include <utility>
 
-#include "kvring/ring.h"
+#include "kvring/shm/ring.h"
 
 namespace kvring::segment {
 

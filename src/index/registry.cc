@@ -1,4 +1,4 @@
-#include "kvring/registry.h"
+#include "kvring/index/registry.h"
 
 #include <algorithm>
 #include <charconv>

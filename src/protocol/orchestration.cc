@@ -1,4 +1,4 @@
-#include "kvring/orchestration.h"
+#include "kvring/protocol/orchestration.h"
 
 #include <cstdio>
 #include <random>

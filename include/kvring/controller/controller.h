@@ -55,12 +55,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "kvring/chunk_hash.h"
-#include "kvring/index.h"
-#include "kvring/p2p.h"
+#include "kvring/protocol/chunk_hash.h"
+#include "kvring/index/index.h"
+#include "kvring/index/p2p.h"
 #include "kvring/protocol/codec.h"
-#include "kvring/registry.h"
-#include "kvring/transport.h"
+#include "kvring/index/registry.h"
+#include "kvring/shm/transport.h"
 
 namespace kvring::controller {
 

@@ -1,4 +1,4 @@
-#include "kvring/ring.h"
+#include "kvring/shm/ring.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -8,8 +8,8 @@
 #include <cstring>
 #include <new>
 
-#include "futex.h"
-#include "spin_wait.h"
+#include "shm/futex.h"
+#include "shm/spin_wait.h"
 
 #include <sched.h>
 

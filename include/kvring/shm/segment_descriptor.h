@@ -35,7 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kvring/ring_descriptor.h"
+#include "kvring/shm/ring_descriptor.h"
 
 namespace kvring::segment {
 

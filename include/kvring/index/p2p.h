@@ -22,8 +22,8 @@
 #include <span>
 #include <string_view>
 
-#include "kvring/index.h"
-#include "kvring/registry.h"
+#include "kvring/index/index.h"
+#include "kvring/index/registry.h"
 
 namespace kvring::p2p {
 

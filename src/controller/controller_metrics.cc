@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "kvring/controller.h"
+#include "kvring/controller/controller.h"
 
 namespace kvring::controller {
 namespace {

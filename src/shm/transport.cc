@@ -1,4 +1,4 @@
-#include "kvring/transport.h"
+#include "kvring/shm/transport.h"
 
 #include <poll.h>
 #include <sys/socket.h>

@@ -24,7 +24,7 @@
 #include <string>
 #include <string_view>
 
-#include "kvring/client.h"
+#include "kvring/client/client.h"
 #include "kvring/status.h"
 
 namespace kvring::http {

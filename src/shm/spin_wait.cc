@@ -1,4 +1,4 @@
-#include "spin_wait.h"
+#include "shm/spin_wait.h"
 
 #include <fcntl.h>
 #include <sched.h>

@@ -27,7 +27,7 @@
 #include <string_view>
 #include <vector>
 
-#include "kvring/segment_descriptor.h"
+#include "kvring/shm/segment_descriptor.h"
 #include "kvring/status.h"
 
 namespace kvring::segment {

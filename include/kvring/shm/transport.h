@@ -29,8 +29,8 @@
 #include <string>
 #include <vector>
 
-#include "kvring/ring.h"
-#include "kvring/segment.h"
+#include "kvring/shm/ring.h"
+#include "kvring/shm/segment.h"
 #include "kvring/status.h"
 
 namespace kvring::transport {
