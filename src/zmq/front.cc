@@ -83,6 +83,9 @@ std::span<const std::uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }
 
+// For `kvring inspect`: the counters into the segment's header page (below).
+void PublishFrontCounters(const Stats& stats, segment::ClientCounters* to);
+
 }  // namespace
 
 std::string HeartbeatHostFor(std::string_view bind_host, std::string_view worker_ip) {
@@ -590,16 +593,7 @@ struct Front::Impl {
   }
 
   // For `kvring inspect`, in the requests connection's header page.
-  void PublishCounters() {
-    const std::atomic<std::uint64_t>* from[kFrontCounterCount] = {
-        &stats.peers_connected, &stats.peers_disconnected, &stats.pull_frames, &stats.pull_bad_frames,
-        &stats.pull_ring_waits, &stats.reply_requests, &stats.heartbeat_requests, &stats.bad_requests,
-        &stats.replies_sent, &stats.requests_in_flight, &stats.requests_expired, &stats.command_links,
-        &stats.commands_sent, &stats.commands_timed_out};
-    segment::ClientCounters* to = segment::CountersOf(requests->segment().header());
-    for (std::size_t i = 0; i < kFrontCounterCount; ++i)
-      to->slot[i].store(from[i]->load(std::memory_order_relaxed), std::memory_order_relaxed);
-  }
+  void PublishCounters() { PublishFrontCounters(stats, segment::CountersOf(requests->segment().header())); }
 
   double NextDeadline(double now) const {
     double d = now + kHousekeepingPeriod;
@@ -809,69 +803,96 @@ int Front::pull_port() const { return impl_->ports[0]; }
 int Front::reply_port() const { return impl_->ports[1]; }
 int Front::heartbeat_port() const { return impl_->ports[2]; }
 
+namespace {
+
+// Every front counter once: its key in the stats JSON (`kvring stats
+// --json`, "zmq"), its Prometheus series, and its slot in the segment's
+// header page for `kvring inspect` (kFrontCounterNames names the slots).
+struct CounterField {
+  std::atomic<std::uint64_t> Stats::*member;
+  const char* json_key;  // nullptr: not in the JSON
+  const char* metric;    // nullptr: not in /metrics
+  const char* labels;
+  const char* type;
+  const char* help;
+  int slot;  // FrontCounter, or -1
+};
+constexpr const char* kRole = "{role=\"controller\"}";
+constexpr CounterField kCounters[] = {
+    // LMCache's socket gauges (observability.py), same names and label.
+    {&Stats::pull_frames, "pull_frames_total", "lmcache:cache_controller_pull_socket_message_count", kRole, "gauge",
+     "Frames received on the PULL socket", kFrontPullFrames},
+    {&Stats::reply_requests, "reply_requests_total", "lmcache:cache_controller_reply_socket_message_count", kRole,
+     "gauge", "Requests received on the reply ROUTER", kFrontReplyRequests},
+    {&Stats::pull_has_pending, nullptr, "lmcache:cache_controller_pull_socket_has_pending", kRole, "gauge",
+     "1 if PULL had more frames than one pass takes", -1},
+    {&Stats::reply_has_pending, nullptr, "lmcache:cache_controller_reply_socket_has_pending", kRole, "gauge",
+     "1 if the reply ROUTER had more requests than one pass takes", -1},
+    {&Stats::pull_backlog_frames, nullptr, "lmcache:cache_controller_pull_socket_active_requests", kRole, "gauge",
+     "PULL frames waiting for ring space", -1},
+    {&Stats::requests_in_flight, "requests_in_flight", "lmcache:cache_controller_reply_socket_active_requests", kRole,
+     "gauge", "ROUTER requests awaiting an answer", kFrontRequestsInFlight},
+    // kvring's own.
+    {&Stats::peers_connected, "peers_connected", "kvring_zmq_peers", "", "gauge",
+     "TCP peers connected to the PULL and ROUTER sockets", kFrontPeers},
+    {&Stats::peers_disconnected, "peers_disconnected_total", "kvring_zmq_peer_disconnects_total", "", "counter",
+     "TCP peers that disconnected", kFrontPeerDisconnects},
+    {&Stats::heartbeat_requests, "heartbeat_requests_total", "kvring_zmq_heartbeat_requests_total", "", "counter",
+     "Requests on the heartbeat ROUTER", kFrontHeartbeatRequests},
+    {&Stats::pull_bad_frames, "pull_bad_frames_total", "kvring_zmq_dropped_frames_total", "", "counter",
+     "PULL frames dropped: undecodable, or not a worker event", kFrontPullBadFrames},
+    {&Stats::bad_requests, "bad_requests_total", "kvring_zmq_bad_requests_total", "", "counter",
+     "ROUTER requests answered ErrorMsg by the front (or dropped)", kFrontBadRequests},
+    {&Stats::pull_ring_waits, "pull_ring_waits_total", "kvring_zmq_pull_ring_waits_total", "", "counter",
+     "Times PULL paused for ring space", kFrontPullRingWaits},
+    {&Stats::requests_expired, "requests_expired_total", "kvring_zmq_requests_expired_total", "", "counter",
+     "Requests never answered within the request timeout", kFrontRequestsExpired},
+    {&Stats::command_links, "command_links", "kvring_zmq_command_links", "", "gauge",
+     "Workers with a command REQ socket", kFrontCommandLinks},
+    {&Stats::commands_sent, "commands_sent_total", "kvring_zmq_commands_sent_total", "", "counter",
+     "ControlMsgs sent to workers over REQ", kFrontCommandsSent},
+    {&Stats::commands_timed_out, "commands_timed_out_total", "kvring_zmq_commands_timed_out_total", "", "counter",
+     "Commands unanswered in time (REQ socket replaced)", kFrontCommandsTimedOut},
+    {&Stats::replies_sent, "replies_sent_total", nullptr, "", "", "", kFrontRepliesSent},
+    {&Stats::json_frames, "json_frames_total", nullptr, "", "", "", -1},
+    {&Stats::commands_answered, "commands_answered_total", nullptr, "", "", "", -1},
+    {&Stats::commands_unroutable, "commands_unroutable_total", nullptr, "", "", "", -1},
+};
+// Every inspect slot is filled by exactly one counter.
+constexpr bool EverySlotOnce() {
+  for (int slot = 0; slot < static_cast<int>(kFrontCounterCount); ++slot) {
+    int n = 0;
+    for (const CounterField& c : kCounters) n += c.slot == slot ? 1 : 0;
+    if (n != 1) return false;
+  }
+  return true;
+}
+static_assert(EverySlotOnce(), "each of kFrontCounterNames needs exactly one counter");
+static_assert(std::size(kCounters) == sizeof(Stats) / sizeof(std::atomic<std::uint64_t>),
+              "every Stats member has a row in kCounters");
+
+std::uint64_t ValueOf(const Stats& s, const CounterField& c) { return (s.*c.member).load(std::memory_order_relaxed); }
+
+void PublishFrontCounters(const Stats& stats, segment::ClientCounters* to) {
+  for (const CounterField& c : kCounters)
+    if (c.slot >= 0) to->slot[c.slot].store(ValueOf(stats, c), std::memory_order_relaxed);
+}
+
+}  // namespace
+
 std::string Front::StatsJson() const {
-  const Stats& s = impl_->stats;
-  auto v = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-  nlohmann::json j = {
-      {"pull_port", pull_port()},
-      {"reply_port", reply_port()},
-      {"heartbeat_port", heartbeat_port()},
-      {"peers_connected", v(s.peers_connected)},
-      {"peers_disconnected_total", v(s.peers_disconnected)},
-      {"pull_frames_total", v(s.pull_frames)},
-      {"pull_bad_frames_total", v(s.pull_bad_frames)},
-      {"pull_ring_waits_total", v(s.pull_ring_waits)},
-      {"reply_requests_total", v(s.reply_requests)},
-      {"heartbeat_requests_total", v(s.heartbeat_requests)},
-      {"bad_requests_total", v(s.bad_requests)},
-      {"replies_sent_total", v(s.replies_sent)},
-      {"requests_expired_total", v(s.requests_expired)},
-      {"requests_in_flight", v(s.requests_in_flight)},
-      {"json_frames_total", v(s.json_frames)},
-      {"command_links", v(s.command_links)},
-      {"commands_sent_total", v(s.commands_sent)},
-      {"commands_answered_total", v(s.commands_answered)},
-      {"commands_timed_out_total", v(s.commands_timed_out)},
-      {"commands_unroutable_total", v(s.commands_unroutable)},
-  };
+  nlohmann::json j = {{"pull_port", pull_port()}, {"reply_port", reply_port()}, {"heartbeat_port", heartbeat_port()}};
+  for (const CounterField& c : kCounters)
+    if (c.json_key) j[c.json_key] = ValueOf(impl_->stats, c);
   return j.dump();
 }
 
 std::string Front::MetricsText() const {
-  const Stats& s = impl_->stats;
-  auto v = [](const std::atomic<std::uint64_t>& a) { return std::to_string(a.load(std::memory_order_relaxed)); };
   std::string out;
-  auto one = [&](const char* name, const char* type, const char* help, const std::string& value,
-                 const char* labels = "{role=\"controller\"}") {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + labels + " " +
-           value + "\n";
-  };
-  // LMCache's socket gauges (observability.py), same names and label.
-  one("lmcache:cache_controller_pull_socket_message_count", "gauge", "Frames received on the PULL socket", v(s.pull_frames));
-  one("lmcache:cache_controller_reply_socket_message_count", "gauge", "Requests received on the reply ROUTER",
-      v(s.reply_requests));
-  one("lmcache:cache_controller_pull_socket_has_pending", "gauge", "1 if PULL had more frames than one pass takes",
-      v(s.pull_has_pending));
-  one("lmcache:cache_controller_reply_socket_has_pending", "gauge",
-      "1 if the reply ROUTER had more requests than one pass takes", v(s.reply_has_pending));
-  one("lmcache:cache_controller_pull_socket_active_requests", "gauge", "PULL frames waiting for ring space",
-      v(s.pull_backlog_frames));
-  one("lmcache:cache_controller_reply_socket_active_requests", "gauge", "ROUTER requests awaiting an answer",
-      v(s.requests_in_flight));
-  one("kvring_zmq_peers", "gauge", "TCP peers connected to the PULL and ROUTER sockets", v(s.peers_connected), "");
-  one("kvring_zmq_peer_disconnects_total", "counter", "TCP peers that disconnected", v(s.peers_disconnected), "");
-  one("kvring_zmq_heartbeat_requests_total", "counter", "Requests on the heartbeat ROUTER", v(s.heartbeat_requests), "");
-  one("kvring_zmq_dropped_frames_total", "counter", "PULL frames dropped: undecodable, or not a worker event",
-      v(s.pull_bad_frames), "");
-  one("kvring_zmq_bad_requests_total", "counter", "ROUTER requests answered ErrorMsg by the front (or dropped)",
-      v(s.bad_requests), "");
-  one("kvring_zmq_pull_ring_waits_total", "counter", "Times PULL paused for ring space", v(s.pull_ring_waits), "");
-  one("kvring_zmq_requests_expired_total", "counter", "Requests never answered within the request timeout",
-      v(s.requests_expired), "");
-  one("kvring_zmq_command_links", "gauge", "Workers with a command REQ socket", v(s.command_links), "");
-  one("kvring_zmq_commands_sent_total", "counter", "ControlMsgs sent to workers over REQ", v(s.commands_sent), "");
-  one("kvring_zmq_commands_timed_out_total", "counter", "Commands unanswered in time (REQ socket replaced)",
-      v(s.commands_timed_out), "");
+  for (const CounterField& c : kCounters)
+    if (c.metric)
+      out += std::string("# HELP ") + c.metric + " " + c.help + "\n# TYPE " + c.metric + " " + c.type + "\n" +
+             c.metric + c.labels + " " + std::to_string(ValueOf(impl_->stats, c)) + "\n";
   return out;
 }
 
