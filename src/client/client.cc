@@ -109,6 +109,44 @@ Message AnswerCommand(const CommandHandlers& h, const Message& command) {
   return ErrorMsg{"Unknown message: " + std::string(TagOf(command))};
 }
 
+// A mutex whose lock can give up at a deadline (TimedLockable), made of a
+// std::mutex, a flag and a condition variable. Not std::timed_mutex: its
+// try_lock_until(steady_clock) is pthread_mutex_clocklock, which GCC 12's
+// ThreadSanitizer does not intercept (it then reports every unlock).
+class DeadlineMutex {
+ public:
+  void lock() {
+    std::unique_lock l(m_);
+    free_.wait(l, [&] { return !held_; });
+    held_ = true;
+  }
+  bool try_lock() {
+    std::lock_guard l(m_);
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+  template <typename C, typename D>
+  bool try_lock_until(const std::chrono::time_point<C, D>& deadline) {
+    std::unique_lock l(m_);
+    if (!free_.wait_until(l, deadline, [&] { return !held_; })) return false;
+    held_ = true;
+    return true;
+  }
+  void unlock() {
+    {
+      std::lock_guard l(m_);
+      held_ = false;
+    }
+    free_.notify_one();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable free_;
+  bool held_ = false;
+};
+
 struct Worker::Impl {
   struct Location {
     std::string name;
@@ -136,7 +174,7 @@ struct Worker::Impl {
 
   WorkerOptions o;
   // Timed: a Lookup waits for it no longer than its own deadline.
-  mutable std::timed_mutex mu;
+  mutable DeadlineMutex mu;
   std::condition_variable_any sync_progress;  // a sync step ended (FinishSync waits on it)
   std::unique_ptr<transport::Connection> conn;
   std::optional<SyncJob> sync;
@@ -266,7 +304,7 @@ struct Worker::Impl {
   }
 
   // Answers every collected command; handlers run with `lock` released.
-  void RunCommands(std::unique_lock<std::timed_mutex>& lock) {
+  void RunCommands(std::unique_lock<DeadlineMutex>& lock) {
     CollectCommands();
     while (!commands.empty()) {
       auto [id, bytes] = std::move(commands.front());
@@ -416,7 +454,7 @@ struct Worker::Impl {
 
   // One step of the sync under way, if one is due. `lock` holds mu; it is
   // released while keys_of runs.
-  Status AdvanceSync(std::unique_lock<std::timed_mutex>& lock) {
+  Status AdvanceSync(std::unique_lock<DeadlineMutex>& lock) {
     if (!sync || !conn || sync->keys_pending) return Status::Ok();
     if (!sync->started) {
       const std::uint64_t generation = sync_generation;
@@ -465,7 +503,7 @@ struct Worker::Impl {
 
   // Runs the sync under way to its end (Heartbeat()), the mutex released
   // while it waits between status polls.
-  Status FinishSync(std::unique_lock<std::timed_mutex>& lock) {
+  Status FinishSync(std::unique_lock<DeadlineMutex>& lock) {
     while (sync && conn && !closed) {
       if (sync->keys_pending || (sync->started && Clock::now() < sync->next_poll)) {
         const auto until = sync->keys_pending ? Clock::now() + std::chrono::milliseconds(50) : sync->next_poll;
@@ -526,7 +564,7 @@ struct Worker::Impl {
     return DoHeartbeat();
   }
 
-  Status TickLocked(std::unique_lock<std::timed_mutex>& lock) {
+  Status TickLocked(std::unique_lock<DeadlineMutex>& lock) {
     if (closed) return Status(ErrorKind::kInvalidArgument, "worker closed");
     if (!conn || !conn->ControllerAlive()) {
       conn.reset();
