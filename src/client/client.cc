@@ -147,29 +147,33 @@ class DeadlineMutex {
   bool held_ = false;
 };
 
+// A full sync in progress. It advances one step per Tick (Start, batches
+// and End of a location; then one status poll per step, at most every
+// full_sync_status_poll) and the mutex is free between steps, so an
+// engine's Admit and Lookup go on while the controller keeps workers in
+// freeze; keys_of runs without the mutex too. (Outside Impl: clang cannot
+// default-construct a nested class with member initialisers inside its
+// enclosing class's definition, as std::optional::emplace() asks.)
+namespace {
+struct SyncJob {
+  std::vector<std::string> locations;  // still to sync; the first is current
+  bool started = false;                // the current location's Start..End went out
+  bool keys_pending = false;           // a thread is in keys_of for it (mutex released)
+  std::string id;
+  std::vector<std::uint64_t> keys;
+  std::size_t batches = 0;
+  int polls = 0;
+  int resends = 0;
+  Clock::time_point next_poll{};
+};
+}  // namespace
+
 struct Worker::Impl {
   struct Location {
     std::string name;
     std::vector<KVOpEvent> ops;  // queued, seq assigned at send
     std::int64_t next_seq = 0;
     Clock::time_point oldest{};
-  };
-
-  // A full sync in progress. It advances one step per Tick (Start, batches
-  // and End of a location; then one status poll per step, at most every
-  // full_sync_status_poll) and the mutex is free between steps, so an
-  // engine's Admit and Lookup go on while the controller keeps workers in
-  // freeze; keys_of runs without the mutex too.
-  struct SyncJob {
-    std::vector<std::string> locations;  // still to sync; the first is current
-    bool started = false;                // the current location's Start..End went out
-    bool keys_pending = false;           // a thread is in keys_of for it (mutex released)
-    std::string id;
-    std::vector<std::uint64_t> keys;
-    std::size_t batches = 0;
-    int polls = 0;
-    int resends = 0;
-    Clock::time_point next_poll{};
   };
 
   WorkerOptions o;
