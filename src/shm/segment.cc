@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <sstream>
@@ -81,18 +82,27 @@ Status CheckName(const std::string& name) {
   return Status();
 }
 
-// The memfd's name from /proc/self/fd/<fd> ("/memfd:NAME (deleted)").
-std::string MemfdName(int fd) {
+// What a /proc/<pid>/fd/<n> link points to ("" if it cannot be read).
+std::string LinkTarget(const std::string& path) {
   char link[512];
-  ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
-  if (n <= 0) return "";
-  std::string s(link, static_cast<std::size_t>(n));
+  const ssize_t n = readlink(path.c_str(), link, sizeof link);
+  return n > 0 ? std::string(link, static_cast<std::size_t>(n)) : std::string();
+}
+
+// The memfd's name in such a link ("/memfd:NAME (deleted)"), or nothing
+// when the link is not a memfd's.
+std::optional<std::string> MemfdNameOf(std::string_view link) {
   constexpr std::string_view kPrefix = "/memfd:", kDeleted = " (deleted)";
-  if (s.rfind(kPrefix, 0) != 0) return s;
-  s.erase(0, kPrefix.size());
-  if (s.size() >= kDeleted.size() && s.compare(s.size() - kDeleted.size(), kDeleted.size(), kDeleted) == 0)
-    s.resize(s.size() - kDeleted.size());
-  return s;
+  if (!link.starts_with(kPrefix)) return std::nullopt;
+  link.remove_prefix(kPrefix.size());
+  if (link.ends_with(kDeleted)) link.remove_suffix(kDeleted.size());
+  return std::string(link);
+}
+
+// The name a descriptor's segment goes by: its memfd name, else its path.
+std::string MemfdName(int fd) {
+  const std::string link = LinkTarget("/proc/self/fd/" + std::to_string(fd));
+  return MemfdNameOf(link).value_or(link);
 }
 
 }  // namespace
@@ -261,7 +271,6 @@ Status ValidateInto(const void* base, std::size_t mapped, bool require_ready, Pl
 std::vector<FoundSegment> FindSegments(std::string_view name_prefix) {
   std::vector<FoundSegment> out;
   std::set<std::pair<dev_t, ino_t>> seen;
-  const std::string want = "/memfd:" + std::string(name_prefix);
   DIR* proc = opendir("/proc");
   if (!proc) return out;
   while (dirent* p = readdir(proc)) {
@@ -272,15 +281,11 @@ std::vector<FoundSegment> FindSegments(std::string_view name_prefix) {
     while (dirent* f = readdir(fds)) {
       if (f->d_name[0] == '.') continue;
       const std::string path = dir + "/" + f->d_name;
-      char link[512];
-      ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
-      if (n <= 0 || static_cast<std::size_t>(n) < want.size() || std::memcmp(link, want.data(), want.size()) != 0)
-        continue;
+      std::optional<std::string> name = MemfdNameOf(LinkTarget(path));
+      if (!name || !name->starts_with(name_prefix)) continue;
       struct stat st {};
       if (stat(path.c_str(), &st) != 0 || !seen.insert({st.st_dev, st.st_ino}).second) continue;
-      std::string name(link + 7, static_cast<std::size_t>(n) - 7);  // after "/memfd:"
-      if (auto d = name.rfind(" (deleted)"); d != std::string::npos) name.resize(d);
-      out.push_back({std::move(name), path, static_cast<pid_t>(std::atoi(p->d_name))});
+      out.push_back({std::move(*name), path, static_cast<pid_t>(std::atoi(p->d_name))});
     }
     closedir(fds);
   }
