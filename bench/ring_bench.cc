@@ -75,6 +75,7 @@ BENCHMARK(BM_Floor_FutexPingPong)->UseRealTime()->MinTime(1.0);
 // ---- kvring rings ------------------------------------------------------------------
 
 constexpr std::size_t kCap = 1 << 16;
+constexpr std::uint32_t kType = 1;  // any type but padding (0)
 
 template <bool kBlocking>
 void RingPingPong(benchmark::State& state) {
@@ -95,7 +96,7 @@ void RingPingPong(benchmark::State& state) {
       if (!in.WaitForData(wait, spin)) continue;
       Record r;
       while (in.Peek(&r) == PollResult::kRecord) {
-        (void)out.TryWrite(r.payload);
+        (void)out.TryWrite(r.payload, kType);
         in.Release();
       }
       in.PublishHead();
@@ -110,7 +111,7 @@ void RingPingPong(benchmark::State& state) {
   ns.reserve(1 << 20);
   for (auto _ : state) {
     auto t0 = Clock::now();
-    (void)out.TryWrite(msg);
+    (void)out.TryWrite(msg, kType);
     out.Publish();
     while (!in.WaitForData(wait, spin)) {}
     in.Drain(1, SIZE_MAX, [](const Record&) {});
@@ -151,7 +152,7 @@ void BM_Ring_Throughput(benchmark::State& state) {
   std::vector<std::uint8_t> msg(size, 7);
   std::uint64_t sent = 0;
   for (auto _ : state) {
-    while (out.TryWrite(msg) != ClaimResult::kOk) out.Publish();
+    while (out.TryWrite(msg, kType) != ClaimResult::kOk) out.Publish();
     if (++sent % 32 == 0) out.Publish();
   }
   out.Publish();

@@ -17,6 +17,8 @@ packages=(
   nlohmann-json3-dev      # JSON for the CLI and the control records
   libspdlog-dev           # kvringd's log
   curl                    # the demo calls the HTTP API with it
+  help2man                # man pages from --help
+  dpkg-dev file systemd   # the .deb: cpack's shlibdeps (dpkg-shlibdeps, file); systemd-analyze checks the unit
   clang libclang-rt-14-dev # libFuzzer target and sanitizer builds
 )
 

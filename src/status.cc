@@ -5,12 +5,7 @@ namespace kvring {
 std::string_view ErrorKindName(ErrorKind kind) {
   switch (kind) {
     case ErrorKind::kOk: return "ok";
-    case ErrorKind::kDecode: return "decode error";
-    case ErrorKind::kValidation: return "validation error";
-    case ErrorKind::kRecursion: return "recursion error";
-    case ErrorKind::kUnicode: return "unicode error";
-    case ErrorKind::kLimit: return "limit exceeded";
-    case ErrorKind::kOverflow: return "overflow";
+    case ErrorKind::kProtocol: return "protocol error";
     case ErrorKind::kInvalidArgument: return "invalid argument";
     case ErrorKind::kIo: return "I/O error";
     case ErrorKind::kCorrupt: return "corrupt";
@@ -24,7 +19,7 @@ std::string_view ErrorKindName(ErrorKind kind) {
 
 std::string Status::ToString() const {
   if (ok()) return "ok";
-  return std::string(ErrorKindName(kind_)) + ": " + message_;
+  return std::string(detail_.name ? std::string_view(detail_.name) : ErrorKindName(kind_)) + ": " + message_;
 }
 
 }  // namespace kvring

@@ -10,6 +10,7 @@
 #include "kvring/protocol/codec.h"
 #include "kvring/shm/ring.h"
 #include "kvring/shm/segment.h"
+#include "kvring/shm/framing.h"
 #include "process_util.h"
 #include "test_util.h"
 
@@ -163,7 +164,7 @@ TEST(KvringInspect, ShowsPendingRecordsDecodedWithoutConsumingThem) {
   ring::Producer p(t.seg->ring_region(segment::kRequestRing), 1 << 16, t.seg->max_record(segment::kRequestRing));
   for (const char* f : {"KVAdmitMsg__edge.msgpack", "BatchedP2PLookupMsg__32.msgpack", "ErrorMsg__typical.msgpack"}) {
     std::string b = ReadFile(VectorDir() + f);
-    ASSERT_EQ(p.TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}), ring::ClaimResult::kOk);
+    ASSERT_EQ(p.TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}, framing::kMessage), ring::ClaimResult::kOk);
   }
   p.Publish();
   auto before = ring::Snapshot(t.seg->ring_region(segment::kRequestRing), 1 << 16);

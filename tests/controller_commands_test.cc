@@ -17,6 +17,7 @@
 #include "kvring/client/client.h"
 #include "kvring/controller/controller.h"
 #include "kvring/protocol/orchestration.h"
+#include "kvring/shm/framing.h"
 #include "process_util.h"
 #include "worker_process.h"
 
@@ -214,7 +215,7 @@ pid_t RawWorker(const std::string& name, int rank, const std::function<std::stri
       conn.PublishRequests();
       return true;
     };
-    if (!send(ring::kRecordMessage, Encode(RegisterMsg{"raw", Int(rank), "127.0.0.1", Int(1), "raw:1"}))) return 2;
+    if (!send(framing::kMessage, Encode(RegisterMsg{"raw", Int(rank), "127.0.0.1", Int(1), "raw:1"}))) return 2;
     for (;;) {  // until the controller goes away
       if (!conn.replies().WaitForData(100ms)) {
         if (!conn.ControllerAlive()) return 0;
@@ -222,14 +223,14 @@ pid_t RawWorker(const std::string& name, int rank, const std::function<std::stri
       }
       ring::Record r;
       if (conn.replies().Peek(&r) != ring::PollResult::kRecord) return 3;
-      auto cr = ring::SplitCorrelated(r);
+      auto cr = framing::SplitCorrelated(r);
       if (cr) {
         auto m = Decode(cr->message);
         if (!m.ok()) return 4;
-        std::string reply(ring::kCorrelationIdBytes, '\0');
-        ring::StoreCorrelationId({reinterpret_cast<std::uint8_t*>(reply.data()), reply.size()}, cr->id);
+        std::string reply(framing::kCorrelationIdBytes, '\0');
+        framing::StoreCorrelationId({reinterpret_cast<std::uint8_t*>(reply.data()), reply.size()}, cr->id);
         reply += answer(*m);
-        if (!send(ring::kRecordCommand, reply)) return 5;
+        if (!send(framing::kCommand, reply)) return 5;
       }
       conn.replies().Release();
       conn.replies().PublishHead();

@@ -1,6 +1,7 @@
 // The controller core with real worker processes on real shared memory.
 #include "kvring/controller/controller.h"
 #include "kvring/client/client.h"
+#include "kvring/shm/framing.h"
 
 #include "alloc_counter.h"
 
@@ -54,14 +55,14 @@ struct Worker {
   std::unique_ptr<transport::Connection> conn;
   bool Send(const Message& m) {
     std::string b = Encode(m);
-    if (conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}) !=
+    if (conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}, framing::kMessage) !=
         ring::ClaimResult::kOk)
       return false;
     conn->PublishRequests();
     return true;
   }
-  bool SendRaw(const std::string& b) {
-    bool ok = conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}) ==
+  bool SendRaw(const std::string& b, std::uint32_t type = framing::kMessage) {
+    bool ok = conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}, type) ==
               ring::ClaimResult::kOk;
     conn->PublishRequests();
     return ok;
@@ -206,6 +207,9 @@ TEST(Controller, MalformedRecordsAreCountedAndBadRequestsGetErrorMsg) {
     // would be taken as the answer to the worker's next request.
     if (!w.SendRaw("\x81\xa4type\xa9NoSuchMsg")) return 1;  // unknown tag
     if (!w.SendRaw("\x92\x01\x02")) return 2;             // not a map at all
+    // A record type the framing does not know, whatever it carries: refused
+    // by the controller (the ring carries any type), neither applied nor answered.
+    if (!w.SendRaw(Encode(Reg("B", 7)), framing::kMaxType + 72)) return 7;
     // A malformed request is answered with an ErrorMsg that names the field.
     std::string bad = Encode(Reg("A", 0));
     bad[bad.find("worker_id") + 9] = static_cast<char>(0xa1);  // worker_id: 0 -> a 1-char str
@@ -222,7 +226,9 @@ TEST(Controller, MalformedRecordsAreCountedAndBadRequestsGetErrorMsg) {
     return r && std::holds_alternative<RegisterRetMsg>(*r) ? 0 : 6;
   });
   EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
-  EXPECT_EQ((*ctl)->stats().errors, 3u);
+  EXPECT_EQ((*ctl)->stats().errors, 4u);
+  EXPECT_EQ((*ctl)->stats().quarantined_rings, 0u);
+  EXPECT_FALSE((*ctl)->registry().Find("B", 7).has_value());  // the unknown record was not applied
 }
 
 TEST(Controller, SequenceGapAsksForAFullSyncInTheNextHeartbeat) {
@@ -501,7 +507,7 @@ TEST(Controller, EveryStatsCounterIsInTheJsonAndInTheMetricsOnce) {
   pid_t w = Spawn(Name("counters"), [](Worker& worker) {
     if (!worker.Ask(Reg("A", 0))) return 1;
     const std::uint8_t junk[] = {0xc1};
-    return worker.conn->requests().TryWrite(junk) == ring::ClaimResult::kOk ? (worker.conn->PublishRequests(), 0) : 2;
+    return worker.conn->requests().TryWrite(junk, framing::kMessage) == ring::ClaimResult::kOk ? (worker.conn->PublishRequests(), 0) : 2;
   });
   EXPECT_EQ(RunUntilExit(**ctl, w), 0);
   ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->stats().errors > 0; }));

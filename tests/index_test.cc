@@ -234,7 +234,7 @@ void CheckAgainstAModel(const Options& o) {
 TEST(ChunkIndex, MatchesAModelThroughIncrementalGrowth) {
   Options o;
   o.shard_bits = 1;
-  o.initial_shard_slots = 16;  // tiny tables, two shards: many growths, walks and overflows
+  o.initial_shard_lines = 4;  // tiny tables, two shards: many growths, walks and overflows
   CheckAgainstAModel(o);
 }
 

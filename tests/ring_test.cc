@@ -19,6 +19,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// The ring carries any type but padding (0); this test's records are of type 1.
+constexpr std::uint32_t kType = 1;
+
 #if defined(__SANITIZE_THREAD__)
 constexpr bool kTsan = true;
 #else
@@ -84,12 +87,12 @@ TEST(Ring, RecordsArriveInOrderOnceCommitted) {
   std::memcpy(out.data(), "first", 5);
   EXPECT_EQ(c.Peek(&rec), PollResult::kEmpty);  // claimed and written, not committed
   EXPECT_FALSE(c.HasData());
-  p.Commit(5);
-  ASSERT_EQ(p.TryWrite(Bytes("second")), ClaimResult::kOk);
+  p.Commit(5, kType);
+  ASSERT_EQ(p.TryWrite(Bytes("second"), kType), ClaimResult::kOk);
   EXPECT_TRUE(c.HasData());  // committed is visible; Publish() only moves the tail and wakes
   ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
   EXPECT_EQ(Str(rec.payload), "first");
-  EXPECT_EQ(rec.type, kRecordMessage);
+  EXPECT_EQ(rec.type, kType);
   ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);  // peek does not consume
   EXPECT_EQ(Str(rec.payload), "first");
   c.Release();
@@ -114,13 +117,13 @@ TEST(Ring, ReattachedProducerContinuesAfterRecordsItsPredecessorCommitted) {
   SharedRegion r(4096);
   {
     Producer p(r.get(), 4096, DefaultMaxRecord(4096));
-    ASSERT_EQ(p.TryWrite(Bytes("published")), ClaimResult::kOk);
+    ASSERT_EQ(p.TryWrite(Bytes("published"), kType), ClaimResult::kOk);
     p.Publish();
-    ASSERT_EQ(p.TryWrite(Bytes("committed only")), ClaimResult::kOk);
+    ASSERT_EQ(p.TryWrite(Bytes("committed only"), kType), ClaimResult::kOk);
   }  // gone without publishing the second record
   Producer again(r.get(), 4096, DefaultMaxRecord(4096));
   ASSERT_FALSE(again.corrupt()) << again.corruption();
-  ASSERT_EQ(again.TryWrite(Bytes("third")), ClaimResult::kOk);
+  ASSERT_EQ(again.TryWrite(Bytes("third"), kType), ClaimResult::kOk);
   again.Publish();
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
   std::vector<std::string> got;
@@ -135,12 +138,12 @@ TEST(Ring, FullIsAResultAndSpaceReturnsAfterRelease) {
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
   std::string payload(500, 'x');  // 512 bytes a record with its header
   int written = 0;
-  while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) ++written;
+  while (p.TryWrite(Bytes(payload), kType) == ClaimResult::kOk) ++written;
   EXPECT_EQ(written, 7);  // the eighth would leave no free header slot after it
-  EXPECT_EQ(p.TryWrite(Bytes(payload)), ClaimResult::kFull);
+  EXPECT_EQ(p.TryWrite(Bytes(payload), kType), ClaimResult::kFull);
   p.Publish();
   EXPECT_EQ(c.Drain(1, SIZE_MAX, [](const Record&) {}), 1u);
-  EXPECT_EQ(p.TryWrite(Bytes(payload)), ClaimResult::kOk);
+  EXPECT_EQ(p.TryWrite(Bytes(payload), kType), ClaimResult::kOk);
 }
 
 TEST(Ring, AWaitingProducerIsWokenOnceHalfTheRingIsFreeNotOnEveryRelease) {
@@ -148,7 +151,7 @@ TEST(Ring, AWaitingProducerIsWokenOnceHalfTheRingIsFreeNotOnEveryRelease) {
   Producer p(r.get(), 4096, DefaultMaxRecord(4096));
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
   std::string payload(500, 'x');  // 512 bytes a record with its header
-  while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) {
+  while (p.TryWrite(Bytes(payload), kType) == ClaimResult::kOk) {
   }
   p.Publish();  // 7 records, 3,584 of 4,096 bytes
   // The producer announces its sleep as WaitForSpace does before its futex
@@ -169,7 +172,7 @@ TEST(Ring, AProducerWaitingOnAnEmptiedRingIsAlwaysWoken) {
   Producer p(r.get(), 4096, DefaultMaxRecord(4096));
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
   std::string payload(500, 'x');
-  while (p.TryWrite(Bytes(payload)) == ClaimResult::kOk) {
+  while (p.TryWrite(Bytes(payload), kType) == ClaimResult::kOk) {
   }
   p.Publish();
   r.control()->producer_waiting.store(1);
@@ -196,7 +199,7 @@ TEST(Ring, RecordsWrapWithPaddingAndStayContiguous) {
   for (std::uint64_t seq = 0; seq < 5000; ++seq) {
     std::string s(rng() % 1000 + 16, '\0');
     FillRecord({reinterpret_cast<std::uint8_t*>(s.data()), s.size()}, seq);
-    ASSERT_EQ(p.TryWrite(Bytes(s)), ClaimResult::kOk) << seq;
+    ASSERT_EQ(p.TryWrite(Bytes(s), kType), ClaimResult::kOk) << seq;
     p.Publish();
     if (seq % 2) p.DemoteLastRecord();
     Record rec;
@@ -220,7 +223,7 @@ TEST(Ring, ClaimCommitsLessThanClaimedAndAbortLeavesNothing) {
   p.Abort();
   ASSERT_EQ(p.TryClaim(100, &out), ClaimResult::kOk);
   std::memcpy(out.data(), "abc", 3);
-  p.Commit(3);
+  p.Commit(3, kType);
   p.Publish();
   Record rec;
   ASSERT_EQ(c.Peek(&rec), PollResult::kRecord);
@@ -256,7 +259,7 @@ TEST(RingCorruption, BadRecordLengthsQuarantineTheConsumer) {
     SharedRegion r(4096);
     Producer p(r.get(), 4096, DefaultMaxRecord(4096));
     Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
-    ASSERT_EQ(p.TryWrite(Bytes(std::string(100, 'a'))), ClaimResult::kOk);
+    ASSERT_EQ(p.TryWrite(Bytes(std::string(100, 'a')), kType), ClaimResult::kOk);
     p.Publish();
     std::memcpy(static_cast<std::uint8_t*>(r.get()) + kRingDataOffset, &bad_len, 4);
     Record rec;
@@ -268,7 +271,7 @@ TEST(RingCorruption, UnalignedOrBackwardsPositionsAreDetected) {
   SharedRegion r(4096);
   Producer p(r.get(), 4096, DefaultMaxRecord(4096));
   Consumer c(r.get(), 4096, DefaultMaxRecord(4096));
-  ASSERT_EQ(p.TryWrite(Bytes("x")), ClaimResult::kOk);
+  ASSERT_EQ(p.TryWrite(Bytes("x"), kType), ClaimResult::kOk);
   p.Publish();
   r.control()->tail.store(12);
   // The record itself is sound; the tail is checked when the consumer looks past it.
@@ -280,7 +283,7 @@ TEST(RingCorruption, UnalignedOrBackwardsPositionsAreDetected) {
   r.control()->head.store(4096 * 3);
   std::string big(900, 'b');
   ClaimResult res = ClaimResult::kOk;
-  for (int i = 0; i < 10 && res == ClaimResult::kOk; ++i) res = p.TryWrite(Bytes(big));
+  for (int i = 0; i < 10 && res == ClaimResult::kOk; ++i) res = p.TryWrite(Bytes(big), kType);
   EXPECT_EQ(res, ClaimResult::kCorrupt);
   EXPECT_TRUE(p.corrupt());
 }
@@ -295,7 +298,7 @@ TEST(RingCorruption, HostileScribblerNeverCrashesTheConsumer) {
       Producer p(r.get(), 8192, DefaultMaxRecord(8192));
       std::string s(300, 'p');
       while (!stop.load(std::memory_order_relaxed)) {
-        if (p.TryWrite(Bytes(s)) != ClaimResult::kOk) std::this_thread::yield();
+        if (p.TryWrite(Bytes(s), kType) != ClaimResult::kOk) std::this_thread::yield();
         p.Publish();
       }
     });
@@ -345,7 +348,7 @@ TEST(RingCorruption, HostileScribblerNeverCrashesTheConsumer) {
     }
     if (res != ClaimResult::kOk) _exit(3);
     FillRecord(out, seq);
-    p.Commit(size);
+    p.Commit(size, kType);
     if (seq % publish_every == publish_every - 1) p.Publish();
   }
   p.Publish();
@@ -443,13 +446,13 @@ TEST(RingProcesses, ProducerDoesNotHangWhenTheConsumerIsKilled) {
   Producer p(r.get(), kCap, DefaultMaxRecord(kCap));
   std::string s(1000, 'k');
   for (int i = 0; i < 100; ++i) {  // the consumer keeps up
-    while (p.TryWrite(Bytes(s)) == ClaimResult::kFull) ASSERT_TRUE(p.WaitForSpace(s.size(), 5s));
+    while (p.TryWrite(Bytes(s), kType) == ClaimResult::kFull) ASSERT_TRUE(p.WaitForSpace(s.size(), 5s));
     p.Publish();
   }
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
   ClaimResult res;
-  while ((res = p.TryWrite(Bytes(s))) == ClaimResult::kOk) p.Publish();
+  while ((res = p.TryWrite(Bytes(s), kType)) == ClaimResult::kOk) p.Publish();
   EXPECT_EQ(res, ClaimResult::kFull);
   auto t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(p.WaitForSpace(s.size(), 100ms));
@@ -473,7 +476,7 @@ TEST(RingThreads, ProducerAndConsumerThreadsWithBlockingWaits) {
         p.WaitForSpace(size, 1s, /*spin=*/seq % 2 ? 0 : 100);
       }
       FillRecord(out, seq);
-      p.Commit(size);
+      p.Commit(size, kType);
       if (seq % 3 == 0) p.Publish();
     }
     p.Publish();

@@ -12,10 +12,22 @@ TEST(Status, DefaultIsOk) {
 }
 
 TEST(Status, ErrorKeepsKindAndMessage) {
-  Status s(ErrorKind::kDecode, "truncated at byte 3 of 3");
+  Status s(ErrorKind::kCorrupt, "head 12 is not 8-aligned");
   EXPECT_FALSE(s.ok());
-  EXPECT_EQ(s.kind(), ErrorKind::kDecode);
-  EXPECT_EQ(s.ToString(), "decode error: truncated at byte 3 of 3");
+  EXPECT_EQ(s.kind(), ErrorKind::kCorrupt);
+  EXPECT_EQ(s.detail().code, 0);
+  EXPECT_EQ(s.ToString(), "corrupt: head 12 is not 8-aligned");
+}
+
+TEST(Status, ALayersDetailRefinesTheKindAndNamesTheError) {
+  Status s(ErrorKind::kProtocol, ErrorDetail{7, "frame error"}, "bad frame");
+  EXPECT_EQ(s.kind(), ErrorKind::kProtocol);
+  EXPECT_EQ(s.detail().code, 7);
+  EXPECT_EQ(s.ToString(), "frame error: bad frame");
+  Status copy = s;
+  EXPECT_EQ(copy.detail().code, 7);
+  EXPECT_EQ(copy.ToString(), "frame error: bad frame");
+  EXPECT_EQ(Status(ErrorKind::kProtocol, "no detail").ToString(), "protocol error: no detail");
 }
 
 TEST(Result, HoldsAValueOrAnError) {

@@ -1,6 +1,7 @@
 #include "kvring/shm/transport.h"
 
 #include "kvring/protocol/codec.h"
+#include "kvring/shm/framing.h"
 
 #include <dirent.h>
 #include <signal.h>
@@ -114,7 +115,7 @@ TEST(Transport, ClientAttachesExchangesRecordsAndDetachesOnExit) {
   if (pid == 0) {
     auto c = Connection::Open({Name("basic"), segment::Role::kWorker, 5000ms});
     if (!c.ok()) _exit(1);
-    if ((*c)->requests().TryWrite(Bytes("ping")) != ring::ClaimResult::kOk) _exit(2);
+    if ((*c)->requests().TryWrite(Bytes("ping"), framing::kMessage) != ring::ClaimResult::kOk) _exit(2);
     (*c)->requests().Publish();
     if (!(*c)->replies().WaitForData(5s)) _exit(3);
     ring::Record r;
@@ -136,7 +137,7 @@ TEST(Transport, ClientAttachesExchangesRecordsAndDetachesOnExit) {
   std::string got;
   c->requests.Drain(1, SIZE_MAX, [&](const ring::Record& r) { got.assign(r.payload.begin(), r.payload.end()); });
   EXPECT_EQ(got, "ping");
-  ASSERT_EQ(c->replies.TryWrite(Bytes("pong")), ring::ClaimResult::kOk);
+  ASSERT_EQ(c->replies.TryWrite(Bytes("pong"), framing::kMessage), ring::ClaimResult::kOk);
   c->replies.Publish();
   int status = 0;
   waitpid(pid, &status, 0);
@@ -490,7 +491,7 @@ TEST(Transport, DefaultRequestRingTakesA10000OpBatchDecodedInPlace) {
   std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   ASSERT_GT(bytes.size(), 200000u);
   for (int i = 0; i < 3; ++i) {
-    ASSERT_EQ(p.TryWrite({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}),
+    ASSERT_EQ(p.TryWrite({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}, framing::kMessage),
               ring::ClaimResult::kOk);
   }
   p.Publish();

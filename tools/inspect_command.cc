@@ -24,6 +24,7 @@
 #include "kvring/shm/ring.h"
 #include "kvring/shm/segment.h"
 #include "kvring/zmq/front.h"
+#include "kvring/shm/framing.h"
 
 namespace kvring::tools {
 namespace {
@@ -118,13 +119,13 @@ Json InspectSegment(const segment::FoundSegment& found, std::size_t peek) {
         Json peeked = Json::array();
         std::string bad = ring::PeekPending(region_base, cap, max_record, SIZE_MAX, [&](const ring::Record& rec) {
           if (count++ >= peek) return;
-          if (rec.type == ring::kRecordControl) {
+          if (rec.type == framing::kControl) {
             peeked.push_back(Json{{"control", std::string(rec.payload.begin(), rec.payload.end())}});
             return;
           }
-          // Correlated records (a request or command id, then the message):
+          // Correlated records (framing.h: a request or command id, then the message):
           // the id is shown under "correlation_id" before the message's fields.
-          auto corr = ring::SplitCorrelated(rec);
+          auto corr = framing::SplitCorrelated(rec);
           auto m = protocol::Decode(corr ? corr->message : rec.payload);
           Json entry = Json::object();
           if (corr) entry["correlation_id"] = corr->id;

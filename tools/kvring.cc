@@ -8,11 +8,13 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "kvring/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kvring: LMCache-compatible KV cache controller tools"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every subcommand");
+  app.set_version_flag("--version", "kvring " KVRING_VERSION_STRING);
 
   std::map<CLI::App*, kvring::tools::Command> commands;
   auto add = [&](auto adder, const char* name, const char* desc) {
@@ -37,6 +39,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     app.exit(e);  // prints the message

@@ -37,6 +37,7 @@
 
 #include "kvring/controller/controller.h"
 #include "kvring/http/server.h"
+#include "kvring/version.h"
 #include "kvring/zmq/front.h"
 
 namespace {
@@ -68,6 +69,10 @@ int main(int argc, char** argv) {
   zmqfront::Options zo;
 
   CLI::App app{"kvringd: the kvring controller daemon (LMCache cache-controller protocol over shared memory)"};
+  app.set_version_flag("--version", "kvringd " KVRING_VERSION_STRING);
+  // Any option below may also come from a file (the packaged service reads
+  // /etc/kvring/kvringd.conf); the command line wins over the file.
+  app.set_config("--config", "", "Read options from this file (TOML: `max-clients = 64`, one per line; the command line wins)");
   app.add_option("--name", o.listen.name, "Controller name: workers and tools attach by it")->capture_default_str();
   app.add_option("--request-ring-bytes", o.listen.request_capacity, "Each client's request ring (power of two)")
       ->capture_default_str();
@@ -140,7 +145,7 @@ int main(int argc, char** argv) {
                "but a growing index may pause inserts for 15-25 ms; docs/PERFORMANCE.md)");
   app.add_option("--index-reserve-keys", o.index.reserve_keys,
                  "Make room for this many keys at start (sized tables on huge pages, populated before the first "
-                 "insert: no growth, no insert pause, ~30 bytes a key at 10 M keys; the index still grows past it)")
+                 "insert: no growth, no insert pause; ~26 resident bytes a key at 10 M keys: 12-byte slots at 3/4 load and 8 for the key lists; the index still grows past it)")
       ->capture_default_str();
   app.add_option("--key-quota", o.index.per_holder_quota, "Keys per (worker, location) at most (0: unlimited)")
       ->capture_default_str();
@@ -286,8 +291,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   controller::Controller& ctl = **started;
-  log->info("controller '{}' running (pid {}, p2p policy {}, heartbeat {} s, full sync on start: {})", o.listen.name,
-            getpid(), policy, o.heartbeat_interval_s, o.full_sync_on_start ? "yes" : "no");
+  log->info("controller '{}' running (pid {}, up to {} clients, other uids {}, p2p policy {}, heartbeat {} s, "
+            "full sync on start: {})", o.listen.name, getpid(), o.listen.max_clients,
+            o.listen.allow_other_uids ? "accepted" : "refused", policy, o.heartbeat_interval_s,
+            o.full_sync_on_start ? "yes" : "no");
 
   // The HTTP server attaches as a client, so it starts while the loop runs.
   std::unique_ptr<http::Server> server;

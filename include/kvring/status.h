@@ -13,17 +13,12 @@
 
 namespace kvring {
 
-// Broad class of an error. The protocol kinds mirror the Python exception
-// classes that msgspec (or CPython) raises for the same input, so a caller can
-// tell "bytes are malformed" from "bytes are fine but the schema does not fit".
+// Broad class of an error, for any layer. A layer that needs finer classes
+// refines a kind with an ErrorDetail of its own (protocol/errors.h: msgspec's
+// error classes under kProtocol); the base layer knows no layer's details.
 enum class ErrorKind : std::uint8_t {
   kOk = 0,
-  kDecode,         // malformed msgpack: truncated, trailing bytes, bad opcode
-  kValidation,     // well-formed msgpack that does not fit the schema
-  kRecursion,      // nesting deeper than the configured limit
-  kUnicode,        // invalid UTF-8 in a str
-  kLimit,          // a configured size limit (bytes, elements) was exceeded
-  kOverflow,       // an integer outside [-2^63, 2^64-1] cannot be encoded
+  kProtocol,       // bytes or values that break a protocol's rules (detail: which)
   kInvalidArgument,
   kIo,
   kCorrupt,        // shared state failed validation
@@ -33,23 +28,34 @@ enum class ErrorKind : std::uint8_t {
   kPermission,     // a peer is not who it must be (uid, owner)
 };
 
+// A layer's refinement of a kind: a code the layer defines (0: none) and the
+// name ToString() prints in place of the kind's. `name` has static storage.
+struct ErrorDetail {
+  std::uint8_t code = 0;
+  const char* name = nullptr;
+};
+
 std::string_view ErrorKindName(ErrorKind kind);
 
 class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(ErrorKind kind, std::string message) : kind_(kind), message_(std::move(message)) {}
+  Status(ErrorKind kind, ErrorDetail detail, std::string message)
+      : kind_(kind), detail_(detail), message_(std::move(message)) {}
 
   static Status Ok() { return Status(); }
 
   bool ok() const { return kind_ == ErrorKind::kOk; }
   ErrorKind kind() const { return kind_; }
+  const ErrorDetail& detail() const { return detail_; }
   const std::string& message() const { return message_; }
-  // "<kind>: <message>", for logs and CLI output.
+  // "<detail name, else kind>: <message>", for logs and CLI output.
   std::string ToString() const;
 
  private:
   ErrorKind kind_ = ErrorKind::kOk;
+  ErrorDetail detail_;
   std::string message_;
 };
 

@@ -18,8 +18,10 @@
 #include <unordered_map>
 
 #include "kvring/protocol/codec.h"
+#include "kvring/protocol/errors.h"
 #include "kvring/protocol/json.h"
 #include "kvring/shm/transport.h"
+#include "kvring/shm/framing.h"
 
 namespace kvring::client {
 namespace {
@@ -84,8 +86,8 @@ Status WriteRecord(transport::Connection& conn, std::size_t guess, Encode&& enco
 
 // id, then the encoded message: a correlated record's payload.
 std::string CorrelatedBytes(std::uint64_t id, const Message& m) {
-  std::string bytes(ring::kCorrelationIdBytes, '\0');
-  ring::StoreCorrelationId(std::span(reinterpret_cast<std::uint8_t*>(bytes.data()), bytes.size()), id);
+  std::string bytes(framing::kCorrelationIdBytes, '\0');
+  framing::StoreCorrelationId(std::span(reinterpret_cast<std::uint8_t*>(bytes.data()), bytes.size()), id);
   bytes += Encode(m);
   return bytes;
 }
@@ -202,7 +204,7 @@ struct Worker::Impl {
   // Claims room for about `guess` bytes, lets `encode` write the record in
   // place, commits and publishes. Waits for room up to request_timeout.
   template <typename Encode>
-  Status Write(std::size_t guess, Encode&& encode, std::uint32_t type = ring::kRecordMessage) {
+  Status Write(std::size_t guess, Encode&& encode, std::uint32_t type = framing::kMessage) {
     if (!conn) return Unavailable("not attached to controller '" + o.controller + "'");
     Status s = WriteRecord(*conn, guess, encode, type, Clock::now() + o.request_timeout,
                            [&] { return !conn->ControllerAlive(); });
@@ -213,7 +215,7 @@ struct Worker::Impl {
     return s;
   }
 
-  Status WriteBytes(const std::string& bytes, std::uint32_t type = ring::kRecordMessage) {
+  Status WriteBytes(const std::string& bytes, std::uint32_t type = framing::kMessage) {
     return Write(
         bytes.size(),
         [&](std::span<std::uint8_t> out) {
@@ -237,7 +239,7 @@ struct Worker::Impl {
     Message m;
     Status s = AwaitReplyWith(deadline, [&](std::span<const std::uint8_t> payload) {
       auto d = Decode(payload);
-      if (!d.ok()) return Status(ErrorKind::kDecode, "undecodable reply: " + d.status().message());
+      if (!d.ok()) return protocol::ProtocolStatus(protocol::ProtocolError::kDecode, "undecodable reply: " + d.status().message());
       m = std::move(d).value();
       return Status();
     });
@@ -283,8 +285,8 @@ struct Worker::Impl {
   // A command record is kept for the handlers (answered by RunCommands) and
   // released; anything else is left for the caller.
   bool TakeCommand(const ring::Record& r) {
-    auto cr = ring::SplitCorrelated(r);
-    if (!cr || r.type != ring::kRecordCommand) return false;
+    auto cr = framing::SplitCorrelated(r);
+    if (!cr || r.type != framing::kCommand) return false;
     commands.emplace_back(cr->id, std::string(cr->message.begin(), cr->message.end()));
     conn->replies().Release();
     conn->replies().PublishHead();
@@ -320,7 +322,7 @@ struct Worker::Impl {
                               : Message(ErrorMsg{"Worker error: undecodable command: " + m.status().message()});
       lock.lock();
       ++counters.commands_handled;
-      (void)WriteBytes(CorrelatedBytes(id, answer), ring::kRecordCommand);  // unanswered: the controller's deadline reports it
+      (void)WriteBytes(CorrelatedBytes(id, answer), framing::kCommand);  // unanswered: the controller's deadline reports it
     }
   }
 
@@ -330,7 +332,7 @@ struct Worker::Impl {
   static Result<Reply> Expect(Message&& r) {
     if (auto* e = std::get_if<ErrorMsg>(&r)) return Status(ErrorKind::kUnavailable, "controller: " + e->error);
     if (auto* want = std::get_if<Reply>(&r)) return std::move(*want);
-    return Status(ErrorKind::kDecode, std::string("expected ") + std::string(Reply::kTag) + ", got " +
+    return protocol::ProtocolStatus(protocol::ProtocolError::kDecode, std::string("expected ") + std::string(Reply::kTag) + ", got " +
                                           std::string(TagOf(r)));
   }
 
@@ -637,7 +639,7 @@ Result<P2PHit> Worker::Lookup(std::span<const std::uint64_t> hashes, std::chrono
   Status s = m.AwaitReplyWith(deadline, [&](std::span<const std::uint8_t> payload) {
     if (protocol::Decode(payload, &m.lookup_ret).ok()) return Status();
     auto d = Decode(payload);
-    if (!d.ok()) return Status(ErrorKind::kDecode, "undecodable reply: " + d.status().message());
+    if (!d.ok()) return protocol::ProtocolStatus(protocol::ProtocolError::kDecode, "undecodable reply: " + d.status().message());
     return Impl::Expect<BatchedP2PLookupRetMsg>(std::move(d).value()).status();
   });
   if (!s.ok()) return s;
@@ -751,6 +753,8 @@ struct Orchestrator::Impl {
   void FailAll(const std::string& why) {
     std::lock_guard lock(mu);
     dead = true;
+    // release: pairs with the waiter's acquire load of `done` (its spin in
+    // Await): it reads `status` after it sees `done`.
     for (auto& [id, p] : by_id) p->status = Unavailable(why), p->done.store(true, std::memory_order_release);
     for (auto& p : controls) p->status = Unavailable(why), p->done.store(true, std::memory_order_release);
     by_id.clear();
@@ -777,10 +781,10 @@ struct Orchestrator::Impl {
         std::span<const std::uint8_t> body = r.payload;
         {
           std::lock_guard lock(mu);
-          if (auto cr = ring::SplitCorrelated(r); cr && r.type == ring::kRecordRequest) {
+          if (auto cr = framing::SplitCorrelated(r); cr && r.type == framing::kRequest) {
             if (auto it = by_id.find(cr->id); it != by_id.end()) p = it->second, by_id.erase(it);
             body = cr->message;
-          } else if (r.type == ring::kRecordControl && !controls.empty()) {
+          } else if (r.type == framing::kControl && !controls.empty()) {
             p = controls.front();
             controls.pop_front();
           }
@@ -805,23 +809,23 @@ struct Orchestrator::Impl {
       std::lock_guard lock(mu);
       if (dead) return Unavailable("controller '" + name + "' has gone");
       id = next_id++;
-      if (type == ring::kRecordControl) controls.push_back(p);
+      if (type == framing::kControl) controls.push_back(p);
       else by_id.emplace(id, p);
     }
-    const std::size_t id_bytes = type == ring::kRecordRequest ? ring::kCorrelationIdBytes : 0;
+    const std::size_t id_bytes = type == framing::kRequest ? framing::kCorrelationIdBytes : 0;
     const std::size_t size = id_bytes + body.size();
     Status s = WriteRecord(
         *conn, size,
         [&](std::span<std::uint8_t> room) {
           if (room.size() < size) return EncodeResult{size, false};
-          if (id_bytes) ring::StoreCorrelationId(room, id);
+          if (id_bytes) framing::StoreCorrelationId(room, id);
           std::memcpy(room.data() + id_bytes, body.data(), body.size());
           return EncodeResult{size, true};
         },
         type, deadline, [] { return false; });  // a dead controller: the reader thread fails every waiter
     if (s.ok()) return p;
     std::lock_guard lock(mu);
-    if (type == ring::kRecordControl) std::erase(controls, p);
+    if (type == framing::kControl) std::erase(controls, p);
     else by_id.erase(id);
     return s;
   }
@@ -872,7 +876,7 @@ Result<std::unique_ptr<Orchestrator>> Orchestrator::Connect(const std::string& n
 
 Result<protocol::Message> Orchestrator::Request(const protocol::Message& request, std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
-  auto p = impl_->Send(ring::kRecordRequest, Encode(request), deadline);
+  auto p = impl_->Send(framing::kRequest, Encode(request), deadline);
   if (!p.ok()) return p.status();
   auto bytes = impl_->Await(*p, deadline);
   if (!bytes.ok()) return bytes.status();
@@ -881,7 +885,7 @@ Result<protocol::Message> Orchestrator::Request(const protocol::Message& request
 
 Result<std::string> Orchestrator::Control(const std::string& request_json, std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
-  auto p = impl_->Send(ring::kRecordControl, request_json, deadline);
+  auto p = impl_->Send(framing::kControl, request_json, deadline);
   if (!p.ok()) return p.status();
   return impl_->Await(*p, deadline);
 }
@@ -905,7 +909,7 @@ Result<std::string> RoundTrip(const std::string& name, std::span<const std::uint
   if (!conn.replies().WaitForData(timeout)) return Status(ErrorKind::kTimeout, "controller '" + name + "' did not answer");
   ring::Record r;
   if (conn.replies().Peek(&r) != ring::PollResult::kRecord) return Status(ErrorKind::kCorrupt, "reply ring");
-  if (r.type != type) return Status(ErrorKind::kDecode, "the reply is not of the request's record type");
+  if (r.type != type) return protocol::ProtocolStatus(protocol::ProtocolError::kDecode, "the reply is not of the request's record type");
   std::string out(r.payload.begin(), r.payload.end());
   conn.replies().Release();
   conn.replies().PublishHead();
@@ -918,7 +922,7 @@ Result<protocol::Message> OrchestratorRequest(const std::string& name, const pro
                                               std::chrono::milliseconds timeout) {
   std::string bytes = Encode(request);
   auto r = RoundTrip(name, std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()),
-                     ring::kRecordMessage, timeout);
+                     framing::kMessage, timeout);
   if (!r.ok()) return r.status();
   return Decode(std::span(reinterpret_cast<const std::uint8_t*>(r->data()), r->size()));
 }
@@ -926,7 +930,7 @@ Result<protocol::Message> OrchestratorRequest(const std::string& name, const pro
 Result<std::string> ControlRequest(const std::string& name, const std::string& request_json,
                                    std::chrono::milliseconds timeout) {
   return RoundTrip(name, std::span(reinterpret_cast<const std::uint8_t*>(request_json.data()), request_json.size()),
-                   ring::kRecordControl, timeout);
+                   framing::kControl, timeout);
 }
 
 Result<std::uint64_t> StatsCounter(const std::string& name, const std::string& counter,
@@ -936,7 +940,7 @@ Result<std::uint64_t> StatsCounter(const std::string& name, const std::string& c
   auto j = protocol::ParseJson(*reply);
   if (!j.ok()) return j.status();
   if (!j->is_object() || !j->contains(counter) || !(*j)[counter].is_number_unsigned())
-    return Status(ErrorKind::kValidation, "stats reply has no counter '" + counter + "'");
+    return protocol::ProtocolStatus(protocol::ProtocolError::kValidation, "stats reply has no counter '" + counter + "'");
   return (*j)[counter].get<std::uint64_t>();
 }
 

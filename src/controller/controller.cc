@@ -1,5 +1,6 @@
 #include "kvring/controller/controller.h"
-#include "kvring/shm/routed_command.h"
+#include "kvring/protocol/errors.h"
+#include "kvring/shm/framing.h"
 #include "shm/spin_wait.h"
 
 #include <xxhash.h>
@@ -62,7 +63,7 @@ registry::WorkerRecord WorkerRecordOf(const Msg& msg) {
 // Bulk records (events and full-sync batches) may wait; everything else is a
 // request someone is waiting on, or cheap bookkeeping.
 bool IsBulk(const ring::Record& r, const Result<std::string_view>& tag) {
-  if (r.type != ring::kRecordMessage || !tag.ok()) return false;
+  if (r.type != framing::kMessage || !tag.ok()) return false;
   return *tag == protocol::BatchedKVOperationView::kTag || *tag == "FullSyncBatchMsg" || *tag == "KVAdmitMsg" ||
          *tag == "KVEvictMsg";
 }
@@ -92,7 +93,7 @@ Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
   try {
     c.reset(new Controller(options));
   } catch (const std::bad_alloc&) {  // a reserve the machine cannot hold
-    return Status(ErrorKind::kLimit,
+    return protocol::ProtocolStatus(protocol::ProtocolError::kLimit,
                   "not enough memory for an index reserve of " + std::to_string(options.index.reserve_keys) + " keys");
   }
   c->listener_ = std::move(l).value();
@@ -189,8 +190,8 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
   ring::Record r;
   while (n < max_records && bytes < max_bytes && !c.quarantined && c.requests.Peek(&r) == ring::PollResult::kRecord) {
     // The tag is read once: it picks both the scheduling class and the handler.
-    const std::optional<ring::Correlated> corr = ring::SplitCorrelated(r);
-    Result<std::string_view> tag = r.type == ring::kRecordMessage || (r.type == ring::kRecordRequest && corr)
+    const std::optional<framing::Correlated> corr = framing::SplitCorrelated(r);
+    Result<std::string_view> tag = r.type == framing::kMessage || (r.type == framing::kRequest && corr)
                                        ? protocol::PeekTag(corr ? corr->message : r.payload, options_.limits)
                                        : Result<std::string_view>(std::string_view());
     if (requests_only && IsBulk(r, tag)) break;
@@ -223,18 +224,22 @@ std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
 }
 
 void Controller::HandleRecord(transport::Client& c, const ring::Record& r,
-                              const std::optional<ring::Correlated>& corr, const Result<std::string_view>& tag) {
+                              const std::optional<framing::Correlated>& corr, const Result<std::string_view>& tag) {
   ++stats_.messages;
-  if (r.type == ring::kRecordControl) return HandleControl(c, r.payload);
-  if (r.type == ring::kRecordRoutedCommand) {  // the controller's to send, never to receive
+  if (!framing::IsKnownType(r.type)) {  // the ring carries any type; the framing knows these
+    ++stats_.errors;
+    return Problem(c, "record of unknown type " + std::to_string(r.type));
+  }
+  if (r.type == framing::kControl) return HandleControl(c, r.payload);
+  if (r.type == framing::kRoutedCommand) {  // the controller's to send, never to receive
     ++stats_.errors;
     return Problem(c, "routed command record sent to the controller");
   }
-  if ((r.type == ring::kRecordCommand || r.type == ring::kRecordRequest) && !corr) {
+  if ((r.type == framing::kCommand || r.type == framing::kRequest) && !corr) {
     ++stats_.errors;
     return Problem(c, "correlated record shorter than its id");
   }
-  if (r.type == ring::kRecordCommand) return HandleCommandReply(c, corr->id, corr->message);
+  if (r.type == framing::kCommand) return HandleCommandReply(c, corr->id, corr->message);
   // Where this request's reply goes; restored after, since a KV batch lets
   // other clients' requests in while it is applied.
   ReplyRoute outer = current_;
@@ -354,11 +359,11 @@ void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> b
   l.num_hit_chunks = protocol::Int::FromU64(hit.num_hit_chunks);
   l.peer_init_url.assign(hit.peer_init_url);
   // Encode straight into the reply ring (after the request's id, if it has one).
-  const std::size_t id_bytes = current_.type == ring::kRecordRequest ? ring::kCorrelationIdBytes : 0;
+  const std::size_t id_bytes = current_.type == framing::kRequest ? framing::kCorrelationIdBytes : 0;
   std::span<std::uint8_t> out;
   std::size_t guess = id_bytes + 64 + l.instance_id.size() + l.location.size() + l.peer_init_url.size();
   if (!ClaimReply(c, guess, &out)) return;
-  if (id_bytes) ring::StoreCorrelationId(out, current_.id);
+  if (id_bytes) framing::StoreCorrelationId(out, current_.id);
   protocol::EncodeResult r = protocol::EncodeTo(p2p_reply_, out.subspan(id_bytes));
   if (!r.fits) {  // cannot happen with the guess above; stay correct anyway
     c.replies.Abort();
@@ -373,11 +378,11 @@ void Controller::Reply(transport::Client& c, const protocol::Message& m) {
 }
 
 bool Controller::Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m) {
-  const std::size_t id_bytes = type == ring::kRecordMessage ? 0 : ring::kCorrelationIdBytes;
+  const std::size_t id_bytes = type == framing::kMessage ? 0 : framing::kCorrelationIdBytes;
   std::span<std::uint8_t> out;
   std::string bytes = protocol::Encode(m);  // the cold path; hot replies encode in place
   if (!ClaimReply(c, id_bytes + bytes.size(), &out)) return false;
-  if (id_bytes) ring::StoreCorrelationId(out, id);
+  if (id_bytes) framing::StoreCorrelationId(out, id);
   std::memcpy(out.data() + id_bytes, bytes.data(), bytes.size());
   c.replies.Commit(id_bytes + bytes.size(), type);
   c.replies.DemoteLastRecord();
@@ -401,16 +406,16 @@ bool Controller::ClaimReply(transport::Client& c, std::size_t bytes, std::span<s
 }
 
 bool Controller::EmitCommand(transport::Client& c, std::uint64_t id, std::uint32_t worker, const protocol::Message& m) {
-  if (c.role != segment::Role::kFront) return Emit(c, ring::kRecordCommand, id, m);
+  if (c.role != segment::Role::kFront) return Emit(c, framing::kCommand, id, m);
   // A front carries many workers: the record names the one this is for.
   const registry::WorkerRecord& w = registry_.worker(worker);
-  const std::size_t head = ring::RoutedCommandHeaderBytes(w.instance_id);
+  const std::size_t head = framing::RoutedCommandHeaderBytes(w.instance_id);
   std::string bytes = protocol::Encode(m);
   std::span<std::uint8_t> out;
   if (!ClaimReply(c, head + bytes.size(), &out)) return false;
-  ring::StoreRoutedCommandHeader(out, id, w.worker_id, w.instance_id);
+  framing::StoreRoutedCommandHeader(out, id, w.worker_id, w.instance_id);
   std::memcpy(out.data() + head, bytes.data(), bytes.size());
-  c.replies.Commit(head + bytes.size(), ring::kRecordRoutedCommand);
+  c.replies.Commit(head + bytes.size(), framing::kRoutedCommand);
   return true;
 }
 
@@ -418,7 +423,7 @@ void Controller::ReplyControl(transport::Client& c, const std::string& json) {
   std::span<std::uint8_t> out;
   if (!ClaimReply(c, json.size(), &out)) return;
   std::memcpy(out.data(), json.data(), json.size());
-  c.replies.Commit(json.size(), ring::kRecordControl);
+  c.replies.Commit(json.size(), framing::kControl);
 }
 
 void Controller::ReplyError(transport::Client& c, const std::string& text) {

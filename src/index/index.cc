@@ -286,12 +286,11 @@ void* ChunkIndex::MapAligned(std::size_t bytes) {
 ChunkIndex::ChunkIndex(Options options) : options_(options) {
   if (options_.shard_bits < 1) options_.shard_bits = 1;
   if (options_.shard_bits > 16) options_.shard_bits = 16;
-  // initial_shard_slots counts slots of the 16-byte, four-a-line kind the
-  // index had first: the same first tables (1,024 -> 256 lines), so the same
-  // sizes along growth (at 10 M keys, 63 % full).
-  std::size_t slots = 16;
-  while (slots < options_.initial_shard_slots) slots <<= 1;
-  std::size_t buckets = slots / 4;
+  // A table is a power of two of lines (buckets of kSlotsPerLine slots):
+  // 256 first lines give the same sizes along growth as the index's first,
+  // 16-byte-slot tables had (at 10 M keys, 63 % full).
+  std::size_t buckets = 4;
+  while (buckets < options_.initial_shard_lines) buckets <<= 1;
   if (options_.migrate_per_op < 8) options_.migrate_per_op = 8;
   shards_.resize(std::size_t{1} << options_.shard_bits);
   top_bits_ = ~std::uint64_t{0} << (64 - options_.shard_bits);

@@ -1,4 +1,5 @@
 #include "kvring/protocol/chunk_hash.h"
+#include "kvring/protocol/errors.h"
 
 #include <cstring>
 
@@ -142,10 +143,10 @@ Result<std::int64_t> HashStr(std::string_view utf8, SipKey key) {
     else if ((c & 0xe0) == 0xc0) { cp = c & 0x1f; len = 2; }
     else if ((c & 0xf0) == 0xe0) { cp = c & 0x0f; len = 3; }
     else if ((c & 0xf8) == 0xf0) { cp = c & 0x07; len = 4; }
-    else return Status(ErrorKind::kUnicode, "invalid UTF-8");
-    if (i + len > n) return Status(ErrorKind::kUnicode, "invalid UTF-8");
+    else return protocol::ProtocolStatus(protocol::ProtocolError::kUnicode, "invalid UTF-8");
+    if (i + len > n) return protocol::ProtocolStatus(protocol::ProtocolError::kUnicode, "invalid UTF-8");
     for (std::size_t k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xc0) != 0x80) return Status(ErrorKind::kUnicode, "invalid UTF-8");
+      if ((p[i + k] & 0xc0) != 0x80) return protocol::ProtocolStatus(protocol::ProtocolError::kUnicode, "invalid UTF-8");
       cp = (cp << 6) | (p[i + k] & 0x3f);
     }
     cps.push_back(cp);

@@ -61,7 +61,7 @@ DecodeErr DecodeField(Reader& r, OpType* out) {
   if (DecodeErr e = r.ReadStr(&v)) return e;
   if (v == "admit") *out = OpType::kAdmit;
   else if (v == "evict") *out = OpType::kEvict;
-  else return DecodeErr(ErrorKind::kValidation, "invalid enum value '" + std::string(v) + "'");
+  else return DecodeErr(ProtocolError::kValidation, "invalid enum value '" + std::string(v) + "'");
   return {};
 }
 
@@ -216,7 +216,7 @@ DecodeErr TupleHeader(Reader& r, std::uint32_t want) {
   std::uint32_t n;
   if (DecodeErr e = r.ReadArrayHeader(&n)) return e;
   if (n != want)
-    return DecodeErr(ErrorKind::kValidation, "expected array of length " + std::to_string(want) +
+    return DecodeErr(ProtocolError::kValidation, "expected array of length " + std::to_string(want) +
                                                  ", got " + std::to_string(n));
   return r.Enter();
 }
@@ -475,7 +475,7 @@ DecodeErr DecodeAny(Reader& r, Value* out) {
         Value k, v;
         if (DecodeErr e = DecodeAny(r, &k)) return std::move(e).InKey();
         if (std::holds_alternative<ValueMap>(k.v))
-          return DecodeErr(ErrorKind::kValidation, "unhashable dict key: object").InKey();
+          return DecodeErr(ProtocolError::kValidation, "unhashable dict key: object").InKey();
         if (DecodeErr e = DecodeAny(r, &v)) return std::move(e).AtDictValue();
         bool merged = false;
         // Any-typed maps are small in practice (command args); a linear merge
@@ -498,12 +498,12 @@ DecodeErr DecodeAny(Reader& r, Value* out) {
 
 DecodeErr CheckSize(Bytes_t bytes, const DecodeLimits& limits) {
   if (bytes.size() > limits.max_message_bytes)
-    return DecodeErr(ErrorKind::kLimit,
+    return DecodeErr(ProtocolError::kLimit,
                      "message of " + std::to_string(bytes.size()) + " bytes exceeds the limit of " +
                          std::to_string(limits.max_message_bytes),
                      false);
   if (limits.max_depth > kMaxDepthCap)
-    return DecodeErr(ErrorKind::kInvalidArgument,
+    return DecodeErr(ProtocolError::kLimit,  // the limit asked for is above what the decoder allows
                      "max_depth above " + std::to_string(kMaxDepthCap), false);
   return {};
 }
@@ -535,7 +535,7 @@ DecodeErr BeginTagged(Reader& r, std::string_view tag_field, std::uint32_t* n,
 DecodeErr Finish(Reader& r) {
   r.Leave();
   if (r.remaining() != 0)
-    return DecodeErr(ErrorKind::kDecode, "trailing bytes at byte " + std::to_string(r.pos()),
+    return DecodeErr(ProtocolError::kDecode, "trailing bytes at byte " + std::to_string(r.pos()),
                      false);
   return {};
 }
@@ -569,7 +569,7 @@ Status DecodeView(Bytes_t bytes, View* out, const DecodeLimits& limits) {
   std::string_view tag;
   if (DecodeErr e = BeginTagged(r, kTypeTag, &n, &tag)) return e.ToStatus();
   if (tag != View::kTag)
-    return Status(ErrorKind::kValidation, "expected a " + std::string(View::kTag) +
+    return ProtocolStatus(ProtocolError::kValidation, "expected a " + std::string(View::kTag) +
                                               ", got tag '" + std::string(tag) + "'");
   if (DecodeErr e = DecodeStructBody(r, n, out, kTypeTag, View::kTag)) return e.ToStatus();
   if (DecodeErr e = Finish(r)) return e.ToStatus();
@@ -712,7 +712,7 @@ Result<Message> Decode(Bytes_t bytes, const DecodeLimits& limits) {
   const auto& table = detail::DecoderTable();
   auto it = table.find(tag);
   if (it == table.end())
-    return Status(ErrorKind::kValidation,
+    return ProtocolStatus(ProtocolError::kValidation,
                   "unknown tag '" + std::string(tag) + "' - at `$.type`");
   Message m;
   if (DecodeErr e = it->second(r, n, &m)) return e.ToStatus();
@@ -729,7 +729,7 @@ Result<HeartbeatCommand> DecodeCommand(Bytes_t bytes, const DecodeLimits& limits
   HeartbeatCommand c;
   if (DecodeErr e = detail::DecodeField(r, &c)) return e.ToStatus();
   if (r.remaining() != 0)
-    return Status(ErrorKind::kDecode, "trailing bytes at byte " + std::to_string(r.pos()));
+    return ProtocolStatus(ProtocolError::kDecode, "trailing bytes at byte " + std::to_string(r.pos()));
   return c;
 }
 

@@ -1,4 +1,5 @@
 #include "kvring/protocol/json.h"
+#include "kvring/protocol/errors.h"
 
 #include <charconv>
 #include <cstdlib>
@@ -111,8 +112,8 @@ struct JErr {
   Status status;
   explicit operator bool() const { return !status.ok(); }
 };
-JErr Fail(ErrorKind kind, std::string what, const std::string& path) {
-  return {Status(kind, what + " - at `$" + path + "`")};
+JErr Fail(ProtocolError kind, std::string what, const std::string& path) {
+  return {ProtocolStatus(kind, what + " - at `$" + path + "`")};
 }
 const char* JsonTypeName(const Json& j) {
   switch (j.type()) {
@@ -129,7 +130,7 @@ const char* JsonTypeName(const Json& j) {
   }
 }
 JErr TypeFail(const char* expected, const Json& j, const std::string& path) {
-  return Fail(ErrorKind::kValidation, std::string("expected ") + expected + ", got " + JsonTypeName(j),
+  return Fail(ProtocolError::kValidation, std::string("expected ") + expected + ", got " + JsonTypeName(j),
               path);
 }
 bool IsBigInt(const Json& j) {
@@ -143,12 +144,12 @@ JErr ParseIntText(std::string_view text, Int* out, const std::string& path) {
   auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), mag);
   bool all = !digits.empty() && p == digits.data() + digits.size();
   if (ec == std::errc::result_out_of_range && all)
-    return Fail(ErrorKind::kOverflow, "can't serialize ints < -2**63 or > 2**64 - 1", path);
+    return Fail(ProtocolError::kOverflow, "can't serialize ints < -2**63 or > 2**64 - 1", path);
   if (ec != std::errc() || !all)
-    return Fail(ErrorKind::kValidation, "expected int, got str '" + std::string(text) + "'", path);
+    return Fail(ProtocolError::kValidation, "expected int, got str '" + std::string(text) + "'", path);
   if (!neg) { *out = Int::FromU64(mag); return {}; }
   if (mag > (1ULL << 63))
-    return Fail(ErrorKind::kOverflow, "can't serialize ints < -2**63 or > 2**64 - 1", path);
+    return Fail(ProtocolError::kOverflow, "can't serialize ints < -2**63 or > 2**64 - 1", path);
   *out = mag == 0 ? Int(0) : Int::FromI64(static_cast<std::int64_t>(~mag + 1));
   return {};
 }
@@ -186,14 +187,14 @@ JErr FromJ(const Json& j, OpType* out, const std::string& path) {
   const auto& s = j.get_ref<const std::string&>();
   if (s == "admit") *out = OpType::kAdmit;
   else if (s == "evict") *out = OpType::kEvict;
-  else return Fail(ErrorKind::kValidation, "invalid enum value '" + s + "'", path);
+  else return Fail(ProtocolError::kValidation, "invalid enum value '" + s + "'", path);
   return {};
 }
 template <std::size_t N>
 JErr TupleCheck(const Json& j, const std::string& path) {
   if (!j.is_array()) return TypeFail("array", j, path);
   if (j.size() != N)
-    return Fail(ErrorKind::kValidation,
+    return Fail(ProtocolError::kValidation,
                 "expected array of length " + std::to_string(N) + ", got " + std::to_string(j.size()),
                 path);
   return {};
@@ -291,7 +292,7 @@ JErr FromJ(const Json& j, Value* out, const std::string& path) {
       out->v = std::move(m);
       return {};
     }
-    default: return Fail(ErrorKind::kValidation, "unsupported JSON value", path);
+    default: return Fail(ProtocolError::kValidation, "unsupported JSON value", path);
   }
 }
 
@@ -303,7 +304,7 @@ JErr FieldsFromJ(const Json& j, S* s, const std::string& path) {
     if (err) return;
     auto it = j.find(std::string(f.name));
     if (it == j.end()) {
-      if (f.required) err = Fail(ErrorKind::kValidation, "missing required field '" + std::string(f.name) + "'", path);
+      if (f.required) err = Fail(ProtocolError::kValidation, "missing required field '" + std::string(f.name) + "'", path);
       else s->*(f.member) = kDefaults.*(f.member);
       return;
     }
@@ -317,12 +318,12 @@ JErr FromJ(const Json& j, S* out, const std::string& path) {
   if constexpr (std::is_same_v<S, HeartbeatCommand>) {
     auto it = j.find("command_type");
     if (it == j.end())
-      return Fail(ErrorKind::kValidation, "missing required field 'command_type'", path);
+      return Fail(ProtocolError::kValidation, "missing required field 'command_type'", path);
     if (!it->is_string()) return TypeFail("str", *it, path + ".command_type");
     const auto& tag = it->get_ref<const std::string&>();
     if (tag == CommandTag(CommandKind::kFullSync)) out->kind = CommandKind::kFullSync;
     else if (tag == CommandTag(CommandKind::kHeartbeat)) out->kind = CommandKind::kHeartbeat;
-    else return Fail(ErrorKind::kValidation, "invalid value '" + tag + "'", path + ".command_type");
+    else return Fail(ProtocolError::kValidation, "invalid value '" + tag + "'", path + ".command_type");
   }
   return FieldsFromJ(j, out, path);
 }
@@ -370,12 +371,12 @@ Json ToJson(const HeartbeatCommand& c) { return ToJ(c); }
 Result<Message> MessageFromJson(const Json& j) {
   if (!j.is_object()) return TypeFail("object", j, "").status;
   auto it = j.find("type");
-  if (it == j.end()) return Status(ErrorKind::kValidation, "missing required field 'type'");
+  if (it == j.end()) return ProtocolStatus(ProtocolError::kValidation, "missing required field 'type'");
   if (!it->is_string()) return TypeFail("str", *it, ".type").status;
   static const auto table = MakeTable(std::make_index_sequence<std::variant_size_v<Message>>());
   auto d = table.find(it->get_ref<const std::string&>());
   if (d == table.end())
-    return Status(ErrorKind::kValidation,
+    return ProtocolStatus(ProtocolError::kValidation,
                   "unknown tag '" + it->get<std::string>() + "' - at `$.type`");
   Message m;
   if (JErr e = d->second(j, &m)) return e.status;

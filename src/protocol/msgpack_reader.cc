@@ -22,17 +22,17 @@ const char* WireTypeName(WireType t) {
 }
 
 DecodeErr TypeError(std::string_view expected, WireType got) {
-  return DecodeErr(ErrorKind::kValidation,
+  return DecodeErr(ProtocolError::kValidation,
                    "expected " + std::string(expected) + ", got " + WireTypeName(got));
 }
 DecodeErr TypeErrorNullTag(std::string_view expected) {
-  return DecodeErr(ErrorKind::kValidation, "expected " + std::string(expected) + ", got null");
+  return DecodeErr(ProtocolError::kValidation, "expected " + std::string(expected) + ", got null");
 }
 DecodeErr InvalidValue(std::string_view value) {
-  return DecodeErr(ErrorKind::kValidation, "invalid value '" + std::string(value) + "'");
+  return DecodeErr(ProtocolError::kValidation, "invalid value '" + std::string(value) + "'");
 }
 DecodeErr MissingField(std::string_view name) {
-  return DecodeErr(ErrorKind::kValidation, "missing required field '" + std::string(name) + "'");
+  return DecodeErr(ProtocolError::kValidation, "missing required field '" + std::string(name) + "'");
 }
 
 Status DecodeErr::ToStatus() const {
@@ -40,15 +40,15 @@ Status DecodeErr::ToStatus() const {
   std::string msg;
   if (!d_->field.empty() && !d_->in_key) msg = "field '" + d_->field + "': ";
   msg += d_->what;
-  if (d_->has_path && (!d_->path.empty() || d_->kind == ErrorKind::kValidation)) {
+  if (d_->has_path && (!d_->path.empty() || d_->kind == ProtocolError::kValidation)) {
     if (d_->in_key) msg += " - at `key` in `$" + d_->path + "`";
     else msg += " - at `$" + d_->path + "`";
   }
-  return Status(d_->kind, std::move(msg));
+  return ProtocolStatus(d_->kind, std::move(msg));
 }
 
 DecodeErr Reader::Truncated() const {
-  return DecodeErr(ErrorKind::kDecode,
+  return DecodeErr(ProtocolError::kDecode,
                    "truncated at byte " + std::to_string(pos_) + " of " + std::to_string(size_),
                    /*has_path=*/false);
 }
@@ -59,19 +59,19 @@ DecodeErr Reader::TypeMismatch(std::string_view expected) const {
   return TypeError(expected, kWireTypeOf[b]);
 }
 DecodeErr Reader::InvalidOpcode(std::size_t at) const {
-  return DecodeErr(ErrorKind::kDecode, "invalid opcode 0xc1 at byte " + std::to_string(at),
+  return DecodeErr(ProtocolError::kDecode, "invalid opcode 0xc1 at byte " + std::to_string(at),
                    /*has_path=*/false);
 }
 DecodeErr Reader::TooLong(const char* what, std::uint64_t len) const {
-  return DecodeErr(ErrorKind::kLimit, std::string(what) + " of " + std::to_string(len) +
+  return DecodeErr(ProtocolError::kLimit, std::string(what) + " of " + std::to_string(len) +
                                           " at byte " + std::to_string(pos_) +
                                           " exceeds the configured limit");
 }
 DecodeErr Reader::BadUtf8(std::size_t at) const {
-  return DecodeErr(ErrorKind::kUnicode, "invalid UTF-8 in str at byte " + std::to_string(at));
+  return DecodeErr(ProtocolError::kUnicode, "invalid UTF-8 in str at byte " + std::to_string(at));
 }
 DecodeErr Reader::DepthExceeded() const {
-  return DecodeErr(ErrorKind::kRecursion,
+  return DecodeErr(ProtocolError::kRecursion,
                    "nesting deeper than " + std::to_string(limits_.max_depth) + " levels at byte " +
                        std::to_string(pos_),
                    /*has_path=*/false);

@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "kvring/protocol/codec.h"
+#include "kvring/protocol/errors.h"
 #include "kvring/status.h"
 #include "protocol/msgpack_format.h"
 
@@ -57,7 +58,7 @@ constexpr std::array<WireType, 256> MakeWireTypeTable() {
 inline constexpr std::array<WireType, 256> kWireTypeOf = MakeWireTypeTable();
 
 struct ErrDetail {
-  ErrorKind kind = ErrorKind::kValidation;
+  ProtocolError kind = ProtocolError::kValidation;
   std::string what;     // "expected int, got str"
   std::string path;     // relative path, segments prepended while unwinding
   std::string field;    // innermost struct field, for "field 'x': ..."
@@ -68,7 +69,7 @@ struct ErrDetail {
 class [[nodiscard]] DecodeErr {
  public:
   DecodeErr() = default;
-  DecodeErr(ErrorKind kind, std::string what, bool has_path = true)
+  DecodeErr(ProtocolError kind, std::string what, bool has_path = true)
       : d_(std::make_unique<ErrDetail>()) {
     d_->kind = kind;
     d_->what = std::move(what);

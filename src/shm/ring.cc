@@ -63,7 +63,8 @@ bool CheckRecord(const Header& h, std::uint64_t pos, std::size_t offset, std::si
     *problem = "padding record at position " + std::to_string(pos) + " does not reach the end";
     return false;
   }
-  if (h.type > kMaxRecordType || h.length - kRecordHeaderBytes > max_record) {
+  // Any other type is the ring user's to judge (the transport's framing.h).
+  if (h.length - kRecordHeaderBytes > max_record) {
     *problem = "record at position " + std::to_string(pos) + " has type " + std::to_string(h.type) +
                " and length " + std::to_string(h.length) + " (max record " + std::to_string(max_record) + ")";
     return false;

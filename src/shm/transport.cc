@@ -148,6 +148,9 @@ Result<std::unique_ptr<Listener>> Listener::Start(const ListenerOptions& options
 Listener::~Listener() {
   for (const PendingConnection& p : pending_) close(p.fd);
   for (auto& c : clients_) {
+    // release: pairs with the acquire load of `state` in segment::Validate
+    // (kvring inspect): whoever reads kClosed also reads the rings' last
+    // positions, stored before it.
     c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
     close(c->socket);
   }
@@ -310,6 +313,7 @@ void Listener::Handshake(int fd, Events* ev) {
 void Listener::Drop(std::size_t index, Events* ev) {
   auto& c = clients_[index];
   if (on_departure_) on_departure_(*c);
+  // release: pairs with the acquire load in segment::Validate (as in ~Listener).
   c->segment.header()->state.store(segment::kClosed, std::memory_order_release);
   close(c->socket);
   ev->detached.push_back(c->id);

@@ -32,7 +32,7 @@
 
 #include "kvring/protocol/json.h"
 #include "kvring/protocol/messages.h"
-#include "kvring/shm/routed_command.h"
+#include "kvring/shm/framing.h"
 #include "kvring/shm/transport.h"
 #include "shm/spin_wait.h"  // internal: the base layer's waiting rule
 
@@ -190,14 +190,14 @@ struct Front::Impl {
   // ---- rings ----------------------------------------------------------------
   enum class Put { kOk, kFull, kRejected };
   Put Write(transport::Connection& c, std::uint32_t type, std::uint64_t id, std::span<const std::uint8_t> bytes) {
-    const std::size_t head = type == ring::kRecordMessage ? 0 : ring::kCorrelationIdBytes;
+    const std::size_t head = type == framing::kMessage ? 0 : framing::kCorrelationIdBytes;
     std::span<std::uint8_t> out;
     switch (c.requests().TryClaim(head + bytes.size(), &out)) {
       case ring::ClaimResult::kOk: break;
       case ring::ClaimResult::kFull: return Put::kFull;
       default: return Put::kRejected;
     }
-    if (head) ring::StoreCorrelationId(out, id);
+    if (head) framing::StoreCorrelationId(out, id);
     if (!bytes.empty()) std::memcpy(out.data() + head, bytes.data(), bytes.size());
     c.requests().Commit(head + bytes.size(), type);
     return Put::kOk;
@@ -242,7 +242,7 @@ struct Front::Impl {
       if (m.ok())
         if (auto* de = std::get_if<protocol::DeRegisterMsg>(&*m)) DropLink(de->instance_id, Small(de->worker_id));
     }
-    switch (Write(*bulk, ring::kRecordMessage, 0, *bytes)) {
+    switch (Write(*bulk, framing::kMessage, 0, *bytes)) {
       case Put::kOk: return true;
       case Put::kFull: Bump(stats.pull_ring_waits); return false;
       case Put::kRejected:
@@ -377,7 +377,7 @@ struct Front::Impl {
         }
       }
     }
-    switch (Write(*requests, ring::kRecordRequest, id, *bytes)) {
+    switch (Write(*requests, framing::kRequest, id, *bytes)) {
       case Put::kOk: return;
       case Put::kFull: return Refuse(id, "kvring: the controller's request ring is full; try again");
       case Put::kRejected: return Refuse(id, "kvring: request too large for the controller's ring");
@@ -471,10 +471,10 @@ struct Front::Impl {
 
   void CommandFailed(std::uint64_t id, const std::string& why) {
     const std::string reply = protocol::Encode(protocol::ErrorMsg{why});
-    (void)Write(*requests, ring::kRecordCommand, id, Bytes(reply));  // full: the controller's deadline reports it
+    (void)Write(*requests, framing::kCommand, id, Bytes(reply));  // full: the controller's deadline reports it
   }
 
-  void HandleRoutedCommand(const ring::RoutedCommand& c) {
+  void HandleRoutedCommand(const framing::RoutedCommand& c) {
     auto it = links.find(std::make_pair(std::string(c.instance_id), c.worker_id));
     if (it == links.end() || !it->second.req) {
       Bump(stats.commands_unroutable);
@@ -522,7 +522,7 @@ struct Front::Impl {
     Bump(stats.commands_answered);
     l.busy = false;
     // As LMCache's worker: the reply is the last frame.
-    if (Write(*requests, ring::kRecordCommand, l.in_flight, Bytes(frames.back())) != Put::kOk)
+    if (Write(*requests, framing::kCommand, l.in_flight, Bytes(frames.back())) != Put::kOk)
       CommandFailed(l.in_flight, "kvring: the worker's answer does not fit the controller's ring");
     SendNextCommand(l);
   }
@@ -530,8 +530,8 @@ struct Front::Impl {
   // ---- the controller's side ---------------------------------------------------
   std::size_t DrainControllerReplies() {
     std::size_t n = requests->replies().Drain(SIZE_MAX, SIZE_MAX, [&](const ring::Record& r) {
-      if (auto c = ring::SplitCorrelated(r); c && r.type == ring::kRecordRequest) return AnswerFromController(c->id, c->message);
-      if (auto rc = ring::SplitRoutedCommand(r)) return HandleRoutedCommand(*rc);
+      if (auto c = framing::SplitCorrelated(r); c && r.type == framing::kRequest) return AnswerFromController(c->id, c->message);
+      if (auto rc = framing::SplitRoutedCommand(r)) return HandleRoutedCommand(*rc);
       Log("unexpected record of type " + std::to_string(r.type) + " from the controller");
     });
     // The bulk connection expects no answers; whatever comes is read and dropped.
@@ -768,7 +768,7 @@ Result<std::unique_ptr<Front>> Front::Start(const Options& options) {
     *c = std::move(conn).value();
   }
   const std::size_t ring_max = std::min(f.bulk->requests().max_record(), f.requests->requests().max_record()) -
-                               ring::kCorrelationIdBytes;
+                               framing::kCorrelationIdBytes;
   if (f.o.max_message_bytes == 0 || f.o.max_message_bytes > ring_max) f.o.max_message_bytes = ring_max;
   f.advertise_heartbeat_host = f.o.advertise_host;
   try {

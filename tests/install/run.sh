@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# Installs the build in $1 into a scratch prefix, builds tests/install/user.cc
+# Installs the build in $1 into a scratch root (DESTDIR: files with absolute
+# destinations such as /etc/kvring land there too), builds tests/install/user.cc
 # out of tree with find_package(kvring) and with pkg-config, and runs both
 # against a kvringd from that prefix. Usage: run.sh <build dir> <this dir> <c++ compiler>
 set -euo pipefail
 build=$1 here=$2 cxx=$3
-work=$(mktemp -d "${TMPDIR:-/tmp}/kvring-install-test.XXXXXX")
-daemon=""
-cleanup() {
-  if [[ -n "${daemon}" ]]; then kill -TERM "${daemon}" 2>/dev/null || true; wait "${daemon}" 2>/dev/null || true; fi
-  rm -rf "${work}"
-}
-trap cleanup EXIT
-prefix="${work}/prefix"
-cmake --install "${build}" --prefix "${prefix}" > "${work}/install.log"
-for f in bin/kvringd bin/kvring include/kvring/client/client.h lib/libkvring_client.a lib/cmake/kvring/kvringConfig.cmake \
+# shellcheck source=../support/scratch.sh
+source "$(dirname "$0")/../support/scratch.sh"
+scratch install-test
+configured_prefix=$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "${build}/CMakeCache.txt")
+prefix="${work}/root${configured_prefix}"
+DESTDIR="${work}/root" cmake --install "${build}" > "${work}/install.log"
+for f in bin/kvringd bin/kvring include/kvring/client/client.h lib/libkvring_client.[as]* lib/cmake/kvring/kvringConfig.cmake \
          lib/cmake/kvring/kvringConfigVersion.cmake lib/pkgconfig/kvring.pc; do
   found=$(find "${prefix}" -path "${prefix}/${f%%/*}*" -name "$(basename "$f")" | head -1)
   [[ -n "${found}" ]] || { echo "not installed: ${f}"; find "${prefix}"; exit 1; }

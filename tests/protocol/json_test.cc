@@ -1,4 +1,5 @@
 #include "kvring/protocol/json.h"
+#include "kvring/protocol/errors.h"
 
 #include <gtest/gtest.h>
 
@@ -49,7 +50,7 @@ TEST(JsonToMsgpack, IntegersOutsideTheWireRangeAreOverflow) {
     ASSERT_TRUE(j.ok());
     auto m = MessageFromJson(*j);
     ASSERT_FALSE(m.ok());
-    EXPECT_EQ(m.status().kind(), ErrorKind::kOverflow);
+    EXPECT_EQ(ProtocolErrorOf(m.status()), ProtocolError::kOverflow);
     EXPECT_NE(m.status().message().find("can't serialize ints < -2**63 or > 2**64 - 1"), std::string::npos);
   }
 }

@@ -161,7 +161,7 @@ class Worker {
 
 // An orchestrator's connection: many requests in flight at once, from any
 // number of threads, each answered by its own reply however the controller
-// orders them (requests travel as kRecordRequest records with an id; a
+// orders them (requests travel as framing::kRequest records with an id; a
 // reader thread of the Orchestrator's own hands each reply to its caller).
 // If the controller goes away, every waiting and later request fails with
 // kUnavailable: connect again.

@@ -23,15 +23,15 @@
 //
 // Orchestration (Clear, Pin, Compress, Decompress, Move, Health): the
 // controller sends the matching ControlMsg to every worker of the instance as
-// a command record (ring_descriptor.h: kRecordCommand, numbered by the
+// a command record (framing.h: kCommand, numbered by the
 // controller), gathers the workers' answers as they come, in any order, and
 // answers the orchestrator when the last one is in or `command_timeout_s`
 // has passed (a silent worker is reported, never waited for). Many fan-outs
 // may be in flight; none blocks the loop. CheckFinishMsg reports the state of
 // the last `events_remembered` fan-outs by event id.
 //
-// Replies go back in the framing of their request: a kRecordRequest gets a
-// kRecordRequest of the same id, so an orchestrator can keep many requests in
+// Replies go back in the framing of their request: a framing::kRequest gets a
+// framing::kRequest of the same id, so an orchestrator can keep many requests in
 // flight and match answers that finish out of order.
 //
 // Hot paths (BatchedKVOperationMsg, BatchedP2PLookupMsg) decode straight from
@@ -61,6 +61,7 @@
 #include "kvring/protocol/codec.h"
 #include "kvring/index/registry.h"
 #include "kvring/shm/transport.h"
+#include "kvring/shm/framing.h"
 
 namespace kvring::controller {
 
@@ -228,8 +229,8 @@ class Controller {
   // Where a reply goes: a client, in the framing of its request.
   struct ReplyRoute {
     std::uint64_t client = 0;
-    std::uint32_t type = ring::kRecordMessage;  // kRecordMessage or kRecordRequest
-    std::uint64_t id = 0;                       // kRecordRequest's correlation id
+    std::uint32_t type = framing::kMessage;  // framing::kMessage or framing::kRequest
+    std::uint64_t id = 0;                    // framing::kRequest's correlation id
   };
   enum class FanOutKind : std::uint8_t { kClear, kPin, kCompress, kDecompress, kMove, kHealth };
   enum class PartState : std::uint8_t { kPending, kFinished, kFailed };
@@ -258,7 +259,7 @@ class Controller {
   explicit Controller(const Options& options);
   std::size_t ServeClient(transport::Client& c, std::size_t max_records, std::size_t max_bytes, bool requests_only);
   std::size_t ServeWaitingRequests(const transport::Client* busy);
-  void HandleRecord(transport::Client& c, const ring::Record& r, const std::optional<ring::Correlated>& corr,
+  void HandleRecord(transport::Client& c, const ring::Record& r, const std::optional<framing::Correlated>& corr,
                     const Result<std::string_view>& tag);
   void HandleMessage(transport::Client& c, std::span<const std::uint8_t> msg, const Result<std::string_view>& tag);
   void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
@@ -279,8 +280,8 @@ class Controller {
   // Writes `m` into c's reply ring as a record of `type` (with `id` when correlated).
   bool Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m);
   // Writes fan-out command `m` for `worker` into c's reply ring: a
-  // kRecordCommand, or for a front (which carries many workers) a
-  // kRecordRoutedCommand naming the worker.
+  // framing::kCommand, or for a front (which carries many workers) a
+  // framing::kRoutedCommand naming the worker.
   bool EmitCommand(transport::Client& c, std::uint64_t id, std::uint32_t worker, const protocol::Message& m);
   // Orchestration (controller_commands.cc).
   void HandleOrchestration(transport::Client& c, const protocol::Message& m);

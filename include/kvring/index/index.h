@@ -98,7 +98,7 @@ struct Options {
   // 64 shards: at 10 M keys each table is 4-8 MiB, so huge pages back it (a
   // 1 MiB table cannot be); growth is incremental whatever the shard size.
   std::uint32_t shard_bits = 6;
-  std::size_t initial_shard_slots = 1024; // rounded up to a power of two (16 at least); a line per 4
+  std::size_t initial_shard_lines = 256;  // first table's lines of kSlotsPerLine slots: a power of two, 4 at least
   std::size_t per_holder_quota = 0;       // 0: unlimited
   std::size_t migrate_per_op = 64;        // old slots moved per operation while a shard grows (whole buckets)
   bool prepare_tables = false;            // big tables prepared by a helper thread (see above)

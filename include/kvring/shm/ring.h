@@ -58,10 +58,10 @@ class Producer {
   // Finishes the claimed record with its first `used` bytes (used <= claimed).
   // The record is visible to a consumer that polls from then on; Publish()
   // is what wakes a sleeping one.
-  void Commit(std::size_t used, std::uint32_t type = kRecordMessage);
+  void Commit(std::size_t used, std::uint32_t type);  // type: not kRecordPadding
   void Abort();
   // Claim + copy + commit.
-  ClaimResult TryWrite(std::span<const std::uint8_t> payload, std::uint32_t type = kRecordMessage);
+  ClaimResult TryWrite(std::span<const std::uint8_t> payload, std::uint32_t type);
 
   // Advances the published tail over every committed record (one store: what
   // inspection and a sleeping consumer go by) and wakes the consumer if it
@@ -108,25 +108,6 @@ struct Record {
   std::uint32_t type = 0;
   std::span<const std::uint8_t> payload;  // ring memory: valid until Release()
 };
-
-// A correlated record (kRecordRequest, kRecordCommand) split into its id and
-// its msgpack message. nullopt: another type, or a payload shorter than an id.
-struct Correlated {
-  std::uint64_t id = 0;
-  std::span<const std::uint8_t> message;
-};
-static_assert(std::endian::native == std::endian::little, "correlation ids are stored in host order");
-inline std::optional<Correlated> SplitCorrelated(const Record& r) {
-  if ((r.type != kRecordRequest && r.type != kRecordCommand) || r.payload.size() < kCorrelationIdBytes)
-    return std::nullopt;
-  Correlated c;
-  std::memcpy(&c.id, r.payload.data(), kCorrelationIdBytes);
-  c.message = r.payload.subspan(kCorrelationIdBytes);
-  return c;
-}
-inline void StoreCorrelationId(std::span<std::uint8_t> out, std::uint64_t id) {
-  std::memcpy(out.data(), &id, kCorrelationIdBytes);
-}
 
 enum class PollResult : std::uint8_t { kRecord, kEmpty, kCorrupt };
 

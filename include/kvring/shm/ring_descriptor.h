@@ -73,29 +73,9 @@ inline constexpr std::size_t kRingDataOffset = 512;
 inline constexpr std::size_t kRecordHeaderBytes = 8;
 inline constexpr std::size_t kRecordAlignment = 8;
 
-inline constexpr std::uint32_t kRecordPadding = 0;  // fills the tail end of data
-inline constexpr std::uint32_t kRecordMessage = 1;  // payload: one msgpack-encoded Msg
-// payload: a kvring control request or reply (JSON, e.g. {"op":"stats"}):
-// kvring's own tools talk to the controller without adding to LMCache's Msg union.
-inline constexpr std::uint32_t kRecordControl = 2;
-// Correlated records: an 8-byte little-endian id, then one msgpack-encoded
-// Msg. LMCache's replies carry no request id (ControlRetMsgs, ErrorMsg), and
-// fan-outs finish out of order, so the id rides in kvring's framing:
-//   kRecordRequest  a request the *client* numbered (an orchestrator keeps
-//                   many in flight); the controller answers with a
-//                   kRecordRequest of the same id.
-//   kRecordCommand  a ControlMsg the *controller* numbered (sent to a worker);
-//                   the worker answers with a kRecordCommand of the same id.
-// Who numbered an id follows from the record type, never from its value.
-inline constexpr std::uint32_t kRecordRequest = 3;
-inline constexpr std::uint32_t kRecordCommand = 4;
-// kRecordRoutedCommand: a kRecordCommand for a client of role kFront, which
-// carries many workers' traffic: the id, then the worker the command is for,
-// then the Msg (routed_command.h). The front answers with a kRecordCommand.
-inline constexpr std::uint32_t kRecordRoutedCommand = 5;
-inline constexpr std::uint32_t kMaxRecordType = kRecordRoutedCommand;
-inline constexpr std::size_t kCorrelationIdBytes = 8;
-
+// The one type the ring reserves: a padding record fills the tail end of
+// data. Every other type is its user's (the transport's: framing.h).
+inline constexpr std::uint32_t kRecordPadding = 0;
 inline constexpr std::size_t kMinCapacity = 4096;
 inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 30;
 

@@ -50,7 +50,7 @@ inline constexpr std::uint32_t kClosed = 0x434c5344;
 
 // kFront: a gateway that carries other processes' messages (the ZeroMQ front,
 // zmq/front.h). The controller sends it fan-out commands as
-// kRecordRoutedCommand, naming the worker each is for.
+// framing::kRoutedCommand, naming the worker each is for.
 enum class Role : std::uint32_t { kWorker = 1, kOrchestrator = 2, kFront = 3 };
 // The role word as written (a segment's header may hold any value).
 inline const char* RoleName(std::uint32_t role) {

@@ -12,10 +12,10 @@
 //
 // How it meets the controller: the front is a ring client of role kFront, on
 // a thread of its own, with two connections: "bulk" carries PULL frames as
-// kRecordMessage, "requests" carries ROUTER requests as kRecordRequest
+// framing::kMessage, "requests" carries ROUTER requests as framing::kRequest
 // numbered by the front (the controller serves requests ahead of bulk, so a
 // lookup never waits behind a worker's KV stream) and receives the
-// controller's fan-out commands as kRecordRoutedCommand. Each frame is copied
+// controller's fan-out commands as framing::kRoutedCommand. Each frame is copied
 // once, from ZeroMQ's buffer into a ring claim, and decoded in place there by
 // the single controller thread, into the same index that shared-memory
 // workers feed. The front itself decodes only the tag of a frame (to keep
