@@ -215,7 +215,7 @@ TEST(KvringInspect, DescribesBrokenSegmentsAndExitsNonZero) {
   r = RunProcess({kCli, "inspect", "--name", t.controller});
   close(fd);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.out.find("smaller than a segment header"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("segment of 100 bytes is smaller than its header"), std::string::npos) << r.out;
   // ...and one its holder could still resize: never mapped (a truncation
   // under the mapping would kill inspect with SIGBUS).
   const std::string unsealed = segment::SegmentPrefix(t.controller) + "1.9";

@@ -177,28 +177,54 @@ pid_t SpawnSilentWorker(const std::string& name, int registered, int release) {
   });
 }
 
-TEST(Client, AFullSyncWaitingForFreezeToEndDoesNotBlockTheEngine) {
+// A controller that asks every worker for a full sync at start, and one
+// registered worker that never heartbeats (so never syncs) until released:
+// the set-up of the tests of full sync beside a silent worker.
+class ClientFullSync : public ::testing::Test {
+ protected:
+  void StartBesideASilentWorker(const char* name, double heartbeat_interval_s) {
+    name_ = Name(name);
+    controller::Options o = Small(name_);
+    o.full_sync_on_start = true;
+    o.heartbeat_interval_s = heartbeat_interval_s;
+    auto c = controller::Controller::Start(o);
+    ASSERT_TRUE(c.ok());
+    ctl_ = std::move(c).value();
+    int registered[2];
+    ASSERT_EQ(pipe(registered), 0);
+    ASSERT_EQ(pipe(release_), 0);
+    silent_ = SpawnSilentWorker(name_, registered[1], release_[0]);
+    ASSERT_TRUE(PumpUntil(*ctl_, [&] { return Readable(registered[0]); }));
+  }
+  // Lets the silent worker go and checks it exits cleanly.
+  void ReleaseTheSilentWorker() {
+    ASSERT_EQ(write(release_[1], "g", 1), 1);
+    EXPECT_EQ(RunUntilExit(*ctl_, silent_), 0);
+  }
+  WorkerOptions SyncingWorkerOptions(std::vector<std::uint64_t> keys) const {
+    WorkerOptions wo = Opts(name_, "A", 0);
+    wo.full_sync_status_poll = 5ms;
+    wo.full_sync_max_polls = 4000;  // 20 s: giving up would take longer than any of these tests
+    wo.keys_of = [keys](const std::string&) { return keys; };
+    return wo;
+  }
+
+  std::string name_;
+  std::unique_ptr<controller::Controller> ctl_;
+  int release_[2] = {-1, -1};
+  pid_t silent_ = -1;
+};
+
+TEST_F(ClientFullSync, AFullSyncWaitingForFreezeToEndDoesNotBlockTheEngine) {
   // After a controller start, the worker's sync polls for leave-freeze;
   // that held the Worker's mutex for up to 10 s per location, and the
   // engine's Admit and Lookup waited on it. Here a silent worker keeps the
   // sync in freeze while the engine admits and looks up.
-  controller::Options o = Small(Name("freeze"));
-  o.full_sync_on_start = true;
-  o.heartbeat_interval_s = 60;  // the silent worker is awaited the whole test
-  auto ctl = controller::Controller::Start(o);
-  ASSERT_TRUE(ctl.ok());
-  int registered[2], release[2], polling[2];
-  ASSERT_EQ(pipe(registered), 0);
-  ASSERT_EQ(pipe(release), 0);
+  StartBesideASilentWorker("freeze", 60);  // the silent worker is awaited the whole test
+  int polling[2];
   ASSERT_EQ(pipe(polling), 0);
-  pid_t silent = SpawnSilentWorker(Name("freeze"), registered[1], release[0]);
-  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Readable(registered[0]); }));
   pid_t engine = Spawn([&] {
-    WorkerOptions wo = Opts(Name("freeze"), "A", 0);
-    wo.full_sync_status_poll = 5ms;
-    wo.full_sync_max_polls = 4000;  // 20 s: far beyond this test
-    wo.keys_of = [](const std::string&) { return std::vector<std::uint64_t>{1, 2, 3}; };
-    auto a = Worker::Connect(wo);
+    auto a = Worker::Connect(SyncingWorkerOptions({1, 2, 3}));
     if (!a.ok()) return 1;
     Worker& w = **a;
     w.Admit("LocalCPUBackend", 1);
@@ -217,50 +243,35 @@ TEST(Client, AFullSyncWaitingForFreezeToEndDoesNotBlockTheEngine) {
     if (!synced.ok() || w.counters().full_syncs != 1) return 4;
     return flushed.ok() && hit.ok() && still_in_freeze ? 0 : 5;
   });
-  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Readable(polling[0]); }));
+  ASSERT_TRUE(PumpUntil(*ctl_, [&] { return Readable(polling[0]); }));
   char answer = 0;
   ASSERT_EQ(read(polling[0], &answer, 1), 1);
   EXPECT_EQ(answer, 'y') << "Admit/Flush/Lookup did not complete during the sync's freeze";
   // The admit made in freeze is in the index beside the synced keys.
   auto holder = [&]() -> std::optional<index::HolderId> {
-    auto w = (*ctl)->registry().Find("A", 0);
-    return w ? (*ctl)->registry().FindHolder(*w, "LocalCPUBackend") : std::nullopt;
+    auto w = ctl_->registry().Find("A", 0);
+    return w ? ctl_->registry().FindHolder(*w, "LocalCPUBackend") : std::nullopt;
   };
-  ASSERT_TRUE(PumpUntil(**ctl, [&] { return holder() && (*ctl)->index().Contains(42, *holder()); }));
-  ASSERT_EQ(write(release[1], "g", 1), 1);
-  EXPECT_EQ(RunUntilExit(**ctl, silent), 0);
-  EXPECT_EQ(RunUntilExit(**ctl, engine), 0);
+  ASSERT_TRUE(PumpUntil(*ctl_, [&] { return holder() && ctl_->index().Contains(42, *holder()); }));
+  ReleaseTheSilentWorker();
+  EXPECT_EQ(RunUntilExit(*ctl_, engine), 0);
 }
 
-TEST(Client, AFullSyncDoesNotWaitForAWorkerThatCannotBeAskedToSync) {
+TEST_F(ClientFullSync, AFullSyncDoesNotWaitForAWorkerThatCannotBeAskedToSync) {
   // Progress counted every registered worker: one that never heartbeats
   // (it cannot be told to sync) kept every other worker in freeze for good.
   // It is not awaited once silent for two heartbeat intervals.
-  controller::Options o = Small(Name("silent"));
-  o.full_sync_on_start = true;
-  o.heartbeat_interval_s = 0.2;
-  auto ctl = controller::Controller::Start(o);
-  ASSERT_TRUE(ctl.ok());
-  int registered[2], release[2];
-  ASSERT_EQ(pipe(registered), 0);
-  ASSERT_EQ(pipe(release), 0);
-  pid_t silent = SpawnSilentWorker(Name("silent"), registered[1], release[0]);
-  ASSERT_TRUE(PumpUntil(**ctl, [&] { return Readable(registered[0]); }));
+  StartBesideASilentWorker("silent", 0.2);
   pid_t syncing = Spawn([&] {
-    WorkerOptions wo = Opts(Name("silent"), "A", 0);
-    wo.full_sync_status_poll = 5ms;
-    wo.full_sync_max_polls = 4000;  // 20 s: giving up would take longer than the test allows
-    wo.keys_of = [](const std::string&) { return std::vector<std::uint64_t>{7, 8}; };
-    auto a = Worker::Connect(wo);
+    auto a = Worker::Connect(SyncingWorkerOptions({7, 8}));
     if (!a.ok()) return 1;
     if (!(*a)->Heartbeat().ok()) return 2;  // returns once the controller lets it leave freeze
     return (*a)->counters().full_syncs == 1 && (*a)->counters().full_sync_status_polls < 4000 ? 0 : 3;
   });
-  EXPECT_EQ(RunUntilExit(**ctl, syncing), 0);
-  EXPECT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 1; }));  // the syncing one left...
-  EXPECT_TRUE((*ctl)->registry().Find("S", 0).has_value());  // ...the silent one is still registered
-  ASSERT_EQ(write(release[1], "g", 1), 1);
-  EXPECT_EQ(RunUntilExit(**ctl, silent), 0);
+  EXPECT_EQ(RunUntilExit(*ctl_, syncing), 0);
+  EXPECT_TRUE(PumpUntil(*ctl_, [&] { return ctl_->registry().worker_count() == 1; }));  // the syncing one left...
+  EXPECT_TRUE(ctl_->registry().Find("S", 0).has_value());  // ...the silent one is still registered
+  ReleaseTheSilentWorker();
 }
 
 TEST(Client, BackgroundTicksSendAPartialBatchAfterTheFlushInterval) {

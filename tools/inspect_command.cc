@@ -6,7 +6,6 @@
 // not trusted: nothing in a ring is read until the header has been validated
 // against the real size of the mapping.
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -47,21 +46,12 @@ Json InspectSegment(const segment::FoundSegment& found, std::size_t peek) {
   };
   const int fd = open(found.path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return done("cannot open " + found.path + ": " + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    close(fd);
-    return done("cannot stat " + found.path + ": " + std::strerror(errno));
-  }
-  j["bytes"] = st.st_size;
-  if (st.st_size < static_cast<off_t>(sizeof(SegmentHeader))) {
-    close(fd);
-    return done("only " + std::to_string(st.st_size) + " bytes: smaller than a segment header");
-  }
-  // Adopt checks the seals (an unsealed file could shrink under the mapping)
-  // and validates the header once; the rings are then found through its
-  // private copy of the placement, never through the header again.
+  // Adopt checks the seals (an unsealed file could shrink under the mapping),
+  // the size, and validates the header once; the rings are then found
+  // through its private copy of the placement, never through the header again.
   auto seg = segment::Segment::Adopt(fd, /*read_only=*/true, /*require_ready=*/false);
   if (!seg.ok()) return done(seg.status().message());
+  j["bytes"] = seg->size();
   const SegmentHeader* h = seg->header();
   {
     std::uint32_t state = h->state.load(std::memory_order_acquire);  // pairs with Segment::Create

@@ -47,6 +47,41 @@ static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler
 
 void OnSignal(int) { g_stop.store(true, std::memory_order_relaxed); }  // relaxed: a flag, no data rides on it
 
+// Starts a part of the daemon that attaches to the controller as a ring
+// client (the HTTP server, the ZeroMQ front) on a thread of its own: the
+// attach needs the controller's loop running. The loop calls Finished()
+// after each pass; it is true once, when the start is over (value() set, or
+// error()).
+template <typename T>
+class BackgroundStart {
+ public:
+  template <typename Start>
+  void Begin(Start start) {
+    thread_ = std::thread([this, start] {
+      auto r = start();
+      if (r.ok()) value_ = std::move(r).value();
+      else error_ = r.status();
+      done_.store(true, std::memory_order_release);  // pairs with Finished's acquire: value_/error_ are set
+    });
+  }
+  bool Finished() {
+    if (!thread_.joinable() || !done_.load(std::memory_order_acquire)) return false;
+    thread_.join();
+    return true;
+  }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  std::unique_ptr<T>& value() { return value_; }
+  const kvring::Status& error() const { return error_; }
+
+ private:
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::unique_ptr<T> value_;
+  kvring::Status error_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -296,31 +331,13 @@ int main(int argc, char** argv) {
             o.listen.allow_other_uids ? "accepted" : "refused", policy, o.heartbeat_interval_s,
             o.full_sync_on_start ? "yes" : "no");
 
-  // The HTTP server attaches as a client, so it starts while the loop runs.
-  std::unique_ptr<http::Server> server;
-  std::atomic<int> http_state{0};  // 0 starting (or off), 1 serving, 2 failed
-  Status http_error;
-  std::thread http_starter;
-  if (serve_http) {
-    http_starter = std::thread([&] {
-      auto s = http::Server::Start(ho);
-      if (s.ok()) server = std::move(s).value(), http_state.store(1, std::memory_order_release);  // pairs with the loop's acquire
-      else http_error = s.status(), http_state.store(2, std::memory_order_release);
-    });
-  }
-
-  // The ZeroMQ front attaches as a client too.
-  std::unique_ptr<zmqfront::Front> front;
-  std::atomic<int> front_state{0};  // 0 starting (or off), 1 serving, 2 failed
-  Status front_error;
-  std::thread front_starter;
+  // The HTTP server and the ZeroMQ front attach as clients, so they start while the loop runs.
+  BackgroundStart<http::Server> http_start;
+  if (serve_http) http_start.Begin([&] { return http::Server::Start(ho); });
+  BackgroundStart<zmqfront::Front> front_start;
   if (lmcache_mode) {
     zo.log = [log](std::string_view line) { log->warn("{}", line); };
-    front_starter = std::thread([&] {
-      auto f = zmqfront::Front::Start(zo);
-      if (f.ok()) front = std::move(f).value(), front_state.store(1, std::memory_order_release);  // pairs with the loop's acquire
-      else front_error = f.status(), front_state.store(2, std::memory_order_release);
-    });
+    front_start.Begin([&] { return zmqfront::Front::Start(zo); });
   }
 
   using Clock = std::chrono::steady_clock;
@@ -332,25 +349,22 @@ int main(int argc, char** argv) {
   std::uint64_t passes = 0;
   ctl.Run(stop, spin_passes, [&](bool idle) {
     if (g_stop.load(std::memory_order_relaxed)) stop.store(true, std::memory_order_relaxed);
-    if (http_starter.joinable() && http_state.load(std::memory_order_acquire) != 0) {  // pairs with the starter's release
-      http_starter.join();
-      if (server) {
-        log->info("HTTP API on http://{}:{}/ (LMCache endpoints, GET /metrics)", ho.host, server->port());
+    if (http_start.Finished()) {
+      if (http_start.value()) {
+        log->info("HTTP API on http://{}:{}/ (LMCache endpoints, GET /metrics)", ho.host, http_start.value()->port());
       } else {
-        log->error("cannot start: {}", http_error.message());
+        log->error("cannot start: {}", http_start.error().message());
         exit_code = 1;
         stop.store(true, std::memory_order_relaxed);
       }
     }
-    if (front_starter.joinable() && front_state.load(std::memory_order_acquire) != 0) {  // pairs with the starter's release
-      front_starter.join();
-      if (front) {
+    if (front_start.Finished()) {
+      if (zmqfront::Front* f = front_start.value().get()) {
         log->info("ZeroMQ front on {}: PULL {}, reply ROUTER {}, heartbeat ROUTER {} (LMCache's worker sockets)", zo.host,
-                  front->pull_port(), front->reply_port(), front->heartbeat_port());
-        zmqfront::Front* f = front.get();
+                  f->pull_port(), f->reply_port(), f->heartbeat_port());
         ctl.AddStatsSource("zmq", [f] { return f->StatsJson(); }, [f] { return f->MetricsText(); });
       } else {
-        log->error("cannot start the ZeroMQ front: {}", front_error.message());
+        log->error("cannot start the ZeroMQ front: {}", front_start.error().message());
         exit_code = 1;
         stop.store(true, std::memory_order_relaxed);
       }
@@ -371,14 +385,14 @@ int main(int argc, char** argv) {
   // The HTTP side closes while the loop still answers its last requests.
   std::atomic<bool> http_closed{false};
   std::thread closer([&] {
-    if (front_starter.joinable()) front_starter.join();  // a start under way needs the loop to attach
-    if (http_starter.joinable()) http_starter.join();
-    server.reset();
+    front_start.Join();  // a start under way needs the loop to attach
+    http_start.Join();
+    http_start.value().reset();
     http_closed.store(true, std::memory_order_relaxed);
   });
   ctl.Run(http_closed, 0);
   closer.join();
-  front.reset();  // the controller's stats sources point at it: gone only after the loop's last pass
+  front_start.value().reset();  // the controller's stats sources point at it: gone only after the loop's last pass
   const controller::Stats& s = ctl.stats();
   log->info("shutting down: {} messages, {} kv ops, {} lookups, {} errors; removing segments", s.messages, s.kv_ops,
             s.p2p_lookups, s.errors);

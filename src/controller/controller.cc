@@ -1,6 +1,8 @@
 #include "kvring/controller/controller.h"
 #include "kvring/protocol/errors.h"
 #include "kvring/shm/framing.h"
+#include "controller/fan_outs.h"
+#include "controller/full_sync.h"
 #include "shm/spin_wait.h"
 
 #include <xxhash.h>
@@ -35,8 +37,6 @@ double MonoSeconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
-std::int64_t Small(const protocol::Int& i) { return i.FitsI64() ? i.AsI64() : INT64_MAX; }
-
 bool ExpectsReply(std::string_view tag) {
   // WorkerReqMsg and OrchMsg types: the sender waits for an answer.
   for (std::string_view t : {"RegisterMsg", "HeartbeatMsg", "BatchedP2PLookupMsg", "FullSyncStartMsg",
@@ -52,9 +52,9 @@ template <typename Msg>
 registry::WorkerRecord WorkerRecordOf(const Msg& msg) {
   registry::WorkerRecord w;
   w.instance_id = msg.instance_id;
-  w.worker_id = Small(msg.worker_id);
+  w.worker_id = msg.worker_id.SaturatedI64();
   w.ip = msg.ip;
-  w.port = Small(msg.port);
+  w.port = msg.port.SaturatedI64();
   w.peer_init_url = msg.peer_init_url;
   w.registration_time = w.last_heartbeat_time = WallSeconds();
   return w;
@@ -79,8 +79,19 @@ std::uint64_t Mix64(std::uint64_t x) {  // splitmix64's finaliser
 }  // namespace
 
 Controller::Controller(const Options& options)
-    : options_(options), index_(options.index), full_sync_all_(options.full_sync_on_start),
+    : options_(options), index_(options.index),
+      sync_(std::make_unique<FullSync>(FullSync::Options{options.full_sync_threshold, options.full_sync_timeout_s,
+                                                         options.heartbeat_interval_s, options.full_sync_max_batches,
+                                                         options.full_sync_on_start},
+                                       &stats_)),
+      fan_outs_(std::make_unique<FanOuts>(options.events_remembered)),
       started_mono_(MonoSeconds()) {}
+
+Controller::~Controller() = default;
+
+bool Controller::full_sync_all_pending() const { return sync_->restart_wide(); }
+
+std::size_t Controller::fanouts_in_flight() const { return fan_outs_->size(); }
 
 Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
   if (options.request_check_ops == 0 || options.ring_budget_records == 0 || options.drop_slice == 0)
@@ -93,7 +104,7 @@ Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
   try {
     c.reset(new Controller(options));
   } catch (const std::bad_alloc&) {  // a reserve the machine cannot hold
-    return protocol::ProtocolStatus(protocol::ProtocolError::kLimit,
+    return Status(ErrorKind::kInvalidArgument,
                   "not enough memory for an index reserve of " + std::to_string(options.index.reserve_keys) + " keys");
   }
   c->listener_ = std::move(l).value();
@@ -138,7 +149,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   }
   if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
-  if (next_fanout_deadline_ != 0 && now >= next_fanout_deadline_) ExpireFanOuts(now);
+  if (fan_outs_->next_deadline() != 0 && now >= fan_outs_->next_deadline()) ExpireFanOuts(now);
   Housekeeping(now);
   return handled;
 }
@@ -240,37 +251,32 @@ void Controller::HandleRecord(transport::Client& c, const ring::Record& r,
     return Problem(c, "correlated record shorter than its id");
   }
   if (r.type == framing::kCommand) return HandleCommandReply(c, corr->id, corr->message);
-  // Where this request's reply goes; restored after, since a KV batch lets
-  // other clients' requests in while it is applied.
-  ReplyRoute outer = current_;
-  current_ = ReplyRoute{c.id, r.type, corr ? corr->id : 0};
-  HandleMessage(c, corr ? corr->message : r.payload, tag);
-  current_ = outer;
-}
-
-void Controller::HandleMessage(transport::Client& c, std::span<const std::uint8_t> msg,
-                               const Result<std::string_view>& tag) {
   if (!tag.ok()) {
     // No tag, so no way to know whether the sender waits for an answer; an
     // unsolicited ErrorMsg would be read as the reply to its next request.
     ++stats_.errors;
     return Problem(c, "undecodable record: " + tag.status().message());
   }
-  if (*tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, msg);
-  if (*tag == protocol::BatchedP2PLookupKeys::kTag) {
+  HandleMessage(c, ReplyRoute{c.id, r.type, corr ? corr->id : 0}, corr ? corr->message : r.payload, *tag);
+}
+
+void Controller::HandleMessage(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> msg,
+                               std::string_view tag) {
+  if (tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, msg);
+  if (tag == protocol::BatchedP2PLookupKeys::kTag) {
     const auto t0 = std::chrono::steady_clock::now();
-    HandleP2P(c, msg);
+    HandleP2P(c, route, msg);
     stats_.p2p_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return;
   }
   auto m = protocol::Decode(msg, options_.limits);
   if (!m.ok()) {
     ++stats_.errors;
-    Problem(c, std::string(*tag) + ": " + m.status().message());
-    if (ExpectsReply(*tag)) ReplyError(c, m.status().message());
+    Problem(c, std::string(tag) + ": " + m.status().message());
+    if (ExpectsReply(tag)) ReplyError(c, route, m.status().message());
     return;
   }
-  HandleGeneric(c, std::move(m).value());
+  HandleGeneric(c, route, std::move(m).value());
 }
 
 bool Controller::ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
@@ -279,12 +285,12 @@ bool Controller::ApplyOp(std::uint32_t worker, index::HolderId holder, protocol:
   else index_.Remove(key, holder);
   ++stats_.kv_ops;
   if (holder >= last_seq_.size()) last_seq_.resize(holder + 1, kNoSeq);
-  std::int64_t s = Small(seq);
+  std::int64_t s = seq.SaturatedI64();
   bool gap = last_seq_[holder] != kNoSeq && s != last_seq_[holder] + 1;
   if (gap && !*gap_counted) {
     *gap_counted = true;  // as LMCache: the first gap of a batch counts once
     ++stats_.seq_discontinuities;
-    workers_[worker].seq_gap = true;  // better than LMCache: ask for a full sync
+    sync_->SequenceGap(worker);  // better than LMCache: ask for a full sync
   }
   last_seq_[holder] = s;
   return gap;
@@ -297,16 +303,16 @@ void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_
   }
   const std::size_t n = kv_view_.operations.size();
   auto resolve = [&](std::uint32_t* w, index::HolderId* h, std::size_t from) {
-    auto found = registry_.Find(kv_view_.instance_id, Small(kv_view_.worker_id));
+    auto found = registry_.Find(kv_view_.instance_id, kv_view_.worker_id.SaturatedI64());
     if (!found) {
       stats_.dropped_unknown_worker += n - from;  // LMCache drops these too
       return false;
     }
-    if (!MaySpeakFor(c, *found, "BatchedKVOperationMsg", false)) {
+    if (!MaySpeakFor(c, *found, "BatchedKVOperationMsg", nullptr)) {
       stats_.dropped_not_owner += n - from;
       return false;
     }
-    if (workers_[*found].sync == SyncState::kSyncing) {
+    if (sync_->syncing(*found)) {
       stats_.dropped_syncing += n - from;  // as LMCache: the sync's snapshot supersedes them
       return false;
     }
@@ -342,14 +348,14 @@ void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_
   }
 }
 
-void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes) {
+void Controller::HandleP2P(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> bytes) {
   if (Status s = protocol::Decode(bytes, &p2p_view_, options_.limits); !s.ok()) {
     ++stats_.errors;
     Problem(c, "BatchedP2PLookupMsg: " + s.message());
-    return ReplyError(c, s.message());
+    return ReplyError(c, route, s.message());
   }
   ++stats_.p2p_lookups;
-  p2p::Hit hit = lookup_.Run(index_, registry_, p2p_view_.hashes, p2p_view_.instance_id, Small(p2p_view_.worker_id),
+  p2p::Hit hit = lookup_.Run(index_, registry_, p2p_view_.hashes, p2p_view_.instance_id, p2p_view_.worker_id.SaturatedI64(),
                              options_.policy);
   if (p2p_reply_.layout_info.size() != 1) p2p_reply_.layout_info.resize(1);
   protocol::P2PLayout& l = p2p_reply_.layout_info[0];
@@ -359,22 +365,22 @@ void Controller::HandleP2P(transport::Client& c, std::span<const std::uint8_t> b
   l.num_hit_chunks = protocol::Int::FromU64(hit.num_hit_chunks);
   l.peer_init_url.assign(hit.peer_init_url);
   // Encode straight into the reply ring (after the request's id, if it has one).
-  const std::size_t id_bytes = current_.type == framing::kRequest ? framing::kCorrelationIdBytes : 0;
+  const std::size_t id_bytes = route.type == framing::kRequest ? framing::kCorrelationIdBytes : 0;
   std::span<std::uint8_t> out;
   std::size_t guess = id_bytes + 64 + l.instance_id.size() + l.location.size() + l.peer_init_url.size();
   if (!ClaimReply(c, guess, &out)) return;
-  if (id_bytes) framing::StoreCorrelationId(out, current_.id);
+  if (id_bytes) framing::StoreCorrelationId(out, route.id);
   protocol::EncodeResult r = protocol::EncodeTo(p2p_reply_, out.subspan(id_bytes));
   if (!r.fits) {  // cannot happen with the guess above; stay correct anyway
     c.replies.Abort();
-    return Reply(c, p2p_reply_);
+    return Reply(c, route, p2p_reply_);
   }
-  c.replies.Commit(id_bytes + r.bytes, current_.type);
+  c.replies.Commit(id_bytes + r.bytes, route.type);
   c.replies.DemoteLastRecord();  // the requester reads it from the shared cache (1-hash round trip ~6 % faster)
 }
 
-void Controller::Reply(transport::Client& c, const protocol::Message& m) {
-  (void)Emit(c, current_.type, current_.id, m);
+void Controller::Reply(transport::Client& c, const ReplyRoute& route, const protocol::Message& m) {
+  (void)Emit(c, route.type, route.id, m);
 }
 
 bool Controller::Emit(transport::Client& c, std::uint32_t type, std::uint64_t id, const protocol::Message& m) {
@@ -426,8 +432,8 @@ void Controller::ReplyControl(transport::Client& c, const std::string& json) {
   c.replies.Commit(json.size(), framing::kControl);
 }
 
-void Controller::ReplyError(transport::Client& c, const std::string& text) {
-  Reply(c, protocol::ErrorMsg{text});
+void Controller::ReplyError(transport::Client& c, const ReplyRoute& route, const std::string& text) {
+  Reply(c, route, protocol::ErrorMsg{text});
 }
 
 void Controller::Problem(const transport::Client& c, const std::string& what) {
@@ -459,6 +465,7 @@ std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::Wor
   std::uint32_t w = registry_.Upsert(rec, is_new);
   if (w >= workers_.size()) workers_.resize(w + 1);
   if (*is_new) workers_[w] = WorkerState{};
+  sync_->Track(w, *is_new);
   workers_[w].client = c.id;
   workers_[w].owner_is_front = c.role == segment::Role::kFront;
   workers_[w].last_heartbeat_mono = MonoSeconds();
@@ -473,7 +480,7 @@ std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::Wor
 // front is one owner for all its network peers (and its bulk and requests
 // are two connections): ZeroMQ does not tell them apart here
 // (docs/LMCACHE-SEMANTICS.md).
-bool Controller::MaySpeakFor(transport::Client& c, std::uint32_t w, std::string_view what, bool reply) {
+bool Controller::MaySpeakFor(transport::Client& c, std::uint32_t w, std::string_view what, const ReplyRoute* reply_to) {
   const WorkerState& ws = workers_[w];
   if (ws.client == c.id || (ws.owner_is_front && c.role == segment::Role::kFront)) return true;
   ++stats_.identity_refused;
@@ -483,17 +490,17 @@ bool Controller::MaySpeakFor(transport::Client& c, std::uint32_t w, std::string_
                           std::to_string(rec.worker_id) + " refused: that worker is registered by another connection (" +
                           (owner ? "pid " + std::to_string(owner->pid) : "client " + std::to_string(ws.client)) + ")";
   Problem(c, why);
-  if (reply) ReplyError(c, "kvring: " + why);
+  if (reply_to) ReplyError(c, *reply_to, "kvring: " + why);
   return false;
 }
 
-void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
+void Controller::HandleGeneric(transport::Client& c, const ReplyRoute& route, protocol::Message&& m) {
   using namespace protocol;
   if (auto* reg = std::get_if<RegisterMsg>(&m)) {
     // As LMCache: a repeated registration starts the worker's keys afresh;
     // unlike LMCache, only from the connection that holds the identity.
-    if (auto known = registry_.Find(reg->instance_id, Small(reg->worker_id))) {
-      if (!MaySpeakFor(c, *known, "RegisterMsg", true)) return;
+    if (auto known = registry_.Find(reg->instance_id, reg->worker_id.SaturatedI64())) {
+      if (!MaySpeakFor(c, *known, "RegisterMsg", &route)) return;
       ForgetWorker(*known);
     }
     bool is_new;
@@ -501,36 +508,36 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
     RegisterRetMsg ret;
     ret.extra_config.emplace_back("heartbeat_interval_s", std::to_string(options_.heartbeat_interval_s));
     ret.extra_config.emplace_back("full_sync_timeout_s", std::to_string(options_.full_sync_timeout_s));
-    return Reply(c, ret);
+    return Reply(c, route, ret);
   }
-  if (auto* hb = std::get_if<HeartbeatMsg>(&m)) return HandleHeartbeat(c, *hb);
+  if (auto* hb = std::get_if<HeartbeatMsg>(&m)) return HandleHeartbeat(c, route, *hb);
   if (auto* de = std::get_if<DeRegisterMsg>(&m)) {
-    if (auto w = registry_.Find(de->instance_id, Small(de->worker_id)))
-      if (MaySpeakFor(c, *w, "DeRegisterMsg", false)) ForgetWorker(*w);
+    if (auto w = registry_.Find(de->instance_id, de->worker_id.SaturatedI64()))
+      if (MaySpeakFor(c, *w, "DeRegisterMsg", nullptr)) ForgetWorker(*w);
     return;
   }
   if (std::holds_alternative<FullSyncStartMsg>(m) || std::holds_alternative<FullSyncBatchMsg>(m) ||
       std::holds_alternative<FullSyncEndMsg>(m) || std::holds_alternative<FullSyncStatusMsg>(m))
-    return HandleFullSync(c, m);
+    return HandleFullSync(c, route, m);
   if (auto* lk = std::get_if<LookupMsg>(&m)) {
     const auto t0 = std::chrono::steady_clock::now();
     ++stats_.token_lookups;
-    HandleTokenLookup(c, *lk);
+    HandleTokenLookup(c, route, *lk);
     stats_.token_lookup_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return;
   }
   if (std::holds_alternative<QueryInstMsg>(m) || std::holds_alternative<QueryWorkerInfoMsg>(m))
-    return HandleQuery(c, m);
-  if (auto* cf = std::get_if<CheckFinishMsg>(&m)) return HandleCheckFinish(c, *cf);
+    return HandleQuery(c, route, m);
+  if (auto* cf = std::get_if<CheckFinishMsg>(&m)) return HandleCheckFinish(c, route, *cf);
   if (std::holds_alternative<ClearMsg>(m) || std::holds_alternative<PinMsg>(m) ||
       std::holds_alternative<CompressMsg>(m) || std::holds_alternative<DecompressMsg>(m) ||
       std::holds_alternative<MoveMsg>(m) || std::holds_alternative<HealthMsg>(m))
-    return HandleOrchestration(c, m);
+    return HandleOrchestration(c, route, m);
   auto single = [&](const auto& op, OpType type) {
-    auto w = registry_.Find(op.instance_id, Small(op.worker_id));
+    auto w = registry_.Find(op.instance_id, op.worker_id.SaturatedI64());
     if (!w) return void(++stats_.dropped_unknown_worker);
-    if (!MaySpeakFor(c, *w, TagOf(m), false)) return void(++stats_.dropped_not_owner);
-    if (workers_[*w].sync == SyncState::kSyncing) return void(++stats_.dropped_syncing);
+    if (!MaySpeakFor(c, *w, TagOf(m), nullptr)) return void(++stats_.dropped_not_owner);
+    if (sync_->syncing(*w)) return void(++stats_.dropped_syncing);
     bool gap_counted = false;
     ApplyOp(*w, registry_.Holder(*w, op.location), type, op.key.bits(), op.seq_num, &gap_counted);
   };
@@ -539,161 +546,115 @@ void Controller::HandleGeneric(transport::Client& c, protocol::Message&& m) {
   ++stats_.errors;
   std::string tag(TagOf(m));
   Problem(c, tag + " is not a request the controller answers");
-  if (ExpectsReply(tag)) ReplyError(c, "kvring: " + tag + " is not a request the controller answers");
+  if (ExpectsReply(tag)) ReplyError(c, route, "kvring: " + tag + " is not a request the controller answers");
 }
 
-void Controller::HandleHeartbeat(transport::Client& c, const protocol::HeartbeatMsg& hb) {
+void Controller::HandleHeartbeat(transport::Client& c, const ReplyRoute& route, const protocol::HeartbeatMsg& hb) {
   using namespace protocol;
   HeartbeatRetMsg ret;
   auto ask = [&](std::uint32_t w, const char* reason) {
     ret.commands.push_back({CommandKind::kFullSync, std::string(reason), std::nullopt});
-    workers_[w].sync = SyncState::kRequested;
-    workers_[w].sync_activity_mono = MonoSeconds();
-    workers_[w].seq_gap = false;
-    ++stats_.full_sync_requests;
+    sync_->Asked(w, MonoSeconds());
   };
-  auto known = registry_.Find(hb.instance_id, Small(hb.worker_id));
+  auto known = registry_.Find(hb.instance_id, hb.worker_id.SaturatedI64());
   if (!known) {
     // Unknown (a restarted controller, or reaped): re-register and rebuild.
     bool is_new;
     const std::uint32_t w = UpsertWorker(c, WorkerRecordOf(hb), &is_new);
     workers_[w].heartbeats = true;
     ask(w, "worker_re_registered");
-    return Reply(c, ret);
+    return Reply(c, route, ret);
   }
   std::uint32_t w = *known;
-  if (!MaySpeakFor(c, w, "HeartbeatMsg", true)) return;
+  if (!MaySpeakFor(c, w, "HeartbeatMsg", &route)) return;
   registry_.worker(w).last_heartbeat_time = WallSeconds();
   workers_[w].last_heartbeat_mono = MonoSeconds();
   workers_[w].heartbeats = true;
-  SyncState s = workers_[w].sync;
-  if (full_sync_all_ && (s == SyncState::kNone || s == SyncState::kFailed)) ask(w, "controller_restart");
-  else if (s == SyncState::kFailed) ask(w, "sync_failed_retry");
-  else if (workers_[w].seq_gap && s != SyncState::kSyncing && s != SyncState::kRequested) ask(w, "kv_op_seq_gap");
-  Reply(c, ret);
+  if (const char* reason = sync_->ReasonToAsk(w)) ask(w, reason);
+  Reply(c, route, ret);
 }
 
-void Controller::HandleFullSync(transport::Client& c, protocol::Message& m) {
+void Controller::HandleFullSync(transport::Client& c, const ReplyRoute& route, protocol::Message& m) {
   using namespace protocol;
   const double now = MonoSeconds();
   if (auto* st = std::get_if<FullSyncStartMsg>(&m)) {
     FullSyncStartRetMsg ret{st->sync_id, false, std::nullopt};
-    auto w = registry_.Find(st->instance_id, Small(st->worker_id));
-    std::int64_t batches = Small(st->batch_count), keys = Small(st->total_keys);
-    if (!w) {
-      ret.error_msg = "Failed to start sync: worker " + st->instance_id + "/" + std::to_string(Small(st->worker_id)) +
-                      " is not registered";
-    } else if (!MaySpeakFor(c, *w, "FullSyncStartMsg", false)) {
-      ret.error_msg = "Failed to start sync: worker " + st->instance_id + "/" + std::to_string(Small(st->worker_id)) +
-                      " is registered by another connection";
-    } else if (workers_[*w].sync == SyncState::kSyncing && workers_[*w].sync_id != st->sync_id) {
-      ret.error_msg = "Failed to start sync: worker already syncing with sync_id " + workers_[*w].sync_id;
-    } else if (batches < 0 || batches > options_.full_sync_max_batches || keys < 0) {
-      ret.error_msg = "Failed to start sync: batch_count " + std::to_string(batches) + " / total_keys " +
-                      std::to_string(keys) + " out of range (batch_count at most " +
-                      std::to_string(options_.full_sync_max_batches) + ")";
-    } else {
-      WorkerState& ws = workers_[*w];
-      ws.sync = SyncState::kSyncing;
-      ws.sync_id = st->sync_id;
-      ws.sync_activity_mono = now;
-      ws.sync_expected_keys = keys;
-      ws.sync_received_keys = 0;
-      ws.batches.assign(static_cast<std::size_t>(batches), false);
-      ws.batches_missing = static_cast<std::size_t>(batches);
-      ws.sync_end_seen = false;
-      ws.seq_gap = false;
+    auto w = registry_.Find(st->instance_id, st->worker_id.SaturatedI64());
+    const std::string who = st->instance_id + "/" + std::to_string(st->worker_id.SaturatedI64());
+    std::string refused;
+    if (!w) refused = "Failed to start sync: worker " + who + " is not registered";
+    else if (!MaySpeakFor(c, *w, "FullSyncStartMsg", nullptr))
+      refused = "Failed to start sync: worker " + who + " is registered by another connection";
+    else refused = sync_->Start(*w, st->sync_id, st->batch_count.SaturatedI64(), st->total_keys.SaturatedI64(), now);
+    if (refused.empty()) {
       // The location starts afresh: its old keys drain in slices while the
       // batches fill a new holder.
       if (auto old = registry_.RetireHolder(*w, st->location)) RetireHolder(*old);
       ret.accepted = true;
-      ++stats_.full_syncs_started;
-    }
-    if (!ret.accepted) {
+    } else {
+      ret.error_msg = refused;
       ++stats_.errors;
-      Problem(c, *ret.error_msg);
+      Problem(c, refused);
     }
-    return Reply(c, ret);
+    return Reply(c, route, ret);
   }
   // The worker whose sync `msg` continues; counted and logged when none is.
   auto running = [&](const auto& msg) -> std::optional<std::uint32_t> {
-    auto w = registry_.Find(msg.instance_id, Small(msg.worker_id));
-    if (w && !MaySpeakFor(c, *w, TagOf(m), false)) return std::nullopt;
-    if (w && workers_[*w].sync == SyncState::kSyncing && workers_[*w].sync_id == msg.sync_id) return w;
+    auto w = registry_.Find(msg.instance_id, msg.worker_id.SaturatedI64());
+    if (w && !MaySpeakFor(c, *w, TagOf(m), nullptr)) return std::nullopt;
+    if (w && sync_->Running(*w, msg.sync_id)) return w;
     ++stats_.errors;
     Problem(c, std::string(TagOf(m)) + " for " + msg.sync_id + " outside a running sync: dropped");
     return std::nullopt;
   };
-  // Complete once End was seen and no batch is missing (End may come first).
-  auto complete_if_whole = [&](WorkerState& ws) {
-    if (ws.sync_end_seen && ws.batches_missing == 0) {
-      ws.sync = SyncState::kCompleted;
-      ++stats_.full_syncs_completed;
-    }
-  };
   if (auto* b = std::get_if<FullSyncBatchMsg>(&m)) {
     auto w = running(*b);
     if (!w) return;
-    WorkerState& ws = workers_[*w];
-    std::int64_t id = Small(b->batch_id);
-    if (id < 0 || static_cast<std::size_t>(id) >= ws.batches.size()) {
+    const std::int64_t id = b->batch_id.SaturatedI64();
+    if (!sync_->Batch(*w, id, b->keys.size(), now)) {
       ++stats_.errors;
       return Problem(c, "FullSyncBatchMsg batch_id " + std::to_string(id) + " outside the announced batch_count");
     }
-    if (!ws.batches[static_cast<std::size_t>(id)]) {
-      ws.batches[static_cast<std::size_t>(id)] = true;
-      --ws.batches_missing;
-      ws.sync_received_keys += static_cast<std::int64_t>(b->keys.size());
-    }
-    ws.sync_activity_mono = now;
     index::HolderId h = registry_.Holder(*w, b->location);
     for (const Int& k : b->keys) (void)index_.Add(k.bits(), h);
-    return complete_if_whole(ws);  // a resent batch completes an ended sync
+    return;
   }
   if (auto* e = std::get_if<FullSyncEndMsg>(&m)) {
     auto w = running(*e);
     if (!w) return;
-    WorkerState& ws = workers_[*w];
-    ws.sync_end_seen = true;
-    ws.sync_activity_mono = now;
-    if (Small(e->actual_total_keys) != ws.sync_received_keys)
-      Problem(c, "full sync " + e->sync_id + ": End reports " + std::to_string(Small(e->actual_total_keys)) +
-                     " keys, batches brought " + std::to_string(ws.sync_received_keys));
-    // Unlike LMCache, End with missing batches does not complete the sync:
-    // Status lists them and the worker resends.
-    return complete_if_whole(ws);
+    const std::int64_t received = sync_->End(*w, now);
+    if (e->actual_total_keys.SaturatedI64() != received)
+      Problem(c, "full sync " + e->sync_id + ": End reports " + std::to_string(e->actual_total_keys.SaturatedI64()) +
+                     " keys, batches brought " + std::to_string(received));
+    return;
   }
   auto& q = std::get<FullSyncStatusMsg>(m);
   FullSyncStatusRetMsg ret;
   ret.sync_id = q.sync_id;
-  auto w = registry_.Find(q.instance_id, Small(q.worker_id));
-  if (w && !MaySpeakFor(c, *w, "FullSyncStatusMsg", true)) return;
+  auto w = registry_.Find(q.instance_id, q.worker_id.SaturatedI64());
+  if (w && !MaySpeakFor(c, *w, "FullSyncStatusMsg", &route)) return;
   if (w) {
-    const WorkerState& ws = workers_[*w];
-    ret.is_complete = ws.sync == SyncState::kCompleted && ws.sync_id == q.sync_id;
-    if (ws.sync == SyncState::kSyncing && ws.sync_id == q.sync_id)
-      for (std::size_t i = 0; i < ws.batches.size(); ++i)
-        if (!ws.batches[i]) ret.missing_batches.push_back(Int(static_cast<long long>(i)));
+    ret.is_complete = sync_->Completed(*w, q.sync_id);
+    for (std::size_t i : sync_->MissingBatches(*w, q.sync_id)) ret.missing_batches.push_back(Int(static_cast<long long>(i)));
   }
   ret.global_progress = GlobalSyncProgress();
-  ret.can_exit_freeze = ret.global_progress >= options_.full_sync_threshold;
-  if (ret.can_exit_freeze) full_sync_all_ = false;  // as LMCache: the restart-wide request ends here
-  Reply(c, ret);
+  ret.can_exit_freeze = sync_->MayLeaveFreeze(ret.global_progress);
+  Reply(c, route, ret);
 }
 
 // LookupMsg, with LMCache's pending fix (its PR #4471): every instance that
 // holds chunk 0 appears, credited with the end token of its own contiguous
 // prefix and the location of its last chunk in it; the first entry is the
 // holder of chunk 0 that LMCache's own walk would find (registration order).
-void Controller::HandleTokenLookup(transport::Client& c, const protocol::LookupMsg& m) {
+void Controller::HandleTokenLookup(transport::Client& c, const ReplyRoute& route, const protocol::LookupMsg& m) {
   using namespace protocol;
   std::vector<std::int64_t> tokens;
   tokens.reserve(m.tokens.size());
   for (const Int& t : m.tokens) {
-    if (!t.FitsI64()) return ReplyError(c, "LookupMsg: a token does not fit in 64 bits");
+    if (!t.FitsI64()) return ReplyError(c, route, "LookupMsg: a token does not fit in 64 bits");
     tokens.push_back(t.AsI64());
   }
-  if (options_.lookup_chunk_size == 0) return ReplyError(c, "LookupMsg: lookup_chunk_size is 0");
+  if (options_.lookup_chunk_size == 0) return ReplyError(c, route, "LookupMsg: lookup_chunk_size is 0");
   ChunkHasher hasher(options_.lookup_chunk_size, pyhash::HashInt(options_.lookup_none_hash));
   std::vector<ChunkHash> chunks = hasher.Hash(tokens);
   struct Credit {
@@ -736,10 +697,10 @@ void Controller::HandleTokenLookup(transport::Client& c, const protocol::LookupM
   LookupRetMsg ret{m.event_id, {}};
   for (const Credit& cr : credits)
     ret.layout_info.push_back({std::string(cr.instance), LocationEnd{std::string(cr.location), Int::FromU64(cr.end)}});
-  Reply(c, ret);
+  Reply(c, route, ret);
 }
 
-void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
+void Controller::HandleQuery(transport::Client& c, const ReplyRoute& route, const protocol::Message& m) {
   using namespace protocol;
   auto info = [&](std::uint32_t w) {
     const registry::WorkerRecord& r = registry_.worker(w);
@@ -758,7 +719,7 @@ void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
         best = order;
       }
     }
-    return Reply(c, ret);
+    return Reply(c, route, ret);
   }
   const auto& q = std::get<QueryWorkerInfoMsg>(m);
   // Live values (LMCache serves "all" from a cache up to 30 s stale). Unknown
@@ -772,7 +733,7 @@ void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
   const std::vector<std::uint32_t> workers = q.instance_id == "all" ? registry_.Workers() : WorkersOf(q.instance_id);
   for (std::uint32_t w : workers)
     if (wanted(registry_.worker(w).worker_id)) ret.worker_infos.push_back(info(w));
-  Reply(c, ret);
+  Reply(c, route, ret);
 }
 
 // The fraction of the workers a full sync waits for that have completed one.
@@ -782,24 +743,15 @@ void Controller::HandleQuery(transport::Client& c, const protocol::Message& m) {
 // asked, and a dead one that no timeout has reaped yet is silent too;
 // neither keeps every other worker in freeze (LMCache counts them all).
 double Controller::GlobalSyncProgress() const {
-  const double now = MonoSeconds();
-  const double silent_after = 2 * std::max(options_.heartbeat_interval_s, 0.05);
-  std::size_t awaited = 0, completed = 0;
-  for (std::uint32_t w = 0; w < workers_.size(); ++w) {
-    if (!registry_.worker_live(w)) continue;
-    const WorkerState& ws = workers_[w];
-    const double last_heard = std::max(ws.last_heartbeat_mono, ws.sync_activity_mono);  // sync messages count
-    if (ws.sync != SyncState::kCompleted && now - last_heard > silent_after) continue;
-    ++awaited;
-    completed += ws.sync == SyncState::kCompleted ? 1 : 0;
-  }
-  return awaited == 0 ? 1.0 : static_cast<double>(completed) / static_cast<double>(awaited);
+  return sync_->GlobalProgress(
+      MonoSeconds(), [&](std::uint32_t w) { return registry_.worker_live(w); },
+      [&](std::uint32_t w) { return workers_[w].last_heartbeat_mono; });
 }
 
 std::size_t Controller::WorkersIn(SyncState state) const {
   std::size_t n = 0;
   for (std::uint32_t w = 0; w < workers_.size(); ++w)
-    if (registry_.worker_live(w) && workers_[w].sync == state) ++n;
+    if (registry_.worker_live(w) && sync_->state(w) == state) ++n;
   return n;
 }
 
@@ -815,6 +767,7 @@ void Controller::ForgetWorker(std::uint32_t worker) {
     workers_[worker] = WorkerState{};
     workers_[worker].client = kNoClient;
   }
+  sync_->Forget(worker);
   ++registry_epoch_;
 }
 
@@ -855,17 +808,9 @@ void Controller::Housekeeping(double now) {
       ++stats_.workers_reaped;
       continue;
     }
-    if (options_.full_sync_timeout_s > 0 && now - ws.sync_activity_mono > options_.full_sync_timeout_s) {
-      if (ws.sync == SyncState::kSyncing) {
-        // Unlike LMCache (whose timeout check never runs), a stalled sync
-        // fails and the next heartbeat asks for it again.
-        ws.sync = SyncState::kFailed;
-        ++stats_.full_syncs_failed;
-        if (options_.log) options_.log("full sync " + ws.sync_id + " stalled: failed, will be asked again");
-      } else if (ws.sync == SyncState::kRequested) {
-        ws.sync = SyncState::kFailed;  // asked, never started: ask again
-      }
-    }
+    sync_->Expire(w, now, [&](const std::string& line) {
+      if (options_.log) options_.log(line);
+    });
   }
 }
 
@@ -900,7 +845,7 @@ std::string Controller::StatsJson() const {
       {"full_sync_workers_syncing", WorkersIn(SyncState::kSyncing)},
       {"full_sync_workers_completed", WorkersIn(SyncState::kCompleted)},
       {"full_sync_global_progress", GlobalSyncProgress()},
-      {"fanouts_in_flight", fanouts_.size()},
+      {"fanouts_in_flight", fan_outs_->size()},
   };
   for (const StatsCounter& c : StatsCounters()) j[c.json_key] = stats_.*c.member;
   for (const Extra& x : extras_) j[x.key] = nlohmann::json::parse(x.stats_json(), nullptr, /*allow_exceptions=*/false);

@@ -1,10 +1,12 @@
 // The controller's orchestration fan-outs (controller.h, "Orchestration"):
 // one ControlMsg per worker of an instance, answers gathered in any order,
 // one aggregate reply per orchestrator request, deadlines enforced by the
-// loop (ExpireFanOuts), never by waiting.
+// loop (ExpireFanOuts), never by waiting. The table, the deadlines and the
+// history are FanOuts' (fan_outs.h); this file sends and answers.
 #include <algorithm>
 #include <cstring>
 
+#include "controller/fan_outs.h"
 #include "kvring/controller/controller.h"
 #include "kvring/protocol/orchestration.h"
 
@@ -20,17 +22,10 @@ double MonoNow() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
-std::int64_t SmallInt(const Int& i) { return i.FitsI64() ? i.AsI64() : INT64_MAX; }
-
-const char* OpName(int kind) {
-  static const char* const names[] = {"clear", "pin", "compress", "decompress", "move", "health"};
-  return names[kind];
-}
-
 // The answer a worker owes for each command, and the number it carries.
 template <typename Ret, typename Field>
 std::optional<std::int64_t> ValueIf(const Message& m, Field Ret::*field) {
-  if (auto* r = std::get_if<Ret>(&m)) return SmallInt(r->*field);
+  if (auto* r = std::get_if<Ret>(&m)) return (r->*field).SaturatedI64();
   return std::nullopt;
 }
 
@@ -45,12 +40,12 @@ std::vector<std::uint32_t> Controller::WorkersOf(std::string_view instance_id) c
   return out;
 }
 
-void Controller::HandleOrchestration(transport::Client& c, const Message& m) {
+void Controller::HandleOrchestration(transport::Client& c, const ReplyRoute& route, const Message& m) {
   // The worker-side message for worker `w` (LMCache's worker_event_id forms).
   std::vector<std::pair<std::uint32_t, Message>> commands;
   FanOut f;
-  f.origin = current_;
-  auto fail = [&](const std::string& text) { ReplyError(c, text); };  // the orchestrator's mistake, not a protocol error
+  f.origin = route;
+  auto fail = [&](const std::string& text) { ReplyError(c, route, text); };  // the orchestrator's mistake, not a protocol error
   auto unknown = [&](const std::string& instance) {
     fail(std::string(orch::kUnknownInstance) + " '" + instance + "': no live worker of it is registered");
   };
@@ -62,7 +57,7 @@ void Controller::HandleOrchestration(transport::Client& c, const Message& m) {
     f.instance_id = h->instance_id;
     for (std::uint32_t w : WorkersOf(h->instance_id))
       commands.emplace_back(w, HealthWorkerMsg{orch::NewEventId("HealthWorker" + wid(w))});
-    if (commands.empty()) return Reply(c, HealthRetMsg{h->event_id, {}});  // as LMCache: an empty map
+    if (commands.empty()) return Reply(c, route, HealthRetMsg{h->event_id, {}});  // as LMCache: an empty map
   } else if (auto* mv = std::get_if<MoveMsg>(&m)) {
     f.kind = FanOutKind::kMove;
     f.event_id = mv->event_id;
@@ -119,57 +114,46 @@ void Controller::HandleOrchestration(transport::Client& c, const Message& m) {
     }
     if (!any) return unknown(f.instance_id);
   }
-  if (fanouts_.size() >= options_.max_fanouts)
-    return fail(std::string(orch::kInvalid) + ": " + std::to_string(fanouts_.size()) +
+  if (fan_outs_->size() >= options_.max_fanouts)
+    return fail(std::string(orch::kInvalid) + ": " + std::to_string(fan_outs_->size()) +
                 " orchestrator commands are already waiting for their workers; try again later");
 
   ++stats_.fanouts;
-  const std::uint64_t id = next_fanout_id_++;
   f.deadline = MonoNow() + options_.command_timeout_s;
-  f.parts.resize(commands.size());
-  f.pending = commands.size();
-  FanOut& fan = fanouts_.emplace(id, std::move(f)).first->second;
-  RememberEvent(fan.event_id, EventRecord{id, {}});
-  if (next_fanout_deadline_ == 0 || fan.deadline < next_fanout_deadline_) next_fanout_deadline_ = fan.deadline;
-  for (std::size_t i = 0; i < commands.size(); ++i) {
-    FanOutPart& p = fan.parts[i];
-    const std::uint32_t w = commands[i].first;
-    p.worker_id = registry_.worker(w).worker_id;
-    p.client = workers_[w].client;
-    p.command_id = next_command_id_++;
-    commands_.emplace(p.command_id, std::make_pair(id, i));
-  }
+  std::vector<std::pair<std::int64_t, std::uint64_t>> targets;
+  for (const auto& [w, msg] : commands) targets.emplace_back(registry_.worker(w).worker_id, workers_[w].client);
+  const std::uint64_t id = fan_outs_->Begin(std::move(f), targets);
   // Sent after the table is complete: settling a part may finish the fan-out.
   for (std::size_t i = 0; i < commands.size(); ++i) {
-    const FanOutPart& p = fanouts_.at(id).parts[i];
+    const FanOutPart& p = fan_outs_->at(id).parts[i];
     transport::Client* target = listener_->Find(p.client);
     ++stats_.commands_sent;
     if (!target || target->quarantined) {
-      SettlePart(id, i, PartState::kFailed, orch::kHealthUnreachable, "its client has gone");
+      SettlePart(id, i, true, orch::kHealthUnreachable, "its client has gone");
     } else if (!EmitCommand(*target, p.command_id, commands[i].first, commands[i].second)) {
-      SettlePart(id, i, PartState::kFailed, orch::kHealthUnreachable, "its command ring is full");
+      SettlePart(id, i, true, orch::kHealthUnreachable, "its command ring is full");
     } else {
       target->replies.Publish();  // another client's ring: ServeClient publishes only its own
       listener_->NotifyClient(*target);  // a worker may be idle in poll(), not reading its ring
     }
-    if (!fanouts_.count(id)) return;  // every part failed at once: already answered
+    if (!fan_outs_->contains(id)) return;  // every part failed at once: already answered
   }
 }
 
 void Controller::HandleCommandReply(transport::Client& c, std::uint64_t id, std::span<const std::uint8_t> bytes) {
-  auto it = commands_.find(id);
-  if (it == commands_.end() || fanouts_.at(it->second.first).parts[it->second.second].client != c.id) {
+  auto awaited = fan_outs_->Awaiting(id, c.id);
+  if (!awaited) {
     ++stats_.late_command_replies;  // after its deadline (already reported), or not this client's command
     return;
   }
-  auto [fanout_id, part] = it->second;
-  const FanOutKind kind = fanouts_.at(fanout_id).kind;
+  auto [fanout_id, part] = *awaited;
+  const FanOutKind kind = fan_outs_->at(fanout_id).kind;
   auto m = Decode(bytes, options_.limits);
   if (!m.ok())
-    return SettlePart(fanout_id, part, PartState::kFailed, orch::kHealthUndecodable,
+    return SettlePart(fanout_id, part, true, orch::kHealthUndecodable,
                       "its answer could not be decoded: " + m.status().message());
   if (auto* e = std::get_if<ErrorMsg>(&*m))
-    return SettlePart(fanout_id, part, PartState::kFailed, orch::kHealthWorkerError, e->error);
+    return SettlePart(fanout_id, part, true, orch::kHealthWorkerError, e->error);
   std::optional<std::int64_t> v;
   std::string_view want;
   switch (kind) {
@@ -185,137 +169,45 @@ void Controller::HandleCommandReply(transport::Client& c, std::uint64_t id, std:
     case FanOutKind::kHealth: v = ValueIf(*m, &HealthWorkerRetMsg::error_code), want = HealthWorkerRetMsg::kTag; break;
   }
   if (!v)
-    return SettlePart(fanout_id, part, PartState::kFailed, orch::kHealthWrongReply,
+    return SettlePart(fanout_id, part, true, orch::kHealthWrongReply,
                       "it answered " + std::string(TagOf(*m)) + " where " + std::string(want) + " was due");
-  SettlePart(fanout_id, part, PartState::kFinished, *v, {});
+  SettlePart(fanout_id, part, false, *v, {});
 }
 
-void Controller::SettlePart(std::uint64_t fanout_id, std::size_t part, PartState state, std::int64_t value,
+void Controller::SettlePart(std::uint64_t fanout_id, std::size_t part, bool failed, std::int64_t value,
                             std::string error) {
-  FanOut& f = fanouts_.at(fanout_id);
-  FanOutPart& p = f.parts[part];
-  if (p.state != PartState::kPending) return;
-  commands_.erase(p.command_id);
-  p.state = state;
-  p.value = value;
-  p.error = std::move(error);
-  if (state == PartState::kFailed) ++stats_.commands_failed;
-  if (--f.pending == 0) FinishFanOut(fanout_id);
-}
-
-void Controller::FinishFanOut(std::uint64_t fanout_id) {
-  auto node = fanouts_.extract(fanout_id);
-  FanOut& f = node.mapped();
-  for (const FanOutPart& p : f.parts) commands_.erase(p.command_id);  // parts cut short by the deadline
-
-  Message reply;
-  if (f.kind == FanOutKind::kHealth) {
-    HealthRetMsg h{f.event_id, {}};
-    for (const FanOutPart& p : f.parts) h.error_codes.emplace_back(Int::FromI64(p.worker_id), Int::FromI64(p.value));
-    reply = std::move(h);
-  } else {
-    std::string failures, values;
-    bool all_deadline = true, agree = true;
-    for (const FanOutPart& p : f.parts) {
-      const std::string who = "worker " + std::to_string(p.worker_id);
-      values += (values.empty() ? "" : ", ") + who + ": " + std::to_string(p.value);
-      if (p.state == PartState::kFailed) {
-        failures += (failures.empty() ? "" : "; ") + who + ": " + p.error;
-        all_deadline &= p.value == orch::kHealthNoReply;
-      }
-      agree &= p.value == f.parts.front().value;
-    }
-    const std::string what = std::string(OpName(static_cast<int>(f.kind))) + " " + f.event_id + " on instance '" +
-                             f.instance_id + "'";
-    const std::int64_t n = f.parts.front().value;
-    if (!failures.empty()) {
-      reply = ErrorMsg{std::string(all_deadline ? orch::kDeadline : orch::kWorkerFailed) + ": " + what + ": " + failures};
-    } else if (!agree) {
-      // LMCache asserts that every worker reports the same count.
-      reply = ErrorMsg{std::string(orch::kWorkerFailed) + ": " + what + ": the workers disagree on num_tokens (" +
-                       values + ")"};
-    } else {
-      switch (f.kind) {
-        case FanOutKind::kClear: reply = ClearRetMsg{f.event_id, Int::FromI64(n)}; break;
-        case FanOutKind::kPin: reply = PinRetMsg{f.event_id, Int::FromI64(n)}; break;
-        case FanOutKind::kCompress: reply = CompressRetMsg{f.event_id, Int::FromI64(n)}; break;
-        case FanOutKind::kDecompress: reply = DecompressRetMsg{f.event_id, Int::FromI64(n)}; break;
-        case FanOutKind::kMove: reply = MoveRetMsg{f.event_id, Int::FromI64(n)}; break;
-        case FanOutKind::kHealth: break;
-      }
-    }
-  }
-  RememberEvent(f.event_id, EventRecord{0, EventStatus(f)});
-  if (transport::Client* origin = listener_->Find(f.origin.client)) {  // gone: nobody to tell
-    if (Emit(*origin, f.origin.type, f.origin.id, reply)) listener_->PublishReplies(*origin);
+  if (!fan_outs_->contains(fanout_id)) return;
+  const PartState was = fan_outs_->at(fanout_id).parts[part].state;
+  std::optional<FanOut> done = fan_outs_->Settle(fanout_id, part, failed ? PartState::kFailed : PartState::kFinished,
+                                                 value, std::move(error));
+  if (failed && was == PartState::kPending) ++stats_.commands_failed;
+  if (!done) return;
+  if (transport::Client* origin = listener_->Find(done->origin.client)) {  // gone: nobody to tell
+    if (Emit(*origin, done->origin.type, done->origin.id, FanOuts::ReplyFor(*done))) listener_->PublishReplies(*origin);
   }
 }
 
 void Controller::ExpireFanOuts(double now) {
-  std::vector<std::pair<std::uint64_t, std::size_t>> late;
-  double next = 0;
-  for (const auto& [id, f] : fanouts_) {
-    if (f.deadline > now) {
-      if (next == 0 || f.deadline < next) next = f.deadline;
-      continue;
-    }
-    for (std::size_t i = 0; i < f.parts.size(); ++i)
-      if (f.parts[i].state == PartState::kPending) late.emplace_back(id, i);
-  }
-  next_fanout_deadline_ = next;
   const std::string why = "no answer within the " + std::to_string(options_.command_timeout_s) + " s deadline";
-  for (auto [id, i] : late) {
+  for (auto [id, i] : fan_outs_->Expired(now)) {
     ++stats_.commands_timed_out;
-    if (fanouts_.count(id)) SettlePart(id, i, PartState::kFailed, orch::kHealthNoReply, why);
+    SettlePart(id, i, true, orch::kHealthNoReply, why);
   }
 }
 
 void Controller::FailCommandsOf(std::uint64_t client_id) {
-  std::vector<std::pair<std::uint64_t, std::size_t>> gone;
-  for (const auto& [id, f] : fanouts_)
-    for (std::size_t i = 0; i < f.parts.size(); ++i)
-      if (f.parts[i].client == client_id && f.parts[i].state == PartState::kPending) gone.emplace_back(id, i);
-  for (auto [id, i] : gone)
-    if (fanouts_.count(id))
-      SettlePart(id, i, PartState::kFailed, orch::kHealthUnreachable, "its client went away before answering");
+  for (auto [id, i] : fan_outs_->PendingOn(client_id))
+    SettlePart(id, i, true, orch::kHealthUnreachable, "its client went away before answering");
 }
 
-std::string Controller::EventStatus(const FanOut& f) const {
-  bool pending = false, failed = false;
-  std::string detail;
-  for (const FanOutPart& p : f.parts) {
-    detail += "; worker " + std::to_string(p.worker_id) + ": ";
-    switch (p.state) {
-      case PartState::kPending: pending = true, detail += orch::kStatusPending; break;
-      case PartState::kFinished: detail += orch::kStatusFinished; break;
-      case PartState::kFailed: failed = true, detail += std::string(orch::kStatusFailed) + " (" + p.error + ")"; break;
-    }
+void Controller::HandleCheckFinish(transport::Client& c, const ReplyRoute& route, const CheckFinishMsg& m) {
+  std::optional<std::string> status = fan_outs_->StatusOf(m.event_id);
+  if (!status) {
+    return ReplyError(c, route, std::string(orch::kUnknownEvent) + " '" + m.event_id + "': no clear, pin, compress, " +
+                                    "decompress, move or health command of that id is known (the last " +
+                                    std::to_string(options_.events_remembered) + " are remembered)");
   }
-  if (pending) return std::string(orch::kStatusPending) + detail;
-  if (failed) return std::string(orch::kStatusFailed) + detail;
-  return std::string(orch::kStatusFinished);
-}
-
-void Controller::RememberEvent(const std::string& event_id, EventRecord rec) {
-  auto [it, fresh] = events_.insert_or_assign(event_id, std::move(rec));
-  if (fresh) event_order_.push_back(event_id);
-  while (event_order_.size() > std::max<std::size_t>(1, options_.events_remembered)) {
-    auto old = events_.find(event_order_.front());
-    if (old != events_.end() && old->second.fanout == 0) events_.erase(old);  // in flight: kept
-    else if (old != events_.end()) break;
-    event_order_.pop_front();
-  }
-}
-
-void Controller::HandleCheckFinish(transport::Client& c, const CheckFinishMsg& m) {
-  auto it = events_.find(m.event_id);
-  if (it == events_.end()) {
-    return ReplyError(c, std::string(orch::kUnknownEvent) + " '" + m.event_id + "': no clear, pin, compress, " +
-                             "decompress, move or health command of that id is known (the last " +
-                             std::to_string(options_.events_remembered) + " are remembered)");
-  }
-  if (it->second.fanout != 0) return Reply(c, CheckFinishRetMsg{EventStatus(fanouts_.at(it->second.fanout))});
-  Reply(c, CheckFinishRetMsg{it->second.status});
+  Reply(c, route, CheckFinishRetMsg{*status});
 }
 
 }  // namespace kvring::controller

@@ -180,7 +180,7 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   std::vector<PendingConnection> still_pending;
   if (polled_pending) still_pending.reserve(polled_pending);
   for (std::size_t i = 0; i < polled_pending; ++i) {
-    if (fds[1 + i].revents) Handshake(pending_[i].fd, &ev);  // its Hello arrived (or it hung up)
+    if (fds[1 + i].revents) Handshake(pending_[i], &ev);  // its Hello arrived (or it hung up)
     else still_pending.push_back(pending_[i]);
   }
   // Departures: a client socket becomes readable only at EOF (clients send
@@ -227,7 +227,7 @@ void Listener::Accept(Events* ev) {
       close(pending_.front().fd);
       pending_.erase(pending_.begin());
     }
-    pending_.push_back({fd, std::chrono::steady_clock::now() + options_.handshake_timeout});
+    pending_.push_back({fd, std::chrono::steady_clock::now() + options_.handshake_timeout, cred.pid, cred.uid});
   }
 }
 
@@ -255,7 +255,8 @@ void Listener::Refuse(int fd, const std::string& why, Events* ev) {
   ev->rejected.push_back(why);
 }
 
-void Listener::Handshake(int fd, Events* ev) {
+void Listener::Handshake(const PendingConnection& p, Events* ev) {
+  const int fd = p.fd;
   Welcome w{};
   w.magic = kHandshakeMagic;
   w.version = kHandshakeVersion;
@@ -271,9 +272,6 @@ void Listener::Handshake(int fd, Events* ev) {
       h.role != static_cast<std::uint32_t>(segment::Role::kOrchestrator) &&
       h.role != static_cast<std::uint32_t>(segment::Role::kFront))
     return refuse("handshake: unknown role " + std::to_string(h.role));
-  ucred cred{};
-  socklen_t clen = sizeof cred;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) return refuse("cannot read peer credentials");
 
   segment::CreateOptions co;
   std::uint64_t id = next_client_id_++;
@@ -282,8 +280,8 @@ void Listener::Handshake(int fd, Events* ev) {
   co.reply_capacity = options_.reply_capacity;
   co.mode = options_.segment_mode;
   co.role = static_cast<segment::Role>(h.role);
-  co.client_pid = cred.pid;
-  co.client_start_ticks = segment::ProcessStartTicks(cred.pid);
+  co.client_pid = p.pid;
+  co.client_start_ticks = segment::ProcessStartTicks(p.pid);
   co.client_id = id;
   co.generation = generation_;
   co.controller_name = options_.name;
@@ -296,7 +294,7 @@ void Listener::Handshake(int fd, Events* ev) {
   // The segment travels with the Welcome: a descriptor, never a name.
   if (SendWithFd(fd, &w, sizeof w, seg->fd()) != static_cast<ssize_t>(sizeof w)) {
     close(fd);
-    ev->rejected.push_back("client pid " + std::to_string(cred.pid) + " left during the handshake");
+    ev->rejected.push_back("client pid " + std::to_string(p.pid) + " left during the handshake");
     return;
   }
   segment::Segment s = std::move(seg).value();
@@ -305,7 +303,7 @@ void Listener::Handshake(int fd, Events* ev) {
   std::size_t req_cap = s.capacity(segment::kRequestRing), rep_cap = s.capacity(segment::kReplyRing);
   std::size_t req_rec = s.max_record(segment::kRequestRing), rep_rec = s.max_record(segment::kReplyRing);
   clients_.push_back(std::unique_ptr<Client>(new Client{
-      id, cred.pid, cred.uid, co.role, std::move(s), ring::Consumer(req, req_cap, req_rec),
+      id, p.pid, p.uid, co.role, std::move(s), ring::Consumer(req, req_cap, req_rec),
       ring::Producer(rep, rep_cap, rep_rec), fd, false}));
   ev->attached.push_back(id);
 }

@@ -74,8 +74,6 @@ bool Among(std::string_view tag, std::initializer_list<std::string_view> tags) {
   return std::find(tags.begin(), tags.end(), tag) != tags.end();
 }
 
-std::int64_t Small(const protocol::Int& i) { return i.FitsI64() ? i.AsI64() : INT64_MAX; }
-
 std::span<const std::uint8_t> Bytes(const zmq::message_t& m) {
   return {static_cast<const std::uint8_t*>(m.data()), m.size()};
 }
@@ -240,7 +238,7 @@ struct Front::Impl {
     if (*tag == "DeRegisterMsg") {
       auto m = protocol::Decode(*bytes, o.limits);
       if (m.ok())
-        if (auto* de = std::get_if<protocol::DeRegisterMsg>(&*m)) DropLink(de->instance_id, Small(de->worker_id));
+        if (auto* de = std::get_if<protocol::DeRegisterMsg>(&*m)) DropLink(de->instance_id, de->worker_id.SaturatedI64());
     }
     switch (Write(*bulk, framing::kMessage, 0, *bytes)) {
       case Put::kOk: return true;
@@ -368,12 +366,12 @@ struct Front::Impl {
       auto m = protocol::Decode(*bytes, o.limits);
       if (m.ok()) {
         if (auto* r = std::get_if<protocol::RegisterMsg>(&*m)) {
-          EnsureLink(r->instance_id, Small(r->worker_id), r->ip, Small(r->port));
+          EnsureLink(r->instance_id, r->worker_id.SaturatedI64(), r->ip, r->port.SaturatedI64());
           Pending& p = pending.at(id);
           p.is_register = true;
           p.worker_ip = r->ip;
         } else if (auto* h = std::get_if<protocol::HeartbeatMsg>(&*m)) {
-          EnsureLink(h->instance_id, Small(h->worker_id), h->ip, Small(h->port));
+          EnsureLink(h->instance_id, h->worker_id.SaturatedI64(), h->ip, h->port.SaturatedI64());
         }
       }
     }

@@ -34,6 +34,12 @@
 // framing::kRequest of the same id, so an orchestrator can keep many requests in
 // flight and match answers that finish out of order.
 //
+// Parts, each owned by the controller and stating its invariants at its top:
+// FullSync (src/controller/full_sync.h), FanOuts (src/controller/fan_outs.h),
+// the counters (counters.h). A handler gets where its reply goes (ReplyRoute)
+// as a parameter; nothing about "the request being handled" is controller
+// state, since a KV batch lets other clients' requests in while it is applied.
+//
 // Hot paths (BatchedKVOperationMsg, BatchedP2PLookupMsg) decode straight from
 // ring memory into reused views and encode the reply straight into the reply
 // ring: no heap allocation per message once warmed up.
@@ -61,9 +67,14 @@
 #include "kvring/protocol/codec.h"
 #include "kvring/index/registry.h"
 #include "kvring/shm/transport.h"
+#include "kvring/controller/counters.h"
 #include "kvring/shm/framing.h"
 
 namespace kvring::controller {
+
+class FullSync;     // src/controller/full_sync.h
+class FanOuts;      // src/controller/fan_outs.h
+struct ReplyRoute;  // src/controller/fan_outs.h: a client, in the framing of its request
 
 // How long an idle controller sleeps in poll() at a time. A client that
 // publishes while it sleeps rings the doorbell (transport.h), so this bounds
@@ -104,69 +115,12 @@ struct Options {
   std::function<void(std::string_view)> log;
 };
 
-// Service time of lookups inside the controller (decode to reply encoded), in
-// Prometheus' cumulative-bucket form.
-struct LatencyBuckets {
-  static constexpr double kBoundsSeconds[] = {1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2, 1e-1};
-  static constexpr std::size_t kBounds = std::size(kBoundsSeconds);
-  std::uint64_t le[kBounds] = {};  // observations <= each bound (cumulative)
-  std::uint64_t count = 0;
-  double sum_seconds = 0;
-  void Record(double seconds) {
-    for (std::size_t i = kBounds; i > 0 && seconds <= kBoundsSeconds[i - 1]; --i) ++le[i - 1];
-    ++count;
-    sum_seconds += seconds;
-  }
-};
-
-struct Stats {
-  std::uint64_t messages = 0;
-  std::uint64_t kv_ops = 0;
-  std::uint64_t p2p_lookups = 0;
-  std::uint64_t errors = 0;            // undecodable, unknown or out-of-place messages
-  std::uint64_t dropped_unknown_worker = 0;
-  std::uint64_t dropped_not_owner = 0;  // KV ops naming a worker another connection registered
-  std::uint64_t identity_refused = 0;   // messages naming such a worker (a KV batch counts once)
-  std::uint64_t dropped_syncing = 0;   // KV ops of a worker in the middle of a full sync
-  std::uint64_t seq_discontinuities = 0;
-  std::uint64_t quarantined_rings = 0;
-  std::uint64_t reply_ring_full = 0;
-  std::uint64_t full_syncs_started = 0;
-  std::uint64_t full_syncs_completed = 0;
-  std::uint64_t full_syncs_failed = 0;  // timed out
-  std::uint64_t full_sync_requests = 0; // FullSyncCommands sent in heartbeat replies
-  std::uint64_t workers_reaped = 0;     // missed-heartbeat timeouts
-  std::uint64_t control_requests = 0;
-  std::uint64_t fanouts = 0;               // orchestrator commands fanned out to workers
-  std::uint64_t commands_sent = 0;         // ControlMsgs sent to workers
-  std::uint64_t commands_timed_out = 0;    // ... not answered before the deadline
-  std::uint64_t commands_failed = 0;       // ... answered ErrorMsg, wrong or undecodable, undeliverable
-  std::uint64_t late_command_replies = 0;  // answers after the deadline or from the wrong client
-  std::uint64_t token_lookups = 0;         // LookupMsg
-  LatencyBuckets p2p_latency;
-  LatencyBuckets token_lookup_latency;
-};
-
-// Every Stats counter once: its key in `kvring stats --json` (StatsJson()),
-// its Prometheus series in MetricsText() and its help text. Both are made
-// from this table, so the lists cannot drift apart. Entries of one metric
-// family are adjacent (the exposition format wants a family's samples
-// together).
-struct StatsCounter {
-  const char* json_key;
-  const char* metric;  // the family's name
-  const char* labels;  // "" or e.g. "{reason=\"syncing\"}"
-  const char* type;    // "counter" or "gauge"
-  const char* help;
-  std::uint64_t Stats::*member;
-};
-std::span<const StatsCounter> StatsCounters();
-
 enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
 
 class Controller {
  public:
   static Result<std::unique_ptr<Controller>> Start(const Options& options);
+  ~Controller();
 
   // One pass over transport events and every client's ring. Returns the
   // number of records handled (0: idle).
@@ -199,7 +153,7 @@ class Controller {
   // Live workers whose full sync is in `state` (LMCache's gauges count
   // kSyncing and kCompleted).
   std::size_t WorkersIn(SyncState state) const;
-  bool full_sync_all_pending() const { return full_sync_all_; }
+  bool full_sync_all_pending() const;
   // Another part of the daemon (the ZeroMQ front) whose figures belong in
   // MetricsText() (Prometheus lines appended) and StatsJson() (a JSON object
   // under `key`). The functions run on the controller's thread.
@@ -207,53 +161,15 @@ class Controller {
                       std::function<std::string()> metrics_text) {
     extras_.push_back({std::move(key), std::move(stats_json), std::move(metrics_text)});
   }
-  std::size_t fanouts_in_flight() const { return fanouts_.size(); }
+  std::size_t fanouts_in_flight() const;
 
  private:
+  // A registered worker as the controller sees it (its full sync: FullSync).
   struct WorkerState {
     std::uint64_t client = 0;   // the connection that registered the worker: its owner
     bool owner_is_front = false;  // the ZeroMQ front (two connections, many peers)
     double last_heartbeat_mono = 0;
     bool heartbeats = false;  // has sent a HeartbeatMsg: worker_timeout_s applies
-    bool seq_gap = false;  // ask for a full sync in the next heartbeat reply
-    SyncState sync = SyncState::kNone;
-    double sync_activity_mono = 0;  // last Start/Batch/End, or when the sync was asked for
-    std::string sync_id;
-    std::int64_t sync_expected_keys = 0;
-    std::int64_t sync_received_keys = 0;
-    std::vector<bool> batches;  // received flags, one per announced batch
-    std::size_t batches_missing = 0;
-    bool sync_end_seen = false;
-  };
-
-  // Where a reply goes: a client, in the framing of its request.
-  struct ReplyRoute {
-    std::uint64_t client = 0;
-    std::uint32_t type = framing::kMessage;  // framing::kMessage or framing::kRequest
-    std::uint64_t id = 0;                    // framing::kRequest's correlation id
-  };
-  enum class FanOutKind : std::uint8_t { kClear, kPin, kCompress, kDecompress, kMove, kHealth };
-  enum class PartState : std::uint8_t { kPending, kFinished, kFailed };
-  struct FanOutPart {
-    std::int64_t worker_id = 0;
-    std::uint64_t client = 0;
-    std::uint64_t command_id = 0;
-    PartState state = PartState::kPending;
-    std::int64_t value = 0;   // num_tokens or health code (failures: a kHealth* code)
-    std::string error;        // why it failed
-  };
-  struct FanOut {
-    FanOutKind kind = FanOutKind::kHealth;
-    std::string event_id;
-    std::string instance_id;
-    ReplyRoute origin;
-    double deadline = 0;  // monotonic seconds
-    std::vector<FanOutPart> parts;
-    std::size_t pending = 0;
-  };
-  struct EventRecord {
-    std::uint64_t fanout = 0;  // in flight: its id; finished: 0
-    std::string status;        // finished: CheckFinishRetMsg.status
   };
 
   explicit Controller(const Options& options);
@@ -261,18 +177,23 @@ class Controller {
   std::size_t ServeWaitingRequests(const transport::Client* busy);
   void HandleRecord(transport::Client& c, const ring::Record& r, const std::optional<framing::Correlated>& corr,
                     const Result<std::string_view>& tag);
-  void HandleMessage(transport::Client& c, std::span<const std::uint8_t> msg, const Result<std::string_view>& tag);
+  // A request's handlers get where its reply goes (`route`: this client, in
+  // the framing of the request) as a parameter: a KV batch lets other
+  // clients' requests in while it is applied, so nothing about "the current
+  // request" may live in the controller.
+  void HandleMessage(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> msg,
+                     std::string_view tag);
   void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
-  void HandleP2P(transport::Client& c, std::span<const std::uint8_t> bytes);
-  void HandleGeneric(transport::Client& c, protocol::Message&& m);
+  void HandleP2P(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> bytes);
+  void HandleGeneric(transport::Client& c, const ReplyRoute& route, protocol::Message&& m);
   void HandleControl(transport::Client& c, std::span<const std::uint8_t> bytes);
-  void HandleHeartbeat(transport::Client& c, const protocol::HeartbeatMsg& hb);
-  void HandleFullSync(transport::Client& c, protocol::Message& m);
-  void HandleTokenLookup(transport::Client& c, const protocol::LookupMsg& m);
-  void HandleQuery(transport::Client& c, const protocol::Message& m);
+  void HandleHeartbeat(transport::Client& c, const ReplyRoute& route, const protocol::HeartbeatMsg& hb);
+  void HandleFullSync(transport::Client& c, const ReplyRoute& route, protocol::Message& m);
+  void HandleTokenLookup(transport::Client& c, const ReplyRoute& route, const protocol::LookupMsg& m);
+  void HandleQuery(transport::Client& c, const ReplyRoute& route, const protocol::Message& m);
   bool ApplyOp(std::uint32_t worker, index::HolderId holder, protocol::OpType op, std::uint64_t key,
                const protocol::Int& seq, bool* gap_counted);
-  void Reply(transport::Client& c, const protocol::Message& m);
+  void Reply(transport::Client& c, const ReplyRoute& route, const protocol::Message& m);
   // Room for a reply of `bytes` in c's reply ring. False when there is none:
   // counted as reply_ring_full, or, when the client's consumer position is
   // inconsistent, the client is quarantined (as for its request ring).
@@ -284,24 +205,22 @@ class Controller {
   // framing::kRoutedCommand naming the worker.
   bool EmitCommand(transport::Client& c, std::uint64_t id, std::uint32_t worker, const protocol::Message& m);
   // Orchestration (controller_commands.cc).
-  void HandleOrchestration(transport::Client& c, const protocol::Message& m);
-  void HandleCheckFinish(transport::Client& c, const protocol::CheckFinishMsg& m);
+  void HandleOrchestration(transport::Client& c, const ReplyRoute& route, const protocol::Message& m);
+  void HandleCheckFinish(transport::Client& c, const ReplyRoute& route, const protocol::CheckFinishMsg& m);
   void HandleCommandReply(transport::Client& c, std::uint64_t id, std::span<const std::uint8_t> bytes);
-  void SettlePart(std::uint64_t fanout_id, std::size_t part, PartState state, std::int64_t value, std::string error);
-  void FinishFanOut(std::uint64_t fanout_id);
+  // Settles a part of a fan-out (fan_outs.h); the last one sends its reply.
+  void SettlePart(std::uint64_t fanout_id, std::size_t part, bool failed, std::int64_t value, std::string error);
   void ExpireFanOuts(double now);
   void FailCommandsOf(std::uint64_t client_id);
-  std::string EventStatus(const FanOut& f) const;
-  void RememberEvent(const std::string& event_id, EventRecord rec);
   // The live workers of an instance, sorted by worker id (LMCache's get_workers).
   std::vector<std::uint32_t> WorkersOf(std::string_view instance_id) const;
   void ReplyControl(transport::Client& c, const std::string& json);
-  void ReplyError(transport::Client& c, const std::string& text);
+  void ReplyError(transport::Client& c, const ReplyRoute& route, const std::string& text);
   void Problem(const transport::Client& c, const std::string& what);
   std::uint32_t UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new);
   // Whether `c` may speak for `worker`; if not, counts and logs the refusal
-  // of `what` (and answers an ErrorMsg when `reply`).
-  bool MaySpeakFor(transport::Client& c, std::uint32_t worker, std::string_view what, bool reply);
+  // of `what` (and answers an ErrorMsg along `reply_to` when set).
+  bool MaySpeakFor(transport::Client& c, std::uint32_t worker, std::string_view what, const ReplyRoute* reply_to);
   void ForgetWorker(std::uint32_t worker);
   void RetireHolder(index::HolderId h);
   void ClientGone(std::uint64_t client_id);
@@ -320,25 +239,17 @@ class Controller {
   protocol::BatchedP2PLookupKeys p2p_view_;
   protocol::BatchedP2PLookupRetMsg p2p_reply_;
   std::vector<WorkerState> workers_;          // by worker index
+  std::unique_ptr<FullSync> sync_;            // every worker's full sync (src/controller/full_sync.h)
+  std::unique_ptr<FanOuts> fan_outs_;         // orchestration fan-outs in flight, and their history
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
   std::uint64_t registry_epoch_ = 0;          // bumped whenever a worker or holder goes away
-  bool full_sync_all_ = false;
   bool serving_waiting_ = false;              // inside ServeWaitingRequests (no nesting)
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
   double next_housekeeping_ = 0;
   double next_listener_poll_ = 0;
   double started_mono_ = 0;
-  ReplyRoute current_;                        // the request being handled
-  std::unordered_map<std::uint64_t, FanOut> fanouts_;  // in flight, by fan-out id
-  // command id -> (fan-out id, part index)
-  std::unordered_map<std::uint64_t, std::pair<std::uint64_t, std::size_t>> commands_;
-  std::unordered_map<std::string, EventRecord> events_;  // by event id
-  std::deque<std::string> event_order_;                  // oldest first, for forgetting
-  std::uint64_t next_fanout_id_ = 1;
-  std::uint64_t next_command_id_ = 1;
-  double next_fanout_deadline_ = 0;            // earliest deadline in flight (0: none)
   // Per-second rates, refreshed by housekeeping (controller_metrics.cc).
   struct RateSample {
     double at = 0;

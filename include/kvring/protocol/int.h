@@ -32,6 +32,9 @@ class Int {
   constexpr bool FitsI64() const { return negative_ || bits_ <= 0x7fffffffffffffffULL; }
   // Meaningful only when FitsI64().
   constexpr std::int64_t AsI64() const { return static_cast<std::int64_t>(bits_); }
+  // The value, or INT64_MAX when it is above (an id or count that large is
+  // out of range wherever kvring compares it).
+  constexpr std::int64_t SaturatedI64() const { return FitsI64() ? AsI64() : INT64_MAX; }
   // Decimal text, exact.
   std::string ToString() const;
 

@@ -102,10 +102,16 @@ class Listener {
   int listen_fd() const { return listen_fd_; }
 
  private:
+  struct PendingConnection {
+    int fd = -1;
+    std::chrono::steady_clock::time_point deadline;  // closed unanswered after this
+    pid_t pid = 0;  // the peer's, from SO_PEERCRED at accept (read once)
+    uid_t uid = 0;
+  };
   Listener() = default;
   void Accept(Events* ev);
   void ExpireHandshakes(Events* ev);  // closes and forgets pending connections past their deadline
-  void Handshake(int fd, Events* ev);
+  void Handshake(const PendingConnection& p, Events* ev);
   static void Refuse(int fd, const std::string& why, Events* ev);
   void Drop(std::size_t index, Events* ev);
 
@@ -113,10 +119,6 @@ class Listener {
   int listen_fd_ = -1;
   std::uint64_t generation_ = 0;
   std::uint64_t next_client_id_ = 1;
-  struct PendingConnection {
-    int fd = -1;
-    std::chrono::steady_clock::time_point deadline;  // closed unanswered after this
-  };
   std::vector<PendingConnection> pending_;  // connected, Hello not yet read, oldest first
   std::vector<struct pollfd> pollfds_;
   std::vector<std::unique_ptr<Client>> clients_;

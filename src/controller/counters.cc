@@ -1,0 +1,59 @@
+#include "kvring/controller/counters.h"
+
+namespace kvring::controller {
+namespace {
+
+constexpr const char* kRole = "{role=\"controller\"}";  // LMCache's gauges carry it
+
+// The family kvring_dropped_total ends the table: MetricsText adds its one
+// sample that is not a Stats member (over_quota, from the index) after it.
+constexpr StatsCounter kStatsCounters[] = {
+    {"messages_total", "kvring_messages_total", "", "counter", "records handled", &Stats::messages},
+    {"kv_ops_total", "kvring_kv_ops_total", "", "counter", "admit and evict operations applied", &Stats::kv_ops},
+    {"p2p_lookups_total", "kvring_p2p_lookups_total", "", "counter", "BatchedP2PLookupMsg answered",
+     &Stats::p2p_lookups},
+    {"token_lookups_total", "kvring_token_lookups_total", "", "counter", "LookupMsg (POST /lookup) answered",
+     &Stats::token_lookups},
+    {"errors_total", "kvring_errors_total", "", "counter", "undecodable, unknown or out-of-place messages",
+     &Stats::errors},
+    {"identity_refused", "kvring_identity_refused_total", "", "counter",
+     "messages naming a worker that another connection registered, refused", &Stats::identity_refused},
+    {"quarantined_rings", "kvring_quarantined_rings_total", "", "counter", "rings quarantined for corruption",
+     &Stats::quarantined_rings},
+    {"kv_op_seq_discontinuity_count", "lmcache:cache_controller_kv_op_seq_discontinuity_count", kRole, "gauge",
+     "KV batches whose sequence numbers had a gap", &Stats::seq_discontinuities},
+    {"full_sync_requests", "kvring_full_sync_requests_total", "", "counter",
+     "FullSyncCommands sent in heartbeat replies", &Stats::full_sync_requests},
+    {"full_syncs_started", "kvring_full_syncs_started_total", "", "counter", "full syncs started (accepted)",
+     &Stats::full_syncs_started},
+    {"full_syncs_completed", "kvring_full_syncs_completed_total", "", "counter", "full syncs completed",
+     &Stats::full_syncs_completed},
+    {"full_syncs_failed", "kvring_full_syncs_failed_total", "", "counter", "full syncs that stalled past the timeout",
+     &Stats::full_syncs_failed},
+    {"workers_reaped", "kvring_workers_reaped_total", "", "counter", "workers deregistered for missed heartbeats",
+     &Stats::workers_reaped},
+    {"control_requests", "kvring_control_requests_total", "", "counter", "kvring control requests (kvring stats, ...)",
+     &Stats::control_requests},
+    {"fanouts_total", "kvring_fanouts_total", "", "counter", "orchestrator commands fanned out to workers",
+     &Stats::fanouts},
+    {"commands_sent_total", "kvring_commands_sent_total", "", "counter", "ControlMsgs sent to workers",
+     &Stats::commands_sent},
+    {"commands_timed_out_total", "kvring_commands_timed_out_total", "", "counter",
+     "worker commands unanswered at the deadline", &Stats::commands_timed_out},
+    {"commands_failed_total", "kvring_commands_failed_total", "", "counter", "worker commands that failed",
+     &Stats::commands_failed},
+    {"late_command_replies_total", "kvring_late_command_replies_total", "", "counter",
+     "worker answers after the deadline or from the wrong client", &Stats::late_command_replies},
+    {"dropped_unknown_worker", "kvring_dropped_total", "{reason=\"unknown_worker\"}", "counter",
+     "messages or operations dropped, by reason", &Stats::dropped_unknown_worker},
+    {"dropped_syncing", "kvring_dropped_total", "{reason=\"syncing\"}", "counter", "", &Stats::dropped_syncing},
+    {"dropped_not_owner", "kvring_dropped_total", "{reason=\"not_owner\"}", "counter", "", &Stats::dropped_not_owner},
+    {"reply_ring_full", "kvring_dropped_total", "{reason=\"reply_ring_full\"}", "counter", "",
+     &Stats::reply_ring_full},
+};
+
+}  // namespace
+
+std::span<const StatsCounter> StatsCounters() { return kStatsCounters; }
+
+}  // namespace kvring::controller
