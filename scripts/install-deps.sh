@@ -13,6 +13,7 @@ packages=(
   libabsl-dev             # absl::flat_hash_map: the index's baseline in bench/
   libzmq3-dev cppzmq-dev  # ZeroMQ: LMCache's transport (kvringd's ZeroMQ front), the baseline in bench/
   python3 python3-zmq python3-msgpack python3-pytest  # LMCache-style Python workers in tests/python
+  python3-dev pybind11-dev python3-numpy              # the kvring Python module (python/), its tests and benchmark
   libcli11-dev            # command-line parsing
   nlohmann-json3-dev      # JSON for the CLI and the control records
   libspdlog-dev           # kvringd's log

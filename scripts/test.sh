@@ -2,10 +2,11 @@
 # Installs dependencies, builds kvring and runs every test, each build from
 # its preset in CMakePresets.json (build/<preset>):
 #   1. release: -O2 -g, full ctest suite (the installed package and the .deb included).
-#   2. asan: ASan+UBSan, full ctest suite.
-#   3. tsan: TSan build of the ring, transport, index, controller, client-library, HTTP API and
+#   2. shared: the layers as shared objects, installed and used by an out-of-tree program.
+#   3. asan: ASan+UBSan, full ctest suite.
+#   4. tsan: TSan build of the ring, transport, index, controller, client-library, HTTP API and
 #      ZeroMQ front tests (libzmq's own hand-overs suppressed: tests/tsan.supp).
-#   4. libFuzzer build (clang) of the decoder, a short fuzzing run from the
+#   5. libFuzzer build (clang) of the decoder, a short fuzzing run from the
 #      golden vectors (the corpus replay itself is part of ctest above).
 # Usage: bash scripts/test.sh            (from the repository root)
 #        KVRING_SKIP_DEPS=1 ...          skip apt-get (already installed)
@@ -25,13 +26,16 @@ run_preset() {  # preset: configure, build and (unless it is fuzz) test
   mkdir -p build
   cmake --preset "${preset}" > "build/${preset}.configure.log" 2>&1 || { cat "build/${preset}.configure.log"; exit 1; }
   cmake --build --preset "${preset}" -j"${jobs}"
-  if [ "${preset}" != fuzz ]; then
+  if [ "${preset}" != fuzz ] && [ "${preset}" != shared ]; then
     echo "=== ${preset}: ctest"
     ctest --preset "${preset}" -j"${jobs}"
   fi
 }
 
 run_preset release
+run_preset shared  # no ctest of its own: the installed-package test below
+echo "=== shared: the installed package with the layers as shared objects"
+bash tests/install/run.sh build/shared tests/install c++
 run_preset asan
 run_preset tsan   # libzmq's own hand-overs suppressed: tests/tsan.supp
 

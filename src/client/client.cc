@@ -616,6 +616,16 @@ void Worker::Evict(std::string_view location, std::uint64_t key) {
   impl_->Queue(location, OpType::kEvict, key);
 }
 
+void Worker::Admit(std::string_view location, std::span<const std::uint64_t> keys) {
+  std::lock_guard lock(impl_->mu);
+  for (std::uint64_t key : keys) impl_->Queue(location, OpType::kAdmit, key);
+}
+
+void Worker::Evict(std::string_view location, std::span<const std::uint64_t> keys) {
+  std::lock_guard lock(impl_->mu);
+  for (std::uint64_t key : keys) impl_->Queue(location, OpType::kEvict, key);
+}
+
 Status Worker::Flush() {
   std::lock_guard lock(impl_->mu);
   return impl_->FlushAll();

@@ -61,9 +61,11 @@ registry::WorkerRecord WorkerRecordOf(const Msg& msg) {
 }
 
 // Bulk records (events and full-sync batches) may wait; everything else is a
-// request someone is waiting on, or cheap bookkeeping.
+// request someone is waiting on, or cheap bookkeeping. A KV batch is bulk in
+// any framing: so a pass that serves only requests never applies one, and the
+// slices of a batch never nest.
 bool IsBulk(const ring::Record& r, const Result<std::string_view>& tag) {
-  if (r.type != framing::kMessage || !tag.ok()) return false;
+  if ((r.type != framing::kMessage && r.type != framing::kRequest) || !tag.ok()) return false;
   return *tag == protocol::BatchedKVOperationView::kTag || *tag == "FullSyncBatchMsg" || *tag == "KVAdmitMsg" ||
          *tag == "KVEvictMsg";
 }
@@ -222,15 +224,14 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
 }
 
 std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
-  if (serving_waiting_) return 0;
-  serving_waiting_ = true;
+  // Serves requests only (IsBulk stops each pass): no KV batch, so no slice
+  // of one, runs inside this, and this never runs inside itself.
   std::size_t n = 0;
   // Most clients have nothing waiting: a look at the header where their
   // next record would be settles that, without a serving pass.
   for (const auto& cp : listener_->clients())
     if (cp.get() != busy && cp->requests.HasRecord())
       n += ServeClient(*cp, options_.ring_budget_records, options_.ring_budget_bytes, true);
-  serving_waiting_ = false;
   return n;
 }
 
@@ -262,7 +263,7 @@ void Controller::HandleRecord(transport::Client& c, const ring::Record& r,
 
 void Controller::HandleMessage(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> msg,
                                std::string_view tag) {
-  if (tag == protocol::BatchedKVOperationView::kTag) return HandleKvBatch(c, msg);
+  if (tag == protocol::BatchedKVOperationView::kTag) return ServeKvBatch(c, msg);
   if (tag == protocol::BatchedP2PLookupKeys::kTag) {
     const auto t0 = std::chrono::steady_clock::now();
     HandleP2P(c, route, msg);
@@ -296,56 +297,70 @@ bool Controller::ApplyOp(std::uint32_t worker, index::HolderId holder, protocol:
   return gap;
 }
 
-void Controller::HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes) {
+void Controller::ServeKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes) {
   if (Status s = protocol::Decode(bytes, &kv_view_, options_.limits); !s.ok()) {
     ++stats_.errors;
     return Problem(c, "BatchedKVOperationMsg: " + s.message());
   }
-  const std::size_t n = kv_view_.operations.size();
-  auto resolve = [&](std::uint32_t* w, index::HolderId* h, std::size_t from) {
-    auto found = registry_.Find(kv_view_.instance_id, kv_view_.worker_id.SaturatedI64());
-    if (!found) {
-      stats_.dropped_unknown_worker += n - from;  // LMCache drops these too
-      return false;
-    }
-    if (!MaySpeakFor(c, *found, "BatchedKVOperationMsg", nullptr)) {
-      stats_.dropped_not_owner += n - from;
-      return false;
-    }
-    if (sync_->syncing(*found)) {
-      stats_.dropped_syncing += n - from;  // as LMCache: the sync's snapshot supersedes them
-      return false;
-    }
-    *w = *found;
-    *h = registry_.Holder(*w, kv_view_.location);
-    return true;
-  };
-  std::uint32_t w;
-  index::HolderId h;
-  if (n == 0 || !resolve(&w, &h, 0)) return;
-  bool gap_counted = false;
+  KvBatch b;
+  if (kv_view_.operations.empty() || !ResolveKvBatch(c, &b)) return;
+  while (ApplyKvSlice(&b)) {
+    // Between slices, the requests waiting at the other clients' heads.
+    // One of them may retire this batch's worker or holder (the ZeroMQ
+    // front's requests connection carries the same workers as its bulk one).
+    const std::uint64_t epoch = registry_epoch_;
+    ServeWaitingRequests(&c);
+    if (epoch != registry_epoch_ && !ResolveKvBatch(c, &b)) return;
+  }
+}
+
+bool Controller::ResolveKvBatch(transport::Client& c, KvBatch* b) {
+  const std::size_t rest = kv_view_.operations.size() - b->next;
+  auto found = registry_.Find(kv_view_.instance_id, kv_view_.worker_id.SaturatedI64());
+  if (!found) {
+    stats_.dropped_unknown_worker += rest;  // LMCache drops these too
+    return false;
+  }
+  if (!MaySpeakFor(c, *found, "BatchedKVOperationMsg", nullptr)) {
+    stats_.dropped_not_owner += rest;
+    return false;
+  }
+  if (sync_->syncing(*found)) {
+    stats_.dropped_syncing += rest;  // as LMCache: the sync's snapshot supersedes them
+    return false;
+  }
+  b->worker = *found;
+  b->holder = registry_.Holder(*found, kv_view_.location);
+  return true;
+}
+
+bool Controller::ApplyKvSlice(KvBatch* b) {
+  const std::span<const protocol::KVOpEvent> ops = kv_view_.operations;
+  const std::size_t n = ops.size();
   // Keep the buckets of the next kPrefetchOps keys in flight: independent
   // DRAM reads overlap instead of each op waiting for its own miss.
   constexpr std::size_t kPrefetchOps = 16;
   auto prefetch = [&](std::size_t i) {
-    std::uint64_t key = kv_view_.operations[i].key.bits();
+    std::uint64_t key = ops[i].key.bits();
     index_.Prefetch(std::span<const std::uint64_t>(&key, 1));
   };
-  for (std::size_t i = 0; i < std::min(n, kPrefetchOps); ++i) prefetch(i);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchOps < n) prefetch(i + kPrefetchOps);
-    // Every request_check_ops ops, across batches and clients, let waiting
-    // requests in; the view still points into this client's ring, which is
-    // not released until the whole batch is applied.
-    if (++ops_since_scan_ >= options_.request_check_ops && !serving_waiting_) {
+  std::size_t i = b->next;  // in a register while the slice runs
+  if (i == 0)
+    for (std::size_t k = 0; k < std::min(n, kPrefetchOps); ++k) prefetch(k);
+  for (; i < n; ++i) {
+    // Every request_check_ops ops, across batches and clients, back to the
+    // scheduler (ServeKvBatch) to let waiting requests in.
+    if (ops_since_scan_ >= options_.request_check_ops) {
       ops_since_scan_ = 0;
-      std::uint64_t epoch = registry_epoch_;
-      ServeWaitingRequests(&c);
-      if (epoch != registry_epoch_ && !resolve(&w, &h, i)) return;
+      b->next = i;
+      return true;
     }
-    const protocol::KVOpEvent& op = kv_view_.operations[i];
-    ApplyOp(w, h, op.op_type, op.key.bits(), op.seq_num, &gap_counted);
+    ++ops_since_scan_;
+    if (i + kPrefetchOps < n) prefetch(i + kPrefetchOps);
+    ApplyOp(b->worker, b->holder, ops[i].op_type, ops[i].key.bits(), ops[i].seq_num, &b->gap_counted);
   }
+  b->next = n;
+  return false;
 }
 
 void Controller::HandleP2P(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> bytes) {
@@ -357,23 +372,22 @@ void Controller::HandleP2P(transport::Client& c, const ReplyRoute& route, std::s
   ++stats_.p2p_lookups;
   p2p::Hit hit = lookup_.Run(index_, registry_, p2p_view_.hashes, p2p_view_.instance_id, p2p_view_.worker_id.SaturatedI64(),
                              options_.policy);
-  if (p2p_reply_.layout_info.size() != 1) p2p_reply_.layout_info.resize(1);
-  protocol::P2PLayout& l = p2p_reply_.layout_info[0];
-  // assign() reuses each string's capacity: no allocation once warmed up.
-  l.instance_id.assign(hit.instance_id);
-  l.location.assign(hit.location);
-  l.num_hit_chunks = protocol::Int::FromU64(hit.num_hit_chunks);
-  l.peer_init_url.assign(hit.peer_init_url);
-  // Encode straight into the reply ring (after the request's id, if it has one).
+  // Encoded straight from the lookup's result (views into the registry)
+  // into the reply ring, after the request's id if it has one.
+  const protocol::P2PLayoutView layout{hit.instance_id, hit.location, protocol::Int::FromU64(hit.num_hit_chunks),
+                                       hit.peer_init_url};
   const std::size_t id_bytes = route.type == framing::kRequest ? framing::kCorrelationIdBytes : 0;
   std::span<std::uint8_t> out;
-  std::size_t guess = id_bytes + 64 + l.instance_id.size() + l.location.size() + l.peer_init_url.size();
+  std::size_t guess = id_bytes + 64 + hit.instance_id.size() + hit.location.size() + hit.peer_init_url.size();
   if (!ClaimReply(c, guess, &out)) return;
   if (id_bytes) framing::StoreCorrelationId(out, route.id);
-  protocol::EncodeResult r = protocol::EncodeTo(p2p_reply_, out.subspan(id_bytes));
+  protocol::EncodeResult r = protocol::EncodeTo(protocol::BatchedP2PLookupRetView{{&layout, 1}}, out.subspan(id_bytes));
   if (!r.fits) {  // cannot happen with the guess above; stay correct anyway
     c.replies.Abort();
-    return Reply(c, route, p2p_reply_);
+    return Reply(c, route,
+                 protocol::BatchedP2PLookupRetMsg{{protocol::P2PLayout{std::string(hit.instance_id), std::string(hit.location),
+                                                                      layout.num_hit_chunks,
+                                                                      std::string(hit.peer_init_url)}}});
   }
   c.replies.Commit(id_bytes + r.bytes, route.type);
   c.replies.DemoteLastRecord();  // the requester reads it from the shared cache (1-hash round trip ~6 % faster)

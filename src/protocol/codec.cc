@@ -606,6 +606,14 @@ template <typename W> void EncodeValue(W& w, const P2PLayout& v) {
   w.ArrayHeader(4); w.Str(v.instance_id); w.Str(v.location); w.Integer(v.num_hit_chunks);
   w.Str(v.peer_init_url);
 }
+template <typename W> void EncodeValue(W& w, const P2PLayoutView& v) {  // the same tuple, from views
+  w.ArrayHeader(4); w.Str(v.instance_id); w.Str(v.location); w.Integer(v.num_hit_chunks);
+  w.Str(v.peer_init_url);
+}
+template <typename W> void EncodeValue(W& w, std::span<const P2PLayoutView> v) {
+  w.ArrayHeader(v.size());
+  for (const auto& x : v) EncodeValue(w, x);
+}
 template <typename W, typename T> void EncodeValue(W& w, const std::optional<T>& v) {
   if (v) EncodeValue(w, *v);
   else w.Nil();
@@ -841,6 +849,9 @@ EncodeResult EncodeTo(const BatchedP2PLookupRequest& m, std::span<std::uint8_t> 
   return detail::EncodeTaggedTo(m, out);
 }
 EncodeResult EncodeTo(const BatchedP2PLookupRetMsg& m, std::span<std::uint8_t> out) {
+  return detail::EncodeTaggedTo(m, out);
+}
+EncodeResult EncodeTo(const BatchedP2PLookupRetView& m, std::span<std::uint8_t> out) {
   return detail::EncodeTaggedTo(m, out);
 }
 

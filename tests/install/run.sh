@@ -25,7 +25,8 @@ cmake --build "${work}/user" > "${work}/build.log" 2>&1 || { cat "${work}/build.
 pcdir=$(dirname "$(find "${prefix}" -name kvring.pc | head -1)")
 # shellcheck disable=SC2046
 "${cxx}" -O1 "${here}/user.cc" -o "${work}/user-pc" \
-  $(PKG_CONFIG_PATH="${pcdir}" pkg-config --cflags --libs --static kvring)
+  $(PKG_CONFIG_PATH="${pcdir}" pkg-config --cflags --libs --static kvring) \
+  -Wl,-rpath,"$(PKG_CONFIG_PATH="${pcdir}" pkg-config --variable=libdir kvring)"  # a shared build's layers, off the default path
 
 name="install-test-$$"
 "${prefix}/bin/kvringd" --name "${name}" 2> "${work}/kvringd.log" &

@@ -50,6 +50,12 @@ zcat "${root}/usr/share/man/man1/kvring.1.gz" | grep -q "inspect" || fail "kvrin
 [[ "$("${root}/usr/bin/kvringd" --version)" == "kvringd ${version}" ]] || fail "kvringd --version"
 [[ "$("${root}/usr/bin/kvring" --version)" == "kvring ${version}" ]] || fail "kvring --version"
 
+# The Python module from the package (Debian's dist-packages), when the build has it.
+if [[ -d "${root}/usr/lib/python3/dist-packages/kvring" ]]; then
+  [[ "$(PYTHONPATH="${root}/usr/lib/python3/dist-packages" /usr/bin/python3 -c 'import kvring; print(kvring.__version__)')" \
+     == "${version}" ]] || fail "import kvring from the package"
+fi
+
 # The unit, as systemd reads it (an instance of it, with the unpacked program).
 unit="${root}/usr/lib/systemd/system/kvringd@.service"
 exec_start=$(sed -n 's/^ExecStart=//p' "${unit}")

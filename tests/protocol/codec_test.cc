@@ -538,6 +538,40 @@ TEST(HotPath, LookupRequestsFromUint64HashesEncodeAsTheViewDoes) {
 // KV events are written in bulk too (each map's constant bytes copied whole,
 // room for the batch's worst case checked once); into a span with less room
 // than that they go field by field. Both give real msgspec's bytes.
+// The controller encodes a lookup's reply from views of its registry's
+// strings (BatchedP2PLookupRetView): the bytes must be msgspec's, as the
+// golden vectors have them, and as the owning message encodes them.
+TEST(HotPath, LookupRepliesFromViewsEncodeAsMsgspecDoes) {
+  for (const char* file : {"BatchedP2PLookupRetMsg__hit.msgpack", "BatchedP2PLookupRetMsg__miss.msgpack",
+                           "BatchedP2PLookupRetMsg__multi.msgpack"}) {
+    SCOPED_TRACE(file);
+    const std::string bytes = ReadFile(VectorDir() + file);
+    auto m = Decode(AsBytes(bytes));
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    const auto& ret = std::get<BatchedP2PLookupRetMsg>(*m);
+    std::vector<P2PLayoutView> views;
+    for (const P2PLayout& l : ret.layout_info)
+      views.push_back({l.instance_id, l.location, l.num_hit_chunks, l.peer_init_url});
+    std::vector<std::uint8_t> out(bytes.size());
+    const EncodeResult r = EncodeTo(BatchedP2PLookupRetView{views}, std::span(out));
+    ASSERT_TRUE(r.fits);
+    EXPECT_EQ(std::string(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(r.bytes)), bytes);
+    // One byte short: reported, with the size it needs.
+    std::vector<std::uint8_t> small(bytes.size() - 1);
+    const EncodeResult t = EncodeTo(BatchedP2PLookupRetView{views}, std::span(small));
+    EXPECT_FALSE(t.fits);
+    EXPECT_EQ(t.bytes, bytes.size());
+  }
+  // Large counts and long strings: the same bytes as the owning message.
+  const std::string url(300, 'u');
+  const P2PLayoutView v{"inst", "LocalCPUBackend", Int::FromU64(~0ULL), url};
+  std::vector<std::uint8_t> out(1024);
+  const EncodeResult r = EncodeTo(BatchedP2PLookupRetView{{&v, 1}}, std::span(out));
+  ASSERT_TRUE(r.fits);
+  EXPECT_EQ(std::string(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(r.bytes)),
+            Encode(BatchedP2PLookupRetMsg{{P2PLayout{"inst", "LocalCPUBackend", Int::FromU64(~0ULL), url}}}));
+}
+
 TEST(HotPath, KvBatchesEncodeAsMsgspecDoesWhateverTheRoom) {
   for (const char* file : {"BatchedKVOperationMsg__edge_ints.msgpack", "BatchedKVOperationMsg__256ops.msgpack",
                            "BatchedKVOperationMsg__small.msgpack"}) {

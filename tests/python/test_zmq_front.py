@@ -22,11 +22,11 @@ import pytest
 import zmq
 
 sys.path.insert(0, os.path.dirname(__file__))
+from helpers import ShmWorker, wait_for  # noqa: E402
 from lmcache_worker import LMCacheWorker, pack, tagged, unpack  # noqa: E402
 
 KVRINGD = os.environ.get("KVRINGD", "build/release/kvringd")
 KVRING_CLI = os.environ.get("KVRING_CLI", "build/release/kvring")
-SHM_WORKER_TOOL = os.environ.get("SHM_WORKER_TOOL", "build/release/shm_worker_tool")
 LOC = "LocalCPUBackend"
 
 
@@ -40,18 +40,6 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    """Polls `cond` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.01)
 
 
 class Daemon:
@@ -150,22 +138,6 @@ def close_workers():
     yield
     while workers_made:
         workers_made.pop().close()
-
-
-class ShmWorker:
-    def __init__(self, controller, instance, wid, peer):
-        self.p = subprocess.Popen([SHM_WORKER_TOOL, controller, instance, str(wid), peer], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        assert json.loads(self.p.stdout.readline()).get("ok"), "shm worker did not attach"
-
-    def ask(self, line):
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-        return json.loads(self.p.stdout.readline())
-
-    def close(self):
-        self.p.stdin.close()
-        self.p.wait(timeout=10)
 
 
 def lookup_until(w, hashes, want, timeout=10.0):

@@ -134,6 +134,9 @@ class Worker {
 
   void Admit(std::string_view location, std::uint64_t key);
   void Evict(std::string_view location, std::uint64_t key);
+  // Many at once, in order (one lock): what a Python caller's array becomes.
+  void Admit(std::string_view location, std::span<const std::uint64_t> keys);
+  void Evict(std::string_view location, std::span<const std::uint64_t> keys);
   // Sends every queued op (waits for ring space up to request_timeout).
   Status Flush();
   // Which peer holds the longest prefix of `hashes` (BatchedP2PLookupMsg).

@@ -183,7 +183,23 @@ class Controller {
   // request" may live in the controller.
   void HandleMessage(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> msg,
                      std::string_view tag);
-  void HandleKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
+  // A KV batch is applied in slices: the scheduler (ServeKvBatch) serves the
+  // requests waiting at other clients' heads between them, so a lookup waits
+  // behind at most request_check_ops ops. The batch's view points into its
+  // client's ring, which is not released until the whole batch is applied.
+  struct KvBatch {
+    std::size_t next = 0;  // the next op to apply
+    std::uint32_t worker = 0;
+    index::HolderId holder = 0;
+    bool gap_counted = false;  // as LMCache: a batch's first gap counts once
+  };
+  void ServeKvBatch(transport::Client& c, std::span<const std::uint8_t> bytes);
+  // Finds the batch's worker and holder (again, after requests may have
+  // retired them); false: the ops from b->next on are dropped and counted.
+  bool ResolveKvBatch(transport::Client& c, KvBatch* b);
+  // Applies ops until request_check_ops have gone by since requests were
+  // last looked for; true when ops remain.
+  bool ApplyKvSlice(KvBatch* b);
   void HandleP2P(transport::Client& c, const ReplyRoute& route, std::span<const std::uint8_t> bytes);
   void HandleGeneric(transport::Client& c, const ReplyRoute& route, protocol::Message&& m);
   void HandleControl(transport::Client& c, std::span<const std::uint8_t> bytes);
@@ -237,14 +253,12 @@ class Controller {
   // Reused buffers of the hot paths.
   protocol::BatchedKVOperationView kv_view_;
   protocol::BatchedP2PLookupKeys p2p_view_;
-  protocol::BatchedP2PLookupRetMsg p2p_reply_;
   std::vector<WorkerState> workers_;          // by worker index
   std::unique_ptr<FullSync> sync_;            // every worker's full sync (src/controller/full_sync.h)
   std::unique_ptr<FanOuts> fan_outs_;         // orchestration fan-outs in flight, and their history
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
   std::uint64_t registry_epoch_ = 0;          // bumped whenever a worker or holder goes away
-  bool serving_waiting_ = false;              // inside ServeWaitingRequests (no nesting)
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
   double next_housekeeping_ = 0;

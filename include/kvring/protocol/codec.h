@@ -96,6 +96,22 @@ using BatchedP2PLookupKeys = BatchedP2PLookupOf<std::vector<std::uint64_t>>;
 // sends. Encodes to the same bytes as a view holding the same values.
 using BatchedP2PLookupRequest = BatchedP2PLookupOf<std::span<const std::uint64_t>>;
 
+// The lookup's reply from strings it does not own (the controller's lookup
+// result: views into its registry), encoded straight into a ring slot with
+// nothing copied first. The same bytes as the BatchedP2PLookupRetMsg holding
+// the same layouts. Encode only.
+struct P2PLayoutView {
+  std::string_view instance_id;
+  std::string_view location;
+  Int num_hit_chunks;
+  std::string_view peer_init_url;
+};
+struct BatchedP2PLookupRetView {
+  std::span<const P2PLayoutView> layout_info;
+  static constexpr std::string_view kTag = "BatchedP2PLookupRetMsg";
+  static constexpr auto Fields() { return std::make_tuple(Req("layout_info", &BatchedP2PLookupRetView::layout_info)); }
+};
+
 // Decode into a view. The tag must be the view's message; the strings stay
 // valid as long as `bytes` does. On error the view's contents are unspecified.
 Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& limits = {});
@@ -125,6 +141,7 @@ EncodeResult EncodeTo(const BatchedKVOperationView& m, std::span<std::uint8_t> o
 EncodeResult EncodeTo(const BatchedP2PLookupView& m, std::span<std::uint8_t> out);
 EncodeResult EncodeTo(const BatchedP2PLookupRequest& m, std::span<std::uint8_t> out);
 EncodeResult EncodeTo(const BatchedP2PLookupRetMsg& m, std::span<std::uint8_t> out);
+EncodeResult EncodeTo(const BatchedP2PLookupRetView& m, std::span<std::uint8_t> out);
 
 // Room that always holds a BatchedKVOperationMsg of n ops:
 // KvBatchBytesBound(instance_id.size(), location.size(), n). Its ops are
