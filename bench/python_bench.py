@@ -8,7 +8,12 @@ workers take (a ZeroMQ DEALER/ROUTER round trip), in one run:
     a ROUTER in another process that answers at once with a fixed reply (no
     controller logic at all: the floor of the ZeroMQ path LMCache uses);
   - admits_numpy: admits/s from a 1 M-element numpy uint64 array
-    (kvring.Worker.admit + flush, timed until the controller applied them all).
+    (kvring.Worker.admit + flush, timed until the controller applied them all);
+  - floor_pingpong: the bare cache-line ping-pong between two processes
+    (e2e_bench's BM_Floor_CacheLinePingPong, run in the same round): the
+    floor of any shared-memory round trip on this machine;
+  - lookup_32_busy: lookup_32 again with --busy processes spinning on the
+    CPU (more busy processes than cores).
 
 Google Benchmark measures the C++ side (bench/*.cc); this measures what a
 Python caller sees. Each figure: the median of --rounds rounds.
@@ -125,6 +130,30 @@ def bench_admits(controller, cli, n):
     return n / dt
 
 
+def spin():
+    while True:
+        pass
+
+
+def bench_lookup_busy(controller, n, busy):
+    procs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(busy)]
+    for p in procs:
+        p.start()
+    try:
+        return bench_lookup(controller, n)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+
+
+def bench_floor(e2e_bench):
+    r = subprocess.run([e2e_bench, "--benchmark_filter=BM_Floor_CacheLinePingPong", "--benchmark_format=json"],
+                       capture_output=True, text=True, timeout=120, check=True)
+    b = json.loads(r.stdout)["benchmarks"][0]
+    return b["p50_ns"], b["p99_ns"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kvringd", default="build/release/kvringd")
@@ -132,19 +161,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lookups", type=int, default=20000)
     ap.add_argument("--admits", type=int, default=1_000_000)
+    ap.add_argument("--e2e-bench", default="build/release/e2e_bench", help="for the ping-pong floor")
+    ap.add_argument("--busy", type=int, default=4, help="spinning processes for lookup_32_busy")
     a = ap.parse_args()
     name = "pybench%d" % os.getpid()
     daemon = subprocess.Popen([a.kvringd, "--name", name, "--stats-interval", "0"], stderr=subprocess.DEVNULL)
     try:
         subprocess.run([a.cli, "stats", "--name", name, "--timeout", "10000"], check=True, capture_output=True)
-        rows = {"lookup_32": [], "zmq_floor_32": [], "admits_numpy": []}
+        rows = {"floor_pingpong": [], "lookup_32": [], "zmq_floor_32": [], "lookup_32_busy": [], "admits_numpy": []}
         for _ in range(a.rounds):
+            rows["floor_pingpong"].append(bench_floor(a.e2e_bench))
             rows["lookup_32"].append(bench_lookup(name, a.lookups))
             rows["zmq_floor_32"].append(bench_zmq_floor(a.lookups))
+            rows["lookup_32_busy"].append(bench_lookup_busy(name, a.lookups // 4, a.busy))
             rows["admits_numpy"].append(bench_admits(name, a.cli, a.admits))
         print("CPU: %s, %d cores; python %s; %d rounds, medians" % (cpu_name(), os.cpu_count(), sys.version.split()[0],
                                                                   a.rounds))
-        for key in ("lookup_32", "zmq_floor_32"):
+        for key in ("floor_pingpong", "lookup_32", "zmq_floor_32", "lookup_32_busy"):
             p50 = statistics.median(r[0] for r in rows[key]) / 1000
             p99 = statistics.median(r[1] for r in rows[key]) / 1000
             print("%-14s p50 %7.2f us  p99 %7.2f us   rounds p50: %s" %

@@ -211,14 +211,42 @@ std::function<Ret(const Msg&)> Handler(py::object fn) {
                                (std::is_same_v<Ret, kvring::protocol::CheckFinishWorkerRetMsg> ? "a str" : "an int") +
                                " or a dict");
     } catch (py::error_already_set& e) {
-      // The message only: the exception object must not outlive the GIL.
-      const std::string what = e.what();
+      // str(exception), as LMCache's worker puts it in "Worker error: {e}";
+      // the exception object itself must not outlive the GIL.
+      const std::string what = py::str(e.value()).cast<std::string>();
       e.restore();
       PyErr_Clear();
       throw std::runtime_error(what);
     }
   };
 }
+
+// The C++ object behind a Python wrapper. A call takes a reference under the
+// GIL for its whole length, so a close() from another Python thread never
+// frees the object under a running call; the last reference destroys it with
+// the GIL released (its threads may need the GIL to finish: handlers).
+template <typename T>
+class Held {
+ public:
+  void Set(std::unique_ptr<T> p) { p_ = std::shared_ptr<T>(p.release(), Destroy); }
+  std::shared_ptr<T> Take() { return std::move(p_); }
+  std::shared_ptr<T> Get(const char* what) const {
+    if (!p_) throw py::value_error(std::string(what) + " is closed");
+    return p_;
+  }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  static void Destroy(T* p) {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release nogil;
+      delete p;
+    } else {
+      delete p;
+    }
+  }
+  std::shared_ptr<T> p_;
+};
 
 // ---- Worker ---------------------------------------------------------------
 
@@ -279,25 +307,22 @@ class PyWorker {
         py::gil_scoped_acquire gil;
         Raise(w.status());
       }
-      worker_ = std::move(w).value();
-      if (background) worker_->StartBackgroundTicks();
+      if (background) (*w)->StartBackgroundTicks();
+      worker_.Set(std::move(w).value());
     }
   }
 
-  ~PyWorker() {
-    // The background thread may be waiting for the GIL (a handler): let it.
-    py::gil_scoped_release nogil;
-    worker_.reset();
-  }
+  ~PyWorker() { (void)worker_.Take(); }  // destroyed without the GIL (Held)
 
   void Admit(const std::string& location, const py::handle& hashes) { Apply(location, hashes, true); }
   void Evict(const std::string& location, const py::handle& hashes) { Apply(location, hashes, false); }
 
   void Flush() {
+    auto w = Live();
     Status s;
     {
       py::gil_scoped_release nogil;
-      s = Live().Flush();
+      s = w->Flush();
     }
     Check(s);
   }
@@ -307,10 +332,11 @@ class PyWorker {
   py::list Lookup(const py::handle& hashes, double timeout) {
     Hashes h(hashes);
     const auto t = Millis(timeout, "timeout");
+    auto w = Live();
     kvring::Result<kvring::client::P2PHit> r = kvring::Status(ErrorKind::kInternal, "not run");
     {
       py::gil_scoped_release nogil;
-      r = Live().Lookup(h.span(), t);
+      r = w->Lookup(h.span(), t);
     }
     kvring::client::P2PHit hit = Take(std::move(r));
     py::list out;
@@ -319,28 +345,30 @@ class PyWorker {
   }
 
   void Heartbeat() {
+    auto w = Live();
     Status s;
     {
       py::gil_scoped_release nogil;
-      s = Live().Heartbeat();
+      s = w->Heartbeat();
     }
     Check(s);
   }
 
   void Close() {
-    if (!worker_) return;
+    std::shared_ptr<kvring::client::Worker> w = worker_.Take();
+    if (!w) return;
     Status s;
     {
       py::gil_scoped_release nogil;
-      s = worker_->Close();
-      worker_.reset();
+      s = w->Close();  // other threads' calls in flight fail ("worker closed"); theirs is the last reference
     }
+    w.reset();
     // A controller already gone is not an error for the caller that closes.
     if (!s.ok() && s.kind() != ErrorKind::kUnavailable) Raise(s);
   }
 
   py::dict Counters() {
-    const auto c = Live().counters();
+    const auto c = Live()->counters();
     py::dict d;
     d["ops_sent"] = c.ops_sent;
     d["batches_sent"] = c.batches_sent;
@@ -357,18 +385,15 @@ class PyWorker {
   bool closed() const { return !worker_; }
 
  private:
-  kvring::client::Worker& Live() {
-    if (!worker_) throw py::value_error("kvring.Worker is closed");
-    return *worker_;
-  }
+  std::shared_ptr<kvring::client::Worker> Live() const { return worker_.Get("kvring.Worker"); }
   void Apply(const std::string& location, const py::handle& hashes, bool admit) {
     Hashes h(hashes);
-    kvring::client::Worker& w = Live();
+    auto w = Live();
     py::gil_scoped_release nogil;  // a full batch is sent (and may wait for ring space)
-    if (admit) w.Admit(location, h.span());
-    else w.Evict(location, h.span());
+    if (admit) w->Admit(location, h.span());
+    else w->Evict(location, h.span());
   }
-  std::unique_ptr<kvring::client::Worker> worker_;
+  Held<kvring::client::Worker> worker_;
 };
 
 // ---- Orchestrator ------------------------------------------------------------
@@ -382,44 +407,37 @@ class PyOrchestrator {
       py::gil_scoped_release nogil;
       r = kvring::client::Orchestrator::Connect(controller, t);
     }
-    o_ = Take(std::move(r));
+    o_.Set(Take(std::move(r)));
   }
-  ~PyOrchestrator() {
-    py::gil_scoped_release nogil;  // its reader thread stops
-    o_.reset();
-  }
+  ~PyOrchestrator() { (void)o_.Take(); }  // its reader thread stops without the GIL (Held)
   // One LMCache message as JSON text; its reply as JSON text.
   std::string Request(const std::string& json_text, double timeout) {
     kvring::protocol::Message m = FromJsonText(json_text);
     const auto t = Millis(timeout, "timeout");
+    auto o = Live();
     kvring::Result<kvring::protocol::Message> r = Status(ErrorKind::kInternal, "not run");
     {
       py::gil_scoped_release nogil;
-      r = Live().Request(m, t);
+      r = o->Request(m, t);
     }
     return ToJsonText(Take(std::move(r)));
   }
   std::string Control(const std::string& json_text, double timeout) {
     const auto t = Millis(timeout, "timeout");
+    auto o = Live();
     kvring::Result<std::string> r = Status(ErrorKind::kInternal, "not run");
     {
       py::gil_scoped_release nogil;
-      r = Live().Control(json_text, t);
+      r = o->Control(json_text, t);
     }
     return Take(std::move(r));
   }
-  void Close() {
-    py::gil_scoped_release nogil;
-    o_.reset();
-  }
-  bool alive() const { return o_ && o_->alive(); }
+  void Close() { (void)o_.Take(); }
+  bool alive() const { return o_ && o_.Get("kvring.Orchestrator")->alive(); }
 
  private:
-  kvring::client::Orchestrator& Live() {
-    if (!o_) throw py::value_error("kvring.Orchestrator is closed");
-    return *o_;
-  }
-  std::unique_ptr<kvring::client::Orchestrator> o_;
+  std::shared_ptr<kvring::client::Orchestrator> Live() const { return o_.Get("kvring.Orchestrator"); }
+  Held<kvring::client::Orchestrator> o_;
 };
 
 // ---- chunk hashes ----------------------------------------------------------

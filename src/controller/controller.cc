@@ -270,7 +270,7 @@ void Controller::HandleMessage(transport::Client& c, const ReplyRoute& route, st
     stats_.p2p_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return;
   }
-  auto m = protocol::Decode(msg, options_.limits);
+  auto m = protocol::DecodeTagged(tag, msg, options_.limits);  // the decoder found from the tag read once
   if (!m.ok()) {
     ++stats_.errors;
     Problem(c, std::string(tag) + ": " + m.status().message());
@@ -510,57 +510,64 @@ bool Controller::MaySpeakFor(transport::Client& c, std::uint32_t w, std::string_
 
 void Controller::HandleGeneric(transport::Client& c, const ReplyRoute& route, protocol::Message&& m) {
   using namespace protocol;
-  if (auto* reg = std::get_if<RegisterMsg>(&m)) {
-    // As LMCache: a repeated registration starts the worker's keys afresh;
-    // unlike LMCache, only from the connection that holds the identity.
-    if (auto known = registry_.Find(reg->instance_id, reg->worker_id.SaturatedI64())) {
-      if (!MaySpeakFor(c, *known, "RegisterMsg", &route)) return;
-      ForgetWorker(*known);
-    }
-    bool is_new;
-    UpsertWorker(c, WorkerRecordOf(*reg), &is_new);
-    RegisterRetMsg ret;
-    ret.extra_config.emplace_back("heartbeat_interval_s", std::to_string(options_.heartbeat_interval_s));
-    ret.extra_config.emplace_back("full_sync_timeout_s", std::to_string(options_.full_sync_timeout_s));
-    return Reply(c, route, ret);
-  }
-  if (auto* hb = std::get_if<HeartbeatMsg>(&m)) return HandleHeartbeat(c, route, *hb);
-  if (auto* de = std::get_if<DeRegisterMsg>(&m)) {
-    if (auto w = registry_.Find(de->instance_id, de->worker_id.SaturatedI64()))
-      if (MaySpeakFor(c, *w, "DeRegisterMsg", nullptr)) ForgetWorker(*w);
-    return;
-  }
-  if (std::holds_alternative<FullSyncStartMsg>(m) || std::holds_alternative<FullSyncBatchMsg>(m) ||
-      std::holds_alternative<FullSyncEndMsg>(m) || std::holds_alternative<FullSyncStatusMsg>(m))
-    return HandleFullSync(c, route, m);
-  if (auto* lk = std::get_if<LookupMsg>(&m)) {
-    const auto t0 = std::chrono::steady_clock::now();
-    ++stats_.token_lookups;
-    HandleTokenLookup(c, route, *lk);
-    stats_.token_lookup_latency.Record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    return;
-  }
-  if (std::holds_alternative<QueryInstMsg>(m) || std::holds_alternative<QueryWorkerInfoMsg>(m))
-    return HandleQuery(c, route, m);
-  if (auto* cf = std::get_if<CheckFinishMsg>(&m)) return HandleCheckFinish(c, route, *cf);
-  if (std::holds_alternative<ClearMsg>(m) || std::holds_alternative<PinMsg>(m) ||
-      std::holds_alternative<CompressMsg>(m) || std::holds_alternative<DecompressMsg>(m) ||
-      std::holds_alternative<MoveMsg>(m) || std::holds_alternative<HealthMsg>(m))
-    return HandleOrchestration(c, route, m);
-  auto single = [&](const auto& op, OpType type) {
-    auto w = registry_.Find(op.instance_id, op.worker_id.SaturatedI64());
-    if (!w) return void(++stats_.dropped_unknown_worker);
-    if (!MaySpeakFor(c, *w, TagOf(m), nullptr)) return void(++stats_.dropped_not_owner);
-    if (sync_->syncing(*w)) return void(++stats_.dropped_syncing);
-    bool gap_counted = false;
-    ApplyOp(*w, registry_.Holder(*w, op.location), type, op.key.bits(), op.seq_num, &gap_counted);
-  };
-  if (auto* a = std::get_if<KVAdmitMsg>(&m)) return single(*a, OpType::kAdmit);
-  if (auto* e = std::get_if<KVEvictMsg>(&m)) return single(*e, OpType::kEvict);
-  ++stats_.errors;
-  std::string tag(TagOf(m));
-  Problem(c, tag + " is not a request the controller answers");
-  if (ExpectsReply(tag)) ReplyError(c, route, "kvring: " + tag + " is not a request the controller answers");
+  // One dispatch, on the variant's index (the tag was read once, in
+  // ServeClient, and picked the decoder): each message type's branch is
+  // chosen at compile time.
+  std::visit(
+      [&](auto& msg) {
+        using T = std::decay_t<decltype(msg)>;
+        if constexpr (std::is_same_v<T, RegisterMsg>) {
+          // As LMCache: a repeated registration starts the worker's keys
+          // afresh; unlike LMCache, only from the connection that holds the identity.
+          if (auto known = registry_.Find(msg.instance_id, msg.worker_id.SaturatedI64())) {
+            if (!MaySpeakFor(c, *known, "RegisterMsg", &route)) return;
+            ForgetWorker(*known);
+          }
+          bool is_new;
+          UpsertWorker(c, WorkerRecordOf(msg), &is_new);
+          RegisterRetMsg ret;
+          ret.extra_config.emplace_back("heartbeat_interval_s", std::to_string(options_.heartbeat_interval_s));
+          ret.extra_config.emplace_back("full_sync_timeout_s", std::to_string(options_.full_sync_timeout_s));
+          Reply(c, route, ret);
+        } else if constexpr (std::is_same_v<T, HeartbeatMsg>) {
+          HandleHeartbeat(c, route, msg);
+        } else if constexpr (std::is_same_v<T, DeRegisterMsg>) {
+          if (auto w = registry_.Find(msg.instance_id, msg.worker_id.SaturatedI64()))
+            if (MaySpeakFor(c, *w, "DeRegisterMsg", nullptr)) ForgetWorker(*w);
+        } else if constexpr (std::is_same_v<T, FullSyncStartMsg> || std::is_same_v<T, FullSyncBatchMsg> ||
+                             std::is_same_v<T, FullSyncEndMsg> || std::is_same_v<T, FullSyncStatusMsg>) {
+          HandleFullSync(c, route, m);
+        } else if constexpr (std::is_same_v<T, LookupMsg>) {
+          const auto t0 = std::chrono::steady_clock::now();
+          ++stats_.token_lookups;
+          HandleTokenLookup(c, route, msg);
+          stats_.token_lookup_latency.Record(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        } else if constexpr (std::is_same_v<T, QueryInstMsg> || std::is_same_v<T, QueryWorkerInfoMsg>) {
+          HandleQuery(c, route, m);
+        } else if constexpr (std::is_same_v<T, CheckFinishMsg>) {
+          HandleCheckFinish(c, route, msg);
+        } else if constexpr (std::is_same_v<T, ClearMsg> || std::is_same_v<T, PinMsg> ||
+                             std::is_same_v<T, CompressMsg> || std::is_same_v<T, DecompressMsg> ||
+                             std::is_same_v<T, MoveMsg> || std::is_same_v<T, HealthMsg>) {
+          HandleOrchestration(c, route, m);
+        } else if constexpr (std::is_same_v<T, KVAdmitMsg> || std::is_same_v<T, KVEvictMsg>) {
+          auto w = registry_.Find(msg.instance_id, msg.worker_id.SaturatedI64());
+          if (!w) return void(++stats_.dropped_unknown_worker);
+          if (!MaySpeakFor(c, *w, T::kTag, nullptr)) return void(++stats_.dropped_not_owner);
+          if (sync_->syncing(*w)) return void(++stats_.dropped_syncing);
+          bool gap_counted = false;
+          ApplyOp(*w, registry_.Holder(*w, msg.location),
+                  std::is_same_v<T, KVAdmitMsg> ? OpType::kAdmit : OpType::kEvict, msg.key.bits(), msg.seq_num,
+                  &gap_counted);
+        } else {
+          ++stats_.errors;
+          const std::string tag(T::kTag);
+          Problem(c, tag + " is not a request the controller answers");
+          if (ExpectsReply(tag)) ReplyError(c, route, "kvring: " + tag + " is not a request the controller answers");
+        }
+      },
+      m);
 }
 
 void Controller::HandleHeartbeat(transport::Client& c, const ReplyRoute& route, const protocol::HeartbeatMsg& hb) {

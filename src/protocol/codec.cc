@@ -711,6 +711,25 @@ EncodeResult EncodeTaggedTo(const S& s, std::span<std::uint8_t> out) {
 using detail::DecodeErr;
 using detail::Reader;
 
+Result<Message> DecodeTagged(std::string_view tag, Bytes_t bytes, const DecodeLimits& limits) {
+  if (DecodeErr e = detail::CheckSize(bytes, limits)) return e.ToStatus();
+  const auto& table = detail::DecoderTable();
+  auto it = table.find(tag);
+  if (it == table.end())
+    return ProtocolStatus(ProtocolError::kValidation, "unknown tag '" + std::string(tag) + "' - at `$.type`");
+  Reader r(bytes.data(), bytes.size(), limits);
+  detail::WireType t = detail::WireType::kNil;
+  if (DecodeErr e = r.Peek(&t)) return e.ToStatus();
+  if (t != detail::WireType::kMap) return detail::TypeError("object", t).ToStatus();
+  std::uint32_t n;
+  if (DecodeErr e = r.ReadMapHeader(&n)) return e.ToStatus();
+  if (DecodeErr e = r.Enter()) return e.ToStatus();
+  Message m;
+  if (DecodeErr e = it->second(r, n, &m)) return e.ToStatus();
+  if (DecodeErr e = detail::Finish(r)) return e.ToStatus();
+  return m;
+}
+
 Result<Message> Decode(Bytes_t bytes, const DecodeLimits& limits) {
   if (DecodeErr e = detail::CheckSize(bytes, limits)) return e.ToStatus();
   Reader r(bytes.data(), bytes.size(), limits);

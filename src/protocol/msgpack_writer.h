@@ -39,7 +39,9 @@ struct SpanSink {
   std::size_t cap;
   std::size_t pos = 0;
   void Put(const void* p, std::size_t n) {
-    if (pos <= cap && n <= cap - pos) std::memcpy(data + pos, p, n);
+    // n == 0: an empty string_view may have a null data() (memcpy's
+    // arguments must not be null even for no bytes).
+    if (n != 0 && pos <= cap && n <= cap - pos) std::memcpy(data + pos, p, n);
     pos += n;
   }
   void Put1(std::uint8_t b) {

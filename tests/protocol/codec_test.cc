@@ -668,6 +668,32 @@ TEST(HotPath, LookupRepliesDecodeAsTheGeneralDecoderDoes) {
                  same);
 }
 
+// The controller decodes a request with the tag it peeked once: the same
+// message (or the same error) as the generic decoder, for every vector; a
+// tag that is not the bytes' own is an error, never a message of the wrong type.
+TEST(HotPath, DecodeTaggedAgreesWithDecodeOnEveryVector) {
+  int checked = 0;
+  for (const auto& c : Manifest()["cases"]) {
+    if (c["decode_as"].get<std::string>() != "Msg") continue;
+    SCOPED_TRACE(c["file"].get<std::string>());
+    const std::string bytes = VectorBytes(c);
+    auto tag = PeekTag(AsBytes(bytes));
+    if (!tag.ok()) continue;  // no tag to peek: Decode's own error
+    auto a = Decode(AsBytes(bytes));
+    auto b = DecodeTagged(*tag, AsBytes(bytes));
+    ASSERT_EQ(a.ok(), b.ok()) << (a.ok() ? b.status().ToString() : a.status().ToString());
+    if (a.ok()) EXPECT_EQ(Encode(*a), Encode(*b));
+    else EXPECT_EQ(ProtocolErrorOf(a.status()), ProtocolErrorOf(b.status()));
+    ++checked;
+  }
+  EXPECT_GT(checked, 150);
+  const std::string health = ReadFile(VectorDir() + "HealthMsg__typical.msgpack");
+  auto wrong = DecodeTagged("ClearMsg", AsBytes(health));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(ProtocolErrorOf(wrong.status()), ProtocolError::kValidation);
+  EXPECT_FALSE(DecodeTagged("NoSuchMsg", AsBytes(health)).ok());
+}
+
 TEST(HotPath, PeekTagFindsTheTagAnywhere) {
   std::string bytes = ReadFile(VectorDir() + "KVAdmitMsg__type_last.msgpack");
   auto t = PeekTag(AsBytes(bytes));

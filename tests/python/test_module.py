@@ -408,3 +408,31 @@ def test_the_router_example_picks_the_instance_with_the_longest_prefix(daemon):
         picks = {r.route(other)[0] for _ in range(4)}
         assert picks == {"vllm-0", "vllm-1"}
         assert r.route(other)[2] == 0
+
+
+def test_closing_a_worker_and_an_orchestrator_while_other_threads_use_them(daemon):
+    w = kvring.Worker(daemon.name, "closing", 0)
+    orch = kvring.Orchestrator(daemon.name)
+    started = threading.Barrier(5)
+    outcomes = []
+
+    def use(call):
+        started.wait()
+        try:
+            for _ in range(100000):
+                call()
+        except (ValueError, kvring.Error) as e:  # closed under it: an exception, never a crash
+            outcomes.append(type(e).__name__)
+
+    threads = [threading.Thread(target=use, args=(lambda: w.lookup([1, 2, 3], timeout=2),)) for _ in range(2)]
+    threads += [threading.Thread(target=use, args=(lambda: orch.stats(),)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    started.wait()
+    w.close()
+    orch.close()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(outcomes) == 4, outcomes
+    assert daemon.proc.poll() is None

@@ -112,6 +112,12 @@ struct BatchedP2PLookupRetView {
   static constexpr auto Fields() { return std::make_tuple(Req("layout_info", &BatchedP2PLookupRetView::layout_info)); }
 };
 
+// Decodes a message whose tag the caller has read already (PeekTag): the
+// decoder is found from `tag`, without looking for the tag field again; the
+// body is still checked to carry that tag (the bytes may have changed since:
+// ring memory). The same results as Decode for the same bytes.
+Result<Message> DecodeTagged(std::string_view tag, Bytes_t bytes, const DecodeLimits& limits = {});
+
 // Decode into a view. The tag must be the view's message; the strings stay
 // valid as long as `bytes` does. On error the view's contents are unspecified.
 Status Decode(Bytes_t bytes, BatchedKVOperationView* out, const DecodeLimits& limits = {});
