@@ -221,6 +221,14 @@ std::function<Ret(const Msg&)> Handler(py::object fn) {
   };
 }
 
+// Runs `call` with the GIL released (every wait of the client library) and
+// returns what it returns; the GIL is taken again before the caller goes on.
+template <typename Call>
+auto WithoutGil(Call call) {
+  py::gil_scoped_release nogil;
+  return call();
+}
+
 // The C++ object behind a Python wrapper. A call takes a reference under the
 // GIL for its whole length, so a close() from another Python thread never
 // frees the object under a running call; the last reference destroys it with
@@ -319,12 +327,7 @@ class PyWorker {
 
   void Flush() {
     auto w = Live();
-    Status s;
-    {
-      py::gil_scoped_release nogil;
-      s = w->Flush();
-    }
-    Check(s);
+    Check(WithoutGil([&] { return w->Flush(); }));
   }
 
   // LMCache's shape: [(instance_id, location, num_hit_chunks, peer_init_url)],
@@ -333,12 +336,7 @@ class PyWorker {
     Hashes h(hashes);
     const auto t = Millis(timeout, "timeout");
     auto w = Live();
-    kvring::Result<kvring::client::P2PHit> r = kvring::Status(ErrorKind::kInternal, "not run");
-    {
-      py::gil_scoped_release nogil;
-      r = w->Lookup(h.span(), t);
-    }
-    kvring::client::P2PHit hit = Take(std::move(r));
+    kvring::client::P2PHit hit = Take(WithoutGil([&] { return w->Lookup(h.span(), t); }));
     py::list out;
     out.append(py::make_tuple(hit.instance_id, hit.location, hit.num_hit_chunks, hit.peer_init_url));
     return out;
@@ -346,12 +344,7 @@ class PyWorker {
 
   void Heartbeat() {
     auto w = Live();
-    Status s;
-    {
-      py::gil_scoped_release nogil;
-      s = w->Heartbeat();
-    }
-    Check(s);
+    Check(WithoutGil([&] { return w->Heartbeat(); }));
   }
 
   void Close() {
@@ -402,12 +395,7 @@ class PyOrchestrator {
  public:
   PyOrchestrator(const std::string& controller, double attach_timeout) {
     const auto t = Millis(attach_timeout, "attach_timeout");
-    kvring::Result<std::unique_ptr<kvring::client::Orchestrator>> r = Status(ErrorKind::kInternal, "not run");
-    {
-      py::gil_scoped_release nogil;
-      r = kvring::client::Orchestrator::Connect(controller, t);
-    }
-    o_.Set(Take(std::move(r)));
+    o_.Set(Take(WithoutGil([&] { return kvring::client::Orchestrator::Connect(controller, t); })));
   }
   ~PyOrchestrator() { (void)o_.Take(); }  // its reader thread stops without the GIL (Held)
   // One LMCache message as JSON text; its reply as JSON text.
@@ -415,22 +403,12 @@ class PyOrchestrator {
     kvring::protocol::Message m = FromJsonText(json_text);
     const auto t = Millis(timeout, "timeout");
     auto o = Live();
-    kvring::Result<kvring::protocol::Message> r = Status(ErrorKind::kInternal, "not run");
-    {
-      py::gil_scoped_release nogil;
-      r = o->Request(m, t);
-    }
-    return ToJsonText(Take(std::move(r)));
+    return ToJsonText(Take(WithoutGil([&] { return o->Request(m, t); })));
   }
   std::string Control(const std::string& json_text, double timeout) {
     const auto t = Millis(timeout, "timeout");
     auto o = Live();
-    kvring::Result<std::string> r = Status(ErrorKind::kInternal, "not run");
-    {
-      py::gil_scoped_release nogil;
-      r = o->Control(json_text, t);
-    }
-    return Take(std::move(r));
+    return Take(WithoutGil([&] { return o->Control(json_text, t); }));
   }
   void Close() { (void)o_.Take(); }
   bool alive() const { return o_ && o_.Get("kvring.Orchestrator")->alive(); }

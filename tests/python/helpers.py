@@ -35,3 +35,18 @@ class ShmWorker:
     def close(self):
         self.p.stdin.close()
         self.p.wait(timeout=10)
+
+
+def lookup_until(lookup, want, timeout=10.0):
+    """Another client's lookup may overtake a worker's events (the controller
+    serves requests ahead of bulk): polls `lookup()` until it answers `want`
+    (or fails with the last answer)."""
+    last = [None]
+
+    def ok():
+        last[0] = lookup()
+        return last[0] == want
+    try:
+        wait_for(ok, timeout, "lookup %s" % (want,))
+    except AssertionError:
+        raise AssertionError("lookup answered %s, expected %s" % (last[0], want))

@@ -22,6 +22,7 @@ import pytest
 import kvring
 
 sys.path.insert(0, os.path.dirname(__file__))
+import helpers  # noqa: E402
 from helpers import ShmWorker, wait_for  # noqa: E402
 
 KVRINGD = os.environ.get("KVRINGD", "build/release/kvringd")
@@ -68,17 +69,7 @@ def daemon(request):
 
 
 def lookup_until(w, hashes, want, timeout=10.0):
-    """Another client's lookup may overtake a worker's events (the controller
-    serves requests ahead of bulk): polls until the answer is `want`."""
-    last = [None]
-
-    def ok():
-        last[0] = w.lookup(hashes, timeout=2)
-        return last[0] == want
-    try:
-        wait_for(ok, timeout, "lookup %s" % (want,))
-    except AssertionError:
-        raise AssertionError("lookup answered %s, expected %s" % (last[0], want))
+    helpers.lookup_until(lambda: w.lookup(hashes, timeout=2), want, timeout)
 
 
 # ---- workers -------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 import zmq
 
 sys.path.insert(0, os.path.dirname(__file__))
+import helpers  # noqa: E402
 from helpers import ShmWorker, wait_for  # noqa: E402
 from lmcache_worker import LMCacheWorker, pack, tagged, unpack  # noqa: E402
 
@@ -141,17 +142,7 @@ def close_workers():
 
 
 def lookup_until(w, hashes, want, timeout=10.0):
-    """PUSH is fire-and-forget: a lookup sees an admit once the controller has
-    applied it. Polls until the answer is `want` (or fails with the last one)."""
-    last = [None]
-
-    def ok():
-        last[0] = w.lookup(hashes)
-        return last[0] == want
-    try:
-        wait_for(ok, timeout, "lookup %s" % (want,))
-    except AssertionError:
-        raise AssertionError("lookup answered %s, expected %s" % (last[0], want))
+    helpers.lookup_until(lambda: w.lookup(hashes), want, timeout)
 
 
 # ---- registration, heartbeats, lookups ---------------------------------------------
