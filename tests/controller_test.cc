@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <functional>
 #include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -794,6 +795,57 @@ TEST(Controller, WaitingLookupIsServedAheadOfBulkEventsQueuedBeforeIt) {
   EXPECT_EQ(Exit(b), 0);
   ASSERT_EQ(write(done[1], "d", 1), 1);
   EXPECT_EQ(Exit(a), 0);
+}
+
+// Registrations, deregistrations and full-sync starts are not served between
+// the slices of a KV batch: the batch applies to the worker it resolved at its
+// start, wholly, or (when the change comes first in the pass) not at all. The
+// two connections are a ZeroMQ front's (both speak for the front's workers):
+// its requests connection deregisters the worker its bulk connection admits for.
+TEST(Controller, WorkerChangesWaitForTheKvBatchInFlight) {
+  const std::string name = Name("whole");
+  auto ctl = Controller::Start(Small(name));
+  ASSERT_TRUE(ctl.ok()) << ctl.status().ToString();
+  std::unique_ptr<transport::Connection> conns[2];
+  std::thread opener([&] {
+    for (auto& c : conns)
+      if (auto r = transport::Connection::Open({name, segment::Role::kFront, 5000ms}); r.ok()) c = std::move(r).value();
+  });
+  PumpUntil(**ctl, [&] { return (*ctl)->listener().clients().size() == 2; });
+  opener.join();
+  ASSERT_TRUE(conns[0] && conns[1]);
+  Worker bulk{std::move(conns[0])}, requests{std::move(conns[1])};
+  const std::size_t kOps = 8 * Small(name).request_check_ops;  // eight slices
+  // Each round is one controller pass; the round-robin start alternates with
+  // every pass, so of two rounds an odd number of passes apart, one serves the
+  // bulk connection first and the other the requests connection.
+  auto round = [&](int r, std::uint64_t* applied, std::uint64_t* dropped) {
+    ASSERT_TRUE(requests.Send(Reg("F", 0)));
+    (*ctl)->PollOnce();
+    auto ret = requests.Receive();
+    ASSERT_TRUE(ret && std::holds_alternative<RegisterRetMsg>(*ret));
+    std::vector<std::int64_t> keys;
+    for (std::size_t i = 0; i < kOps; ++i) keys.push_back(r * 100000 + static_cast<std::int64_t>(i) + 1);
+    ASSERT_TRUE(bulk.Send(Ops("F", 0, OpType::kAdmit, keys, 0)));
+    ASSERT_TRUE(requests.Send(DeRegisterMsg{"F", Int(0), "127.0.0.1", Int(8000)}));
+    const Stats before = (*ctl)->stats();
+    (*ctl)->PollOnce();
+    EXPECT_EQ((*ctl)->registry().worker_count(), 0u);  // the deregistration was served in that pass
+    *applied = (*ctl)->stats().kv_ops - before.kv_ops;
+    *dropped = (*ctl)->stats().dropped_unknown_worker - before.dropped_unknown_worker;
+  };
+  std::uint64_t applied[2], dropped[2];
+  round(0, &applied[0], &dropped[0]);
+  (*ctl)->PollOnce();  // with the registration's pass: two passes between the rounds' passes
+  round(1, &applied[1], &dropped[1]);
+  std::set<std::pair<std::uint64_t, std::uint64_t>> seen;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE((applied[r] == kOps && dropped[r] == 0) || (applied[r] == 0 && dropped[r] == kOps))
+        << "round " << r << ": " << applied[r] << " applied, " << dropped[r] << " dropped";
+    seen.insert({applied[r], dropped[r]});
+  }
+  EXPECT_EQ(seen.size(), 2u) << "one round applies the batch before the deregistration, the other after it";
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->index().pairs() == 0; }));
 }
 
 }  // namespace

@@ -64,10 +64,17 @@ registry::WorkerRecord WorkerRecordOf(const Msg& msg) {
 // request someone is waiting on, or cheap bookkeeping. A KV batch is bulk in
 // any framing: so a pass that serves only requests never applies one, and the
 // slices of a batch never nest.
-bool IsBulk(const ring::Record& r, const Result<std::string_view>& tag) {
+// Records a requests-only pass (ServeWaitingRequests) leaves for the full
+// pass: bulk (KV events, full-sync batches) and whatever registers, retires or
+// re-syncs a worker. Between the slices of a KV batch only the rest is served,
+// so the worker and holder the batch resolved at its start stay what they are
+// until its last op: a batch applies wholly or, when such a change came first,
+// not at all.
+bool WaitsForFullPass(const ring::Record& r, const Result<std::string_view>& tag) {
   if ((r.type != framing::kMessage && r.type != framing::kRequest) || !tag.ok()) return false;
-  return *tag == protocol::BatchedKVOperationView::kTag || *tag == "FullSyncBatchMsg" || *tag == "KVAdmitMsg" ||
-         *tag == "KVEvictMsg";
+  const std::string_view t = *tag;
+  return t == protocol::BatchedKVOperationView::kTag || t == "KVAdmitMsg" || t == "KVEvictMsg" ||
+         t == "RegisterMsg" || t == "DeRegisterMsg" || t.starts_with("FullSync");
 }
 
 std::uint64_t Mix64(std::uint64_t x) {  // splitmix64's finaliser
@@ -207,7 +214,7 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
     Result<std::string_view> tag = r.type == framing::kMessage || (r.type == framing::kRequest && corr)
                                        ? protocol::PeekTag(corr ? corr->message : r.payload, options_.limits)
                                        : Result<std::string_view>(std::string_view());
-    if (requests_only && IsBulk(r, tag)) break;
+    if (requests_only && WaitsForFullPass(r, tag)) break;
     HandleRecord(c, r, corr, tag);
     bytes += r.payload.size();
     c.requests.Release();
@@ -224,8 +231,9 @@ std::size_t Controller::ServeClient(transport::Client& c, std::size_t max_record
 }
 
 std::size_t Controller::ServeWaitingRequests(const transport::Client* busy) {
-  // Serves requests only (IsBulk stops each pass): no KV batch, so no slice
-  // of one, runs inside this, and this never runs inside itself.
+  // Serves requests only (WaitsForFullPass stops each pass): no KV batch, so
+  // no slice of one, runs inside this, this never runs inside itself, and
+  // nothing served here retires the worker or holder of a batch in flight.
   std::size_t n = 0;
   // Most clients have nothing waiting: a look at the header where their
   // next record would be settles that, without a serving pass.
@@ -304,14 +312,9 @@ void Controller::ServeKvBatch(transport::Client& c, std::span<const std::uint8_t
   }
   KvBatch b;
   if (kv_view_.operations.empty() || !ResolveKvBatch(c, &b)) return;
-  while (ApplyKvSlice(&b)) {
-    // Between slices, the requests waiting at the other clients' heads.
-    // One of them may retire this batch's worker or holder (the ZeroMQ
-    // front's requests connection carries the same workers as its bulk one).
-    const std::uint64_t epoch = registry_epoch_;
-    ServeWaitingRequests(&c);
-    if (epoch != registry_epoch_ && !ResolveKvBatch(c, &b)) return;
-  }
+  // Between slices, the requests waiting at the other clients' heads; none
+  // of them changes workers (WaitsForFullPass), so `b` stays resolved.
+  while (ApplyKvSlice(&b)) ServeWaitingRequests(&c);
 }
 
 bool Controller::ResolveKvBatch(transport::Client& c, KvBatch* b) {
@@ -779,7 +782,6 @@ std::size_t Controller::WorkersIn(SyncState state) const {
 void Controller::RetireHolder(index::HolderId h) {
   if (h < last_seq_.size()) last_seq_[h] = kNoSeq;
   dropping_.push_back(h);
-  ++registry_epoch_;
 }
 
 void Controller::ForgetWorker(std::uint32_t worker) {
@@ -789,7 +791,6 @@ void Controller::ForgetWorker(std::uint32_t worker) {
     workers_[worker].client = kNoClient;
   }
   sync_->Forget(worker);
-  ++registry_epoch_;
 }
 
 void Controller::ClientGone(std::uint64_t client_id) {

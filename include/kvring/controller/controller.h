@@ -9,7 +9,9 @@
 // flooding worker cannot starve the others. While KV events are applied, every
 // `request_check_ops` ops (across batches, inside a 10,000-op batch too) the
 // controller again serves the requests waiting at the head of the other
-// clients' rings: a lookup waits behind at most that much ingest work. Within
+// clients' rings: a lookup waits behind at most that much ingest work.
+// Registrations, deregistrations and full-sync messages are left for the full
+// pass, so a batch applies to the worker it named at its start, wholly. Within
 // one client's ring everything stays in order.
 //
 // Full sync (LMCache's protocol, lmcache-controller.md §3.8, with fixes): a
@@ -258,7 +260,6 @@ class Controller {
   std::unique_ptr<FanOuts> fan_outs_;         // orchestration fan-outs in flight, and their history
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
-  std::uint64_t registry_epoch_ = 0;          // bumped whenever a worker or holder goes away
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
   double next_housekeeping_ = 0;
