@@ -12,8 +12,8 @@ workers take (a ZeroMQ DEALER/ROUTER round trip), in one run:
   - floor_pingpong: the bare cache-line ping-pong between two processes
     (e2e_bench's BM_Floor_CacheLinePingPong, run in the same round): the
     floor of any shared-memory round trip on this machine;
-  - lookup_32_busy: lookup_32 again with --busy processes spinning on the
-    CPU (more busy processes than cores).
+  - lookup_32_busy, zmq_floor_32_busy: lookup_32 and zmq_floor_32 again with
+    --busy processes spinning on the CPU (more busy processes than cores).
 
 Google Benchmark measures the C++ side (bench/*.cc); this measures what a
 Python caller sees. Each figure: the median of --rounds rounds.
@@ -135,12 +135,13 @@ def spin():
         pass
 
 
-def bench_lookup_busy(controller, n, busy):
-    procs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(busy)]
+def busy(bench, n_busy):
+    """bench() while n_busy processes spin on the CPU."""
+    procs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(n_busy)]
     for p in procs:
         p.start()
     try:
-        return bench_lookup(controller, n)
+        return bench()
     finally:
         for p in procs:
             p.terminate()
@@ -162,22 +163,24 @@ def main():
     ap.add_argument("--lookups", type=int, default=20000)
     ap.add_argument("--admits", type=int, default=1_000_000)
     ap.add_argument("--e2e-bench", default="build/release/e2e_bench", help="for the ping-pong floor")
-    ap.add_argument("--busy", type=int, default=4, help="spinning processes for lookup_32_busy")
+    ap.add_argument("--busy", type=int, default=4, help="spinning processes for the *_busy rows")
     a = ap.parse_args()
     name = "pybench%d" % os.getpid()
     daemon = subprocess.Popen([a.kvringd, "--name", name, "--stats-interval", "0"], stderr=subprocess.DEVNULL)
     try:
         subprocess.run([a.cli, "stats", "--name", name, "--timeout", "10000"], check=True, capture_output=True)
-        rows = {"floor_pingpong": [], "lookup_32": [], "zmq_floor_32": [], "lookup_32_busy": [], "admits_numpy": []}
+        rows = {"floor_pingpong": [], "lookup_32": [], "zmq_floor_32": [], "lookup_32_busy": [], "zmq_floor_32_busy": [],
+                "admits_numpy": []}
         for _ in range(a.rounds):
             rows["floor_pingpong"].append(bench_floor(a.e2e_bench))
             rows["lookup_32"].append(bench_lookup(name, a.lookups))
             rows["zmq_floor_32"].append(bench_zmq_floor(a.lookups))
-            rows["lookup_32_busy"].append(bench_lookup_busy(name, a.lookups // 4, a.busy))
+            rows["lookup_32_busy"].append(busy(lambda: bench_lookup(name, a.lookups // 4), a.busy))
+            rows["zmq_floor_32_busy"].append(busy(lambda: bench_zmq_floor(a.lookups // 4), a.busy))
             rows["admits_numpy"].append(bench_admits(name, a.cli, a.admits))
         print("CPU: %s, %d cores; python %s; %d rounds, medians" % (cpu_name(), os.cpu_count(), sys.version.split()[0],
                                                                   a.rounds))
-        for key in ("floor_pingpong", "lookup_32", "zmq_floor_32", "lookup_32_busy"):
+        for key in ("floor_pingpong", "lookup_32", "zmq_floor_32", "lookup_32_busy", "zmq_floor_32_busy"):
             p50 = statistics.median(r[0] for r in rows[key]) / 1000
             p99 = statistics.median(r[1] for r in rows[key]) / 1000
             print("%-14s p50 %7.2f us  p99 %7.2f us   rounds p50: %s" %

@@ -13,7 +13,9 @@ over shared memory to a kvringd on the same machine instead of ZeroMQ:
     worker = LMCacheWorker(config, metadata, lmcache_engine)      # unchanged call
 
 The controller is the kvringd named by $KVRING_CONTROLLER (default "kvring")
-or the `controller` argument. Messages may be LMCache's msgspec structs (then
+or the `controller` argument. A full sync the controller asks for lists the
+keys of the engine's LocalCPUBackend (`storage_manager.local_cpu_backend`), as
+LMCache's FullSyncSender does, unless `keys_of` is given. Messages may be LMCache's msgspec structs (then
 msgspec, which LMCache depends on, encodes them) or dicts in msgspec's
 to_builtins shape. Replies of async_put_and_wait_msg come back as LMCache's
 structs when lmcache is importable, else as dicts.
@@ -34,13 +36,32 @@ def _as_dict(msg):
 
 
 def _as_lmcache(reply):
-    """The reply as LMCache's own struct when lmcache is importable."""
+    """The reply as LMCache's own struct when lmcache is importable and its
+    version has that message; else the dict."""
     try:
         import msgspec
         from lmcache.v1.cache_controller.message import Msg
     except ImportError:
         return reply
-    return msgspec.msgpack.decode(kvring.encode(reply), type=Msg)
+    try:
+        return msgspec.msgpack.decode(kvring.encode(reply), type=Msg)
+    except msgspec.ValidationError:  # an LMCache without this message type
+        return reply
+
+
+def _hot_cache_keys_of(lmcache_engine):
+    """keys_of for a full sync, as LMCache's FullSyncSender lists them: the
+    chunk hashes of the engine's LocalCPUBackend, the location named by
+    str(backend). None when the engine has no such backend."""
+    backend = getattr(getattr(lmcache_engine, "storage_manager", None), "local_cpu_backend", None)
+    if backend is None or not hasattr(backend, "get_keys"):
+        return None
+
+    def keys_of(location):
+        if location != str(backend):
+            return []
+        return [k.chunk_hash for k in backend.get_keys()]
+    return keys_of
 
 
 class KvringLMCacheWorker:
@@ -56,6 +77,8 @@ class KvringLMCacheWorker:
         self.controller = controller or os.environ.get("KVRING_CONTROLLER", "kvring")
         peer = getattr(config, "p2p_init_url", None) or getattr(config, "distributed_url", None)
         engine = lmcache_engine
+        if keys_of is None:
+            keys_of = _hot_cache_keys_of(lmcache_engine)
 
         def on_clear(m):
             return engine.clear(locations=[m["location"]])

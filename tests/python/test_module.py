@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -329,11 +330,31 @@ def test_help_and_stubs_describe_the_api():
 
 # ---- the LMCache adapter and the router example ------------------------------------
 
+class _Key:
+    def __init__(self, chunk_hash):
+        self.chunk_hash = chunk_hash
+
+
+class _LocalCPUBackend:
+    """What LMCache's FullSyncSender reads: get_keys() (CacheEngineKeys) and
+    str(backend), the location."""
+
+    def __init__(self, hashes):
+        self.hashes = hashes
+
+    def get_keys(self):
+        return [_Key(h) for h in self.hashes]
+
+    def __str__(self):
+        return LOC
+
+
 class _Engine:
     """The LMCache engine methods the worker's commands call."""
 
-    def __init__(self):
+    def __init__(self, hot_cache=()):
         self.cleared = []
+        self.storage_manager = types.SimpleNamespace(local_cpu_backend=_LocalCPUBackend(list(hot_cache)))
 
     def clear(self, locations):
         self.cleared.append(locations)
@@ -350,7 +371,7 @@ def test_the_lmcache_adapter_moves_lmcaches_worker_messages_over_the_rings(daemo
     from kvring.lmcache import KvringLMCacheWorker
 
     monkeypatch.setenv("KVRING_CONTROLLER", daemon.name)
-    engine = _Engine()
+    engine = _Engine(hot_cache=[41, 42, 43])  # what the engine holds once the messages below are applied
     config = types.SimpleNamespace(lmcache_instance_id="lm_inst", lmcache_worker_port=0, p2p_init_url="lm:8200")
     worker = KvringLMCacheWorker(config, types.SimpleNamespace(worker_id=0), engine)
     try:
@@ -376,6 +397,25 @@ def test_the_lmcache_adapter_moves_lmcaches_worker_messages_over_the_rings(daemo
     finally:
         worker.close()
     assert worker._worker.closed
+
+
+def test_the_lmcache_adapter_full_syncs_the_engines_hot_cache(daemon, monkeypatch):
+    """The controller asks a new worker for a full sync (kvringd's full sync on
+    start): the adapter lists the engine's LocalCPUBackend keys, as LMCache's
+    FullSyncSender does, with no keys_of given; an explicit heartbeat, as
+    LMCache's worker sends, answers the ask instead of failing."""
+    from kvring.lmcache import KvringLMCacheWorker
+
+    monkeypatch.setenv("KVRING_CONTROLLER", daemon.name)
+    engine = _Engine(hot_cache=[501, 502, 503])  # never announced by put_msg
+    config = types.SimpleNamespace(lmcache_instance_id="hot", lmcache_worker_port=0, p2p_init_url="hot:8200")
+    worker = KvringLMCacheWorker(config, types.SimpleNamespace(worker_id=0), engine)
+    try:
+        worker.heartbeat()
+        with kvring.Worker(daemon.name, "asker", 0) as other:
+            lookup_until(other, [501, 502, 503, 504], [("hot", LOC, 3, "hot:8200")])
+    finally:
+        worker.close()
 
 
 def test_the_router_example_picks_the_instance_with_the_longest_prefix(daemon):
