@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   libabsl-dev             # absl::flat_hash_map: the index's baseline in bench/
+  nats-server libnats-dev # NATS JetStream: the cluster layer (kvringd --cluster) and its tests
   libzmq3-dev cppzmq-dev  # ZeroMQ: LMCache's transport (kvringd's ZeroMQ front), the baseline in bench/
   python3 python3-zmq python3-msgpack python3-pytest  # LMCache-style Python workers in tests/python
   python3-dev pybind11-dev python3-numpy              # the kvring Python module (python/), its tests and benchmark

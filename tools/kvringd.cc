@@ -39,6 +39,7 @@
 #include "kvring/http/server.h"
 #include "kvring/version.h"
 #include "kvring/zmq/front.h"
+#include "kvring/cluster/publisher.h"
 
 namespace {
 
@@ -200,6 +201,22 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(-20, 19));
   app.add_option("--stats-interval", stats_interval, "Seconds between stats lines in the log (0: none)")
       ->check(CLI::Range(0.0, 86400.0))->capture_default_str();
+  cluster::PublisherOptions co;
+  std::size_t change_feed_bytes = std::size_t{64} << 20;
+  auto* cluster_opt = app.add_option("--cluster", co.cluster,
+                                     "Cluster name: publish this node's changes to NATS JetStream (docs/DESIGN.md)");
+  app.add_option("--node", co.node, "This node's name in the cluster (default: the controller name)");
+  app.add_option("--nats,--cluster-nats-url", co.nats_url, "NATS server URL(s), comma-separated")
+      ->capture_default_str();
+  app.add_option("--cluster-creds", co.creds_file, "NATS user credentials file (JWT and seed)");
+  app.add_option("--cluster-tls-ca", co.tls_ca_file, "CA certificates for NATS over TLS");
+  app.add_option("--cluster-tls-cert", co.tls_cert_file, "Client certificate chain for NATS over TLS");
+  app.add_option("--cluster-tls-key", co.tls_key_file, "Client certificate key for NATS over TLS");
+  app.add_option("--cluster-replicas", co.stream_replicas, "Replicas of the cluster's stream (3 for a 3-server NATS)")
+      ->check(CLI::Range(1, 5))->capture_default_str();
+  app.add_option("--change-feed-bytes", change_feed_bytes,
+                 "The change feed's buffer between the controller and the publisher (power of two)")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "error, warn, info or debug")
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}))->capture_default_str();
   try {
@@ -320,12 +337,37 @@ int main(int argc, char** argv) {
     nofile.rlim_cur = nofile.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) log->warn("cannot raise the descriptor limit: {}", std::strerror(errno));
   }
+  // The change feed and its publisher (--cluster): the controller writes,
+  // the publisher's thread sends; NATS need not be up yet.
+  std::unique_ptr<feed::ChangeFeed> change_feed;
+  std::unique_ptr<cluster::Publisher> publisher;
+  if (cluster_opt->count() > 0) {
+    if (co.node.empty()) co.node = o.listen.name;
+    auto f = feed::ChangeFeed::Create(change_feed_bytes);
+    if (!f.ok()) {
+      std::cerr << "--change-feed-bytes: " << f.status().message() << "\n";
+      return 2;
+    }
+    change_feed = std::move(f).value();
+    co.log = [log](std::string_view line) { log->warn("{}", line); };
+    auto p = cluster::Publisher::Start(co, change_feed.get());
+    if (!p.ok()) {
+      std::cerr << "--cluster: " << p.status().message() << "\n";
+      return 2;
+    }
+    publisher = std::move(p).value();
+    o.change_feed = change_feed.get();
+    log->info("cluster '{}': node '{}' publishes to {} (stream {}, epoch {:#018x}) via {}", co.cluster, co.node,
+              publisher->subject(), publisher->stream(), publisher->epoch(), co.nats_url);
+  }
   auto started = controller::Controller::Start(o);
   if (!started.ok()) {
     log->error("cannot start: {}", started.status().message());
     return 1;
   }
   controller::Controller& ctl = **started;
+  if (cluster::Publisher* p = publisher.get())
+    ctl.AddStatsSource("cluster", [p] { return p->StatsJson(); }, [p] { return p->MetricsText(); });
   log->info("controller '{}' running (pid {}, up to {} clients, other uids {}, p2p policy {}, heartbeat {} s, "
             "full sync on start: {})", o.listen.name, getpid(), o.listen.max_clients,
             o.listen.allow_other_uids ? "accepted" : "refused", policy, o.heartbeat_interval_s,
@@ -397,6 +439,7 @@ int main(int argc, char** argv) {
   log->info("shutting down: {} messages, {} kv ops, {} lookups, {} errors; removing segments", s.messages, s.kv_ops,
             s.p2p_lookups, s.errors);
   started = Status(ErrorKind::kUnavailable, "stopped");  // destroys the controller: segments removed
+  publisher.reset();  // sends what the feed still holds while NATS answers (bounded), then stops
   if (exit_code == 0) log->info("stopped cleanly");
   return exit_code;
 }

@@ -158,6 +158,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   }
   if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
+  if (options_.change_feed) options_.change_feed->Publish();  // this pass's changes, one store
   if (fan_outs_->next_deadline() != 0 && now >= fan_outs_->next_deadline()) ExpireFanOuts(now);
   Housekeeping(now);
   return handled;
@@ -315,6 +316,10 @@ void Controller::ServeKvBatch(transport::Client& c, std::span<const std::uint8_t
   // Between slices, the requests waiting at the other clients' heads; none
   // of them changes workers (WaitsForFullPass), so `b` stays resolved.
   while (ApplyKvSlice(&b)) ServeWaitingRequests(&c);
+  if (feed::ChangeFeed* f = options_.change_feed) {  // the whole batch was applied
+    FeedHolder(b.holder);
+    FeedWritten(f->Keys(b.holder, kv_view_.operations));
+  }
 }
 
 bool Controller::ResolveKvBatch(transport::Client& c, KvBatch* b) {
@@ -560,9 +565,13 @@ void Controller::HandleGeneric(transport::Client& c, const ReplyRoute& route, pr
           if (!MaySpeakFor(c, *w, T::kTag, nullptr)) return void(++stats_.dropped_not_owner);
           if (sync_->syncing(*w)) return void(++stats_.dropped_syncing);
           bool gap_counted = false;
-          ApplyOp(*w, registry_.Holder(*w, msg.location),
-                  std::is_same_v<T, KVAdmitMsg> ? OpType::kAdmit : OpType::kEvict, msg.key.bits(), msg.seq_num,
-                  &gap_counted);
+          const index::HolderId h = registry_.Holder(*w, msg.location);
+          const OpType op = std::is_same_v<T, KVAdmitMsg> ? OpType::kAdmit : OpType::kEvict;
+          ApplyOp(*w, h, op, msg.key.bits(), msg.seq_num, &gap_counted);
+          if (feed::ChangeFeed* f = options_.change_feed) {
+            FeedHolder(h);
+            FeedWritten(f->Key(h, op, msg.key.bits()));
+          }
         } else {
           ++stats_.errors;
           const std::string tag(T::kTag);
@@ -641,6 +650,10 @@ void Controller::HandleFullSync(transport::Client& c, const ReplyRoute& route, p
     }
     index::HolderId h = registry_.Holder(*w, b->location);
     for (const Int& k : b->keys) (void)index_.Add(k.bits(), h);
+    if (feed::ChangeFeed* f = options_.change_feed) {
+      FeedHolder(h);
+      FeedWritten(f->Admits(h, b->keys));
+    }
     return;
   }
   if (auto* e = std::get_if<FullSyncEndMsg>(&m)) {
@@ -779,7 +792,20 @@ std::size_t Controller::WorkersIn(SyncState state) const {
   return n;
 }
 
+void Controller::FeedHolder(index::HolderId h) {
+  if (h >= fed_holders_.size()) fed_holders_.resize(h + 1, 0);
+  if (fed_holders_[h]) return;
+  fed_holders_[h] = 1;  // also when not written: the feed is lost() then, its reader resyncs
+  const registry::HolderInfo& info = registry_.holder(h);
+  const registry::WorkerRecord& w = registry_.worker(info.worker);
+  FeedWritten(options_.change_feed->HolderUp(h, w.worker_id, w.instance_id, info.location, w.peer_init_url));
+}
+
 void Controller::RetireHolder(index::HolderId h) {
+  if (h < fed_holders_.size() && fed_holders_[h]) {
+    fed_holders_[h] = 0;
+    FeedWritten(options_.change_feed->HolderDown(h));
+  }
   if (h < last_seq_.size()) last_seq_[h] = kNoSeq;
   dropping_.push_back(h);
 }

@@ -69,6 +69,7 @@
 #include "kvring/protocol/codec.h"
 #include "kvring/index/registry.h"
 #include "kvring/shm/transport.h"
+#include "kvring/controller/change_feed.h"
 #include "kvring/controller/counters.h"
 #include "kvring/shm/framing.h"
 
@@ -115,6 +116,10 @@ struct Options {
   // Receives log lines (problems with a client are rate-limited to one per
   // client per second). Null: no logging.
   std::function<void(std::string_view)> log;
+  // Where the local holders' changes go (change_feed.h: the cluster
+  // publisher reads them); null: nowhere. Owned by the caller, outliving the
+  // controller; written only by the controller's thread.
+  feed::ChangeFeed* change_feed = nullptr;
 };
 
 enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
@@ -241,6 +246,9 @@ class Controller {
   bool MaySpeakFor(transport::Client& c, std::uint32_t worker, std::string_view what, const ReplyRoute* reply_to);
   void ForgetWorker(std::uint32_t worker);
   void RetireHolder(index::HolderId h);
+  // The change feed's holder-up record, before the holder's first keys in it.
+  void FeedHolder(index::HolderId h);
+  void FeedWritten(bool written) { ++(written ? stats_.change_feed_records : stats_.change_feed_overflows); }
   void ClientGone(std::uint64_t client_id);
   void DropSomeKeys();
   void Housekeeping(double now);  // now: CLOCK_MONOTONIC seconds, read once per pass
@@ -260,6 +268,7 @@ class Controller {
   std::unique_ptr<FanOuts> fan_outs_;         // orchestration fan-outs in flight, and their history
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
+  std::vector<std::uint8_t> fed_holders_;     // by holder: its holder-up is in the change feed
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
   double next_housekeeping_ = 0;

@@ -58,6 +58,8 @@ struct Stats {
   std::uint64_t commands_failed = 0;       // ... answered ErrorMsg, wrong or undecodable, undeliverable
   std::uint64_t late_command_replies = 0;  // answers after the deadline or from the wrong client
   std::uint64_t token_lookups = 0;         // LookupMsg
+  std::uint64_t change_feed_records = 0;   // records written to the change feed (cluster publisher)
+  std::uint64_t change_feed_overflows = 0; // ... not written: the feed was full (the reader needs a snapshot)
   LatencyBuckets p2p_latency;
   LatencyBuckets token_lookup_latency;
 };

@@ -1,0 +1,74 @@
+#include "kvring/cluster/delta_message.h"
+
+#include <cstring>
+#include <vector>
+
+namespace kvring::cluster {
+namespace {
+
+template <typename T>
+void Append(std::string* b, T v) {
+  b->append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+template <typename T>
+T Load(const std::uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+}  // namespace
+
+void DeltaWriter::Begin(std::uint64_t epoch, std::uint64_t first_seq) {
+  buf_.clear();
+  records_ = 0;
+  Append(&buf_, kDeltaMagic);
+  Append(&buf_, std::uint32_t{0});
+  Append(&buf_, epoch);
+  Append(&buf_, first_seq);
+}
+
+void DeltaWriter::Add(std::span<const std::uint8_t> record) {
+  Append(&buf_, static_cast<std::uint32_t>(record.size()));
+  buf_.append(reinterpret_cast<const char*>(record.data()), record.size());
+  ++records_;
+}
+
+std::span<const std::uint8_t> DeltaWriter::Finish() {
+  std::memcpy(buf_.data() + 4, &records_, 4);
+  return {reinterpret_cast<const std::uint8_t*>(buf_.data()), buf_.size()};
+}
+
+Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* header,
+                          const std::function<void(const feed::Change&)>& on_record) {
+  auto bad = [](const std::string& why) { return Status(ErrorKind::kProtocol, "delta message: " + why); };
+  if (bytes.size() < kDeltaHeaderBytes) return bad("shorter than its header");
+  if (Load<std::uint32_t>(bytes.data()) != kDeltaMagic) return bad("wrong magic");
+  header->records = Load<std::uint32_t>(bytes.data() + 4);
+  header->epoch = Load<std::uint64_t>(bytes.data() + 8);
+  header->first_seq = Load<std::uint64_t>(bytes.data() + 16);
+  if (header->epoch == 0) return bad("epoch 0");
+  if (header->first_seq == 0 || header->first_seq > UINT64_MAX - header->records) return bad("sequence out of range");
+  // Each record takes at least its length word and a record head: a count
+  // the bytes cannot hold is refused before anything is allocated for it.
+  const std::size_t body = bytes.size() - kDeltaHeaderBytes;
+  if (header->records > body / (4 + feed::kRecordHeadBytes))
+    return bad(std::to_string(header->records) + " records cannot fit in " + std::to_string(body) + " bytes");
+  std::vector<feed::Change> changes(header->records);
+  std::size_t at = kDeltaHeaderBytes;
+  for (std::uint32_t i = 0; i < header->records; ++i) {
+    if (bytes.size() - at < 4) return bad("record " + std::to_string(i) + " truncated");
+    const std::uint32_t n = Load<std::uint32_t>(bytes.data() + at);
+    at += 4;
+    if (bytes.size() - at < n) return bad("record " + std::to_string(i) + " longer than the message");
+    if (Status s = feed::DecodeChange(bytes.subspan(at, n), &changes[i]); !s.ok())
+      return bad("record " + std::to_string(i) + ": " + s.message());
+    at += n;
+  }
+  if (at != bytes.size()) return bad(std::to_string(bytes.size() - at) + " bytes after the last record");
+  for (const feed::Change& c : changes) on_record(c);
+  return Status::Ok();
+}
+
+}  // namespace kvring::cluster

@@ -1,0 +1,187 @@
+#include "kvring/controller/change_feed.h"
+
+#include <bit>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+namespace kvring::feed {
+
+static_assert(std::endian::native == std::endian::little, "the feed's integers are stored in host order");
+
+namespace {
+
+Status Bad(const std::string& why) { return Status(ErrorKind::kProtocol, "change record: " + why); }
+
+struct Reader {
+  std::span<const std::uint8_t> b;
+  std::size_t at = 0;
+  template <typename T>
+  bool Get(T* v) {
+    if (b.size() - at < sizeof(T)) return false;
+    std::memcpy(v, b.data() + at, sizeof(T));
+    at += sizeof(T);
+    return true;
+  }
+  bool Text(std::string_view* s) {
+    std::uint16_t n;
+    if (!Get(&n) || n > kMaxText || b.size() - at < n) return false;
+    *s = std::string_view(reinterpret_cast<const char*>(b.data() + at), n);
+    at += n;
+    return true;
+  }
+};
+
+template <typename T>
+std::uint8_t* Put(std::uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+  return p + sizeof(T);
+}
+
+std::uint8_t* PutText(std::uint8_t* p, std::string_view s) {
+  p = Put(p, static_cast<std::uint16_t>(s.size()));
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
+std::uint8_t* Head(std::uint8_t* p, ChangeKind kind, std::uint32_t holder) {
+  *p++ = static_cast<std::uint8_t>(kind);
+  return Put(p, holder);
+}
+
+}  // namespace
+
+Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
+  Reader r{bytes};
+  std::uint8_t kind;
+  if (!r.Get(&kind) || !r.Get(&out->holder)) return Bad("shorter than its header");
+  switch (static_cast<ChangeKind>(kind)) {
+    case ChangeKind::kHolderUp:
+      out->kind = ChangeKind::kHolderUp;
+      if (!r.Get(&out->worker_id) || !r.Text(&out->instance_id) || !r.Text(&out->location) ||
+          !r.Text(&out->peer_init_url))
+        return Bad("holder-up record truncated or a text longer than " + std::to_string(kMaxText));
+      break;
+    case ChangeKind::kHolderDown:
+      out->kind = ChangeKind::kHolderDown;
+      break;
+    case ChangeKind::kKeys: {
+      out->kind = ChangeKind::kKeys;
+      if (!r.Get(&out->count)) return Bad("keys record without its count");
+      const std::size_t need = std::size_t{out->count} * kKeyEntryBytes;
+      if (bytes.size() - r.at != need) return Bad("keys record of " + std::to_string(out->count) + " keys has " +
+                                                  std::to_string(bytes.size() - r.at) + " bytes of entries");
+      out->entries = bytes.subspan(r.at, need);
+      for (std::size_t i = 0; i < out->count; ++i)
+        if (out->entries[i * kKeyEntryBytes] > 1) return Bad("key entry with op " + std::to_string(out->entries[i * kKeyEntryBytes]));
+      r.at += need;
+      break;
+    }
+    default:
+      return Bad("unknown kind " + std::to_string(kind));
+  }
+  if (r.at != bytes.size()) return Bad(std::to_string(bytes.size() - r.at) + " bytes after the record");
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<ChangeFeed>> ChangeFeed::Create(std::size_t capacity) {
+  if (Status s = ring::ValidateGeometry(capacity, ring::DefaultMaxRecord(capacity)); !s.ok()) return s;
+  void* region = std::aligned_alloc(4096, ring::RegionBytes(capacity));
+  if (!region) return Status(ErrorKind::kInternal, "change feed: out of memory for a ring of " + std::to_string(capacity));
+  if (Status s = ring::InitializeRegion(region, capacity); !s.ok()) {
+    std::free(region);
+    return s;
+  }
+  return std::unique_ptr<ChangeFeed>(new ChangeFeed(region, capacity));
+}
+
+ChangeFeed::ChangeFeed(void* region, std::size_t capacity)
+    : region_(region),
+      producer_(region, capacity, ring::DefaultMaxRecord(capacity)),
+      consumer_(region, capacity, ring::DefaultMaxRecord(capacity)) {}
+
+ChangeFeed::~ChangeFeed() { std::free(region_); }
+
+std::uint8_t* ChangeFeed::Claim(std::size_t size) {
+  std::span<std::uint8_t> out;
+  if (producer_.TryClaim(size, &out) != ring::ClaimResult::kOk) {
+    overflows_.fetch_add(1, std::memory_order_relaxed);
+    return nullptr;
+  }
+  return out.data();
+}
+
+void ChangeFeed::Commit(std::size_t size) {
+  producer_.Commit(size, kChangeRecordType);
+  records_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool ChangeFeed::HolderUp(std::uint32_t holder, std::int64_t worker_id, std::string_view instance_id,
+                          std::string_view location, std::optional<std::string_view> peer_init_url) {
+  const std::string_view peer = peer_init_url.value_or(std::string_view());
+  // Longer texts cannot come from the protocol's limits; cut rather than fail.
+  auto cut = [](std::string_view s) { return s.substr(0, kMaxText); };
+  const std::size_t size = kRecordHeadBytes + 8 + 6 + cut(instance_id).size() + cut(location).size() + cut(peer).size();
+  std::uint8_t* p = Claim(size);
+  if (!p) return false;
+  p = Head(p, ChangeKind::kHolderUp, holder);
+  p = Put(p, worker_id);
+  p = PutText(p, cut(instance_id));
+  p = PutText(p, cut(location));
+  PutText(p, cut(peer));
+  Commit(size);
+  return true;
+}
+
+bool ChangeFeed::HolderDown(std::uint32_t holder) {
+  std::uint8_t* p = Claim(kRecordHeadBytes);
+  if (!p) return false;
+  Head(p, ChangeKind::kHolderDown, holder);
+  Commit(kRecordHeadBytes);
+  return true;
+}
+
+template <typename Entry>
+bool ChangeFeed::KeyRecords(std::uint32_t holder, std::span<const Entry> entries) {
+  bool all = true;
+  do {  // an empty batch still makes one (empty) record
+    const std::span<const Entry> part = entries.first(std::min(entries.size(), kMaxKeysPerRecord));
+    entries = entries.subspan(part.size());
+    const std::size_t size = kRecordHeadBytes + 4 + part.size() * kKeyEntryBytes;
+    std::uint8_t* p = Claim(size);
+    if (!p) {
+      all = false;
+      continue;
+    }
+    p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(part.size()));
+    for (const Entry& e : part) {
+      if constexpr (std::is_same_v<Entry, protocol::KVOpEvent>) {
+        *p++ = e.op_type == protocol::OpType::kAdmit ? 0 : 1;
+        p = Put(p, e.key.bits());
+      } else {  // a full-sync batch: admits
+        *p++ = 0;
+        p = Put(p, e.bits());
+      }
+    }
+    Commit(size);
+  } while (!entries.empty());
+  return all;
+}
+
+bool ChangeFeed::Keys(std::uint32_t holder, std::span<const protocol::KVOpEvent> ops) { return KeyRecords(holder, ops); }
+
+bool ChangeFeed::Admits(std::uint32_t holder, std::span<const protocol::Int> keys) { return KeyRecords(holder, keys); }
+
+bool ChangeFeed::Key(std::uint32_t holder, protocol::OpType op, std::uint64_t key) {
+  const std::size_t size = kRecordHeadBytes + 4 + kKeyEntryBytes;
+  std::uint8_t* p = Claim(size);
+  if (!p) return false;
+  p = Put(Head(p, ChangeKind::kKeys, holder), std::uint32_t{1});
+  *p++ = op == protocol::OpType::kAdmit ? 0 : 1;
+  Put(p, key);
+  Commit(size);
+  return true;
+}
+
+}  // namespace kvring::feed

@@ -1,0 +1,438 @@
+// The cluster layer: the change feed's records and the delta messages (their
+// validation against garbage), and the publisher against a real nats-server
+// (JetStream, started here on 127.0.0.1) with a real controller and a real
+// worker process: what the stream holds is read back with a JetStream
+// consumer and compared with what the worker did.
+#include "kvring/cluster/delta_message.h"
+#include "kvring/cluster/publisher.h"
+#include "kvring/controller/controller.h"
+#include "kvring/shm/framing.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace kvring::cluster {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace kvring::protocol;
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::uint8_t> Bytes(std::span<const std::uint8_t> s) { return {s.begin(), s.end()}; }
+
+// Every record the feed holds, copied out.
+std::vector<std::vector<std::uint8_t>> DrainAll(feed::ChangeFeed& f) {
+  std::vector<std::vector<std::uint8_t>> out;
+  f.Drain(SIZE_MAX, SIZE_MAX, [&](std::span<const std::uint8_t> r) { out.push_back(Bytes(r)); });
+  return out;
+}
+
+TEST(ChangeFeed, RecordsDecodeAsWrittenAndLongBatchesAreSplit) {
+  auto f = feed::ChangeFeed::Create(1 << 22);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  feed::ChangeFeed& feed = **f;
+  ASSERT_TRUE(feed.HolderUp(7, -3, "inst", "LocalCPUBackend", std::string_view("10.0.0.1:8200")));
+  std::vector<KVOpEvent> ops;
+  for (std::uint64_t k = 0; k < feed::kMaxKeysPerRecord + 5; ++k)
+    ops.push_back({k % 3 ? OpType::kAdmit : OpType::kEvict, Int::FromU64(~k), Int(0)});
+  ASSERT_TRUE(feed.Keys(7, ops));
+  ASSERT_TRUE(feed.HolderDown(7));
+  feed.Publish();
+  auto records = DrainAll(feed);
+  ASSERT_EQ(records.size(), 4u);  // up, two key records (8192 + 5), down
+  EXPECT_EQ(feed.records(), 4u);
+  feed::Change c;
+  ASSERT_TRUE(feed::DecodeChange(records[0], &c).ok());
+  EXPECT_EQ(c.kind, feed::ChangeKind::kHolderUp);
+  EXPECT_EQ(c.holder, 7u);
+  EXPECT_EQ(c.worker_id, -3);
+  EXPECT_EQ(c.instance_id, "inst");
+  EXPECT_EQ(c.location, "LocalCPUBackend");
+  EXPECT_EQ(c.peer_init_url, "10.0.0.1:8200");
+  std::size_t seen = 0;
+  for (int r : {1, 2}) {
+    ASSERT_TRUE(feed::DecodeChange(records[r], &c).ok());
+    ASSERT_EQ(c.kind, feed::ChangeKind::kKeys);
+    for (std::size_t i = 0; i < c.count; ++i, ++seen) {
+      EXPECT_EQ(c.KeyAt(i), ~std::uint64_t{seen});
+      EXPECT_EQ(c.OpAt(i), seen % 3 ? OpType::kAdmit : OpType::kEvict);
+    }
+  }
+  EXPECT_EQ(seen, ops.size());
+  ASSERT_TRUE(feed::DecodeChange(records[3], &c).ok());
+  EXPECT_EQ(c.kind, feed::ChangeKind::kHolderDown);
+}
+
+TEST(ChangeFeed, AFullFeedCountsOverflowsAndTurnsLost) {
+  auto f = feed::ChangeFeed::Create(1 << 12);  // 4 KiB: a few records
+  ASSERT_TRUE(f.ok());
+  feed::ChangeFeed& feed = **f;
+  std::size_t written = 0;
+  for (int i = 0; i < 1000; ++i) written += feed.Key(1, OpType::kAdmit, i);
+  EXPECT_LT(written, 1000u);
+  EXPECT_EQ(feed.records(), written);
+  EXPECT_EQ(feed.overflows(), 1000u - written);
+  EXPECT_TRUE(feed.lost());
+  feed.Publish();
+  EXPECT_EQ(DrainAll(feed).size(), written);  // what was written is intact
+}
+
+std::vector<std::uint8_t> ValidMessage() {
+  auto f = feed::ChangeFeed::Create(1 << 16);
+  (void)(*f)->HolderUp(1, 0, "A", "LocalCPUBackend", std::nullopt);
+  (void)(*f)->Key(1, OpType::kAdmit, 42);
+  (void)(*f)->HolderDown(1);
+  (*f)->Publish();
+  DeltaWriter w;
+  w.Begin(0xfeed, 1);
+  for (auto& r : DrainAll(**f)) w.Add(r);
+  return Bytes(w.Finish());
+}
+
+TEST(DeltaMessage, AValidMessageDecodesAndGarbageIsRefusedWhole) {
+  const std::vector<std::uint8_t> good = ValidMessage();
+  DeltaHeader h;
+  std::vector<feed::ChangeKind> kinds;
+  ASSERT_TRUE(DecodeDeltaMessage(good, &h, [&](const feed::Change& c) { kinds.push_back(c.kind); }).ok());
+  EXPECT_EQ(h.epoch, 0xfeedu);
+  EXPECT_EQ(h.first_seq, 1u);
+  EXPECT_EQ(kinds, (std::vector<feed::ChangeKind>{feed::ChangeKind::kHolderUp, feed::ChangeKind::kKeys,
+                                                  feed::ChangeKind::kHolderDown}));
+  // Every truncation, every single-byte corruption of the header and record
+  // framing, absurd counts: an error, and no record handed on (all or none).
+  int calls = 0;
+  auto count = [&](const feed::Change&) { ++calls; };
+  for (std::size_t n = 0; n < good.size(); ++n)
+    EXPECT_FALSE(DecodeDeltaMessage(std::span(good).first(n), &h, count).ok()) << "truncated to " << n;
+  auto with = [&](std::size_t at, std::uint8_t v) {
+    auto b = good;
+    b[at] = v;
+    return b;
+  };
+  EXPECT_FALSE(DecodeDeltaMessage(with(0, 'X'), &h, count).ok());                  // magic
+  EXPECT_FALSE(DecodeDeltaMessage(with(4, 200), &h, count).ok());                  // 200 records
+  EXPECT_FALSE(DecodeDeltaMessage(with(7, 0xff), &h, count).ok());                 // 4 G records
+  auto zero_epoch = good;
+  std::fill(zero_epoch.begin() + 8, zero_epoch.begin() + 16, 0);
+  EXPECT_FALSE(DecodeDeltaMessage(zero_epoch, &h, count).ok());
+  EXPECT_FALSE(DecodeDeltaMessage(with(kDeltaHeaderBytes + 3, 0x7f), &h, count).ok());  // a 2 GB record length
+  EXPECT_FALSE(DecodeDeltaMessage(with(kDeltaHeaderBytes + 4, 9), &h, count).ok());     // unknown kind
+  auto trailing = good;
+  trailing.push_back(0);
+  EXPECT_FALSE(DecodeDeltaMessage(trailing, &h, count).ok());
+  EXPECT_EQ(calls, 0);
+}
+
+// ---- against a real nats-server ---------------------------------------------------
+
+int FreePort() {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || getsockname(s, reinterpret_cast<sockaddr*>(&a), &len)) {
+    close(s);
+    return -1;
+  }
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+// A nats-server with JetStream on 127.0.0.1:port, its store in a fresh folder.
+class NatsServer {
+ public:
+  explicit NatsServer(int port) : port_(port) {
+    dir_ = std::filesystem::temp_directory_path() / ("kvring-nats-" + std::to_string(getpid()) + "-" + std::to_string(port));
+    std::filesystem::create_directories(dir_);
+  }
+  ~NatsServer() {
+    Stop();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  // Starts it and waits (bounded) until it accepts connections.
+  bool Start() {
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      const std::string port = std::to_string(port_), store = dir_.string();
+      const int null = open("/dev/null", O_WRONLY);  // its log stays out of the test's
+      dup2(null, 1);
+      dup2(null, 2);
+      execlp(KVRING_NATS_SERVER, KVRING_NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", port.c_str(), "-sd", store.c_str(),
+             static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (auto deadline = Clock::now() + 10s; Clock::now() < deadline;) {
+      natsConnection* nc = nullptr;
+      if (natsConnection_ConnectTo(&nc, url().c_str()) == NATS_OK) {
+        natsConnection_Destroy(nc);
+        return true;
+      }
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) return false;  // it died
+    }
+    return false;
+  }
+  void Stop() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int port_;
+  pid_t pid_ = -1;
+  std::filesystem::path dir_;
+};
+
+// Reads a cluster stream from its start with an ordered JetStream consumer.
+class StreamReader {
+ public:
+  StreamReader(const std::string& url, const std::string& cluster) {
+    EXPECT_EQ(natsConnection_ConnectTo(&nc_, url.c_str()), NATS_OK);
+    EXPECT_EQ(natsConnection_JetStream(&js_, nc_, nullptr), NATS_OK);
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Ordered = true;
+    so.Stream = nullptr;
+    jsErrCode jerr;
+    const std::string subject = "kvring." + cluster + ".>";
+    EXPECT_EQ(js_SubscribeSync(&sub_, js_, subject.c_str(), nullptr, &so, &jerr), NATS_OK) << jerr;
+  }
+  ~StreamReader() {
+    natsSubscription_Destroy(sub_);
+    jsCtx_Destroy(js_);
+    natsConnection_Destroy(nc_);
+  }
+  // Reads messages until done() or the deadline; each message is decoded
+  // (it must be valid) and its records handed to on_record.
+  bool ReadUntil(const std::function<bool()>& done,
+                 const std::function<void(const DeltaHeader&, const feed::Change&)>& on_record) {
+    for (auto deadline = Clock::now() + 20s; !done();) {
+      if (Clock::now() > deadline) return false;
+      natsMsg* m = nullptr;
+      if (natsSubscription_NextMsg(&m, sub_, 200) != NATS_OK) continue;  // bounded wait for the next one
+      std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(m)),
+                                          static_cast<std::size_t>(natsMsg_GetDataLength(m)));
+      DeltaHeader h;
+      Status s = DecodeDeltaMessage(bytes, &h, [&](const feed::Change& c) { on_record(h, c); });
+      EXPECT_TRUE(s.ok()) << s.ToString();
+      natsMsg_Destroy(m);
+    }
+    return true;
+  }
+
+ private:
+  natsConnection* nc_ = nullptr;
+  jsCtx* js_ = nullptr;
+  natsSubscription* sub_ = nullptr;
+};
+
+// What a node's stream says about its holders, rebuilt record by record.
+struct Replica {
+  std::uint64_t epoch = 0, next_seq = 1, records = 0;
+  bool in_order = true;
+  struct Holder {
+    std::string instance, location, peer;
+    std::set<std::uint64_t> keys;
+  };
+  std::map<std::uint32_t, Holder> holders;
+  int ups = 0, downs = 0;
+  std::uint64_t message_first = 0, index_in_message = 0;
+  void Apply(const DeltaHeader& h, const feed::Change& c) {
+    if (epoch == 0) epoch = h.epoch;
+    if (h.epoch != epoch) in_order = false;
+    if (h.first_seq != message_first) {  // the first record of a message
+      message_first = h.first_seq;
+      index_in_message = 0;
+    }
+    // Records numbered 1, 2, ... across messages, none missing, none twice.
+    if (h.first_seq + index_in_message++ != next_seq++) in_order = false;
+    ++records;
+    switch (c.kind) {
+      case feed::ChangeKind::kHolderUp:
+        ++ups;
+        holders[c.holder] = {std::string(c.instance_id), std::string(c.location), std::string(c.peer_init_url), {}};
+        break;
+      case feed::ChangeKind::kHolderDown:
+        ++downs;
+        holders.erase(c.holder);
+        break;
+      case feed::ChangeKind::kKeys:
+        for (std::size_t i = 0; i < c.count; ++i)
+          c.OpAt(i) == OpType::kAdmit ? (void)holders[c.holder].keys.insert(c.KeyAt(i))
+                                      : (void)holders[c.holder].keys.erase(c.KeyAt(i));
+        break;
+    }
+  }
+};
+
+const std::string kPid = std::to_string(getpid());
+
+controller::Options Small(const std::string& name, feed::ChangeFeed* f) {
+  controller::Options o;
+  o.listen.name = name;
+  o.listen.request_capacity = 1 << 16;
+  o.listen.reply_capacity = 1 << 14;
+  o.index.shard_bits = 2;
+  o.full_sync_on_start = false;
+  o.change_feed = f;
+  return o;
+}
+
+// A worker process: registers A/0 with a peer URL, admits 1..n, evicts the
+// even ones, exits (the controller then retires its holder).
+pid_t SpawnWorker(const std::string& name, int n) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto c = transport::Connection::Open({name, segment::Role::kWorker, 5000ms});
+    if (!c.ok()) _exit(100);
+    auto send = [&](const Message& m) {
+      std::string b = Encode(m);
+      ring::ClaimResult r;
+      while ((r = (*c)->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()},
+                                            framing::kMessage)) == ring::ClaimResult::kFull)
+        (void)(*c)->requests().WaitForSpace(b.size(), 1s);
+      if (r != ring::ClaimResult::kOk) _exit(101);
+      (*c)->PublishRequests();
+    };
+    send(RegisterMsg{"A", Int(0), "127.0.0.1", Int(8000), std::string("nodeA:8200")});
+    // Batches of 200 ops (a record must fit in a quarter of the 64 KiB request ring).
+    std::int64_t seq = 0;
+    auto batches = [&](OpType op, int first, int step) {
+      BatchedKVOperationMsg m{"A", Int(0), "LocalCPUBackend", {}};
+      for (int k = first; k <= n; k += step) {
+        m.operations.push_back({op, Int(k), Int::FromI64(seq++)});
+        if (m.operations.size() == 200 || k + step > n) {
+          send(m);
+          m.operations.clear();
+        }
+      }
+    };
+    batches(OpType::kAdmit, 1, 1);
+    batches(OpType::kEvict, 2, 2);
+    send(DeRegisterMsg{"A", Int(0), "127.0.0.1", Int(8000)});
+    _exit(0);  // the controller drains a departed client's ring (test EventsPublishedJustBeforeAWorkerExits...)
+  }
+  return pid;
+}
+
+void RunUntil(controller::Controller& ctl, const std::function<bool()>& done) {
+  for (auto deadline = Clock::now() + 20s; !done() && Clock::now() < deadline;) ctl.PollOnce(1ms);
+}
+
+// The worker's whole life reaches the stream: its holder with its peer URL,
+// its keys (the odd ones left before it deregistered), then the holder's
+// retirement; records numbered 1, 2, ... in one epoch, the publisher's.
+TEST(ClusterPublisher, ALocalWorkersChangesReachTheStreamInOrder) {
+  NatsServer nats(FreePort());
+  ASSERT_TRUE(nats.Start());
+  auto f = feed::ChangeFeed::Create(1 << 20);
+  ASSERT_TRUE(f.ok());
+  PublisherOptions po;
+  po.nats_url = nats.url();
+  po.cluster = "t" + kPid;
+  po.node = "nodeA";
+  auto pub = Publisher::Start(po, f->get());
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  const std::string name = "cl" + kPid + "-order";
+  auto ctl = controller::Controller::Start(Small(name, f->get()));
+  ASSERT_TRUE(ctl.ok()) << ctl.status().ToString();
+  constexpr int kKeys = 20000;  // several messages, several records per batch
+  pid_t w = SpawnWorker(name, kKeys);
+  RunUntil(**ctl, [&] {
+    return (*ctl)->stats().kv_ops == kKeys + kKeys / 2 && (*ctl)->registry().worker_count() == 0 &&
+           (*pub)->stats().records == (*f)->records();
+  });
+  int status;
+  waitpid(w, &status, 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ((*ctl)->stats().kv_ops, kKeys + kKeys / 2u) << "errors " << (*ctl)->stats().errors;
+  EXPECT_EQ((*pub)->stats().records, (*f)->records()) << (*pub)->StatsJson();
+  EXPECT_EQ((*f)->overflows(), 0u);
+
+  Replica seen;
+  Replica::Holder last;  // the holder as the stream had it when it went down
+  StreamReader reader(nats.url(), po.cluster);
+  ASSERT_TRUE(reader.ReadUntil([&] { return seen.downs == 1; },
+                               [&](const DeltaHeader& h, const feed::Change& c) {
+                                 if (c.kind == feed::ChangeKind::kHolderDown) last = seen.holders[c.holder];
+                                 seen.Apply(h, c);
+                               }));
+  EXPECT_EQ(last.instance, "A");
+  EXPECT_EQ(last.location, "LocalCPUBackend");
+  EXPECT_EQ(last.peer, "nodeA:8200");
+  std::set<std::uint64_t> odd;
+  for (std::uint64_t k = 1; k <= kKeys; k += 2) odd.insert(k);
+  EXPECT_EQ(last.keys, odd) << "the odd keys, after the evictions";
+  EXPECT_EQ(seen.epoch, (*pub)->epoch());
+  EXPECT_TRUE(seen.in_order);
+  EXPECT_EQ(seen.ups, 1);
+  EXPECT_TRUE(seen.holders.empty());
+  EXPECT_EQ(seen.records, (*pub)->stats().records);
+  EXPECT_GT((*pub)->stats().messages, 1u);
+}
+
+// NATS is not there when the node starts, nor while its worker works: local
+// service goes on (every op applied, no overflow), the publisher retries, and
+// once a nats-server comes up on the address everything reaches the stream.
+TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
+  NatsServer nats(FreePort());
+  auto f = feed::ChangeFeed::Create(1 << 20);
+  ASSERT_TRUE(f.ok());
+  PublisherOptions po;
+  po.nats_url = nats.url();
+  po.cluster = "d" + kPid;
+  po.node = "nodeB";
+  po.retry_wait = 50ms;
+  auto pub = Publisher::Start(po, f->get());
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  const std::string name = "cl" + kPid + "-down";
+  auto ctl = controller::Controller::Start(Small(name, f->get()));
+  ASSERT_TRUE(ctl.ok());
+  pid_t w = SpawnWorker(name, 1000);
+  RunUntil(**ctl, [&] { return (*ctl)->stats().kv_ops == 1500 && (*ctl)->registry().worker_count() == 0; });
+  waitpid(w, nullptr, 0);
+  EXPECT_EQ((*ctl)->stats().kv_ops, 1500u);  // served locally with NATS away
+  EXPECT_FALSE((*pub)->stats().connected);
+  EXPECT_EQ((*pub)->stats().records, 0u);
+  ASSERT_TRUE(nats.Start());
+  // The reader needs the stream, which the publisher creates once connected.
+  for (auto deadline = Clock::now() + 20s; (*pub)->stats().records == 0 && Clock::now() < deadline;)
+    std::this_thread::sleep_for(10ms);  // polling a condition, bounded
+  ASSERT_GT((*pub)->stats().records, 0u);
+  Replica seen;
+  StreamReader reader(nats.url(), po.cluster);
+  ASSERT_TRUE(reader.ReadUntil([&] { return seen.downs == 1; },
+                               [&](const DeltaHeader& h, const feed::Change& c) { seen.Apply(h, c); }));
+  EXPECT_TRUE(seen.in_order);
+  EXPECT_EQ(seen.records, (*f)->records());
+  EXPECT_TRUE((*pub)->stats().connected);
+}
+
+}  // namespace
+}  // namespace kvring::cluster
