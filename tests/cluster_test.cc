@@ -5,6 +5,7 @@
 // consumer and compared with what the worker did.
 #include "kvring/cluster/delta_message.h"
 #include "kvring/cluster/publisher.h"
+#include "kvring/cluster/subscriber.h"
 #include "kvring/controller/controller.h"
 #include "kvring/shm/framing.h"
 
@@ -111,7 +112,7 @@ TEST(DeltaMessage, AValidMessageDecodesAndGarbageIsRefusedWhole) {
   const std::vector<std::uint8_t> good = ValidMessage();
   DeltaHeader h;
   std::vector<feed::ChangeKind> kinds;
-  ASSERT_TRUE(DecodeDeltaMessage(good, &h, [&](const feed::Change& c) { kinds.push_back(c.kind); }).ok());
+  ASSERT_TRUE(DecodeDeltaMessage(good, &h, [&](const feed::Change& c, auto) { kinds.push_back(c.kind); }).ok());
   EXPECT_EQ(h.epoch, 0xfeedu);
   EXPECT_EQ(h.first_seq, 1u);
   EXPECT_EQ(kinds, (std::vector<feed::ChangeKind>{feed::ChangeKind::kHolderUp, feed::ChangeKind::kKeys,
@@ -119,7 +120,7 @@ TEST(DeltaMessage, AValidMessageDecodesAndGarbageIsRefusedWhole) {
   // Every truncation, every single-byte corruption of the header and record
   // framing, absurd counts: an error, and no record handed on (all or none).
   int calls = 0;
-  auto count = [&](const feed::Change&) { ++calls; };
+  auto count = [&](const feed::Change&, auto) { ++calls; };
   for (std::size_t n = 0; n < good.size(); ++n)
     EXPECT_FALSE(DecodeDeltaMessage(std::span(good).first(n), &h, count).ok()) << "truncated to " << n;
   auto with = [&](std::size_t at, std::uint8_t v) {
@@ -139,6 +140,115 @@ TEST(DeltaMessage, AValidMessageDecodesAndGarbageIsRefusedWhole) {
   trailing.push_back(0);
   EXPECT_FALSE(DecodeDeltaMessage(trailing, &h, count).ok());
   EXPECT_EQ(calls, 0);
+}
+
+// ---- the controller applying other nodes' records (no NATS: the remote feed directly) ----
+
+// Change records, encoded by the feed's own writer.
+struct Records {
+  std::unique_ptr<feed::ChangeFeed> f = std::move(feed::ChangeFeed::Create(1 << 20)).value();
+  std::vector<std::uint8_t> Up(std::uint32_t h, const std::string& inst, const std::string& peer) {
+    (void)f->HolderUp(h, 0, inst, "LocalCPUBackend", std::string_view(peer));
+    return One();
+  }
+  std::vector<std::uint8_t> Admit(std::uint32_t h, std::vector<std::uint64_t> keys) {
+    std::vector<Int> k;
+    for (auto x : keys) k.push_back(Int::FromU64(x));
+    (void)f->Admits(h, k);
+    return One();
+  }
+  std::vector<std::uint8_t> Evict(std::uint32_t h, std::uint64_t key) {
+    (void)f->Key(h, OpType::kEvict, key);
+    return One();
+  }
+  std::vector<std::uint8_t> Down(std::uint32_t h) {
+    (void)f->HolderDown(h);
+    return One();
+  }
+  std::vector<std::uint8_t> One() {
+    f->Publish();
+    auto all = DrainAll(*f);
+    return all.at(0);
+  }
+};
+
+struct RemoteFixture {
+  std::unique_ptr<feed::RemoteFeed> remote = std::move(feed::RemoteFeed::Create(1 << 20)).value();
+  std::unique_ptr<controller::Controller> ctl;
+  explicit RemoteFixture(const std::string& name) {
+    controller::Options o;
+    o.listen.name = name;
+    o.full_sync_on_start = false;
+    o.remote_feed = remote.get();
+    ctl = std::move(controller::Controller::Start(o)).value();
+  }
+  void Push(const std::string& node, std::uint64_t epoch, std::uint64_t seq, const std::vector<std::uint8_t>& rec) {
+    ASSERT_TRUE(remote->Push(node, epoch, seq, rec));
+    remote->Publish();
+    ctl->PollOnce();
+  }
+  // Whether the controller's index has `key` at the remote holder of (node, inst).
+  bool Holds(const std::string& node, const std::string& inst, std::uint64_t key) {
+    auto w = ctl->registry().FindRemote(node, inst, 0);
+    if (!w) return false;
+    auto h = ctl->registry().FindHolder(*w, "LocalCPUBackend");
+    return h && ctl->index().Contains(key, *h);
+  }
+};
+
+TEST(RemoteHolders, ANodesHoldersAndKeysAreAppliedAndRetired) {
+  RemoteFixture t("rh" + std::to_string(getpid()) + "a");
+  Records r;
+  t.Push("n1", 5, 1, r.Up(3, "A", "a:8200"));
+  t.Push("n1", 5, 2, r.Admit(3, {11, 12, 13}));
+  t.Push("n1", 5, 3, r.Evict(3, 12));
+  EXPECT_TRUE(t.Holds("n1", "A", 11));
+  EXPECT_FALSE(t.Holds("n1", "A", 12));
+  EXPECT_TRUE(t.Holds("n1", "A", 13));
+  // A remote worker is not a local one: no local message can speak for it.
+  EXPECT_FALSE(t.ctl->registry().Find("A", 0));
+  auto w = t.ctl->registry().FindRemote("n1", "A", 0);
+  ASSERT_TRUE(w);
+  EXPECT_EQ(t.ctl->registry().worker(*w).peer_init_url, std::optional<std::string>("a:8200"));
+  EXPECT_EQ(t.ctl->stats().remote_kv_ops, 4u);
+  t.Push("n1", 5, 4, r.Down(3));
+  EXPECT_FALSE(t.ctl->registry().FindRemote("n1", "A", 0));  // its last holder gone: the worker too
+  for (int i = 0; i < 10 && t.ctl->index().pairs() != 0; ++i) t.ctl->PollOnce();
+  EXPECT_EQ(t.ctl->index().pairs(), 0u);
+  EXPECT_EQ(t.ctl->stats().remote_refused, 0u);
+  EXPECT_EQ(t.ctl->stats().remote_seq_gaps, 0u);
+}
+
+TEST(RemoteHolders, ANewEpochDropsTheOldOneAndStaleOrUnknownRecordsAreRefused) {
+  RemoteFixture t("rh" + std::to_string(getpid()) + "b");
+  Records r;
+  t.Push("n1", 5, 1, r.Up(3, "A", "a:8200"));
+  t.Push("n1", 5, 2, r.Admit(3, {11}));
+  // The node restarts (a newer epoch): what it said before is void.
+  t.Push("n1", 9, 1, r.Up(4, "A", "a:8201"));
+  EXPECT_EQ(t.ctl->stats().remote_node_restarts, 1u);
+  EXPECT_FALSE(t.Holds("n1", "A", 11));
+  t.Push("n1", 9, 2, r.Admit(4, {21}));
+  EXPECT_TRUE(t.Holds("n1", "A", 21));
+  EXPECT_EQ(t.ctl->registry().worker(*t.ctl->registry().FindRemote("n1", "A", 0)).peer_init_url,
+            std::optional<std::string>("a:8201"));
+  const auto refused = t.ctl->stats().remote_refused;
+  t.Push("n1", 5, 3, r.Admit(3, {99}));    // the old process, still publishing: stale
+  t.Push("n1", 9, 3, r.Admit(77, {98}));   // a holder the node never announced
+  t.Push("n1", 9, 9, r.Admit(4, {22}));    // applied, but a gap (4..8 missing) is counted
+  EXPECT_EQ(t.ctl->stats().remote_refused, refused + 2);
+  EXPECT_EQ(t.ctl->stats().remote_seq_gaps, 1u);
+  EXPECT_FALSE(t.Holds("n1", "A", 99));
+  EXPECT_TRUE(t.Holds("n1", "A", 22));
+  // Undecodable change records are refused, not applied.
+  t.Push("n1", 9, 10, std::vector<std::uint8_t>{3, 4, 0, 0, 0, 200, 0, 0, 0});
+  EXPECT_EQ(t.ctl->stats().remote_refused, refused + 3);
+  // The node's lease expired: all of its holders go.
+  ASSERT_TRUE(t.remote->Gone("n1"));
+  t.remote->Publish();
+  t.ctl->PollOnce();
+  EXPECT_EQ(t.ctl->stats().remote_nodes_gone, 1u);
+  EXPECT_FALSE(t.ctl->registry().FindRemote("n1", "A", 0));
 }
 
 // ---- against a real nats-server ---------------------------------------------------
@@ -238,7 +348,7 @@ class StreamReader {
       std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(m)),
                                           static_cast<std::size_t>(natsMsg_GetDataLength(m)));
       DeltaHeader h;
-      Status s = DecodeDeltaMessage(bytes, &h, [&](const feed::Change& c) { on_record(h, c); });
+      Status s = DecodeDeltaMessage(bytes, &h, [&](const feed::Change& c, auto) { on_record(h, c); });
       EXPECT_TRUE(s.ok()) << s.ToString();
       natsMsg_Destroy(m);
     }
@@ -432,6 +542,86 @@ TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
   EXPECT_TRUE(seen.in_order);
   EXPECT_EQ(seen.records, (*f)->records());
   EXPECT_TRUE((*pub)->stats().connected);
+}
+
+}  // namespace
+}  // namespace kvring::cluster
+
+namespace kvring::cluster {
+namespace {
+
+// A hostile or broken publisher on the cluster's subjects: truncated
+// messages, a wrong magic, absurd counts, a subject that names no node. Each
+// is counted and dropped whole by the subscriber; the valid message beside
+// them is applied by the controller as a remote holder.
+TEST(ClusterSubscriber, GarbageOnTheClusterSubjectsIsCountedAndIgnored) {
+  NatsServer nats(FreePort());
+  ASSERT_TRUE(nats.Start());
+  PublisherOptions po;
+  po.nats_url = nats.url();
+  po.cluster = "g" + kPid;
+  po.node = "me";
+  // The stream, as any node's publisher makes it.
+  auto own_feed = feed::ChangeFeed::Create(1 << 16);
+  auto pub = Publisher::Start(po, own_feed->get());
+  ASSERT_TRUE(pub.ok());
+  auto remote = feed::RemoteFeed::Create(1 << 20);
+  ASSERT_TRUE(remote.ok());
+  auto sub = Subscriber::Start(po, remote->get());
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  controller::Options o;
+  o.listen.name = "cl" + kPid + "-garbage";
+  o.full_sync_on_start = false;
+  o.remote_feed = remote->get();
+  auto ctl = controller::Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  ASSERT_EQ(natsConnection_ConnectTo(&nc, nats.url().c_str()), NATS_OK);
+  ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+  for (auto deadline = Clock::now() + 20s; !(*sub)->stats().subscribed && Clock::now() < deadline;)
+    (*ctl)->PollOnce(1ms);  // the stream exists once the publisher connected
+  auto publish = [&](const std::string& node, const std::vector<std::uint8_t>& bytes) {
+    const std::string subject = "kvring." + po.cluster + "." + node;
+    jsErrCode jerr;
+    ASSERT_EQ(js_Publish(nullptr, js, subject.c_str(), bytes.data(), static_cast<int>(bytes.size()), nullptr, &jerr),
+              NATS_OK);
+  };
+  const std::vector<std::uint8_t> good = ValidMessage();  // holder up A/0, admit 42, holder down
+  auto bad_magic = good;
+  bad_magic[0] = 'X';
+  auto absurd = good;
+  absurd[7] = 0x7f;  // 2 G records
+  auto zero_epoch = good;
+  std::fill(zero_epoch.begin() + 8, zero_epoch.begin() + 16, 0);
+  publish("evil", std::vector<std::uint8_t>(good.begin(), good.begin() + 30));  // truncated
+  publish("evil", bad_magic);
+  publish("evil", absurd);
+  publish("evil", zero_epoch);
+  publish("evil", {});
+  // The valid one, without its last record (the holder-down): node "good" keeps A/0 with key 42.
+  Records r;
+  DeltaWriter w;
+  w.Begin(7, 1);
+  w.Add(r.Up(1, "A", "good:8200"));
+  w.Add(r.Admit(1, {42}));
+  const auto valid = Bytes(w.Finish());
+  publish("good", valid);
+  for (auto deadline = Clock::now() + 20s;
+       ((*sub)->stats().garbage < 5 || !(*ctl)->registry().FindRemote("good", "A", 0)) && Clock::now() < deadline;)
+    (*ctl)->PollOnce(1ms);
+  EXPECT_EQ((*sub)->stats().garbage, 5u);
+  EXPECT_EQ((*sub)->stats().messages, 1u);
+  auto worker = (*ctl)->registry().FindRemote("good", "A", 0);
+  ASSERT_TRUE(worker);
+  auto holder = (*ctl)->registry().FindHolder(*worker, "LocalCPUBackend");
+  ASSERT_TRUE(holder);
+  EXPECT_TRUE((*ctl)->index().Contains(42, *holder));
+  EXPECT_FALSE((*ctl)->registry().FindRemote("evil", "A", 0));
+  EXPECT_EQ((*ctl)->stats().remote_refused, 0u);  // nothing of the garbage reached the controller
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
 }
 
 }  // namespace

@@ -40,6 +40,7 @@
 #include "kvring/version.h"
 #include "kvring/zmq/front.h"
 #include "kvring/cluster/publisher.h"
+#include "kvring/cluster/subscriber.h"
 
 namespace {
 
@@ -214,6 +215,11 @@ int main(int argc, char** argv) {
   app.add_option("--cluster-tls-key", co.tls_key_file, "Client certificate key for NATS over TLS");
   app.add_option("--cluster-replicas", co.stream_replicas, "Replicas of the cluster's stream (3 for a 3-server NATS)")
       ->check(CLI::Range(1, 5))->capture_default_str();
+  double cluster_lease_s = 3;
+  app.add_option("--cluster-lease", cluster_lease_s,
+                 "Seconds this node's lease lives unrefreshed (refreshed every third of it): the others drop a "
+                 "node's holders once its lease is gone")
+      ->check(CLI::Range(0.3, 600.0))->capture_default_str();
   app.add_option("--change-feed-bytes", change_feed_bytes,
                  "The change feed's buffer between the controller and the publisher (power of two)")
       ->capture_default_str();
@@ -340,9 +346,12 @@ int main(int argc, char** argv) {
   // The change feed and its publisher (--cluster): the controller writes,
   // the publisher's thread sends; NATS need not be up yet.
   std::unique_ptr<feed::ChangeFeed> change_feed;
+  std::unique_ptr<feed::RemoteFeed> remote_feed;
   std::unique_ptr<cluster::Publisher> publisher;
+  std::unique_ptr<cluster::Subscriber> subscriber;
   if (cluster_opt->count() > 0) {
     if (co.node.empty()) co.node = o.listen.name;
+    co.lease_ttl = std::chrono::milliseconds(static_cast<std::int64_t>(cluster_lease_s * 1000));
     auto f = feed::ChangeFeed::Create(change_feed_bytes);
     if (!f.ok()) {
       std::cerr << "--change-feed-bytes: " << f.status().message() << "\n";
@@ -357,6 +366,19 @@ int main(int argc, char** argv) {
     }
     publisher = std::move(p).value();
     o.change_feed = change_feed.get();
+    auto rf = feed::RemoteFeed::Create(change_feed_bytes);
+    if (!rf.ok()) {
+      std::cerr << "--change-feed-bytes: " << rf.status().message() << "\n";
+      return 2;
+    }
+    remote_feed = std::move(rf).value();
+    auto sub = cluster::Subscriber::Start(co, remote_feed.get());
+    if (!sub.ok()) {
+      std::cerr << "--cluster: " << sub.status().message() << "\n";
+      return 2;
+    }
+    subscriber = std::move(sub).value();
+    o.remote_feed = remote_feed.get();
     log->info("cluster '{}': node '{}' publishes to {} (stream {}, epoch {:#018x}) via {}", co.cluster, co.node,
               publisher->subject(), publisher->stream(), publisher->epoch(), co.nats_url);
   }
@@ -366,8 +388,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   controller::Controller& ctl = **started;
-  if (cluster::Publisher* p = publisher.get())
-    ctl.AddStatsSource("cluster", [p] { return p->StatsJson(); }, [p] { return p->MetricsText(); });
+  if (cluster::Publisher* p = publisher.get()) {
+    cluster::Subscriber* sub = subscriber.get();
+    ctl.AddStatsSource(
+        "cluster",
+        [p, sub] {  // one object: the publisher's fields and the subscriber's
+          std::string a = p->StatsJson(), b = sub->StatsJson();
+          return a.substr(0, a.size() - 1) + ", " + b.substr(1);
+        },
+        [p, sub] { return p->MetricsText() + sub->MetricsText(); });
+  }
   log->info("controller '{}' running (pid {}, up to {} clients, other uids {}, p2p policy {}, heartbeat {} s, "
             "full sync on start: {})", o.listen.name, getpid(), o.listen.max_clients,
             o.listen.allow_other_uids ? "accepted" : "refused", policy, o.heartbeat_interval_s,
@@ -439,6 +469,7 @@ int main(int argc, char** argv) {
   log->info("shutting down: {} messages, {} kv ops, {} lookups, {} errors; removing segments", s.messages, s.kv_ops,
             s.p2p_lookups, s.errors);
   started = Status(ErrorKind::kUnavailable, "stopped");  // destroys the controller: segments removed
+  subscriber.reset();
   publisher.reset();  // sends what the feed still holds while NATS answers (bounded), then stops
   if (exit_code == 0) log->info("stopped cleanly");
   return exit_code;

@@ -40,8 +40,7 @@ std::span<const std::uint8_t> DeltaWriter::Finish() {
   return {reinterpret_cast<const std::uint8_t*>(buf_.data()), buf_.size()};
 }
 
-Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* header,
-                          const std::function<void(const feed::Change&)>& on_record) {
+Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* header, const OnRecord& on_record) {
   auto bad = [](const std::string& why) { return Status(ErrorKind::kProtocol, "delta message: " + why); };
   if (bytes.size() < kDeltaHeaderBytes) return bad("shorter than its header");
   if (Load<std::uint32_t>(bytes.data()) != kDeltaMagic) return bad("wrong magic");
@@ -56,18 +55,20 @@ Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* head
   if (header->records > body / (4 + feed::kRecordHeadBytes))
     return bad(std::to_string(header->records) + " records cannot fit in " + std::to_string(body) + " bytes");
   std::vector<feed::Change> changes(header->records);
+  std::vector<std::span<const std::uint8_t>> raw(header->records);
   std::size_t at = kDeltaHeaderBytes;
   for (std::uint32_t i = 0; i < header->records; ++i) {
     if (bytes.size() - at < 4) return bad("record " + std::to_string(i) + " truncated");
     const std::uint32_t n = Load<std::uint32_t>(bytes.data() + at);
     at += 4;
     if (bytes.size() - at < n) return bad("record " + std::to_string(i) + " longer than the message");
-    if (Status s = feed::DecodeChange(bytes.subspan(at, n), &changes[i]); !s.ok())
+    raw[i] = bytes.subspan(at, n);
+    if (Status s = feed::DecodeChange(raw[i], &changes[i]); !s.ok())
       return bad("record " + std::to_string(i) + ": " + s.message());
     at += n;
   }
   if (at != bytes.size()) return bad(std::to_string(bytes.size() - at) + " bytes after the last record");
-  for (const feed::Change& c : changes) on_record(c);
+  for (std::uint32_t i = 0; i < header->records; ++i) on_record(changes[i], raw[i]);
   return Status::Ok();
 }
 

@@ -9,20 +9,13 @@
 #include <vector>
 
 #include "kvring/cluster/delta_message.h"
+#include "cluster/nats_connection.h"
 
 namespace kvring::cluster {
 
-struct Publisher::Nats {
-  natsOptions* opts = nullptr;
-  natsConnection* conn = nullptr;
-  jsCtx* js = nullptr;
-  DeltaWriter pending;          // the message being filled or waiting for its ack
+struct Publisher::Nats : NatsConnection {
+  DeltaWriter pending;  // the message being filled or waiting for its ack
   bool has_pending = false;
-  ~Nats() {
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(conn);
-    natsOptions_Destroy(opts);
-  }
 };
 
 bool ValidClusterName(std::string_view name) {
@@ -33,14 +26,6 @@ bool ValidClusterName(std::string_view name) {
   return true;
 }
 
-namespace {
-
-std::string NatsError(natsStatus s) {
-  const char* last = nats_GetLastError(nullptr);
-  return std::string(natsStatus_GetText(s)) + (last && *last ? std::string(" (") + last + ")" : "");
-}
-
-}  // namespace
 
 Publisher::Publisher(const PublisherOptions& options, feed::ChangeFeed* feed)
     : options_(options), feed_(feed), nats_(std::make_unique<Nats>()) {}
@@ -50,42 +35,24 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
     return Status(ErrorKind::kInvalidArgument, "cluster and node names: 1 to 64 of A-Z a-z 0-9 _ -");
   if (options.stream_replicas < 1 || options.stream_replicas > 5)
     return Status(ErrorKind::kInvalidArgument, "stream replicas: 1 to 5");
+  if (options.lease_ttl < std::chrono::milliseconds(300) || options.lease_ttl > std::chrono::minutes(10))
+    return Status(ErrorKind::kInvalidArgument, "lease time: 300 ms to 10 min");
   if (options.max_message_bytes < 2 * feed::kMaxRecordBytes || options.max_message_bytes > (1u << 20))
     return Status(ErrorKind::kInvalidArgument, "max message bytes: 2 records (" +
                                                    std::to_string(2 * feed::kMaxRecordBytes) + ") to 1 MiB");
   std::unique_ptr<Publisher> p(new Publisher(options, feed));
   p->subject_ = "kvring." + options.cluster + "." + options.node;
   p->stream_ = "KVRING_" + options.cluster;
-  while (p->epoch_ == 0)
-    if (getrandom(&p->epoch_, sizeof p->epoch_, 0) != sizeof p->epoch_)
-      return Status(ErrorKind::kIo, "getrandom failed for the node's epoch");
+  // Epochs grow with each start of the node (milliseconds of the wall clock
+  // in the high bits), so a reader can tell a restart from a stale process;
+  // 16 random low bits tell apart two starts within one millisecond.
+  std::uint16_t salt = 0;
+  if (getrandom(&salt, sizeof salt, 0) != sizeof salt) return Status(ErrorKind::kIo, "getrandom failed for the epoch");
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch()).count();
+  p->epoch_ = (static_cast<std::uint64_t>(ms) << 16) | salt;
 
-  Nats& n = *p->nats_;
-  natsStatus s = natsOptions_Create(&n.opts);
-  if (s == NATS_OK) s = natsOptions_SetServers(n.opts, nullptr, 0);
-  if (s == NATS_OK) s = natsOptions_SetURL(n.opts, options.nats_url.c_str());
-  if (s == NATS_OK) s = natsOptions_SetName(n.opts, ("kvringd " + options.cluster + "/" + options.node).c_str());
-  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(n.opts, -1);  // forever: NATS may come back any time
-  if (s == NATS_OK) s = natsOptions_SetReconnectWait(n.opts, options.retry_wait.count());
-  // With a connected callback, a first connect that fails returns at once
-  // and goes on in the background (without one, cnats retries in the call).
-  if (s == NATS_OK)
-    s = natsOptions_SetRetryOnFailedConnect(
-        n.opts, true, [](natsConnection*, void*) {}, nullptr);
-  if (s == NATS_OK && !options.creds_file.empty())
-    s = natsOptions_SetUserCredentialsFromFiles(n.opts, options.creds_file.c_str(), nullptr);
-  if (s == NATS_OK && !options.tls_ca_file.empty()) {
-    s = natsOptions_SetSecure(n.opts, true);
-    if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(n.opts, options.tls_ca_file.c_str());
-  }
-  if (s == NATS_OK && !options.tls_cert_file.empty())
-    s = natsOptions_LoadCertificatesChain(n.opts, options.tls_cert_file.c_str(), options.tls_key_file.c_str());
-  if (s != NATS_OK) return Status(ErrorKind::kInvalidArgument, "NATS options: " + NatsError(s));
-  s = natsConnection_Connect(&n.conn, n.opts);
-  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED)
-    return Status(ErrorKind::kUnavailable, "NATS at " + options.nats_url + ": " + NatsError(s));
-  s = natsConnection_JetStream(&n.js, n.conn, nullptr);
-  if (s != NATS_OK) return Status(ErrorKind::kInternal, "JetStream context: " + NatsError(s));
+  if (Status s = p->nats_->Open(options, "publisher"); !s.ok()) return s;
   p->thread_ = std::thread([raw = p.get()] { raw->Run(); });
   return p;
 }
@@ -93,6 +60,9 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
 Publisher::~Publisher() {
   stop_.store(true, std::memory_order_relaxed);
   if (thread_.joinable()) thread_.join();
+  // A clean stop gives the lease back: the others drop this node's holders
+  // now rather than after the lease time.
+  if (nats_->leases && nats_->connected()) (void)kvStore_Delete(nats_->leases, options_.node.c_str());
 }
 
 PublisherStats Publisher::stats() const {
@@ -102,7 +72,7 @@ PublisherStats Publisher::stats() const {
   st.bytes = bytes_.load(std::memory_order_relaxed);
   st.publish_failures = failures_.load(std::memory_order_relaxed);
   st.last_seq = last_seq_.load(std::memory_order_relaxed);
-  st.connected = nats_->conn && natsConnection_Status(nats_->conn) == NATS_CONN_STATUS_CONNECTED;
+  st.connected = nats_->connected();
   return st;
 }
 
@@ -162,6 +132,16 @@ bool Publisher::EnsureStream() {
   return false;
 }
 
+void Publisher::RefreshLease() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_lease_ || !nats_->BindLeases(options_)) return;
+  char epoch[19];
+  std::snprintf(epoch, sizeof epoch, "0x%016llx", static_cast<unsigned long long>(epoch_));
+  std::uint64_t rev = 0;
+  if (kvStore_PutString(&rev, nats_->leases, options_.node.c_str(), epoch) == NATS_OK)
+    next_lease_ = now + options_.lease_ttl / 3;
+}
+
 // Publishes the pending message; true when the stream acknowledged it.
 bool Publisher::PublishPending() {
   std::span<const std::uint8_t> bytes = nats_->pending.Finish();
@@ -208,6 +188,7 @@ void Publisher::Run() {
       wait_retry();
       continue;
     }
+    if (!stopping) RefreshLease();  // before the first message: readers find the lease of any node they hear
     if (n.has_pending) {
       if (!PublishPending()) {
         if (stopping) return;

@@ -1,4 +1,5 @@
 #include "kvring/controller/change_feed.h"
+#include "kvring/controller/remote_feed.h"
 
 #include <bit>
 #include <cstdlib>
@@ -52,6 +53,18 @@ std::uint8_t* Head(std::uint8_t* p, ChangeKind kind, std::uint32_t holder) {
 
 }  // namespace
 
+// A private region for a feed's ring: page-aligned, its size rounded up to
+// whole pages (aligned_alloc wants a multiple of the alignment), initialised.
+static void* AllocateFeedRegion(std::size_t capacity) {
+  const std::size_t bytes = (ring::RegionBytes(capacity) + 4095) & ~std::size_t{4095};
+  void* region = std::aligned_alloc(4096, bytes);
+  if (region && !ring::InitializeRegion(region, capacity).ok()) {
+    std::free(region);
+    return nullptr;
+  }
+  return region;
+}
+
 Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
   Reader r{bytes};
   std::uint8_t kind;
@@ -87,12 +100,8 @@ Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
 
 Result<std::unique_ptr<ChangeFeed>> ChangeFeed::Create(std::size_t capacity) {
   if (Status s = ring::ValidateGeometry(capacity, ring::DefaultMaxRecord(capacity)); !s.ok()) return s;
-  void* region = std::aligned_alloc(4096, ring::RegionBytes(capacity));
+  void* region = AllocateFeedRegion(capacity);
   if (!region) return Status(ErrorKind::kInternal, "change feed: out of memory for a ring of " + std::to_string(capacity));
-  if (Status s = ring::InitializeRegion(region, capacity); !s.ok()) {
-    std::free(region);
-    return s;
-  }
   return std::unique_ptr<ChangeFeed>(new ChangeFeed(region, capacity));
 }
 
@@ -181,6 +190,69 @@ bool ChangeFeed::Key(std::uint32_t holder, protocol::OpType op, std::uint64_t ke
   *p++ = op == protocol::OpType::kAdmit ? 0 : 1;
   Put(p, key);
   Commit(size);
+  return true;
+}
+
+}  // namespace kvring::feed
+
+// ---- the remote feed (remote_feed.h) ----------------------------------------------
+
+namespace kvring::feed {
+
+Status DecodeRemoteRecord(std::span<const std::uint8_t> bytes, RemoteRecord* out) {
+  Reader r{bytes};
+  std::uint8_t node_len;
+  if (!r.Get(&out->what) || !r.Get(&node_len) || node_len == 0 || node_len > kMaxNodeName ||
+      bytes.size() - r.at < node_len)
+    return Bad("remote record without its node");
+  out->node = std::string_view(reinterpret_cast<const char*>(bytes.data() + r.at), node_len);
+  r.at += node_len;
+  if (out->what == kRemoteNodeGone) return r.at == bytes.size() ? Status::Ok() : Bad("node-gone record too long");
+  if (out->what != kRemoteChange) return Bad("remote record of unknown kind");
+  if (!r.Get(&out->epoch) || !r.Get(&out->seq)) return Bad("remote record truncated");
+  out->change = bytes.subspan(r.at);
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<RemoteFeed>> RemoteFeed::Create(std::size_t capacity) {
+  if (Status s = ring::ValidateGeometry(capacity, ring::DefaultMaxRecord(capacity)); !s.ok()) return s;
+  void* region = AllocateFeedRegion(capacity);
+  if (!region) return Status(ErrorKind::kInternal, "remote feed: out of memory for a ring of " + std::to_string(capacity));
+  return std::unique_ptr<RemoteFeed>(new RemoteFeed(region, capacity));
+}
+
+RemoteFeed::RemoteFeed(void* region, std::size_t capacity)
+    : region_(region),
+      producer_(region, capacity, ring::DefaultMaxRecord(capacity)),
+      consumer_(region, capacity, ring::DefaultMaxRecord(capacity)) {}
+
+RemoteFeed::~RemoteFeed() { std::free(region_); }
+
+bool RemoteFeed::Push(std::string_view node, std::uint64_t epoch, std::uint64_t seq,
+                      std::span<const std::uint8_t> change) {
+  if (node.empty() || node.size() > kMaxNodeName) return false;
+  const std::size_t size = 2 + node.size() + 16 + change.size();
+  std::span<std::uint8_t> out;
+  if (producer_.TryClaim(size, &out) != ring::ClaimResult::kOk) return false;
+  std::uint8_t* p = out.data();
+  *p++ = kRemoteChange;
+  *p++ = static_cast<std::uint8_t>(node.size());
+  std::memcpy(p, node.data(), node.size());
+  p = Put(Put(p + node.size(), epoch), seq);
+  if (!change.empty()) std::memcpy(p, change.data(), change.size());
+  producer_.Commit(size, kChangeRecordType);
+  return true;
+}
+
+bool RemoteFeed::Gone(std::string_view node) {
+  if (node.empty() || node.size() > kMaxNodeName) return false;
+  const std::size_t size = 2 + node.size();
+  std::span<std::uint8_t> out;
+  if (producer_.TryClaim(size, &out) != ring::ClaimResult::kOk) return false;
+  out[0] = kRemoteNodeGone;
+  out[1] = static_cast<std::uint8_t>(node.size());
+  std::memcpy(out.data() + 2, node.data(), node.size());
+  producer_.Commit(size, kChangeRecordType);
   return true;
 }
 

@@ -22,6 +22,7 @@ namespace {
 
 constexpr std::int64_t kNoSeq = INT64_MIN;
 constexpr std::uint64_t kNoClient = ~0ULL;
+constexpr std::uint64_t kRemoteClient = ~0ULL - 1;  // the owner of remote workers: no connection speaks for them
 constexpr double kHousekeepingPeriod = 0.1;     // seconds
 constexpr double kListenerPollPeriod = 50e-6;   // seconds
 
@@ -158,6 +159,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   }
   if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
+  ApplyRemote();
   if (options_.change_feed) options_.change_feed->Publish();  // this pass's changes, one store
   if (fan_outs_->next_deadline() != 0 && now >= fan_outs_->next_deadline()) ExpireFanOuts(now);
   Housekeeping(now);
@@ -799,6 +801,107 @@ void Controller::FeedHolder(index::HolderId h) {
   const registry::HolderInfo& info = registry_.holder(h);
   const registry::WorkerRecord& w = registry_.worker(info.worker);
   FeedWritten(options_.change_feed->HolderUp(h, w.worker_id, w.instance_id, info.location, w.peer_init_url));
+}
+
+void Controller::ApplyRemote() {
+  feed::RemoteFeed* rf = options_.remote_feed;
+  if (!rf || !rf->HasRecord()) return;
+  rf->Drain(options_.remote_records_per_pass, SIZE_MAX,
+            [&](std::span<const std::uint8_t> bytes) { ApplyRemoteRecord(bytes); });
+}
+
+// One record of another node. Its holders become remote workers of the
+// registry (WorkerRecord::node: a name space no local message reaches), so
+// lookups see them with their peer URLs and nothing local can speak for them.
+void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
+  feed::RemoteRecord rr;
+  feed::Change c;
+  if (!feed::DecodeRemoteRecord(bytes, &rr).ok() ||
+      (rr.what == feed::kRemoteChange && !feed::DecodeChange(rr.change, &c).ok()))
+    return void(++stats_.remote_refused);
+  const std::string node(rr.node);
+  auto it = remote_nodes_.find(node);
+  if (rr.what == feed::kRemoteNodeGone) {
+    if (it == remote_nodes_.end()) return;
+    DropRemoteNode(it->second);
+    remote_nodes_.erase(it);
+    ++stats_.remote_nodes_gone;
+    return;
+  }
+  if (it == remote_nodes_.end()) {
+    if (remote_nodes_.size() >= options_.max_remote_nodes) return void(++stats_.remote_refused);
+    it = remote_nodes_.emplace(node, RemoteNode{}).first;
+  }
+  RemoteNode& n = it->second;
+  if (rr.epoch < n.epoch) return void(++stats_.remote_refused);  // an older process of that node
+  if (rr.epoch > n.epoch) {  // the node (re)started: what its last epoch said is void
+    if (n.epoch != 0) ++stats_.remote_node_restarts;
+    DropRemoteNode(n);
+    n.epoch = rr.epoch;
+    n.next_seq = rr.seq;
+  }
+  if (rr.seq != n.next_seq) ++stats_.remote_seq_gaps;
+  n.next_seq = rr.seq + 1;
+  ++stats_.remote_records;
+  auto mapped = n.holders.find(c.holder);
+  switch (c.kind) {
+    case feed::ChangeKind::kHolderUp: {
+      if (mapped != n.holders.end()) {  // the node reuses the id: what it named is gone
+        RetireRemoteHolder(mapped->second);
+        n.holders.erase(mapped);
+      }
+      if (n.holders.size() >= options_.max_remote_holders_per_node) return void(++stats_.remote_refused);
+      registry::WorkerRecord rec;
+      rec.instance_id = std::string(c.instance_id);
+      rec.worker_id = c.worker_id;
+      if (!c.peer_init_url.empty()) rec.peer_init_url = std::string(c.peer_init_url);
+      rec.node = node;
+      rec.registration_time = WallSeconds();
+      bool is_new;
+      const std::uint32_t w = registry_.Upsert(rec, &is_new);
+      if (w >= workers_.size()) workers_.resize(w + 1);
+      if (is_new) {
+        workers_[w] = WorkerState{};
+        sync_->Track(w, true);
+      }
+      workers_[w].client = kRemoteClient;
+      n.holders[c.holder] = registry_.Holder(w, c.location);
+      return;
+    }
+    case feed::ChangeKind::kHolderDown:
+      if (mapped == n.holders.end()) return void(++stats_.remote_refused);
+      RetireRemoteHolder(mapped->second);
+      n.holders.erase(mapped);
+      return;
+    case feed::ChangeKind::kKeys: {
+      if (mapped == n.holders.end()) return void(++stats_.remote_refused);
+      const index::HolderId h = mapped->second;
+      for (std::size_t i = 0; i < c.count; ++i) {
+        if (c.OpAt(i) == protocol::OpType::kAdmit) (void)index_.Add(c.KeyAt(i), h);
+        else index_.Remove(c.KeyAt(i), h);
+        // As for local batches: lookups waiting at a ring's head get in
+        // every request_check_ops keys (nothing served there touches remote state).
+        if (++ops_since_scan_ >= options_.request_check_ops) {
+          ops_since_scan_ = 0;
+          ServeWaitingRequests(nullptr);
+        }
+      }
+      stats_.remote_kv_ops += c.count;
+      return;
+    }
+  }
+}
+
+void Controller::RetireRemoteHolder(index::HolderId h) {
+  const std::uint32_t w = registry_.holder(h).worker;
+  const std::string location = registry_.holder(h).location;
+  if (auto old = registry_.RetireHolder(w, location)) RetireHolder(*old);
+  if (registry_.worker_live(w) && registry_.HoldersOf(w).empty()) ForgetWorker(w);  // its last holder
+}
+
+void Controller::DropRemoteNode(RemoteNode& n) {
+  for (const auto& [id, h] : n.holders) RetireRemoteHolder(h);
+  n.holders.clear();
 }
 
 void Controller::RetireHolder(index::HolderId h) {

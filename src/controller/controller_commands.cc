@@ -33,8 +33,8 @@ std::optional<std::int64_t> ValueIf(const Message& m, Field Ret::*field) {
 
 std::vector<std::uint32_t> Controller::WorkersOf(std::string_view instance_id) const {
   std::vector<std::uint32_t> out;
-  for (std::uint32_t w : registry_.Workers())
-    if (registry_.worker(w).instance_id == instance_id) out.push_back(w);
+  for (std::uint32_t w : registry_.Workers())  // this node's: another node's controller commands its own
+    if (registry_.worker(w).instance_id == instance_id && registry_.worker(w).node.empty()) out.push_back(w);
   std::sort(out.begin(), out.end(),
             [&](std::uint32_t a, std::uint32_t b) { return registry_.worker(a).worker_id < registry_.worker(b).worker_id; });
   return out;

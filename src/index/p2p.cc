@@ -202,11 +202,15 @@ Hit Lookup::LongestPrefix(const index::ChunkIndex& idx, const registry::Registry
     if (anchoring) anchor_at(i);
     ++i;
   }
-  // Every candidate left holds exactly `len` leading hashes; ties prefer
-  // the requester's TP rank.
-  std::size_t kept = 0, same_rank = 0;
+  // Every candidate left holds exactly `len` leading hashes; ties prefer a
+  // peer of this node (a cluster's remote holders are a network hop
+  // farther), then the requester's TP rank.
+  std::size_t kept = 0, same_rank = 0, local = 0;
   for (; alive != 0; alive &= alive - 1) cand[kept++] = cand[static_cast<std::size_t>(__builtin_ctzll(alive))];
   n = kept;
+  for (std::size_t c = 0; c < n; ++c)
+    if (reg.worker(reg.holder(cand[c]).worker).node.empty()) cand[local++] = cand[c];
+  if (local) n = local;
   for (std::size_t c = 0; c < n; ++c)
     if (reg.worker(reg.holder(cand[c]).worker).worker_id == requester_worker) cand[same_rank++] = cand[c];
   std::size_t pool = same_rank ? same_rank : n;

@@ -17,6 +17,15 @@ const std::string& WorkerKey(std::string_view instance, std::int64_t worker_id, 
   buf->append(digits, end);
   return *buf;
 }
+const std::string& RemoteWorkerKey(std::string_view node, std::string_view instance, std::int64_t worker_id,
+                                   std::string* buf) {
+  std::string tail;
+  WorkerKey(instance, worker_id, &tail);
+  buf->assign(node);
+  buf->push_back('\0');
+  buf->append(tail);
+  return *buf;
+}
 const std::string& HolderKey(std::uint32_t worker, std::string_view location, std::string* buf) {
   char digits[16];
   auto [end, ec] = std::to_chars(digits, digits + sizeof digits, worker);
@@ -30,9 +39,11 @@ const std::string& HolderKey(std::uint32_t worker, std::string_view location, st
 }  // namespace
 
 std::uint32_t Registry::Upsert(const WorkerRecord& w, bool* is_new) {
-  std::string key = WorkerKey(w.instance_id, w.worker_id, &scratch_);
-  auto it = by_name_.find(key);
-  if (it != by_name_.end()) {
+  auto& names = w.node.empty() ? by_name_ : by_remote_name_;
+  std::string key = w.node.empty() ? WorkerKey(w.instance_id, w.worker_id, &scratch_)
+                                   : RemoteWorkerKey(w.node, w.instance_id, w.worker_id, &scratch_);
+  auto it = names.find(key);
+  if (it != names.end()) {
     // Unlike LMCache, a worker that comes back on a new address is updated.
     WorkerRecord& cur = workers_[it->second];
     cur.ip = w.ip;
@@ -55,7 +66,7 @@ std::uint32_t Registry::Upsert(const WorkerRecord& w, bool* is_new) {
   workers_[idx].order = next_order_++;
   live_[idx] = true;
   ++live_workers_;
-  by_name_.emplace(std::move(key), idx);
+  names.emplace(std::move(key), idx);
   InstanceRecord& inst = instances_[w.instance_id];
   if (inst.workers++ == 0) inst.order = workers_[idx].order;
   *is_new = true;
@@ -68,10 +79,19 @@ std::optional<std::uint32_t> Registry::Find(std::string_view instance_id, std::i
   return it->second;
 }
 
+std::optional<std::uint32_t> Registry::FindRemote(std::string_view node, std::string_view instance_id,
+                                                  std::int64_t worker_id) const {
+  auto it = by_remote_name_.find(RemoteWorkerKey(node, instance_id, worker_id, &scratch_));
+  if (it == by_remote_name_.end()) return std::nullopt;
+  return it->second;
+}
+
 std::vector<HolderId> Registry::Remove(std::uint32_t worker) {
   std::vector<HolderId> gone;
   if (!worker_live(worker)) return gone;
-  by_name_.erase(WorkerKey(workers_[worker].instance_id, workers_[worker].worker_id, &scratch_));
+  const WorkerRecord& rec = workers_[worker];
+  if (rec.node.empty()) by_name_.erase(WorkerKey(rec.instance_id, rec.worker_id, &scratch_));
+  else by_remote_name_.erase(RemoteWorkerKey(rec.node, rec.instance_id, rec.worker_id, &scratch_));
   auto inst = instances_.find(workers_[worker].instance_id);
   if (inst != instances_.end() && --inst->second.workers == 0) instances_.erase(inst);
   for (HolderId h : holders_of_worker_[worker]) {

@@ -53,9 +53,10 @@ class DeltaWriter {
 };
 
 // Validates the whole message first (header, each length, each record); only
-// then calls on_record for each decoded record, in order. Garbage gives
-// kProtocol and no call.
+// then calls on_record for each record, decoded and as bytes, in order.
+// Garbage gives kProtocol and no call.
+using OnRecord = std::function<void(const feed::Change& change, std::span<const std::uint8_t> record)>;
 [[nodiscard]] Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* header,
-                                        const std::function<void(const feed::Change&)>& on_record);
+                                        const OnRecord& on_record);
 
 }  // namespace kvring::cluster

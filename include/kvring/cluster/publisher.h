@@ -11,6 +11,10 @@
 // an acknowledged message is in the stream, and the records of one epoch
 // reach it in order, without gaps, as long as the feed is not lost().
 //
+// Liveness: the thread also keeps the node's lease (key = node, value = its
+// epoch) in the cluster's lease bucket, refreshed every lease_ttl / 3; the
+// other nodes' subscribers drop this node's holders once it is gone.
+//
 // Thread-safety: Start and the destructor from one thread; stats() and
 // epoch() from any.
 #pragma once
@@ -38,6 +42,9 @@ struct PublisherOptions {
   int stream_replicas = 1;                         // 3 for a three-server NATS cluster
   std::size_t max_message_bytes = 256 << 10;       // below NATS' default max_payload (1 MiB)
   std::chrono::milliseconds retry_wait{200};       // between attempts while NATS is away
+  // The node's lease in the bucket KVRING_<cluster>_LEASES: refreshed every
+  // lease_ttl / 3; a node whose lease is gone is dropped by the others.
+  std::chrono::milliseconds lease_ttl{3000};
   std::function<void(std::string_view)> log;
 };
 
@@ -76,6 +83,7 @@ class Publisher {
   void Run();
   bool EnsureStream();
   bool PublishPending();
+  void RefreshLease();
 
   PublisherOptions options_;
   feed::ChangeFeed* feed_;
@@ -84,6 +92,7 @@ class Publisher {
   std::uint64_t epoch_ = 0;
   std::uint64_t next_seq_ = 1;
   bool stream_ready_ = false;
+  std::chrono::steady_clock::time_point next_lease_{};
   std::atomic<bool> stop_{false};
   // Written by the publisher thread, read by stats() (relaxed: counters).
   std::atomic<std::uint64_t> messages_{0}, records_{0}, bytes_{0}, failures_{0}, last_seq_{0};

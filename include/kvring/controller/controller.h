@@ -70,6 +70,7 @@
 #include "kvring/index/registry.h"
 #include "kvring/shm/transport.h"
 #include "kvring/controller/change_feed.h"
+#include "kvring/controller/remote_feed.h"
 #include "kvring/controller/counters.h"
 #include "kvring/shm/framing.h"
 
@@ -120,6 +121,12 @@ struct Options {
   // publisher reads them); null: nowhere. Owned by the caller, outliving the
   // controller; written only by the controller's thread.
   feed::ChangeFeed* change_feed = nullptr;
+  // The other cluster nodes' changes (remote_feed.h: the cluster subscriber
+  // writes them), applied as remote holders; null: none. Owned by the caller.
+  feed::RemoteFeed* remote_feed = nullptr;
+  std::size_t remote_records_per_pass = 256;       // remote records applied per pass at most
+  std::size_t max_remote_nodes = 1024;             // more nodes are refused (counted)
+  std::size_t max_remote_holders_per_node = 65536; // a node announcing more is refused (counted)
 };
 
 enum class SyncState : std::uint8_t { kNone, kRequested, kSyncing, kCompleted, kFailed };
@@ -249,6 +256,16 @@ class Controller {
   // The change feed's holder-up record, before the holder's first keys in it.
   void FeedHolder(index::HolderId h);
   void FeedWritten(bool written) { ++(written ? stats_.change_feed_records : stats_.change_feed_overflows); }
+  // The other nodes' changes (remote_feed.h), applied as remote holders.
+  struct RemoteNode {
+    std::uint64_t epoch = 0;     // the newest epoch seen; older ones are stale
+    std::uint64_t next_seq = 0;  // the sequence number expected next
+    std::unordered_map<std::uint32_t, index::HolderId> holders;  // the node's holder id -> ours
+  };
+  void ApplyRemote();
+  void ApplyRemoteRecord(std::span<const std::uint8_t> bytes);
+  void RetireRemoteHolder(index::HolderId h);
+  void DropRemoteNode(RemoteNode& n);
   void ClientGone(std::uint64_t client_id);
   void DropSomeKeys();
   void Housekeeping(double now);  // now: CLOCK_MONOTONIC seconds, read once per pass
@@ -269,6 +286,7 @@ class Controller {
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
   std::vector<std::uint8_t> fed_holders_;     // by holder: its holder-up is in the change feed
+  std::unordered_map<std::string, RemoteNode> remote_nodes_;  // by node name
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
   double next_housekeeping_ = 0;

@@ -60,6 +60,12 @@ struct Stats {
   std::uint64_t token_lookups = 0;         // LookupMsg
   std::uint64_t change_feed_records = 0;   // records written to the change feed (cluster publisher)
   std::uint64_t change_feed_overflows = 0; // ... not written: the feed was full (the reader needs a snapshot)
+  std::uint64_t remote_records = 0;        // other nodes' change records applied
+  std::uint64_t remote_kv_ops = 0;         // ... their admits and evicts
+  std::uint64_t remote_refused = 0;        // ... refused: undecodable, stale epoch, unknown holder, over a limit
+  std::uint64_t remote_seq_gaps = 0;       // ... whose sequence number was not the one expected
+  std::uint64_t remote_node_restarts = 0;  // a node seen with a newer epoch: its old holders dropped
+  std::uint64_t remote_nodes_gone = 0;     // a node's lease expired: its holders dropped
   LatencyBuckets p2p_latency;
   LatencyBuckets token_lookup_latency;
 };

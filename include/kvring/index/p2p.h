@@ -2,8 +2,9 @@
 //
 // kLongestPrefix (kvring's default): among holders outside the requester's
 // instance that have a peer_init_url, the (instance, worker, location)
-// holding the longest contiguous prefix of `hashes`; ties prefer the
-// requester's worker_id (same TP rank), then rotate among equal peers to
+// holding the longest contiguous prefix of `hashes`; ties prefer a holder of
+// this node over a cluster's remote one (registry: WorkerRecord::node), then
+// the requester's worker_id (same TP rank), then rotate among equal peers to
 // spread load. Cost: prefix length x holders per key, independent of the
 // number of workers or keys: the hashes are probed in prefetched batches, and
 // where the candidates' key lists hold the prefix in the order it was admitted

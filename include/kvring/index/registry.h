@@ -28,6 +28,11 @@ struct WorkerRecord {
   double registration_time = 0;
   double last_heartbeat_time = 0;
   std::uint64_t order = 0;  // registration sequence (LMCache's insertion order)
+  // "" for this controller's own workers; else the cluster node whose
+  // controller owns it (a remote worker, learnt from that node's deltas).
+  // Remote workers have a name space of their own: Find never returns one,
+  // so no local message can speak for a remote worker or shadow it.
+  std::string node;
 };
 
 struct HolderInfo {
@@ -42,7 +47,11 @@ class Registry {
   // Registers a worker or refreshes its address; returns its worker index.
   // `is_new` tells whether it was unknown.
   std::uint32_t Upsert(const WorkerRecord& w, bool* is_new);
+  // A local worker (node "") by its LMCache identity.
   std::optional<std::uint32_t> Find(std::string_view instance_id, std::int64_t worker_id) const;
+  // A remote worker: Upsert with a non-empty w.node registers one.
+  std::optional<std::uint32_t> FindRemote(std::string_view node, std::string_view instance_id,
+                                          std::int64_t worker_id) const;
   // Forgets the worker; returns its holders (one per location), now dead:
   // lookups skip them while the index drops their keys in slices, and each is
   // handed back with ReleaseHolder once it holds no key.
@@ -83,6 +92,7 @@ class Registry {
   std::vector<bool> live_;
   std::vector<std::uint32_t> free_workers_;
   std::unordered_map<std::string, std::uint32_t> by_name_;  // "<instance>\0<worker id>"
+  std::unordered_map<std::string, std::uint32_t> by_remote_name_;  // "<node>\0<instance>\0<worker id>"
   std::vector<HolderInfo> holders_;
   std::vector<HolderId> free_holders_;
   std::unordered_map<std::string, HolderId> holder_by_name_;  // "<worker index>\0<location>"

@@ -1,0 +1,64 @@
+#include "cluster/nats_connection.h"
+
+namespace kvring::cluster {
+
+std::string NatsError(natsStatus s) {
+  const char* last = nats_GetLastError(nullptr);
+  return std::string(natsStatus_GetText(s)) + (last && *last ? std::string(" (") + last + ")" : "");
+}
+
+NatsConnection::~NatsConnection() {
+  kvStore_Destroy(leases);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(conn);
+  natsOptions_Destroy(opts);
+}
+
+Status NatsConnection::Open(const PublisherOptions& options, const std::string& role) {
+  natsStatus s = natsOptions_Create(&opts);
+  if (s == NATS_OK) s = natsOptions_SetURL(opts, options.nats_url.c_str());
+  if (s == NATS_OK)
+    s = natsOptions_SetName(opts, ("kvringd " + options.cluster + "/" + options.node + " " + role).c_str());
+  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);  // forever: NATS may come back any time
+  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, options.retry_wait.count());
+  // With a connected callback, a first connect that fails returns at once
+  // and goes on in the background (without one, cnats retries in the call).
+  if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts, true, [](natsConnection*, void*) {}, nullptr);
+  if (s == NATS_OK && !options.creds_file.empty())
+    s = natsOptions_SetUserCredentialsFromFiles(opts, options.creds_file.c_str(), nullptr);
+  if (s == NATS_OK && !options.tls_ca_file.empty()) {
+    s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(opts, options.tls_ca_file.c_str());
+  }
+  if (s == NATS_OK && !options.tls_cert_file.empty())
+    s = natsOptions_LoadCertificatesChain(opts, options.tls_cert_file.c_str(), options.tls_key_file.c_str());
+  if (s != NATS_OK) return Status(ErrorKind::kInvalidArgument, "NATS options: " + NatsError(s));
+  s = natsConnection_Connect(&conn, opts);
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED)
+    return Status(ErrorKind::kUnavailable, "NATS at " + options.nats_url + ": " + NatsError(s));
+  s = natsConnection_JetStream(&js, conn, nullptr);
+  if (s != NATS_OK) return Status(ErrorKind::kInternal, "JetStream context: " + NatsError(s));
+  return Status::Ok();
+}
+
+bool NatsConnection::BindLeases(const PublisherOptions& options) {
+  if (leases) return true;
+  if (!connected()) return false;
+  const std::string bucket = "KVRING_" + options.cluster + "_LEASES";
+  kvConfig cfg;
+  kvConfig_Init(&cfg);
+  cfg.Bucket = bucket.c_str();
+  cfg.History = 1;
+  // nanoseconds (cnats hands TTL to the stream as its max age): a lease not
+  // refreshed for this long is gone
+  cfg.TTL = std::chrono::duration_cast<std::chrono::nanoseconds>(options.lease_ttl).count();
+  cfg.Replicas = options.stream_replicas;
+  cfg.StorageType = js_FileStorage;
+  if (js_CreateKeyValue(&leases, js, &cfg) == NATS_OK) return true;
+  leases = nullptr;
+  if (js_KeyValue(&leases, js, bucket.c_str()) == NATS_OK) return true;  // another node made it
+  leases = nullptr;
+  return false;
+}
+
+}  // namespace kvring::cluster

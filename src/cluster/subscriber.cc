@@ -1,0 +1,158 @@
+#include "kvring/cluster/subscriber.h"
+
+#include <string>
+#include <vector>
+
+#include "cluster/nats_connection.h"
+#include "kvring/cluster/delta_message.h"
+
+namespace kvring::cluster {
+
+struct Subscriber::Nats : NatsConnection {
+  natsSubscription* sub = nullptr;
+  ~Nats() { natsSubscription_Destroy(sub); }
+};
+
+Subscriber::Subscriber(const PublisherOptions& options, feed::RemoteFeed* feed)
+    : options_(options), feed_(feed), nats_(std::make_unique<Nats>()), prefix_("kvring." + options.cluster + ".") {}
+
+Result<std::unique_ptr<Subscriber>> Subscriber::Start(const PublisherOptions& options, feed::RemoteFeed* feed) {
+  if (!ValidClusterName(options.cluster) || !ValidClusterName(options.node))
+    return Status(ErrorKind::kInvalidArgument, "cluster and node names: 1 to 64 of A-Z a-z 0-9 _ -");
+  std::unique_ptr<Subscriber> s(new Subscriber(options, feed));
+  if (Status st = s->nats_->Open(options, "subscriber"); !st.ok()) return st;
+  s->thread_ = std::thread([raw = s.get()] { raw->Run(); });
+  return s;
+}
+
+Subscriber::~Subscriber() {
+  stop_.store(true, std::memory_order_relaxed);
+  if (thread_.joinable()) thread_.join();
+}
+
+SubscriberStats Subscriber::stats() const {
+  SubscriberStats st;
+  st.messages = messages_.load(std::memory_order_relaxed);
+  st.records = records_.load(std::memory_order_relaxed);
+  st.garbage = garbage_.load(std::memory_order_relaxed);
+  st.own = own_.load(std::memory_order_relaxed);
+  st.nodes_gone = nodes_gone_.load(std::memory_order_relaxed);
+  st.subscribed = subscribed_.load(std::memory_order_relaxed) && nats_->connected();
+  return st;
+}
+
+std::string Subscriber::StatsJson() const {
+  const SubscriberStats st = stats();
+  return std::string("{\"subscribed\": ") + (st.subscribed ? "true" : "false") +
+         ", \"remote_messages\": " + std::to_string(st.messages) + ", \"remote_records\": " +
+         std::to_string(st.records) + ", \"garbage_messages\": " + std::to_string(st.garbage) +
+         ", \"nodes_gone\": " + std::to_string(st.nodes_gone) + "}";
+}
+
+std::string Subscriber::MetricsText() const {
+  const SubscriberStats st = stats();
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help, std::uint64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  metric("kvring_cluster_subscribed", "gauge", "1 while the subscriber reads the cluster's stream", st.subscribed);
+  metric("kvring_cluster_remote_messages_total", "counter", "other nodes' delta messages received", st.messages);
+  metric("kvring_cluster_garbage_messages_total", "counter", "delta messages refused as invalid", st.garbage);
+  return out;
+}
+
+void Subscriber::Handle(std::string_view subject, std::span<const std::uint8_t> bytes) {
+  // kvring.<cluster>.<node>: anything else on the cluster's subjects is garbage.
+  if (subject.substr(0, prefix_.size()) != prefix_) return void(garbage_.fetch_add(1, std::memory_order_relaxed));
+  const std::string_view node = subject.substr(prefix_.size());
+  if (!ValidClusterName(node)) return void(garbage_.fetch_add(1, std::memory_order_relaxed));
+  if (node == options_.node) return void(own_.fetch_add(1, std::memory_order_relaxed));
+  nodes_[std::string(node)] = false;  // heard from: alive until its lease says otherwise
+  // The whole message is validated before any record is handed on.
+  std::vector<std::span<const std::uint8_t>> records;
+  DeltaHeader h;
+  Status s = DecodeDeltaMessage(bytes, &h, [&](const feed::Change&, std::span<const std::uint8_t> record) {
+    records.push_back(record);
+  });
+  if (!s.ok()) {
+    if (options_.log && garbage_.load(std::memory_order_relaxed) % 1000 == 0)
+      options_.log("cluster: refused a message on " + std::string(subject) + ": " + s.message());
+    return void(garbage_.fetch_add(1, std::memory_order_relaxed));
+  }
+  messages_.fetch_add(1, std::memory_order_relaxed);
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    while (!feed_->Push(node, h.epoch, h.first_seq + i, records[i])) {
+      feed_->Publish();
+      if (stop_.load(std::memory_order_relaxed)) return;
+      (void)feed_->WaitForSpace(records[i].size() + 2 + node.size() + 16, std::chrono::milliseconds(50));
+    }
+  }
+  records_.fetch_add(records.size(), std::memory_order_relaxed);
+  feed_->Publish();
+}
+
+void Subscriber::CheckLeases() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_lease_check_ || nodes_.empty() || !nats_->BindLeases(options_)) return;
+  next_lease_check_ = now + options_.lease_ttl / 3;
+  for (auto& [node, gone] : nodes_) {
+    if (gone) continue;
+    kvEntry* e = nullptr;
+    const natsStatus s = kvStore_Get(&e, nats_->leases, node.c_str());
+    kvEntry_Destroy(e);
+    if (s != NATS_NOT_FOUND) continue;  // alive, or NATS cannot tell now: nobody is declared gone on doubt
+    while (!feed_->Gone(node)) {
+      feed_->Publish();
+      if (stop_.load(std::memory_order_relaxed)) return;
+      (void)feed_->WaitForSpace(2 + node.size(), std::chrono::milliseconds(50));
+    }
+    feed_->Publish();
+    gone = true;
+    nodes_gone_.fetch_add(1, std::memory_order_relaxed);
+    if (options_.log) options_.log("cluster: node " + node + " has no lease any more: its holders are dropped");
+  }
+}
+
+void Subscriber::Run() {
+  Nats& n = *nats_;
+  const std::string subject = prefix_ + "*";
+  while (!stop_.load(std::memory_order_relaxed)) {
+    if (!n.sub) {
+      // An ordered consumer from the stream's start: it recreates itself
+      // (from where it was) after a gap or a reconnect. The stream may not
+      // exist yet (the first publisher creates it): retry.
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Ordered = true;
+      so.Config.DeliverPolicy = js_DeliverAll;
+      jsErrCode jerr = static_cast<jsErrCode>(0);
+      if (n.connected() && js_SubscribeSync(&n.sub, n.js, subject.c_str(), nullptr, &so, &jerr) == NATS_OK) {
+        subscribed_.store(true, std::memory_order_relaxed);
+      } else {
+        n.sub = nullptr;
+        for (auto until = std::chrono::steady_clock::now() + options_.retry_wait;
+             std::chrono::steady_clock::now() < until && !stop_.load(std::memory_order_relaxed);)
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+    }
+    CheckLeases();
+    natsMsg* m = nullptr;
+    natsStatus s = natsSubscription_NextMsg(&m, n.sub, 100);  // bounded: the stop flag is looked at again
+    if (s == NATS_TIMEOUT) continue;
+    if (s != NATS_OK) {  // e.g. the subscription went invalid: make a new one
+      natsSubscription_Destroy(n.sub);
+      n.sub = nullptr;
+      subscribed_.store(false, std::memory_order_relaxed);
+      continue;
+    }
+    const char* subj = natsMsg_GetSubject(m);
+    Handle(subj ? std::string_view(subj) : std::string_view(),
+           std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(m)),
+                                         static_cast<std::size_t>(natsMsg_GetDataLength(m))));
+    natsMsg_Destroy(m);
+  }
+}
+
+}  // namespace kvring::cluster
