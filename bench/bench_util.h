@@ -21,6 +21,13 @@
 #include <string>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <memory>
+
+#include "kvring/client/client.h"
 #include "kvring/index/index.h"
 
 namespace kvring::bench {
@@ -177,6 +184,36 @@ inline void CacheLinePingPong(benchmark::State& state) {
         while (word->load(std::memory_order_acquire) != v + 1) {}
         ++v;
       });
+}
+
+// A TCP port on 127.0.0.1 free a moment ago (for a server this run starts).
+inline int FreePort() {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  close(s);
+  return port;
+}
+
+// A worker of instance `inst` attached to `controller` (aborts the run if it cannot).
+inline std::unique_ptr<client::Worker> Connect(const std::string& controller, const std::string& inst) {
+  client::WorkerOptions o;
+  o.controller = controller;
+  o.instance_id = inst;
+  o.peer_init_url = inst + ":8200";
+  o.attach_timeout = std::chrono::milliseconds(10000);
+  o.request_timeout = std::chrono::milliseconds(10000);
+  auto w = client::Worker::Connect(o);
+  if (!w.ok()) {
+    std::fprintf(stderr, "worker %s: %s\n", inst.c_str(), w.status().ToString().c_str());
+    std::abort();
+  }
+  return std::move(w).value();
 }
 
 }  // namespace kvring::bench

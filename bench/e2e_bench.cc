@@ -92,20 +92,6 @@ struct ControllerProcess {
   }
 };
 
-std::unique_ptr<client::Worker> Connect(const std::string& controller, const std::string& inst) {
-  client::WorkerOptions o;
-  o.controller = controller;
-  o.instance_id = inst;
-  o.peer_init_url = inst + ":8200";
-  o.attach_timeout = std::chrono::milliseconds(10000);
-  o.request_timeout = std::chrono::milliseconds(10000);
-  auto w = client::Worker::Connect(o);
-  if (!w.ok()) {
-    std::fprintf(stderr, "worker %s: %s\n", inst.c_str(), w.status().ToString().c_str());
-    std::abort();
-  }
-  return std::move(w).value();
-}
 
 std::uint64_t ControllerKvOps(const std::string& name) {
   auto n = client::StatsCounter(name, "kv_ops_total", std::chrono::milliseconds(5000));

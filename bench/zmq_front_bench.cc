@@ -55,18 +55,6 @@ std::size_t IndexKeys() {
 
 std::uint64_t Key(std::size_t chain, std::size_t k) { return index::ChunkIndex::Mix((chain << 20) ^ k ^ (1ULL << 50)); }
 
-int FreePort() {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  close(s);
-  return port;
-}
 
 std::string Tcp(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
 

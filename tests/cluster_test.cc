@@ -236,8 +236,11 @@ TEST(RemoteHolders, ANewEpochDropsTheOldOneAndStaleOrUnknownRecordsAreRefused) {
   t.Push("n1", 5, 3, r.Admit(3, {99}));    // the old process, still publishing: stale
   t.Push("n1", 9, 3, r.Admit(77, {98}));   // a holder the node never announced
   t.Push("n1", 9, 9, r.Admit(4, {22}));    // applied, but a gap (4..8 missing) is counted
+  t.Push("n1", 9, 2, r.Evict(4, 21));      // delivered again (an old sequence number): skipped
   EXPECT_EQ(t.ctl->stats().remote_refused, refused + 2);
   EXPECT_EQ(t.ctl->stats().remote_seq_gaps, 1u);
+  EXPECT_EQ(t.ctl->stats().remote_duplicates, 1u);
+  EXPECT_TRUE(t.Holds("n1", "A", 21));
   EXPECT_FALSE(t.Holds("n1", "A", 99));
   EXPECT_TRUE(t.Holds("n1", "A", 22));
   // Undecodable change records are refused, not applied.

@@ -25,17 +25,19 @@ struct ResetShrink {
 };
 
 // Polls a spin of `max` allows. A spin this thread is descheduled in ends
-// early by design (a loaded test machine does that now and then): such a
-// try is not counted, and the next one is made (the budget is unchanged:
-// Done is not called).
+// early by design (a loaded test machine does that now and then, and under
+// TSan a long spin takes many milliseconds): such a try is not counted, and
+// the next one is made after a short sleep, so that it starts on a fresh time
+// slice (the budget is unchanged: Done is not called).
 std::uint64_t PollsUntilGiven(std::uint64_t max) {
-  for (int attempt = 0; attempt < 100; ++attempt) {
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(1ms);  // not a synchronisation: a fresh time slice
     SpinWait sw(max);
     std::uint64_t n = 0;
     while (sw.Again()) ++n;
     if (!sw.descheduled()) return n;
   }
-  ADD_FAILURE() << "descheduled in 100 spins in a row";
+  ADD_FAILURE() << "descheduled in 1000 spins in a row";
   return 0;
 }
 
@@ -47,18 +49,18 @@ TEST(SpinWait, SpinsItsBudgetOfPollsThenStops) {
 TEST(SpinWait, WaitsThatNeverPayShrinkTheThreadsBudgetAndPayingOnesRegrowIt) {
   ResetShrink reset;
   for (unsigned i = 0; i < kMaxSpinShrink + 5; ++i) {
-    SpinWait sw(1 << 20);
+    SpinWait sw(1 << 16);
     sw.Done(false, 1ms);  // an idle waiter's wait that nothing ended: spinning did not pay
   }
   EXPECT_EQ(SpinShrink(), kMaxSpinShrink);
-  EXPECT_EQ(PollsUntilGiven(1 << 20), (1u << 20) >> kMaxSpinShrink);
+  EXPECT_EQ(PollsUntilGiven(1 << 16), (1u << 16) >> kMaxSpinShrink);
   for (unsigned i = 0; i < kMaxSpinShrink; ++i) {
-    SpinWait sw(1 << 20);
+    SpinWait sw(1 << 16);
     ASSERT_TRUE(sw.Again());
     sw.Done(true);  // met while spinning
   }
   EXPECT_EQ(SpinShrink(), 0u);
-  EXPECT_EQ(PollsUntilGiven(1 << 20), 1u << 20);
+  EXPECT_EQ(PollsUntilGiven(1 << 16), 1u << 16);
 }
 
 TEST(SpinWait, AConditionMetLongAfterTheSpinEndedShrinksOnlyAnIdleWaitersBudget) {

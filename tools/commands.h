@@ -21,5 +21,6 @@ Command AddWorkers(CLI::App& app);
 Command AddClear(CLI::App& app);
 Command AddHealth(CLI::App& app);
 Command AddCheckFinish(CLI::App& app);
+Command AddCluster(CLI::App& app);
 
 }  // namespace kvring::tools

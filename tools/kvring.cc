@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   add(kvring::tools::AddClear, "clear", "Clear a location on every worker of an instance (ClearMsg)");
   add(kvring::tools::AddHealth, "health", "Health codes of every worker of an instance (HealthMsg)");
   add(kvring::tools::AddCheckFinish, "check-finish", "State of an earlier clear, pin, move, ... by event id");
+  add(kvring::tools::AddCluster, "cluster", "A cluster node's view of its cluster (kvringd --cluster)");
   add(kvring::tools::AddLoad, "load", "Run worker processes against a controller and report ops/s and lookup latency");
 
   try {

@@ -1,5 +1,7 @@
 #include "cluster/nats_connection.h"
 
+#include <vector>
+
 namespace kvring::cluster {
 
 std::string NatsError(natsStatus s) {
@@ -16,7 +18,18 @@ NatsConnection::~NatsConnection() {
 
 Status NatsConnection::Open(const PublisherOptions& options, const std::string& role) {
   natsStatus s = natsOptions_Create(&opts);
-  if (s == NATS_OK) s = natsOptions_SetURL(opts, options.nats_url.c_str());
+  // A comma-separated list: the servers of a NATS cluster, any of which will do.
+  std::vector<std::string> urls;
+  for (std::size_t at = 0; at <= options.nats_url.size();) {
+    std::size_t comma = options.nats_url.find(',', at);
+    if (comma == std::string::npos) comma = options.nats_url.size();
+    if (comma > at) urls.push_back(options.nats_url.substr(at, comma - at));
+    at = comma + 1;
+  }
+  if (urls.empty()) return Status(ErrorKind::kInvalidArgument, "no NATS URL");
+  std::vector<const char*> list;
+  for (const std::string& u : urls) list.push_back(u.c_str());
+  if (s == NATS_OK) s = natsOptions_SetServers(opts, list.data(), static_cast<int>(list.size()));
   if (s == NATS_OK)
     s = natsOptions_SetName(opts, ("kvringd " + options.cluster + "/" + options.node + " " + role).c_str());
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);  // forever: NATS may come back any time

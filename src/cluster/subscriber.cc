@@ -1,5 +1,6 @@
 #include "kvring/cluster/subscriber.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,7 @@ SubscriberStats Subscriber::stats() const {
   st.garbage = garbage_.load(std::memory_order_relaxed);
   st.own = own_.load(std::memory_order_relaxed);
   st.nodes_gone = nodes_gone_.load(std::memory_order_relaxed);
+  st.last_lag_us = last_lag_us_.load(std::memory_order_relaxed);
   st.subscribed = subscribed_.load(std::memory_order_relaxed) && nats_->connected();
   return st;
 }
@@ -46,7 +48,8 @@ std::string Subscriber::StatsJson() const {
   return std::string("{\"subscribed\": ") + (st.subscribed ? "true" : "false") +
          ", \"remote_messages\": " + std::to_string(st.messages) + ", \"remote_records\": " +
          std::to_string(st.records) + ", \"garbage_messages\": " + std::to_string(st.garbage) +
-         ", \"nodes_gone\": " + std::to_string(st.nodes_gone) + "}";
+         ", \"nodes_gone\": " + std::to_string(st.nodes_gone) +
+         ", \"last_message_lag_ms\": " + std::to_string(static_cast<double>(st.last_lag_us) / 1000.0) + "}";
 }
 
 std::string Subscriber::MetricsText() const {
@@ -59,6 +62,8 @@ std::string Subscriber::MetricsText() const {
   metric("kvring_cluster_subscribed", "gauge", "1 while the subscriber reads the cluster's stream", st.subscribed);
   metric("kvring_cluster_remote_messages_total", "counter", "other nodes' delta messages received", st.messages);
   metric("kvring_cluster_garbage_messages_total", "counter", "delta messages refused as invalid", st.garbage);
+  metric("kvring_cluster_last_message_lag_microseconds", "gauge",
+         "from the last remote message's arrival in the stream to its delivery here", st.last_lag_us);
   return out;
 }
 
@@ -146,6 +151,16 @@ void Subscriber::Run() {
       n.sub = nullptr;
       subscribed_.store(false, std::memory_order_relaxed);
       continue;
+    }
+    // Replication lag of this message: from its arrival in the stream (the
+    // NATS server's clock) to now (ours); meaningful while the consumer is
+    // caught up, and only as good as the two clocks agree.
+    if (jsMsgMetaData* meta = nullptr; natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+      const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                      std::chrono::system_clock::now().time_since_epoch()).count();
+      last_lag_us_.store(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns - meta->Timestamp) / 1000),
+                         std::memory_order_relaxed);
+      jsMsgMetaData_Destroy(meta);
     }
     const char* subj = natsMsg_GetSubject(m);
     Handle(subj ? std::string_view(subj) : std::string_view(),

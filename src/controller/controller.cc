@@ -840,6 +840,10 @@ void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
     n.epoch = rr.epoch;
     n.next_seq = rr.seq;
   }
+  // JetStream may deliver a record again (a consumer that recreates itself
+  // replays from where it thinks it was): what this epoch already applied is
+  // skipped, so applying stays idempotent.
+  if (rr.seq < n.next_seq) return void(++stats_.remote_duplicates);
   if (rr.seq != n.next_seq) ++stats_.remote_seq_gaps;
   n.next_seq = rr.seq + 1;
   ++stats_.remote_records;
@@ -999,6 +1003,18 @@ std::string Controller::StatsJson() const {
       {"fanouts_in_flight", fan_outs_->size()},
   };
   for (const StatsCounter& c : StatsCounters()) j[c.json_key] = stats_.*c.member;
+  if (options_.remote_feed) {  // the other cluster nodes, as this controller knows them
+    nlohmann::json nodes = nlohmann::json::array();
+    for (const auto& [name, n] : remote_nodes_) {
+      std::size_t keys = 0;
+      for (const auto& [id, h] : n.holders) keys += index_.KeysOf(h);
+      char epoch[19];
+      std::snprintf(epoch, sizeof epoch, "0x%016llx", static_cast<unsigned long long>(n.epoch));
+      nodes.push_back({{"node", name}, {"epoch", epoch}, {"next_seq", n.next_seq}, {"holders", n.holders.size()},
+                       {"keys", keys}});
+    }
+    j["cluster_nodes"] = std::move(nodes);
+  }
   for (const Extra& x : extras_) j[x.key] = nlohmann::json::parse(x.stats_json(), nullptr, /*allow_exceptions=*/false);
   return j.dump();
 }

@@ -56,6 +56,8 @@ constexpr StatsCounter kStatsCounters[] = {
      "other nodes' records refused: undecodable, stale epoch, unknown holder, over a limit", &Stats::remote_refused},
     {"remote_seq_gaps", "kvring_remote_seq_gaps_total", "", "counter",
      "other nodes' records whose sequence number was not the one expected", &Stats::remote_seq_gaps},
+    {"remote_duplicates", "kvring_remote_duplicates_total", "", "counter",
+     "other nodes' records delivered again and skipped", &Stats::remote_duplicates},
     {"remote_node_restarts", "kvring_remote_node_restarts_total", "", "counter",
      "cluster nodes seen with a newer epoch (their old holders dropped)", &Stats::remote_node_restarts},
     {"remote_nodes_gone", "kvring_remote_nodes_gone_total", "", "counter",

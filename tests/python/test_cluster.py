@@ -120,6 +120,16 @@ def test_a_chunk_admitted_on_one_node_is_found_on_another_with_its_peer_url(clus
         wa.evict(LOC, [102])
         wa.flush()
         lookup_until(wc, [101, 102, 103], [("instA", LOC, 1, "nodeA:8200")])
+        # `kvring cluster` on node C: node A with its one holder and two keys.
+        r = subprocess.run([KVRING_CLI, "cluster", "--name", c.name, "--json"], capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 0, r.stderr
+        view = json.loads(r.stdout)
+        assert view["this"]["node"] == "nodeC" and view["this"]["connected"] is True
+        nodes = {n["node"]: n for n in view["nodes"]}
+        assert nodes["nodeA"]["holders"] == 1 and nodes["nodeA"]["keys"] == 2, view
+        r = subprocess.run([KVRING_CLI, "cluster", "--name", c.name], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0 and "nodeA" in r.stdout, r.stdout + r.stderr
         # Node B sees it too, from its own index.
         with kvring.Worker(b.name, "instB", 0) as wb:
             lookup_until(wb, [101, 103], [("instA", LOC, 2, "nodeA:8200")])

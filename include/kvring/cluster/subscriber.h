@@ -41,6 +41,7 @@ struct SubscriberStats {
   std::uint64_t garbage = 0;    // messages refused (invalid, or on a subject that names no node)
   std::uint64_t own = 0;        // this node's own messages, skipped
   std::uint64_t nodes_gone = 0; // nodes whose lease was found gone (their holders dropped)
+  std::uint64_t last_lag_us = 0;  // the last remote message: from its arrival in the stream to here
   bool subscribed = false;
 };
 
@@ -69,7 +70,7 @@ class Subscriber {
   std::string prefix_;  // "kvring.<cluster>."
   std::atomic<bool> stop_{false};
   std::atomic<bool> subscribed_{false};
-  std::atomic<std::uint64_t> messages_{0}, records_{0}, garbage_{0}, own_{0}, nodes_gone_{0};
+  std::atomic<std::uint64_t> messages_{0}, records_{0}, garbage_{0}, own_{0}, nodes_gone_{0}, last_lag_us_{0};
   // The nodes heard from, and whether their lease was last found gone (the
   // subscriber thread's own).
   std::unordered_map<std::string, bool> nodes_;
