@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake ninja-build pkg-config
   libboost-dev            # 1.74: Interprocess (shared memory)
   libmsgpack-cxx-dev      # reference decoder: benchmark baseline and cross-check tests
   libxxhash-dev

@@ -18,6 +18,7 @@
 
 #include "kvring/controller/controller.h"
 #include "process_util.h"
+#include "support/small_controller.h"
 
 namespace kvring::client {
 namespace {
@@ -28,15 +29,7 @@ using Clock = std::chrono::steady_clock;
 const std::string kPid = std::to_string(getpid());
 std::string Name(const char* what) { return "cl" + kPid + "-" + what; }
 
-controller::Options Small(const std::string& name) {
-  controller::Options o;
-  o.listen.name = name;
-  o.listen.request_capacity = 1 << 16;
-  o.listen.reply_capacity = 1 << 14;
-  o.index.shard_bits = 2;
-  o.full_sync_on_start = false;
-  return o;
-}
+controller::Options Small(const std::string& name) { return testing::SmallController(name); }
 
 WorkerOptions Opts(const std::string& name, const std::string& inst, int rank) {
   WorkerOptions o;

@@ -8,10 +8,12 @@
 #include "kvring/cluster/subscriber.h"
 #include "kvring/controller/controller.h"
 #include "kvring/shm/framing.h"
+#include "support/small_controller.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -24,6 +26,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 #include <vector>
@@ -373,7 +376,7 @@ struct Replica {
     std::set<std::uint64_t> keys;
   };
   std::map<std::uint32_t, Holder> holders;
-  int ups = 0, downs = 0;
+  int ups = 0, downs = 0, resyncs = 0, resync_ends = 0;
   std::uint64_t message_first = 0, index_in_message = 0;
   void Apply(const DeltaHeader& h, const feed::Change& c) {
     if (epoch == 0) epoch = h.epoch;
@@ -388,6 +391,9 @@ struct Replica {
     switch (c.kind) {
       case feed::ChangeKind::kHolderUp:
         ++ups;
+        if (auto it = holders.find(c.holder); it != holders.end() && it->second.instance == c.instance_id &&
+                                              it->second.location == c.location && it->second.peer == c.peer_init_url)
+          break;  // a dump repeating a holder: its keys stay
         holders[c.holder] = {std::string(c.instance_id), std::string(c.location), std::string(c.peer_init_url), {}};
         break;
       case feed::ChangeKind::kHolderDown:
@@ -399,6 +405,13 @@ struct Replica {
           c.OpAt(i) == OpType::kAdmit ? (void)holders[c.holder].keys.insert(c.KeyAt(i))
                                       : (void)holders[c.holder].keys.erase(c.KeyAt(i));
         break;
+      case feed::ChangeKind::kResync:  // a forced dump replaces what came before
+        ++resyncs;
+        if (c.forced) holders.clear();
+        break;
+      case feed::ChangeKind::kResyncEnd:
+        ++resync_ends;
+        break;
     }
   }
 };
@@ -406,12 +419,7 @@ struct Replica {
 const std::string kPid = std::to_string(getpid());
 
 controller::Options Small(const std::string& name, feed::ChangeFeed* f) {
-  controller::Options o;
-  o.listen.name = name;
-  o.listen.request_capacity = 1 << 16;
-  o.listen.reply_capacity = 1 << 14;
-  o.index.shard_bits = 2;
-  o.full_sync_on_start = false;
+  controller::Options o = testing::SmallController(name);
   o.change_feed = f;
   return o;
 }
@@ -458,35 +466,262 @@ void RunUntil(controller::Controller& ctl, const std::function<bool()>& done) {
   for (auto deadline = Clock::now() + 20s; !done() && Clock::now() < deadline;) ctl.PollOnce(1ms);
 }
 
+// One node's publishing side, on a nats-server of the test's own: its
+// options, its change feed and its publisher.
+struct PublishingNode {
+  NatsServer nats{FreePort()};
+  PublisherOptions po;
+  std::unique_ptr<feed::ChangeFeed> feed;
+  std::unique_ptr<Publisher> pub;
+  // Starts the publisher of `node` in `cluster` (and first nats-server,
+  // unless `nats_up` is false: NATS comes later or never).
+  std::size_t feed_bytes = 1 << 20;
+  ::testing::AssertionResult Start(const std::string& cluster, const std::string& node, bool nats_up = true) {
+    if (nats_up && !nats.Start()) return ::testing::AssertionFailure() << "nats-server did not start";
+    auto f = feed::ChangeFeed::Create(feed_bytes);
+    if (!f.ok()) return ::testing::AssertionFailure() << f.status().ToString();
+    feed = std::move(f).value();
+    po.nats_url = nats.url();
+    po.cluster = cluster;
+    po.node = node;
+    auto p = Publisher::Start(po, feed.get());
+    if (!p.ok()) return ::testing::AssertionFailure() << p.status().ToString();
+    pub = std::move(p).value();
+    return ::testing::AssertionSuccess();
+  }
+};
+
+// The remote feed's doorbell: a push rings the eventfd only when the
+// controller announced that it sleeps, and a controller about to sleep with
+// a record waiting is told not to.
+TEST(RemoteFeed, APushWakesAControllerAsleepInItsPoll) {
+  auto rf = std::move(feed::RemoteFeed::Create(1 << 16)).value();
+  Records r;
+  pollfd p{rf->wake_fd(), POLLIN, 0};
+  ASSERT_TRUE(rf->Push("n1", 1, 1, r.Down(1)));
+  rf->Publish();
+  EXPECT_EQ(poll(&p, 1, 0), 0) << "nobody sleeps: no system call, no ring";
+  EXPECT_FALSE(rf->PrepareToSleep()) << "a record is waiting: the controller must not sleep";
+  rf->Awake();
+  EXPECT_EQ(rf->Drain(SIZE_MAX, SIZE_MAX, [](auto) {}), 1u);
+  ASSERT_TRUE(rf->PrepareToSleep());
+  std::thread subscriber([&] {
+    ASSERT_TRUE(rf->Push("n1", 1, 2, r.Down(1)));
+    rf->Publish();
+  });
+  // Woken by the push, not by the poll's own (10 s) timeout.
+  EXPECT_EQ(poll(&p, 1, 10000), 1);
+  subscriber.join();
+  rf->Awake();
+  EXPECT_TRUE(rf->HasRecord());
+}
+
+// A node's dumps, as another controller applies them: a forced one replaces
+// what it had of the node; a snapshot changes nothing for a controller that
+// missed no record (its holder-ups repeat known holders, its keys known
+// keys) and replaces everything for one that missed some.
+TEST(RemoteHolders, DumpsReplaceWhatWasMissedAndRepeatWhatWasNot) {
+  RemoteFixture t("rh" + std::to_string(getpid()) + "c");
+  Records r;
+  auto resync = [&](bool forced) {
+    (void)r.f->Resync(forced);
+    return r.One();
+  };
+  t.Push("n1", 5, 1, r.Up(3, "A", "a:8200"));
+  t.Push("n1", 5, 2, r.Admit(3, {11, 12}));
+  // A snapshot, in sync: nothing is dropped while it repeats the state.
+  t.Push("n1", 5, 3, resync(false));
+  EXPECT_TRUE(t.Holds("n1", "A", 11));
+  t.Push("n1", 5, 4, r.Up(3, "A", "a:8200"));
+  EXPECT_TRUE(t.Holds("n1", "A", 12)) << "a repeated holder-up keeps the holder's keys";
+  t.Push("n1", 5, 5, r.Admit(3, {11, 12}));
+  EXPECT_EQ(t.ctl->stats().remote_resyncs, 0u);
+  // Records 6..7 go missing (key 12 evicted there, say); the next snapshot
+  // replaces what this controller has of the node.
+  t.Push("n1", 5, 8, resync(false));
+  EXPECT_EQ(t.ctl->stats().remote_resyncs, 1u);
+  EXPECT_FALSE(t.Holds("n1", "A", 11));
+  t.Push("n1", 5, 9, r.Up(3, "A", "a:8200"));
+  t.Push("n1", 5, 10, r.Admit(3, {11}));
+  EXPECT_TRUE(t.Holds("n1", "A", 11));
+  EXPECT_FALSE(t.Holds("n1", "A", 12));
+  // In sync again: the next snapshot is a repeat.
+  t.Push("n1", 5, 11, resync(false));
+  EXPECT_TRUE(t.Holds("n1", "A", 11));
+  EXPECT_EQ(t.ctl->stats().remote_resyncs, 1u);
+  // A forced dump (the node lost its feed) replaces everything, in sync or not.
+  t.Push("n1", 5, 12, resync(true));
+  EXPECT_EQ(t.ctl->stats().remote_resyncs, 2u);
+  EXPECT_FALSE(t.ctl->registry().FindRemote("n1", "A", 0));
+  // A joiner that first hears of a node in the middle of an epoch (the
+  // stream was cut at a dump) waits for the dump: the records before it are
+  // applied, and the dump resets them.
+  t.Push("n2", 7, 40, r.Up(1, "B", "b:8200"));
+  t.Push("n2", 7, 41, r.Admit(1, {5}));
+  t.Push("n2", 7, 42, resync(false));
+  EXPECT_FALSE(t.Holds("n2", "B", 5));
+  EXPECT_EQ(t.ctl->stats().remote_resyncs, 3u);
+}
+
+// A worker in the test's own process, driving the controller one pass per
+// batch: registers A/0 and admits and evicts (the keys it holds in `held`).
+struct LocalWorker {
+  controller::Controller& ctl;
+  std::unique_ptr<transport::Connection> conn;
+  std::function<void()> after_pass;
+  std::set<std::uint64_t> held;
+  std::uint64_t next_key = 1;
+  std::int64_t seq = 0;
+  std::mt19937_64 rng{11};
+  LocalWorker(controller::Controller& c, const std::string& name) : ctl(c) {
+    std::thread opener([&] {
+      if (auto r = transport::Connection::Open({name, segment::Role::kWorker, 5000ms}); r.ok()) conn = std::move(r).value();
+    });
+    for (auto deadline = Clock::now() + 20s; ctl.listener().clients().size() < 1 && Clock::now() < deadline;)
+      ctl.PollOnce(1ms);
+    opener.join();
+  }
+  void Send(const Message& m) {
+    const std::string b = Encode(m);
+    ASSERT_EQ(conn->requests().TryWrite({reinterpret_cast<const std::uint8_t*>(b.data()), b.size()}, framing::kMessage),
+              ring::ClaimResult::kOk);
+    conn->PublishRequests();
+    ctl.PollOnce();
+    if (after_pass) after_pass();
+  }
+  void Register() { Send(RegisterMsg{"A", Int(0), "127.0.0.1", Int(8000), std::string("a:8200")}); }
+  // One batch: `evicts` held keys (spread over the list), then `admits` new ones.
+  void Churn(int admits, int evicts) {
+    BatchedKVOperationMsg m{"A", Int(0), "LocalCPUBackend", {}};
+    for (int i = 0; i < evicts && !held.empty(); ++i) {
+      auto it = held.lower_bound(1 + rng() % next_key);
+      if (it == held.end()) it = held.begin();
+      m.operations.push_back({OpType::kEvict, Int::FromU64(*it), Int::FromI64(seq++)});
+      held.erase(it);
+    }
+    for (int i = 0; i < admits; ++i) {
+      m.operations.push_back({OpType::kAdmit, Int::FromU64(next_key), Int::FromI64(seq++)});
+      held.insert(next_key++);
+    }
+    Send(m);
+  }
+  // The controller's own view of A/0's keys.
+  std::set<std::uint64_t> Indexed() const {
+    std::set<std::uint64_t> keys;
+    auto w = ctl.registry().Find("A", 0);
+    auto h = w ? ctl.registry().FindHolder(*w, "LocalCPUBackend") : std::nullopt;
+    if (h) ctl.index().ForEachKeyOf(*h, [&](std::uint64_t k) { keys.insert(k); });
+    return keys;
+  }
+};
+
+// The holders a change-feed reader rebuilds: every record applied in order
+// (an in-sync reader), or only from the first kResync on (a joiner, as after
+// the stream was cut at a dump).
+struct FeedState {
+  bool joiner = false;
+  bool started = false;
+  std::map<std::uint32_t, std::set<std::uint64_t>> keys;
+  int resync_ends = 0;
+  void Apply(std::span<const std::uint8_t> bytes) {
+    feed::Change c;
+    ASSERT_TRUE(feed::DecodeChange(bytes, &c).ok());
+    if (c.kind == feed::ChangeKind::kResync) {
+      started = true;
+      if (c.forced || joiner) keys.clear();
+      return;
+    }
+    if (joiner && !started) return;
+    switch (c.kind) {
+      case feed::ChangeKind::kHolderUp:
+        keys.try_emplace(c.holder);  // a repeat (the dump's) keeps the keys
+        break;
+      case feed::ChangeKind::kHolderDown:
+        keys.erase(c.holder);
+        break;
+      case feed::ChangeKind::kKeys:
+        ASSERT_TRUE(keys.count(c.holder)) << "keys for a holder not up: " << c.holder;
+        for (std::size_t i = 0; i < c.count; ++i)
+          c.OpAt(i) == OpType::kAdmit ? (void)keys[c.holder].insert(c.KeyAt(i))
+                                      : (void)keys[c.holder].erase(c.KeyAt(i));
+        break;
+      case feed::ChangeKind::kResyncEnd:
+        ++resync_ends;
+        break;
+      case feed::ChangeKind::kResync:
+        break;
+    }
+  }
+};
+
+// A dump asked for while a worker keeps admitting and evicting: written a
+// hundred keys a pass, interleaved with the changes. A joiner that starts at
+// the dump and an in-sync reader that saw everything both end with exactly
+// the controller's index.
+TEST(ChangeFeedResync, ADumpInterleavedWithChangesRebuildsTheIndexExactly) {
+  auto f = feed::ChangeFeed::Create(1 << 22);
+  ASSERT_TRUE(f.ok());
+  const std::string name = "cl" + kPid + "-dump";
+  controller::Options o = Small(name, f->get());
+  o.resync_keys_per_pass = 100;
+  auto ctl = controller::Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  LocalWorker worker(**ctl, name);
+  ASSERT_TRUE(worker.conn);
+  FeedState in_sync, joiner;
+  joiner.joiner = true;
+  worker.after_pass = [&] {
+    f->get()->Drain(SIZE_MAX, SIZE_MAX, [&](std::span<const std::uint8_t> r) {
+      in_sync.Apply(r);
+      joiner.Apply(r);
+    });
+  };
+  worker.Register();
+  for (int i = 0; i < 20; ++i) worker.Churn(200, 0);  // 4,000 keys
+  f->get()->RequestResync(feed::ResyncRequest::kSnapshot);
+  int passes = 0;
+  while (joiner.resync_ends == 0 && passes < 1000) {
+    worker.Churn(30, 40);
+    ++passes;
+  }
+  ASSERT_EQ(joiner.resync_ends, 1);
+  EXPECT_GT(passes, 20) << "the dump spans many passes";
+  for (int i = 0; i < 5; ++i) worker.Churn(10, 10);
+  EXPECT_EQ((*ctl)->stats().change_feed_resyncs, 1u);
+  EXPECT_EQ((*ctl)->stats().change_feed_overflows, 0u);
+  const std::set<std::uint64_t>& held = worker.held;
+  ASSERT_EQ(worker.Indexed(), held);
+  ASSERT_EQ(joiner.keys.size(), 1u);
+  EXPECT_EQ(joiner.keys.begin()->second, held) << "the joiner, from the dump on";
+  ASSERT_EQ(in_sync.keys.size(), 1u);
+  EXPECT_EQ(in_sync.keys.begin()->second, held) << "the reader that saw everything";
+}
+
 // The worker's whole life reaches the stream: its holder with its peer URL,
 // its keys (the odd ones left before it deregistered), then the holder's
 // retirement; records numbered 1, 2, ... in one epoch, the publisher's.
 TEST(ClusterPublisher, ALocalWorkersChangesReachTheStreamInOrder) {
-  NatsServer nats(FreePort());
-  ASSERT_TRUE(nats.Start());
-  auto f = feed::ChangeFeed::Create(1 << 20);
-  ASSERT_TRUE(f.ok());
-  PublisherOptions po;
-  po.nats_url = nats.url();
-  po.cluster = "t" + kPid;
-  po.node = "nodeA";
-  auto pub = Publisher::Start(po, f->get());
-  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  PublishingNode a;
+  ASSERT_TRUE(a.Start("t" + kPid, "nodeA"));
+  NatsServer& nats = a.nats;
+  const PublisherOptions& po = a.po;
+  feed::ChangeFeed* f = a.feed.get();
+  Publisher* pub = a.pub.get();
   const std::string name = "cl" + kPid + "-order";
-  auto ctl = controller::Controller::Start(Small(name, f->get()));
+  auto ctl = controller::Controller::Start(Small(name, f));
   ASSERT_TRUE(ctl.ok()) << ctl.status().ToString();
   constexpr int kKeys = 20000;  // several messages, several records per batch
   pid_t w = SpawnWorker(name, kKeys);
   RunUntil(**ctl, [&] {
     return (*ctl)->stats().kv_ops == kKeys + kKeys / 2 && (*ctl)->registry().worker_count() == 0 &&
-           (*pub)->stats().records == (*f)->records();
+           pub->stats().records == f->records();
   });
   int status;
   waitpid(w, &status, 0);
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_EQ((*ctl)->stats().kv_ops, kKeys + kKeys / 2u) << "errors " << (*ctl)->stats().errors;
-  EXPECT_EQ((*pub)->stats().records, (*f)->records()) << (*pub)->StatsJson();
-  EXPECT_EQ((*f)->overflows(), 0u);
+  EXPECT_EQ(pub->stats().records, f->records()) << pub->StatsJson();
+  EXPECT_EQ(f->overflows(), 0u);
 
   Replica seen;
   Replica::Holder last;  // the holder as the stream had it when it went down
@@ -502,49 +737,46 @@ TEST(ClusterPublisher, ALocalWorkersChangesReachTheStreamInOrder) {
   std::set<std::uint64_t> odd;
   for (std::uint64_t k = 1; k <= kKeys; k += 2) odd.insert(k);
   EXPECT_EQ(last.keys, odd) << "the odd keys, after the evictions";
-  EXPECT_EQ(seen.epoch, (*pub)->epoch());
+  EXPECT_EQ(seen.epoch, pub->epoch());
   EXPECT_TRUE(seen.in_order);
   EXPECT_EQ(seen.ups, 1);
   EXPECT_TRUE(seen.holders.empty());
-  EXPECT_EQ(seen.records, (*pub)->stats().records);
-  EXPECT_GT((*pub)->stats().messages, 1u);
+  EXPECT_EQ(seen.records, pub->stats().records);
+  EXPECT_GT(pub->stats().messages, 1u);
 }
 
 // NATS is not there when the node starts, nor while its worker works: local
 // service goes on (every op applied, no overflow), the publisher retries, and
 // once a nats-server comes up on the address everything reaches the stream.
 TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
-  NatsServer nats(FreePort());
-  auto f = feed::ChangeFeed::Create(1 << 20);
-  ASSERT_TRUE(f.ok());
-  PublisherOptions po;
-  po.nats_url = nats.url();
-  po.cluster = "d" + kPid;
-  po.node = "nodeB";
-  po.retry_wait = 50ms;
-  auto pub = Publisher::Start(po, f->get());
-  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  PublishingNode b;
+  b.po.retry_wait = 50ms;
+  ASSERT_TRUE(b.Start("d" + kPid, "nodeB", /*nats_up=*/false));
+  NatsServer& nats = b.nats;
+  const PublisherOptions& po = b.po;
+  feed::ChangeFeed* f = b.feed.get();
+  Publisher* pub = b.pub.get();
   const std::string name = "cl" + kPid + "-down";
-  auto ctl = controller::Controller::Start(Small(name, f->get()));
+  auto ctl = controller::Controller::Start(Small(name, f));
   ASSERT_TRUE(ctl.ok());
   pid_t w = SpawnWorker(name, 1000);
   RunUntil(**ctl, [&] { return (*ctl)->stats().kv_ops == 1500 && (*ctl)->registry().worker_count() == 0; });
   waitpid(w, nullptr, 0);
   EXPECT_EQ((*ctl)->stats().kv_ops, 1500u);  // served locally with NATS away
-  EXPECT_FALSE((*pub)->stats().connected);
-  EXPECT_EQ((*pub)->stats().records, 0u);
+  EXPECT_FALSE(pub->stats().connected);
+  EXPECT_EQ(pub->stats().records, 0u);
   ASSERT_TRUE(nats.Start());
   // The reader needs the stream, which the publisher creates once connected.
-  for (auto deadline = Clock::now() + 20s; (*pub)->stats().records == 0 && Clock::now() < deadline;)
+  for (auto deadline = Clock::now() + 20s; pub->stats().records == 0 && Clock::now() < deadline;)
     std::this_thread::sleep_for(10ms);  // polling a condition, bounded
-  ASSERT_GT((*pub)->stats().records, 0u);
+  ASSERT_GT(pub->stats().records, 0u);
   Replica seen;
   StreamReader reader(nats.url(), po.cluster);
   ASSERT_TRUE(reader.ReadUntil([&] { return seen.downs == 1; },
                                [&](const DeltaHeader& h, const feed::Change& c) { seen.Apply(h, c); }));
   EXPECT_TRUE(seen.in_order);
-  EXPECT_EQ(seen.records, (*f)->records());
-  EXPECT_TRUE((*pub)->stats().connected);
+  EXPECT_EQ(seen.records, f->records());
+  EXPECT_TRUE(pub->stats().connected);
 }
 
 }  // namespace
@@ -558,16 +790,10 @@ namespace {
 // is counted and dropped whole by the subscriber; the valid message beside
 // them is applied by the controller as a remote holder.
 TEST(ClusterSubscriber, GarbageOnTheClusterSubjectsIsCountedAndIgnored) {
-  NatsServer nats(FreePort());
-  ASSERT_TRUE(nats.Start());
-  PublisherOptions po;
-  po.nats_url = nats.url();
-  po.cluster = "g" + kPid;
-  po.node = "me";
-  // The stream, as any node's publisher makes it.
-  auto own_feed = feed::ChangeFeed::Create(1 << 16);
-  auto pub = Publisher::Start(po, own_feed->get());
-  ASSERT_TRUE(pub.ok());
+  PublishingNode me;  // the stream, as any node's publisher makes it
+  ASSERT_TRUE(me.Start("g" + kPid, "me"));
+  NatsServer& nats = me.nats;
+  const PublisherOptions& po = me.po;
   auto remote = feed::RemoteFeed::Create(1 << 20);
   ASSERT_TRUE(remote.ok());
   auto sub = Subscriber::Start(po, remote->get());
@@ -625,6 +851,99 @@ TEST(ClusterSubscriber, GarbageOnTheClusterSubjectsIsCountedAndIgnored) {
   EXPECT_EQ((*ctl)->stats().remote_refused, 0u);  // nothing of the garbage reached the controller
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
+}
+
+// A node that joins the cluster late: its own controller and subscriber,
+// reading the stream from its start.
+struct Joiner {
+  std::unique_ptr<feed::RemoteFeed> remote = std::move(feed::RemoteFeed::Create(1 << 22)).value();
+  std::unique_ptr<controller::Controller> ctl;
+  std::unique_ptr<Subscriber> sub;
+  Joiner(const PublisherOptions& of, const std::string& name) {
+    controller::Options o = testing::SmallController(name);
+    o.remote_feed = remote.get();
+    ctl = std::move(controller::Controller::Start(o)).value();
+    PublisherOptions po = of;
+    po.node = "late";
+    sub = std::move(Subscriber::Start(po, remote.get())).value();
+  }
+  std::set<std::uint64_t> KeysOf(const std::string& node) const {
+    std::set<std::uint64_t> keys;
+    auto w = ctl->registry().FindRemote(node, "A", 0);
+    auto h = w ? ctl->registry().FindHolder(*w, "LocalCPUBackend") : std::nullopt;
+    if (h) ctl->index().ForEachKeyOf(*h, [&](std::uint64_t k) { keys.insert(k); });
+    return keys;
+  }
+  // Polls until the node's keys seen here are `want` (bounded).
+  bool Converges(const std::string& node, const std::set<std::uint64_t>& want) {
+    for (auto deadline = Clock::now() + 30s; Clock::now() < deadline;) {
+      ctl->PollOnce(1ms);
+      if (!remote->HasRecord() && KeysOf(node) == want) return true;
+    }
+    return false;
+  }
+};
+
+// The stream stays bounded: as the log of a node grows past its last dump,
+// the publisher asks for a new one and cuts the node's subject below it. A
+// node that joins afterwards reads only from the last dump on, and ends with
+// exactly the keys the node holds.
+TEST(ClusterSnapshots, TheStreamIsCutAtEachDumpAndALateJoinerRebuildsTheNode) {
+  PublishingNode a;
+  a.po.snapshot_min_keys = 3000;
+  ASSERT_TRUE(a.Start("s" + kPid, "nodeA"));
+  const std::string name = "cl" + kPid + "-snap";
+  controller::Options o = Small(name, a.feed.get());
+  o.resync_keys_per_pass = 500;
+  auto ctl = controller::Controller::Start(o);
+  ASSERT_TRUE(ctl.ok());
+  LocalWorker worker(**ctl, name);
+  ASSERT_TRUE(worker.conn);
+  worker.Register();
+  auto published = [&] { return a.pub->stats().records == a.feed->records(); };
+  for (int i = 0; i < 400; ++i) {  // ~8,400 keys held in the end, ~16,000 evicted
+    worker.Churn(60, i < 40 ? 0 : 45);
+    RunUntil(**ctl, published);  // the publisher keeps up: dumps come as the log grows, not all at the end
+  }
+  RunUntil(**ctl, [&] { return published() && (*ctl)->stats().change_feed_resyncs == a.pub->stats().snapshots; });
+  EXPECT_GE(a.pub->stats().snapshots, 3u) << a.pub->StatsJson();
+  EXPECT_GE(a.pub->stats().purges, 3u);
+  EXPECT_EQ(a.pub->stats().repairs, 0u);
+  ASSERT_EQ(worker.Indexed(), worker.held);
+
+  Joiner late(a.po, "cl" + kPid + "-late");
+  EXPECT_TRUE(late.Converges("nodeA", worker.held)) << late.KeysOf("nodeA").size() << " keys vs " << worker.held.size();
+  // It read the last dump and what followed, not the node's whole history.
+  EXPECT_LT(late.sub->stats().records, a.pub->stats().records / 2) << late.sub->StatsJson();
+  EXPECT_EQ(late.sub->stats().garbage, 0u);
+}
+
+// NATS is away while a worker keeps working: the change feed (64 KiB here)
+// fills and overflows, so the stream can no longer tell the node's story.
+// Once NATS is back the publisher sends what was buffered and asks for a
+// forced dump: a node joining then sees exactly what the worker holds.
+TEST(ClusterSnapshots, ALostFeedIsRepairedByAForcedDumpWhenNatsReturns) {
+  PublishingNode b;
+  b.feed_bytes = 1 << 16;
+  b.po.retry_wait = 50ms;
+  ASSERT_TRUE(b.Start("o" + kPid, "nodeB", /*nats_up=*/false));
+  const std::string name = "cl" + kPid + "-lost";
+  auto ctl = controller::Controller::Start(Small(name, b.feed.get()));
+  ASSERT_TRUE(ctl.ok());
+  LocalWorker worker(**ctl, name);
+  ASSERT_TRUE(worker.conn);
+  worker.Register();
+  for (int i = 0; i < 200; ++i) worker.Churn(100, i < 20 ? 0 : 80);
+  ASSERT_TRUE(b.feed->lost()) << "the feed overflowed while NATS was away";
+  ASSERT_EQ(worker.Indexed(), worker.held) << "local service went on";
+  ASSERT_TRUE(b.nats.Start());
+  RunUntil(**ctl, [&] {
+    return (*ctl)->stats().change_feed_resyncs >= 2 && b.pub->stats().records == b.feed->records() &&
+           b.pub->stats().repairs >= 1;
+  });
+  EXPECT_GE(b.pub->stats().repairs, 1u) << b.pub->StatsJson();
+  Joiner late(b.po, "cl" + kPid + "-late2");
+  EXPECT_TRUE(late.Converges("nodeB", worker.held)) << late.KeysOf("nodeB").size() << " keys vs " << worker.held.size();
 }
 
 }  // namespace

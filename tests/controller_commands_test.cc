@@ -19,6 +19,7 @@
 #include "kvring/protocol/orchestration.h"
 #include "kvring/shm/framing.h"
 #include "process_util.h"
+#include "support/small_controller.h"
 #include "worker_process.h"
 
 namespace kvring::controller {
@@ -38,12 +39,7 @@ const std::string kPid = std::to_string(getpid());
 std::string Name(const char* what) { return "cc" + kPid + "-" + what; }
 
 Options Small(const std::string& name, double command_timeout_s) {
-  Options o;
-  o.listen.name = name;
-  o.listen.request_capacity = 1 << 16;
-  o.listen.reply_capacity = 1 << 14;
-  o.index.shard_bits = 2;
-  o.full_sync_on_start = false;
+  Options o = testing::SmallController(name);
   o.command_timeout_s = command_timeout_s;
   return o;
 }

@@ -4,6 +4,7 @@
 #include "kvring/shm/framing.h"
 
 #include "alloc_counter.h"
+#include "support/small_controller.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -32,15 +33,7 @@ using Clock = std::chrono::steady_clock;
 const std::string kPid = std::to_string(getpid());
 std::string Name(const char* what) { return "c" + kPid + "-" + what; }
 
-Options Small(const std::string& name) {
-  Options o;
-  o.listen.name = name;
-  o.listen.request_capacity = 1 << 16;
-  o.listen.reply_capacity = 1 << 14;
-  o.index.shard_bits = 2;
-  o.full_sync_on_start = false;  // tests of full sync turn it on
-  return o;
-}
+Options Small(const std::string& name) { return testing::SmallController(name); }
 
 bool PumpUntil(Controller& c, const std::function<bool()>& done, std::chrono::milliseconds timeout = 10000ms) {
   auto deadline = Clock::now() + timeout;

@@ -253,6 +253,61 @@ TEST(ChunkIndex, MatchesAModelWithListPositionsWrapping) {
   CheckAgainstAModel(o);
 }
 
+// The cluster's resync walks a holder's keys in slices while the holder
+// keeps changing (admits at the tail, evictions anywhere: each moves the
+// list's first key into its hole). Every key the holder has from the walk's
+// first slice to its last must be handed at least once; nothing handed may be
+// a key the holder never had. Positions start near the wrap, so the walk also
+// crosses it.
+TEST(ChunkIndex, AKeyWalkHandsEveryKeyKeptThroughoutWhileTheHolderChurns) {
+  for (std::uint32_t start : {0u, (std::uint32_t{1} << ChunkIndex::kPosBits) - 3000}) {
+    Options o;
+    o.shard_bits = 1;
+    o.list_position_start = start;
+    ChunkIndex idx(o);
+    std::mt19937_64 rng(start + 7);
+    std::set<std::uint64_t> present;
+    std::uint64_t next_key = 1;
+    for (int i = 0; i < 20000; ++i) {
+      ASSERT_NE(idx.Add(next_key, 0), AddResult::kOverQuota);
+      present.insert(next_key++);
+    }
+    const std::set<std::uint64_t> at_start = present;
+    std::set<std::uint64_t> removed_meanwhile, handed;
+    std::set<std::uint64_t> ever = present;  // every key the holder had at some point
+    ChunkIndex::KeyWalk walk;
+    bool more = true;
+    int slices = 0;
+    while (more) {
+      more = idx.WalkKeys(0, &walk, 1 + rng() % 700, [&](std::span<const std::uint64_t> run) {
+        for (std::uint64_t k : run) handed.insert(k);
+      });
+      ++slices;
+      // Churn between slices: evictions anywhere (most from the middle), admits at the tail.
+      for (int j = 0, n = static_cast<int>(rng() % 300); j < n && !present.empty(); ++j) {
+        auto it = present.lower_bound(1 + rng() % next_key);
+        if (it == present.end()) it = present.begin();
+        ASSERT_TRUE(idx.Remove(*it, 0));
+        removed_meanwhile.insert(*it);
+        present.erase(it);
+      }
+      for (int j = 0, n = static_cast<int>(rng() % 250); j < n; ++j) {
+        ASSERT_NE(idx.Add(next_key, 0), AddResult::kOverQuota);
+        ever.insert(next_key);
+        present.insert(next_key++);
+      }
+    }
+    EXPECT_GT(slices, 20);
+    for (std::uint64_t k : at_start) {
+      if (!removed_meanwhile.count(k)) {
+        ASSERT_TRUE(handed.count(k)) << "kept throughout but not handed: " << k;
+      }
+    }
+    for (std::uint64_t k : handed) ASSERT_TRUE(ever.count(k)) << "handed a key never held: " << k;
+    EXPECT_EQ(idx.KeysOf(0), present.size());
+  }
+}
+
 // Keys leave a cache mostly oldest first; when they do, nothing in a
 // holder's list moves, and the keys admitted after them stay side by side in
 // the order they came, for a lookup to walk. A key leaving from the middle

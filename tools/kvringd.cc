@@ -220,6 +220,10 @@ int main(int argc, char** argv) {
                  "Seconds this node's lease lives unrefreshed (refreshed every third of it): the others drop a "
                  "node's holders once its lease is gone")
       ->check(CLI::Range(0.3, 600.0))->capture_default_str();
+  app.add_option("--cluster-snapshot-keys", co.snapshot_min_keys,
+                 "Dump this node's holders into the stream (and cut what came before) once this many key "
+                 "operations, or the last dump's size if larger, were published since the last dump; 0: never")
+      ->capture_default_str();
   app.add_option("--change-feed-bytes", change_feed_bytes,
                  "The change feed's buffer between the controller and the publisher (power of two)")
       ->capture_default_str();
@@ -393,8 +397,9 @@ int main(int argc, char** argv) {
     ctl.AddStatsSource(
         "cluster",
         [p, sub] {  // one object: the publisher's fields and the subscriber's
-          std::string a = p->StatsJson(), b = sub->StatsJson();
-          return a.substr(0, a.size() - 1) + ", " + b.substr(1);
+          nlohmann::json merged = nlohmann::json::parse(p->StatsJson());
+          merged.update(nlohmann::json::parse(sub->StatsJson()));
+          return merged.dump();
         },
         [p, sub] { return p->MetricsText() + sub->MetricsText(); });
   }

@@ -149,6 +149,7 @@ Command AddWorkers(CLI::App& app) {
   };
 }
 
+namespace {
 // The flags of the fan-out commands aimed at one instance.
 struct FanOutFlags : RequestFlags {
   std::string instance;
@@ -158,6 +159,7 @@ struct FanOutFlags : RequestFlags {
     app.add_option("--instance", instance, "The instance id")->required();
   }
 };
+}  // namespace
 
 Command AddClear(CLI::App& app) {
   auto st = std::make_shared<FanOutFlags>();

@@ -155,8 +155,9 @@ class DeadlineMutex {
 // engine's Admit and Lookup go on while the controller keeps workers in
 // freeze; keys_of runs without the mutex too. (Outside Impl: clang cannot
 // default-construct a nested class with member initialisers inside its
-// enclosing class's definition, as std::optional::emplace() asks.)
-namespace {
+// enclosing class's definition, as std::optional::emplace() asks. Not in an
+// anonymous namespace: Impl, which has external linkage, holds one.)
+namespace internal {
 struct SyncJob {
   std::vector<std::string> locations;  // still to sync; the first is current
   bool started = false;                // the current location's Start..End went out
@@ -168,7 +169,8 @@ struct SyncJob {
   int resends = 0;
   Clock::time_point next_poll{};
 };
-}  // namespace
+}  // namespace internal
+using internal::SyncJob;
 
 struct Worker::Impl {
   struct Location {

@@ -1,5 +1,6 @@
 #include "cluster/nats_connection.h"
 
+#include <thread>
 #include <vector>
 
 namespace kvring::cluster {
@@ -7,6 +8,24 @@ namespace kvring::cluster {
 std::string NatsError(natsStatus s) {
   const char* last = nats_GetLastError(nullptr);
   return std::string(natsStatus_GetText(s)) + (last && *last ? std::string(" (") + last + ")" : "");
+}
+
+Status CheckNames(const PublisherOptions& options) {
+  if (!ValidClusterName(options.cluster) || !ValidClusterName(options.node))
+    return Status(ErrorKind::kInvalidArgument, "cluster and node names: 1 to 64 of A-Z a-z 0-9 _ -");
+  return Status::Ok();
+}
+
+void SleepUnlessStopped(const std::atomic<bool>& stop, std::chrono::milliseconds wait) {
+  // relaxed: a flag, no data rides on it
+  for (auto until = std::chrono::steady_clock::now() + wait;
+       std::chrono::steady_clock::now() < until && !stop.load(std::memory_order_relaxed);)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+void AppendMetric(std::string* out, const char* name, const char* type, const char* help, std::uint64_t value) {
+  *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+          std::to_string(value) + "\n";
 }
 
 NatsConnection::~NatsConnection() {

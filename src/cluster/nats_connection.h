@@ -1,10 +1,14 @@
-// A NATS connection with kvring's cluster options (internal to the cluster
-// layer): reconnects forever, a first connect that fails goes on in the
-// background, credentials and TLS as configured.
+// The cluster layer's shared plumbing (internal): a NATS connection with
+// kvring's cluster options (reconnects forever, a first connect that fails
+// goes on in the background, credentials and TLS as configured), and the
+// checks, waits and metric lines the publisher and the subscriber share.
 #pragma once
 
 #include <nats/nats.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <string>
 
 #include "kvring/cluster/publisher.h"
@@ -30,5 +34,12 @@ struct NatsConnection {
 };
 
 std::string NatsError(natsStatus s);
+
+// The cluster and node names of `options` (ValidClusterName), as a Status.
+[[nodiscard]] Status CheckNames(const PublisherOptions& options);
+// Sleeps `wait` in short steps, returning early once `stop` is set.
+void SleepUnlessStopped(const std::atomic<bool>& stop, std::chrono::milliseconds wait);
+// One Prometheus metric without labels: HELP, TYPE and the sample.
+void AppendMetric(std::string* out, const char* name, const char* type, const char* help, std::uint64_t value);
 
 }  // namespace kvring::cluster

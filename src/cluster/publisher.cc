@@ -4,6 +4,7 @@
 
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -26,13 +27,11 @@ bool ValidClusterName(std::string_view name) {
   return true;
 }
 
-
 Publisher::Publisher(const PublisherOptions& options, feed::ChangeFeed* feed)
     : options_(options), feed_(feed), nats_(std::make_unique<Nats>()) {}
 
 Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& options, feed::ChangeFeed* feed) {
-  if (!ValidClusterName(options.cluster) || !ValidClusterName(options.node))
-    return Status(ErrorKind::kInvalidArgument, "cluster and node names: 1 to 64 of A-Z a-z 0-9 _ -");
+  if (Status s = CheckNames(options); !s.ok()) return s;
   if (options.stream_replicas < 1 || options.stream_replicas > 5)
     return Status(ErrorKind::kInvalidArgument, "stream replicas: 1 to 5");
   if (options.lease_ttl < std::chrono::milliseconds(300) || options.lease_ttl > std::chrono::minutes(10))
@@ -53,6 +52,9 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
   p->epoch_ = (static_cast<std::uint64_t>(ms) << 16) | salt;
 
   if (Status s = p->nats_->Open(options, "publisher"); !s.ok()) return s;
+  // A first, empty dump (the controller has no holders yet): once it is in
+  // the stream, what earlier epochs of this node left there is purged.
+  if (options.snapshot_min_keys != 0) p->AskForDump(feed::ResyncRequest::kSnapshot);
   p->thread_ = std::thread([raw = p.get()] { raw->Run(); });
   return p;
 }
@@ -72,6 +74,10 @@ PublisherStats Publisher::stats() const {
   st.bytes = bytes_.load(std::memory_order_relaxed);
   st.publish_failures = failures_.load(std::memory_order_relaxed);
   st.last_seq = last_seq_.load(std::memory_order_relaxed);
+  st.snapshots = snapshots_.load(std::memory_order_relaxed);
+  st.repairs = repairs_.load(std::memory_order_relaxed);
+  st.purges = purges_.load(std::memory_order_relaxed);
+  st.lease_lapses = lease_lapses_.load(std::memory_order_relaxed);
   st.connected = nats_->connected();
   return st;
 }
@@ -87,15 +93,16 @@ std::string Publisher::StatsJson() const {
          ", \"publish_failures\": " + std::to_string(st.publish_failures) + ", \"last_seq\": " +
          std::to_string(st.last_seq) + ", \"feed_records\": " + std::to_string(feed_->records()) +
          ", \"feed_overflows\": " + std::to_string(feed_->overflows()) + ", \"lag_records\": " +
-         std::to_string(feed_->records() - st.records) + "}";
+         std::to_string(feed_->records() - st.records) + ", \"snapshots\": " + std::to_string(st.snapshots) +
+         ", \"repairs\": " + std::to_string(st.repairs) + ", \"purges\": " + std::to_string(st.purges) +
+         ", \"lease_lapses\": " + std::to_string(st.lease_lapses) + "}";
 }
 
 std::string Publisher::MetricsText() const {
   const PublisherStats st = stats();
   std::string out;
   auto metric = [&](const char* name, const char* type, const char* help, std::uint64_t v) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           std::to_string(v) + "\n";
+    AppendMetric(&out, name, type, help, v);
   };
   metric("kvring_cluster_connected", "gauge", "1 while the publisher is connected to NATS", st.connected ? 1 : 0);
   metric("kvring_cluster_published_messages_total", "counter", "delta messages acknowledged by the stream", st.messages);
@@ -105,6 +112,13 @@ std::string Publisher::MetricsText() const {
          st.publish_failures);
   metric("kvring_cluster_lag_records", "gauge", "change records written by the controller, not yet acknowledged",
          feed_->records() - st.records);
+  metric("kvring_cluster_snapshots_total", "counter", "dumps of the local holders asked for as the log grew",
+         st.snapshots);
+  metric("kvring_cluster_repairs_total", "counter",
+         "forced dumps asked for (the change feed overflowed, or the lease lapsed)", st.repairs);
+  metric("kvring_cluster_purges_total", "counter", "this node's subject cut below a dump", st.purges);
+  metric("kvring_cluster_lease_lapses_total", "counter", "the lease found gone while this node was alive",
+         st.lease_lapses);
   return out;
 }
 
@@ -138,8 +152,73 @@ void Publisher::RefreshLease() {
   char epoch[19];
   std::snprintf(epoch, sizeof epoch, "0x%016llx", static_cast<unsigned long long>(epoch_));
   std::uint64_t rev = 0;
-  if (kvStore_PutString(&rev, nats_->leases, options_.node.c_str(), epoch) == NATS_OK)
+  // After the first write, each refresh names the revision it replaces: if
+  // the lease expired meanwhile (NATS slow or away for a lease time, this
+  // process stalled) the update fails, the others have dropped this node,
+  // and a forced dump puts its holders back everywhere.
+  if (lease_rev_ != 0 && kvStore_UpdateString(&rev, nats_->leases, options_.node.c_str(), epoch, lease_rev_) == NATS_OK) {
+    lease_rev_ = rev;
     next_lease_ = now + options_.lease_ttl / 3;
+    return;
+  }
+  if (!nats_->connected()) return;  // cannot tell: try again
+  if (kvStore_PutString(&rev, nats_->leases, options_.node.c_str(), epoch) != NATS_OK) return;
+  if (lease_rev_ != 0) {
+    lease_lapses_.fetch_add(1, std::memory_order_relaxed);
+    if (options_.log) options_.log("cluster: this node's lease had lapsed: the others dropped it; republishing its holders");
+    AskForDump(feed::ResyncRequest::kForced);
+  }
+  lease_rev_ = rev;
+  next_lease_ = now + options_.lease_ttl / 3;
+}
+
+void Publisher::AskForDump(feed::ResyncRequest r) {
+  (r == feed::ResyncRequest::kForced ? repairs_ : snapshots_).fetch_add(1, std::memory_order_relaxed);
+  dump_asked_ = true;
+  feed_->RequestResync(r);
+}
+
+void Publisher::NoteRecord(std::span<const std::uint8_t> record) {
+  feed::Change c;
+  if (!feed::DecodeChange(record, &c).ok()) return;  // the controller's own records: cannot happen
+  switch (c.kind) {
+    case feed::ChangeKind::kResync:
+      pending_has_resync_ = true;
+      in_dump_ = true;
+      dump_asked_ = false;
+      dump_keys_ = 0;
+      keys_since_dump_ = 0;
+      break;
+    case feed::ChangeKind::kResyncEnd:
+      in_dump_ = false;
+      break;
+    case feed::ChangeKind::kKeys:
+      if (in_dump_) dump_keys_ += c.count;
+      else keys_since_dump_ += c.count;
+      break;
+    default:
+      break;
+  }
+  if (options_.snapshot_min_keys != 0 && !in_dump_ && !dump_asked_ &&
+      keys_since_dump_ >= std::max(options_.snapshot_min_keys, dump_keys_))
+    AskForDump(feed::ResyncRequest::kSnapshot);
+}
+
+// Everything of this node's subject below `stream_seq` (the message that
+// carries a kResync) is replaced by the dump from there on.
+void Publisher::PurgeBelow(std::uint64_t stream_seq) {
+  // Nothing is below the stream's first message. And a purge "below 1" is
+  // not a no-op: nats-server 2.9 then purges the whole subject (seen with a
+  // probe against Debian's nats-server), the dump with it.
+  if (stream_seq <= 1) return;
+  jsOptions o;
+  jsOptions_Init(&o);
+  o.Stream.Purge.Subject = subject_.c_str();
+  o.Stream.Purge.Sequence = stream_seq;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  const natsStatus s = js_PurgeStream(nats_->js, stream_.c_str(), &o, &jerr);
+  if (s == NATS_OK) purges_.fetch_add(1, std::memory_order_relaxed);
+  else if (options_.log) options_.log("cluster: purging " + subject_ + " below a dump failed (kept): " + NatsError(s));
 }
 
 // Publishes the pending message; true when the stream acknowledged it.
@@ -151,6 +230,7 @@ bool Publisher::PublishPending() {
   jsPubAck* ack = nullptr;
   jsErrCode jerr = static_cast<jsErrCode>(0);
   natsStatus s = js_Publish(&ack, nats_->js, subject_.c_str(), bytes.data(), static_cast<int>(bytes.size()), &po, &jerr);
+  const std::uint64_t stream_seq = s == NATS_OK && ack ? ack->Sequence : 0;
   jsPubAck_Destroy(ack);
   if (s != NATS_OK) {
     if (options_.log && failures_.fetch_add(1, std::memory_order_relaxed) % 100 == 0)
@@ -162,6 +242,8 @@ bool Publisher::PublishPending() {
   bytes_.fetch_add(bytes.size(), std::memory_order_relaxed);
   last_seq_.store(next_seq_ - 1, std::memory_order_relaxed);
   nats_->has_pending = false;
+  if (pending_has_resync_ && stream_seq != 0) PurgeBelow(stream_seq);
+  pending_has_resync_ = false;
   return true;
 }
 
@@ -170,13 +252,16 @@ void Publisher::Run() {
   // After stop: keep publishing while NATS accepts and the feed has records,
   // for at most this long.
   std::chrono::steady_clock::time_point drain_deadline{};
-  auto wait_retry = [&] {
-    for (auto until = std::chrono::steady_clock::now() + options_.retry_wait;
-         std::chrono::steady_clock::now() < until && !stop_.load(std::memory_order_relaxed);)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  };
+  auto wait_retry = [&] { SleepUnlessStopped(stop_, options_.retry_wait); };
   for (;;) {
     const bool stopping = stop_.load(std::memory_order_relaxed);
+    // Records the controller could not write: the stream no longer tells
+    // this node's whole story; a forced dump will (it waits for room in the
+    // feed, i.e. for NATS to take what is buffered).
+    if (const std::uint64_t lost = feed_->overflows(); lost != overflows_seen_) {
+      overflows_seen_ = lost;
+      AskForDump(feed::ResyncRequest::kForced);
+    }
     if (stopping) {
       if (drain_deadline == std::chrono::steady_clock::time_point{})
         drain_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
@@ -205,6 +290,7 @@ void Publisher::Run() {
     feed_->Drain(SIZE_MAX, (options_.max_message_bytes - kDeltaHeaderBytes - 4 - feed::kMaxRecordBytes) / 2,
                  [&](std::span<const std::uint8_t> record) {
       n.pending.Add(record);
+      NoteRecord(record);
       ++next_seq_;
     });
     if (n.pending.records() > 0) {

@@ -18,8 +18,7 @@ Subscriber::Subscriber(const PublisherOptions& options, feed::RemoteFeed* feed)
     : options_(options), feed_(feed), nats_(std::make_unique<Nats>()), prefix_("kvring." + options.cluster + ".") {}
 
 Result<std::unique_ptr<Subscriber>> Subscriber::Start(const PublisherOptions& options, feed::RemoteFeed* feed) {
-  if (!ValidClusterName(options.cluster) || !ValidClusterName(options.node))
-    return Status(ErrorKind::kInvalidArgument, "cluster and node names: 1 to 64 of A-Z a-z 0-9 _ -");
+  if (Status st = CheckNames(options); !st.ok()) return st;
   std::unique_ptr<Subscriber> s(new Subscriber(options, feed));
   if (Status st = s->nats_->Open(options, "subscriber"); !st.ok()) return st;
   s->thread_ = std::thread([raw = s.get()] { raw->Run(); });
@@ -39,6 +38,7 @@ SubscriberStats Subscriber::stats() const {
   st.own = own_.load(std::memory_order_relaxed);
   st.nodes_gone = nodes_gone_.load(std::memory_order_relaxed);
   st.last_lag_us = last_lag_us_.load(std::memory_order_relaxed);
+  st.purges = purges_.load(std::memory_order_relaxed);
   st.subscribed = subscribed_.load(std::memory_order_relaxed) && nats_->connected();
   return st;
 }
@@ -48,7 +48,7 @@ std::string Subscriber::StatsJson() const {
   return std::string("{\"subscribed\": ") + (st.subscribed ? "true" : "false") +
          ", \"remote_messages\": " + std::to_string(st.messages) + ", \"remote_records\": " +
          std::to_string(st.records) + ", \"garbage_messages\": " + std::to_string(st.garbage) +
-         ", \"nodes_gone\": " + std::to_string(st.nodes_gone) +
+         ", \"nodes_gone\": " + std::to_string(st.nodes_gone) + ", \"gone_nodes_purged\": " + std::to_string(st.purges) +
          ", \"last_message_lag_ms\": " + std::to_string(static_cast<double>(st.last_lag_us) / 1000.0) + "}";
 }
 
@@ -56,8 +56,7 @@ std::string Subscriber::MetricsText() const {
   const SubscriberStats st = stats();
   std::string out;
   auto metric = [&](const char* name, const char* type, const char* help, std::uint64_t v) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           std::to_string(v) + "\n";
+    AppendMetric(&out, name, type, help, v);
   };
   metric("kvring_cluster_subscribed", "gauge", "1 while the subscriber reads the cluster's stream", st.subscribed);
   metric("kvring_cluster_remote_messages_total", "counter", "other nodes' delta messages received", st.messages);
@@ -67,13 +66,27 @@ std::string Subscriber::MetricsText() const {
   return out;
 }
 
-void Subscriber::Handle(std::string_view subject, std::span<const std::uint8_t> bytes) {
+// Retries `push` (a write into the remote feed) until it succeeds, waiting
+// for the controller to make room for `bytes`; false if stopped first.
+template <typename Push>
+bool Subscriber::PushWhenRoom(std::size_t bytes, Push&& push) {
+  while (!push()) {
+    feed_->Publish();  // what is already in: the controller may be waiting for it
+    if (stop_.load(std::memory_order_relaxed)) return false;
+    (void)feed_->WaitForSpace(bytes, std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+void Subscriber::Handle(std::string_view subject, std::uint64_t stream_seq, std::span<const std::uint8_t> bytes) {
   // kvring.<cluster>.<node>: anything else on the cluster's subjects is garbage.
   if (subject.substr(0, prefix_.size()) != prefix_) return void(garbage_.fetch_add(1, std::memory_order_relaxed));
   const std::string_view node = subject.substr(prefix_.size());
   if (!ValidClusterName(node)) return void(garbage_.fetch_add(1, std::memory_order_relaxed));
   if (node == options_.node) return void(own_.fetch_add(1, std::memory_order_relaxed));
-  nodes_[std::string(node)] = false;  // heard from: alive until its lease says otherwise
+  NodeSeen& seen = nodes_[std::string(node)];
+  seen.gone = false;  // heard from: alive until its lease says otherwise
+  seen.last_stream_seq = std::max(seen.last_stream_seq, stream_seq);
   // The whole message is validated before any record is handed on.
   std::vector<std::span<const std::uint8_t>> records;
   DeltaHeader h;
@@ -87,11 +100,9 @@ void Subscriber::Handle(std::string_view subject, std::span<const std::uint8_t> 
   }
   messages_.fetch_add(1, std::memory_order_relaxed);
   for (std::size_t i = 0; i < records.size(); ++i) {
-    while (!feed_->Push(node, h.epoch, h.first_seq + i, records[i])) {
-      feed_->Publish();
-      if (stop_.load(std::memory_order_relaxed)) return;
-      (void)feed_->WaitForSpace(records[i].size() + 2 + node.size() + 16, std::chrono::milliseconds(50));
-    }
+    if (!PushWhenRoom(records[i].size() + 2 + node.size() + 16,
+                      [&] { return feed_->Push(node, h.epoch, h.first_seq + i, records[i]); }))
+      return;
   }
   records_.fetch_add(records.size(), std::memory_order_relaxed);
   feed_->Publish();
@@ -101,21 +112,30 @@ void Subscriber::CheckLeases() {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_lease_check_ || nodes_.empty() || !nats_->BindLeases(options_)) return;
   next_lease_check_ = now + options_.lease_ttl / 3;
-  for (auto& [node, gone] : nodes_) {
-    if (gone) continue;
+  for (auto& entry : nodes_) {
+    const std::string& node = entry.first;  // not a structured binding: the lambda below captures it
+    NodeSeen& seen = entry.second;
+    if (seen.gone) continue;
     kvEntry* e = nullptr;
     const natsStatus s = kvStore_Get(&e, nats_->leases, node.c_str());
     kvEntry_Destroy(e);
     if (s != NATS_NOT_FOUND) continue;  // alive, or NATS cannot tell now: nobody is declared gone on doubt
-    while (!feed_->Gone(node)) {
-      feed_->Publish();
-      if (stop_.load(std::memory_order_relaxed)) return;
-      (void)feed_->WaitForSpace(2 + node.size(), std::chrono::milliseconds(50));
-    }
+    if (!PushWhenRoom(2 + node.size(), [&] { return feed_->Gone(node); })) return;
     feed_->Publish();
-    gone = true;
+    seen.gone = true;
     nodes_gone_.fetch_add(1, std::memory_order_relaxed);
     if (options_.log) options_.log("cluster: node " + node + " has no lease any more: its holders are dropped");
+    // Bounded retention: what the gone node left in the stream goes too, up
+    // to the last message read here (a newer one, the node back with a
+    // forced dump, is kept). Every subscriber may do this; purging twice is harmless.
+    jsOptions o;
+    jsOptions_Init(&o);
+    const std::string node_subject = prefix_ + node;
+    o.Stream.Purge.Subject = node_subject.c_str();
+    o.Stream.Purge.Sequence = seen.last_stream_seq + 1;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    if (js_PurgeStream(nats_->js, ("KVRING_" + options_.cluster).c_str(), &o, &jerr) == NATS_OK)
+      purges_.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
@@ -136,9 +156,7 @@ void Subscriber::Run() {
         subscribed_.store(true, std::memory_order_relaxed);
       } else {
         n.sub = nullptr;
-        for (auto until = std::chrono::steady_clock::now() + options_.retry_wait;
-             std::chrono::steady_clock::now() < until && !stop_.load(std::memory_order_relaxed);)
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        SleepUnlessStopped(stop_, options_.retry_wait);
         continue;
       }
     }
@@ -155,7 +173,9 @@ void Subscriber::Run() {
     // Replication lag of this message: from its arrival in the stream (the
     // NATS server's clock) to now (ours); meaningful while the consumer is
     // caught up, and only as good as the two clocks agree.
+    std::uint64_t stream_seq = 0;
     if (jsMsgMetaData* meta = nullptr; natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+      stream_seq = meta->Sequence.Stream;
       const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                       std::chrono::system_clock::now().time_since_epoch()).count();
       last_lag_us_.store(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns - meta->Timestamp) / 1000),
@@ -163,7 +183,7 @@ void Subscriber::Run() {
       jsMsgMetaData_Destroy(meta);
     }
     const char* subj = natsMsg_GetSubject(m);
-    Handle(subj ? std::string_view(subj) : std::string_view(),
+    Handle(subj ? std::string_view(subj) : std::string_view(), stream_seq,
            std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(m)),
                                          static_cast<std::size_t>(natsMsg_GetDataLength(m))));
     natsMsg_Destroy(m);

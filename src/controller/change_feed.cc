@@ -1,7 +1,11 @@
 #include "kvring/controller/change_feed.h"
 #include "kvring/controller/remote_feed.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <bit>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -53,17 +57,25 @@ std::uint8_t* Head(std::uint8_t* p, ChangeKind kind, std::uint32_t holder) {
 
 }  // namespace
 
-// A private region for a feed's ring: page-aligned, its size rounded up to
-// whole pages (aligned_alloc wants a multiple of the alignment), initialised.
-static void* AllocateFeedRegion(std::size_t capacity) {
+Result<PrivateRing> PrivateRing::Create(std::size_t capacity, std::string_view what) {
+  if (Status s = ring::ValidateGeometry(capacity, ring::DefaultMaxRecord(capacity)); !s.ok()) return s;
+  // Page-aligned, the size rounded up to whole pages (aligned_alloc wants a
+  // multiple of the alignment).
   const std::size_t bytes = (ring::RegionBytes(capacity) + 4095) & ~std::size_t{4095};
   void* region = std::aligned_alloc(4096, bytes);
-  if (region && !ring::InitializeRegion(region, capacity).ok()) {
+  if (!region)
+    return Status(ErrorKind::kInternal, std::string(what) + ": out of memory for a ring of " + std::to_string(capacity));
+  if (Status s = ring::InitializeRegion(region, capacity); !s.ok()) {
     std::free(region);
-    return nullptr;
+    return s;
   }
-  return region;
+  return PrivateRing(region, capacity);
 }
+
+PrivateRing::PrivateRing(void* region, std::size_t capacity)
+    : region_(region),
+      producer_(region, capacity, ring::DefaultMaxRecord(capacity)),
+      consumer_(region, capacity, ring::DefaultMaxRecord(capacity)) {}
 
 Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
   Reader r{bytes};
@@ -78,6 +90,16 @@ Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
       break;
     case ChangeKind::kHolderDown:
       out->kind = ChangeKind::kHolderDown;
+      break;
+    case ChangeKind::kResync: {
+      out->kind = ChangeKind::kResync;
+      std::uint8_t forced;
+      if (!r.Get(&forced) || forced > 1) return Bad("resync record without a valid forced flag");
+      out->forced = forced == 1;
+      break;
+    }
+    case ChangeKind::kResyncEnd:
+      out->kind = ChangeKind::kResyncEnd;
       break;
     case ChangeKind::kKeys: {
       out->kind = ChangeKind::kKeys;
@@ -99,22 +121,14 @@ Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
 }
 
 Result<std::unique_ptr<ChangeFeed>> ChangeFeed::Create(std::size_t capacity) {
-  if (Status s = ring::ValidateGeometry(capacity, ring::DefaultMaxRecord(capacity)); !s.ok()) return s;
-  void* region = AllocateFeedRegion(capacity);
-  if (!region) return Status(ErrorKind::kInternal, "change feed: out of memory for a ring of " + std::to_string(capacity));
-  return std::unique_ptr<ChangeFeed>(new ChangeFeed(region, capacity));
+  Result<PrivateRing> ring = PrivateRing::Create(capacity, "change feed");
+  if (!ring.ok()) return ring.status();
+  return std::unique_ptr<ChangeFeed>(new ChangeFeed(std::move(ring).value(), capacity));
 }
-
-ChangeFeed::ChangeFeed(void* region, std::size_t capacity)
-    : region_(region),
-      producer_(region, capacity, ring::DefaultMaxRecord(capacity)),
-      consumer_(region, capacity, ring::DefaultMaxRecord(capacity)) {}
-
-ChangeFeed::~ChangeFeed() { std::free(region_); }
 
 std::uint8_t* ChangeFeed::Claim(std::size_t size) {
   std::span<std::uint8_t> out;
-  if (producer_.TryClaim(size, &out) != ring::ClaimResult::kOk) {
+  if (ring_.producer().TryClaim(size, &out) != ring::ClaimResult::kOk) {
     overflows_.fetch_add(1, std::memory_order_relaxed);
     return nullptr;
   }
@@ -122,7 +136,7 @@ std::uint8_t* ChangeFeed::Claim(std::size_t size) {
 }
 
 void ChangeFeed::Commit(std::size_t size) {
-  producer_.Commit(size, kChangeRecordType);
+  ring_.producer().Commit(size, kChangeRecordType);
   records_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -155,7 +169,7 @@ template <typename Entry>
 bool ChangeFeed::KeyRecords(std::uint32_t holder, std::span<const Entry> entries) {
   bool all = true;
   do {  // an empty batch still makes one (empty) record
-    const std::span<const Entry> part = entries.first(std::min(entries.size(), kMaxKeysPerRecord));
+    const std::span<const Entry> part = entries.first(std::min(entries.size(), keys_per_record_));
     entries = entries.subspan(part.size());
     const std::size_t size = kRecordHeadBytes + 4 + part.size() * kKeyEntryBytes;
     std::uint8_t* p = Claim(size);
@@ -181,6 +195,40 @@ bool ChangeFeed::KeyRecords(std::uint32_t holder, std::span<const Entry> entries
 bool ChangeFeed::Keys(std::uint32_t holder, std::span<const protocol::KVOpEvent> ops) { return KeyRecords(holder, ops); }
 
 bool ChangeFeed::Admits(std::uint32_t holder, std::span<const protocol::Int> keys) { return KeyRecords(holder, keys); }
+
+bool ChangeFeed::Resync(bool forced) {
+  std::uint8_t* p = Claim(kRecordHeadBytes + 1);
+  if (!p) return false;
+  *Head(p, ChangeKind::kResync, 0) = forced ? 1 : 0;
+  Commit(kRecordHeadBytes + 1);
+  return true;
+}
+
+bool ChangeFeed::ResyncEnd() {
+  std::uint8_t* p = Claim(kRecordHeadBytes);
+  if (!p) return false;
+  Head(p, ChangeKind::kResyncEnd, 0);
+  Commit(kRecordHeadBytes);
+  return true;
+}
+
+bool ChangeFeed::DumpHasRoom(std::size_t keys) {
+  return ring_.producer().HasRoom(capacity_ / 2 + kRecordHeadBytes + 4 + keys * kKeyEntryBytes + 64);
+}
+
+bool ChangeFeed::DumpAdmits(std::uint32_t holder, std::span<const std::uint64_t> keys) {
+  if (keys.size() > keys_per_record_ || !DumpHasRoom(keys.size())) return false;
+  const std::size_t size = kRecordHeadBytes + 4 + keys.size() * kKeyEntryBytes;
+  std::uint8_t* p = Claim(size);  // room was checked: a failure here is a real overflow
+  if (!p) return false;
+  p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(keys.size()));
+  for (std::uint64_t k : keys) {
+    *p++ = 0;
+    p = Put(p, k);
+  }
+  Commit(size);
+  return true;
+}
 
 bool ChangeFeed::Key(std::uint32_t holder, protocol::OpType op, std::uint64_t key) {
   const std::size_t size = kRecordHeadBytes + 4 + kKeyEntryBytes;
@@ -215,32 +263,45 @@ Status DecodeRemoteRecord(std::span<const std::uint8_t> bytes, RemoteRecord* out
 }
 
 Result<std::unique_ptr<RemoteFeed>> RemoteFeed::Create(std::size_t capacity) {
-  if (Status s = ring::ValidateGeometry(capacity, ring::DefaultMaxRecord(capacity)); !s.ok()) return s;
-  void* region = AllocateFeedRegion(capacity);
-  if (!region) return Status(ErrorKind::kInternal, "remote feed: out of memory for a ring of " + std::to_string(capacity));
-  return std::unique_ptr<RemoteFeed>(new RemoteFeed(region, capacity));
+  Result<PrivateRing> ring = PrivateRing::Create(capacity, "remote feed");
+  if (!ring.ok()) return ring.status();
+  const int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return Status(ErrorKind::kInternal, std::string("remote feed: eventfd: ") + std::strerror(errno));
+  return std::unique_ptr<RemoteFeed>(new RemoteFeed(std::move(ring).value(), fd));
 }
 
-RemoteFeed::RemoteFeed(void* region, std::size_t capacity)
-    : region_(region),
-      producer_(region, capacity, ring::DefaultMaxRecord(capacity)),
-      consumer_(region, capacity, ring::DefaultMaxRecord(capacity)) {}
+RemoteFeed::~RemoteFeed() { close(wake_fd_); }
 
-RemoteFeed::~RemoteFeed() { std::free(region_); }
+void RemoteFeed::Publish() {
+  // Publish()'s tail store is seq_cst; this seq_cst load pairs with the
+  // controller's seq_cst store in PrepareToSleep (the doorbell's Dekker pair).
+  if (ring_.producer().Publish() && consumer_sleeping_.load(std::memory_order_seq_cst)) {
+    const std::uint64_t one = 1;
+    // Non-blocking: a full counter (2^64 - 2 rings) still leaves the fd readable.
+    [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof one);
+  }
+}
+
+bool RemoteFeed::PrepareToSleep() {
+  // seq_cst store, then HasData()'s seq_cst load of the published tail:
+  // pairs with Publish() above.
+  consumer_sleeping_.store(true, std::memory_order_seq_cst);
+  return !ring_.consumer().HasData();
+}
 
 bool RemoteFeed::Push(std::string_view node, std::uint64_t epoch, std::uint64_t seq,
                       std::span<const std::uint8_t> change) {
   if (node.empty() || node.size() > kMaxNodeName) return false;
   const std::size_t size = 2 + node.size() + 16 + change.size();
   std::span<std::uint8_t> out;
-  if (producer_.TryClaim(size, &out) != ring::ClaimResult::kOk) return false;
+  if (ring_.producer().TryClaim(size, &out) != ring::ClaimResult::kOk) return false;
   std::uint8_t* p = out.data();
   *p++ = kRemoteChange;
   *p++ = static_cast<std::uint8_t>(node.size());
   std::memcpy(p, node.data(), node.size());
   p = Put(Put(p + node.size(), epoch), seq);
   if (!change.empty()) std::memcpy(p, change.data(), change.size());
-  producer_.Commit(size, kChangeRecordType);
+  ring_.producer().Commit(size, kChangeRecordType);
   return true;
 }
 
@@ -248,11 +309,11 @@ bool RemoteFeed::Gone(std::string_view node) {
   if (node.empty() || node.size() > kMaxNodeName) return false;
   const std::size_t size = 2 + node.size();
   std::span<std::uint8_t> out;
-  if (producer_.TryClaim(size, &out) != ring::ClaimResult::kOk) return false;
+  if (ring_.producer().TryClaim(size, &out) != ring::ClaimResult::kOk) return false;
   out[0] = kRemoteNodeGone;
   out[1] = static_cast<std::uint8_t>(node.size());
   std::memcpy(out.data() + 2, node.data(), node.size());
-  producer_.Commit(size, kChangeRecordType);
+  ring_.producer().Commit(size, kChangeRecordType);
   return true;
 }
 

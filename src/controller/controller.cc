@@ -119,6 +119,7 @@ Result<std::unique_ptr<Controller>> Controller::Start(const Options& options) {
   }
   c->listener_ = std::move(l).value();
   c->listener_->Heartbeat();
+  if (options.remote_feed) c->listener_->WatchWakeFd(options.remote_feed->wake_fd());
   Controller* self = c.get();
   c->listener_->OnDeparture([self](transport::Client& gone) { self->ServeClient(gone, SIZE_MAX, SIZE_MAX, false); });
   return c;
@@ -140,9 +141,14 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
           idle_wait = std::chrono::milliseconds(0);
           break;
         }
+      // The other nodes' records ring the remote feed's eventfd, which the poll watches.
+      if (options_.remote_feed && !options_.remote_feed->PrepareToSleep()) idle_wait = std::chrono::milliseconds(0);
     }
     transport::Listener::Events ev = listener_->Poll(idle_wait);
-    if (sleeping) listener_->SetControllerSleeping(false);
+    if (sleeping) {
+      listener_->SetControllerSleeping(false);
+      if (options_.remote_feed) options_.remote_feed->Awake();
+    }
     stats_.errors += ev.rejected.size();
     if (options_.log)
       for (const std::string& why : ev.rejected) options_.log("client refused: " + why);
@@ -159,8 +165,11 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   }
   if (n) next_client_ = (next_client_ + 1) % n;
   DropSomeKeys();
-  ApplyRemote();
-  if (options_.change_feed) options_.change_feed->Publish();  // this pass's changes, one store
+  handled += ApplyRemote();  // counted: the loop keeps passing (not sleeping) while records flow
+  if (options_.change_feed) {
+    ContinueResync();
+    options_.change_feed->Publish();  // this pass's changes, one store
+  }
   if (fan_outs_->next_deadline() != 0 && now >= fan_outs_->next_deadline()) ExpireFanOuts(now);
   Housekeeping(now);
   return handled;
@@ -485,13 +494,14 @@ void Controller::HandleControl(transport::Client& c, std::span<const std::uint8_
   ReplyControl(c, nlohmann::json{{"error", "unknown control request; expected {\"op\": \"stats\"|\"metrics\"|\"digest\"}"}}.dump());
 }
 
-std::uint32_t Controller::UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new) {
+std::uint32_t Controller::UpsertWorker(std::uint64_t owner, bool owner_is_front, const registry::WorkerRecord& rec,
+                                       bool* is_new) {
   std::uint32_t w = registry_.Upsert(rec, is_new);
   if (w >= workers_.size()) workers_.resize(w + 1);
   if (*is_new) workers_[w] = WorkerState{};
   sync_->Track(w, *is_new);
-  workers_[w].client = c.id;
-  workers_[w].owner_is_front = c.role == segment::Role::kFront;
+  workers_[w].client = owner;
+  workers_[w].owner_is_front = owner_is_front;
   workers_[w].last_heartbeat_mono = MonoSeconds();
   return w;
 }
@@ -534,7 +544,7 @@ void Controller::HandleGeneric(transport::Client& c, const ReplyRoute& route, pr
             ForgetWorker(*known);
           }
           bool is_new;
-          UpsertWorker(c, WorkerRecordOf(msg), &is_new);
+          UpsertWorker(c.id, c.role == segment::Role::kFront, WorkerRecordOf(msg), &is_new);
           RegisterRetMsg ret;
           ret.extra_config.emplace_back("heartbeat_interval_s", std::to_string(options_.heartbeat_interval_s));
           ret.extra_config.emplace_back("full_sync_timeout_s", std::to_string(options_.full_sync_timeout_s));
@@ -595,7 +605,7 @@ void Controller::HandleHeartbeat(transport::Client& c, const ReplyRoute& route, 
   if (!known) {
     // Unknown (a restarted controller, or reaped): re-register and rebuild.
     bool is_new;
-    const std::uint32_t w = UpsertWorker(c, WorkerRecordOf(hb), &is_new);
+    const std::uint32_t w = UpsertWorker(c.id, c.role == segment::Role::kFront, WorkerRecordOf(hb), &is_new);
     workers_[w].heartbeats = true;
     ask(w, "worker_re_registered");
     return Reply(c, route, ret);
@@ -798,15 +808,73 @@ void Controller::FeedHolder(index::HolderId h) {
   if (h >= fed_holders_.size()) fed_holders_.resize(h + 1, 0);
   if (fed_holders_[h]) return;
   fed_holders_[h] = 1;  // also when not written: the feed is lost() then, its reader resyncs
-  const registry::HolderInfo& info = registry_.holder(h);
-  const registry::WorkerRecord& w = registry_.worker(info.worker);
-  FeedWritten(options_.change_feed->HolderUp(h, w.worker_id, w.instance_id, info.location, w.peer_init_url));
+  FeedWritten(WriteHolderUp(h));
 }
 
-void Controller::ApplyRemote() {
+bool Controller::WriteHolderUp(index::HolderId h) {
+  const registry::HolderInfo& info = registry_.holder(h);
+  const registry::WorkerRecord& w = registry_.worker(info.worker);
+  return options_.change_feed->HolderUp(h, w.worker_id, w.instance_id, info.location, w.peer_init_url);
+}
+
+// The dump. Its holder-ups go first, all in the pass it begins (so every
+// change written between its slices finds its holder known), then each
+// holder's keys through ChunkIndex::WalkKeys, whose guarantee (every key the
+// holder keeps throughout is handed) is what makes "dump + the changes in
+// between, applied in order" equal the index at the end. Records are written
+// only while half the feed stays free for the changes themselves.
+void Controller::ContinueResync() {
+  feed::ChangeFeed* f = options_.change_feed;
+  const feed::ResyncRequest asked = f->TakeResyncRequest();
+  // A forced request restarts a dump in progress; a snapshot request during one is served by it.
+  if (asked == feed::ResyncRequest::kForced || (asked == feed::ResyncRequest::kSnapshot && !resync_.active)) {
+    if (!f->DumpHasRoom(0)) {
+      f->RequestResync(asked);  // the reader is behind: ask again next pass
+      return;
+    }
+    resync_.active = true;
+    resync_.holders.clear();
+    resync_.next = 0;
+    resync_.walk = {};
+    ++stats_.change_feed_resyncs;
+    FeedWritten(f->Resync(asked == feed::ResyncRequest::kForced));
+    for (index::HolderId h = 0; h < fed_holders_.size(); ++h)
+      if (fed_holders_[h]) {
+        resync_.holders.push_back(h);
+        FeedWritten(WriteHolderUp(h));
+      }
+  }
+  if (!resync_.active) return;
+  std::size_t budget = options_.resync_keys_per_pass;
+  while (resync_.next < resync_.holders.size()) {
+    const index::HolderId h = resync_.holders[resync_.next];
+    // A holder gone meanwhile went with its kHolderDown (and an id reused
+    // since has its own kHolderUp and keys in the feed): nothing to dump.
+    bool more = h < fed_holders_.size() && fed_holders_[h];
+    if (more) {
+      const std::size_t n = std::min(budget, f->keys_per_record());
+      if (!f->DumpHasRoom(n)) return;  // next pass
+      resync_.keys.clear();
+      more = index_.WalkKeys(h, &resync_.walk, n, [&](std::span<const std::uint64_t> run) {
+        resync_.keys.insert(resync_.keys.end(), run.begin(), run.end());
+      });
+      if (!resync_.keys.empty()) FeedWritten(f->DumpAdmits(h, resync_.keys));
+      budget -= resync_.keys.size();
+    }
+    if (!more) {
+      ++resync_.next;
+      resync_.walk = {};
+    }
+    if (budget == 0) return;
+  }
+  FeedWritten(f->ResyncEnd());
+  resync_.active = false;
+}
+
+std::size_t Controller::ApplyRemote() {
   feed::RemoteFeed* rf = options_.remote_feed;
-  if (!rf || !rf->HasRecord()) return;
-  rf->Drain(options_.remote_records_per_pass, SIZE_MAX,
+  if (!rf || !rf->HasRecord()) return 0;
+  return rf->Drain(options_.remote_records_per_pass, SIZE_MAX,
             [&](std::span<const std::uint8_t> bytes) { ApplyRemoteRecord(bytes); });
 }
 
@@ -839,18 +907,42 @@ void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
     DropRemoteNode(n);
     n.epoch = rr.epoch;
     n.next_seq = rr.seq;
+    // Joined after the epoch's first record (the stream was cut at a dump):
+    // the records before its next kResync are a suffix of the node's
+    // history, which that dump replaces.
+    n.missed = rr.seq != 1;
   }
   // JetStream may deliver a record again (a consumer that recreates itself
   // replays from where it thinks it was): what this epoch already applied is
   // skipped, so applying stays idempotent.
   if (rr.seq < n.next_seq) return void(++stats_.remote_duplicates);
-  if (rr.seq != n.next_seq) ++stats_.remote_seq_gaps;
+  if (rr.seq != n.next_seq) {
+    ++stats_.remote_seq_gaps;
+    n.missed = true;  // repaired by the node's next dump
+  }
   n.next_seq = rr.seq + 1;
   ++stats_.remote_records;
   auto mapped = n.holders.find(c.holder);
   switch (c.kind) {
+    case feed::ChangeKind::kResync:
+      // A forced dump replaces everything; a snapshot only what a reader
+      // that missed records has (for one that missed nothing it repeats).
+      if (c.forced || n.missed) {
+        DropRemoteNode(n);
+        n.missed = false;
+        ++stats_.remote_resyncs;
+      }
+      return;
+    case feed::ChangeKind::kResyncEnd:
+      return;
     case feed::ChangeKind::kHolderUp: {
-      if (mapped != n.holders.end()) {  // the node reuses the id: what it named is gone
+      if (mapped != n.holders.end()) {
+        const registry::HolderInfo& known = registry_.holder(mapped->second);
+        const registry::WorkerRecord& kw = registry_.worker(known.worker);
+        if (kw.instance_id == c.instance_id && kw.worker_id == c.worker_id && known.location == c.location &&
+            kw.peer_init_url.value_or("") == c.peer_init_url)
+          return;  // a dump repeating a holder this controller has: its keys stay
+        // The node reuses the id: what it named is gone.
         RetireRemoteHolder(mapped->second);
         n.holders.erase(mapped);
       }
@@ -862,13 +954,7 @@ void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
       rec.node = node;
       rec.registration_time = WallSeconds();
       bool is_new;
-      const std::uint32_t w = registry_.Upsert(rec, &is_new);
-      if (w >= workers_.size()) workers_.resize(w + 1);
-      if (is_new) {
-        workers_[w] = WorkerState{};
-        sync_->Track(w, true);
-      }
-      workers_[w].client = kRemoteClient;
+      const std::uint32_t w = UpsertWorker(kRemoteClient, false, rec, &is_new);  // heartbeats stay 0: never reaped here
       n.holders[c.holder] = registry_.Holder(w, c.location);
       return;
     }

@@ -54,7 +54,6 @@ class Exposition {
   std::string out_;
 };
 
-constexpr const char* kRole = "{role=\"controller\"}";
 
 
 
@@ -104,17 +103,17 @@ std::string Controller::MetricsText() const {
     if (registry_.worker_live(w) && sync_->syncing(w)) syncing_missing += sync_->batches_missing(w);
 
   // LMCache's names (lmcache/v1/cache_controller/observability.py).
-  e.One("lmcache:cache_controller_kv_pool_keys_count", "gauge", "(key, holder) pairs in the index", d(index_.pairs()), kRole);
+  e.One("lmcache:cache_controller_kv_pool_keys_count", "gauge", "(key, holder) pairs in the index", d(index_.pairs()), kControllerRoleLabel);
   e.One("lmcache:cache_controller_registered_workers_count", "gauge", "registered workers (live, not cached)",
-        d(registry_.worker_count()), kRole);
+        d(registry_.worker_count()), kControllerRoleLabel);
   e.One("lmcache:cache_controller_full_sync_workers_syncing", "gauge", "workers in the middle of a full sync",
-        d(WorkersIn(SyncState::kSyncing)), kRole);
+        d(WorkersIn(SyncState::kSyncing)), kControllerRoleLabel);
   e.One("lmcache:cache_controller_full_sync_workers_completed", "gauge", "workers whose full sync completed",
-        d(WorkersIn(SyncState::kCompleted)), kRole);
+        d(WorkersIn(SyncState::kCompleted)), kControllerRoleLabel);
   e.One("lmcache:cache_controller_full_sync_global_progress", "gauge", "fraction of workers with a completed sync",
-        GlobalSyncProgress(), kRole);
+        GlobalSyncProgress(), kControllerRoleLabel);
   e.One("lmcache:cache_controller_full_sync_missing_batches_total", "gauge", "batches still missing, over syncing workers",
-        d(syncing_missing), kRole);
+        d(syncing_missing), kControllerRoleLabel);
 
   // kvring's own.
   e.One("kvring_clients", "gauge", "attached clients (workers and orchestrators)", d(listener_->clients().size()));

@@ -3,7 +3,6 @@
 namespace kvring::controller {
 namespace {
 
-constexpr const char* kRole = "{role=\"controller\"}";  // LMCache's gauges carry it
 
 // The family kvring_dropped_total ends the table: MetricsText adds its one
 // sample that is not a Stats member (over_quota, from the index) after it.
@@ -20,7 +19,7 @@ constexpr StatsCounter kStatsCounters[] = {
      "messages naming a worker that another connection registered, refused", &Stats::identity_refused},
     {"quarantined_rings", "kvring_quarantined_rings_total", "", "counter", "rings quarantined for corruption",
      &Stats::quarantined_rings},
-    {"kv_op_seq_discontinuity_count", "lmcache:cache_controller_kv_op_seq_discontinuity_count", kRole, "gauge",
+    {"kv_op_seq_discontinuity_count", "lmcache:cache_controller_kv_op_seq_discontinuity_count", kControllerRoleLabel, "gauge",
      "KV batches whose sequence numbers had a gap", &Stats::seq_discontinuities},
     {"full_sync_requests", "kvring_full_sync_requests_total", "", "counter",
      "FullSyncCommands sent in heartbeat replies", &Stats::full_sync_requests},
@@ -48,6 +47,10 @@ constexpr StatsCounter kStatsCounters[] = {
      "records written to the change feed (the cluster publisher's input)", &Stats::change_feed_records},
     {"change_feed_overflows", "kvring_change_feed_overflows_total", "", "counter",
      "change feed records not written because the feed was full", &Stats::change_feed_overflows},
+    {"change_feed_resyncs", "kvring_change_feed_resyncs_total", "", "counter",
+     "dumps of the local holders into the change feed (snapshots, repairs)", &Stats::change_feed_resyncs},
+    {"remote_resyncs", "kvring_remote_resyncs_total", "", "counter",
+     "other nodes' dumps that replaced what this controller had of them", &Stats::remote_resyncs},
     {"remote_records", "kvring_remote_records_total", "", "counter", "other cluster nodes' change records applied",
      &Stats::remote_records},
     {"remote_kv_ops", "kvring_remote_kv_ops_total", "", "counter", "other cluster nodes' admits and evicts applied",

@@ -346,6 +346,21 @@ std::span<const std::uint64_t> ChunkIndex::KeysFrom(HolderId holder, std::size_t
   return {hk.Address(p), std::min(hk.size - HolderKeys::Wrap(p - hk.head), HolderKeys::kChunk - in_chunk)};
 }
 
+std::span<const std::uint64_t> ChunkIndex::NextRun(HolderId holder, KeyWalk* walk) const {
+  const HolderKeys* list = ListOf(holder);
+  if (!list || list->size == 0) return {};
+  if (!walk->started) {
+    walk->started = true;
+    walk->pos = list->head;
+  }
+  walk->pos = HolderKeys::Wrap(walk->pos);
+  // Positions behind the head are gone: their keys were handed, or moved on
+  // to a hole at or past the walk (a removal takes the first key).
+  const std::uint32_t behind = HolderKeys::Wrap(list->head - walk->pos);
+  if (behind != 0 && behind <= kPosMask / 2) walk->pos = list->head;
+  return KeysFrom(holder, walk->pos);
+}
+
 void ChunkIndex::PrefetchKeyAt(HolderId holder, std::size_t pos) const {
   const HolderKeys* hk = ListOf(holder);
   if (const std::uint32_t p = HolderKeys::Wrap(pos); hk && hk->Live(p)) __builtin_prefetch(hk->Address(p));

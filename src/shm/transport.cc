@@ -171,8 +171,13 @@ Listener::Events Listener::Poll(std::chrono::milliseconds timeout) {
   fds.push_back({listen_fd_, POLLIN, 0});
   for (const PendingConnection& p : pending_) fds.push_back({p.fd, POLLIN, 0});
   for (const auto& c : clients_) fds.push_back({c->socket, POLLIN, 0});
+  if (wake_fd_ >= 0) fds.push_back({wake_fd_, POLLIN, 0});  // last: the indices below stay
   int n = poll(fds.data(), fds.size(), static_cast<int>(timeout.count()));
   if (n <= 0) return ev;
+  if (wake_fd_ >= 0 && fds.back().revents) {
+    std::uint64_t rings;
+    [[maybe_unused]] ssize_t r = read(wake_fd_, &rings, sizeof rings);  // resets the counter
+  }
   // fds covers the pending and client sockets as they were before poll();
   // Handshake() appends to clients_, so work from the counts polled.
   const std::size_t polled_pending = pending_.size();

@@ -15,6 +15,16 @@
 // epoch) in the cluster's lease bucket, refreshed every lease_ttl / 3; the
 // other nodes' subscribers drop this node's holders once it is gone.
 //
+// Snapshots and bounded retention: the publisher asks the controller for a
+// dump of its local holders (change_feed.h, kResync ... kResyncEnd) whenever
+// the key operations published since the last dump reach the larger of
+// snapshot_min_keys and the last dump's size (the stream then holds at most
+// about two node states); once the message carrying kResync is acknowledged
+// the node's subject is purged below it, so a joiner replays one dump and the
+// changes since. A forced dump (readers drop what they had first) repairs a
+// lost feed (overflowed while NATS was slow or away) and a lease found lapsed
+// while the node was alive (the others dropped it).
+//
 // Thread-safety: Start and the destructor from one thread; stats() and
 // epoch() from any.
 #pragma once
@@ -24,6 +34,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -45,6 +56,10 @@ struct PublisherOptions {
   // The node's lease in the bucket KVRING_<cluster>_LEASES: refreshed every
   // lease_ttl / 3; a node whose lease is gone is dropped by the others.
   std::chrono::milliseconds lease_ttl{3000};
+  // Dumps (snapshots) once this many key operations were published since
+  // the last, or the last dump's key count if larger; 0: never (then the
+  // stream keeps the node's whole history).
+  std::uint64_t snapshot_min_keys = 4u << 20;
   std::function<void(std::string_view)> log;
 };
 
@@ -54,6 +69,10 @@ struct PublisherStats {
   std::uint64_t bytes = 0;
   std::uint64_t publish_failures = 0;  // attempts that failed (each retried)
   std::uint64_t last_seq = 0;        // the last acknowledged record's sequence number
+  std::uint64_t snapshots = 0;       // dumps asked for because the log grew (kSnapshot)
+  std::uint64_t repairs = 0;         // forced dumps asked for: the feed overflowed, or the lease lapsed
+  std::uint64_t purges = 0;          // the node's subject cut below a dump
+  std::uint64_t lease_lapses = 0;    // the lease found gone while this node was alive
   bool connected = false;
 };
 
@@ -84,6 +103,11 @@ class Publisher {
   bool EnsureStream();
   bool PublishPending();
   void RefreshLease();
+  // What a record just drained from the feed means for dumps: counts keys,
+  // notes a kResync for the purge, asks for a dump when one is due.
+  void NoteRecord(std::span<const std::uint8_t> record);
+  void AskForDump(feed::ResyncRequest r);
+  void PurgeBelow(std::uint64_t stream_seq);
 
   PublisherOptions options_;
   feed::ChangeFeed* feed_;
@@ -93,9 +117,17 @@ class Publisher {
   std::uint64_t next_seq_ = 1;
   bool stream_ready_ = false;
   std::chrono::steady_clock::time_point next_lease_{};
+  std::uint64_t lease_rev_ = 0;         // the lease's revision as last written (0: not yet)
+  std::uint64_t overflows_seen_ = 0;    // the feed's overflows already answered with a forced dump
+  std::uint64_t keys_since_dump_ = 0;   // key operations drained since the last kResync
+  std::uint64_t dump_keys_ = 0;         // keys between the last kResync and its kResyncEnd
+  bool in_dump_ = false;                // between a kResync and its kResyncEnd
+  bool dump_asked_ = false;             // asked, its kResync not drained yet
+  bool pending_has_resync_ = false;     // the pending message carries a kResync
   std::atomic<bool> stop_{false};
   // Written by the publisher thread, read by stats() (relaxed: counters).
   std::atomic<std::uint64_t> messages_{0}, records_{0}, bytes_{0}, failures_{0}, last_seq_{0};
+  std::atomic<std::uint64_t> snapshots_{0}, repairs_{0}, purges_{0}, lease_lapses_{0};
   std::thread thread_;
 };
 

@@ -42,6 +42,7 @@ struct SubscriberStats {
   std::uint64_t own = 0;        // this node's own messages, skipped
   std::uint64_t nodes_gone = 0; // nodes whose lease was found gone (their holders dropped)
   std::uint64_t last_lag_us = 0;  // the last remote message: from its arrival in the stream to here
+  std::uint64_t purges = 0;     // gone nodes' subjects purged (up to their last message read here)
   bool subscribed = false;
 };
 
@@ -61,8 +62,10 @@ class Subscriber {
   struct Nats;
   Subscriber(const PublisherOptions& options, feed::RemoteFeed* feed);
   void Run();
-  void Handle(std::string_view subject, std::span<const std::uint8_t> bytes);
+  void Handle(std::string_view subject, std::uint64_t stream_seq, std::span<const std::uint8_t> bytes);
   void CheckLeases();
+  template <typename Push>
+  bool PushWhenRoom(std::size_t bytes, Push&& push);
 
   PublisherOptions options_;
   feed::RemoteFeed* feed_;
@@ -70,10 +73,14 @@ class Subscriber {
   std::string prefix_;  // "kvring.<cluster>."
   std::atomic<bool> stop_{false};
   std::atomic<bool> subscribed_{false};
-  std::atomic<std::uint64_t> messages_{0}, records_{0}, garbage_{0}, own_{0}, nodes_gone_{0}, last_lag_us_{0};
+  std::atomic<std::uint64_t> messages_{0}, records_{0}, garbage_{0}, own_{0}, nodes_gone_{0}, last_lag_us_{0}, purges_{0};
   // The nodes heard from, and whether their lease was last found gone (the
   // subscriber thread's own).
-  std::unordered_map<std::string, bool> nodes_;
+  struct NodeSeen {
+    bool gone = false;                // its lease was last found gone
+    std::uint64_t last_stream_seq = 0;  // the stream sequence of its last message read
+  };
+  std::unordered_map<std::string, NodeSeen> nodes_;
   std::chrono::steady_clock::time_point next_lease_check_{};
   std::thread thread_;
 };

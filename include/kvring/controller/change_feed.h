@@ -21,9 +21,27 @@
 //                      an absent peer_init_url is length 0)
 //   kHolderDown body: none (the holder's keys are gone with it)
 //   kKeys       body: count u32 | count x (op u8: 0 admit, 1 evict | key u64)
+//   kResync     body: forced u8 (holder 0). A dump of the controller's
+//               local holders follows, interleaved with the changes made
+//               meanwhile: kHolderUp for each, then their keys as kKeys
+//               admits, then kResyncEnd. A reader that starts at kResync
+//               (a joiner, after the stream was cut there) rebuilds the
+//               node's holdings exactly by applying everything in order.
+//               forced 1: what came before is wrong (the feed overflowed,
+//               the node's lease lapsed): every reader drops what it had of
+//               the node first. forced 0 (a periodic snapshot): a reader
+//               that missed nothing may keep what it has (the dump only
+//               repeats it).
+//   kResyncEnd  body: none (holder 0)
 //
 // A holder id names one (worker, location) of this controller while it is up;
-// after kHolderDown the id may name another holder after a new kHolderUp.
+// after kHolderDown the id may name another holder after a new kHolderUp. A
+// kHolderUp that repeats a live id with the same worker and location (a
+// dump's) changes nothing.
+//
+// Resync requests: the reader thread asks (RequestResync), the controller
+// takes the request at its next pass (TakeResyncRequest) and writes the dump
+// over the following passes, leaving at least half the ring to its changes.
 //
 // Thread-safety: the Append*/Publish side belongs to the controller thread,
 // the Drain/WaitForData side to one reader thread; the counters are atomics
@@ -41,13 +59,15 @@
 #include <span>
 #include <string_view>
 
+#include "kvring/controller/private_ring.h"
 #include "kvring/protocol/messages.h"
 #include "kvring/shm/ring.h"
 #include "kvring/status.h"
 
 namespace kvring::feed {
 
-enum class ChangeKind : std::uint8_t { kHolderUp = 1, kHolderDown = 2, kKeys = 3 };
+enum class ChangeKind : std::uint8_t { kHolderUp = 1, kHolderDown = 2, kKeys = 3, kResync = 4, kResyncEnd = 5 };
+enum class ResyncRequest : std::uint8_t { kNone = 0, kSnapshot = 1, kForced = 2 };
 inline constexpr std::uint32_t kChangeRecordType = 1;
 inline constexpr std::size_t kMaxText = 1024;
 inline constexpr std::size_t kKeyEntryBytes = 9;  // op u8 + key u64
@@ -68,6 +88,8 @@ struct Change {
   std::string_view instance_id, location, peer_init_url;
   // kKeys: count entries of kKeyEntryBytes; see KeyAt.
   std::uint32_t count = 0;
+  // kResync
+  bool forced = false;
   std::span<const std::uint8_t> entries;
 
   protocol::OpType OpAt(std::size_t i) const {
@@ -89,7 +111,6 @@ class ChangeFeed {
  public:
   // `capacity`: ring bytes, a power of two (records up to a quarter of it).
   static Result<std::unique_ptr<ChangeFeed>> Create(std::size_t capacity);
-  ~ChangeFeed();
   ChangeFeed(const ChangeFeed&) = delete;
   ChangeFeed& operator=(const ChangeFeed&) = delete;
 
@@ -102,17 +123,53 @@ class ChangeFeed {
   bool Keys(std::uint32_t holder, std::span<const protocol::KVOpEvent> ops);
   bool Admits(std::uint32_t holder, std::span<const protocol::Int> keys);      // a full-sync batch
   bool Key(std::uint32_t holder, protocol::OpType op, std::uint64_t key);
+  bool Resync(bool forced);
+  bool ResyncEnd();
+  // A dump's admits: written only while that leaves half the ring free
+  // (false, not counted as an overflow: try again next pass).
+  bool DumpAdmits(std::uint32_t holder, std::span<const std::uint64_t> keys);
+  // Whether a dump record of `keys` keys would leave half the ring free.
+  bool DumpHasRoom(std::size_t keys);
+  // Keys a record holds at most: kMaxKeysPerRecord, or fewer in a ring too
+  // small for such records (a longer batch is split accordingly).
+  std::size_t keys_per_record() const { return keys_per_record_; }
+  // The request the reader made since the last call, if any (the stronger
+  // of several).
+  ResyncRequest TakeResyncRequest() {
+    // relaxed: the request carries no data; the dump reads the controller's own state.
+    if (resync_request_.load(std::memory_order_relaxed) == 0) return ResyncRequest::kNone;
+    return static_cast<ResyncRequest>(resync_request_.exchange(0, std::memory_order_relaxed));
+  }
   // Makes the records appended since the last call visible to the reader
   // (one store) and wakes it if it sleeps.
-  void Publish() { producer_.Publish(); }
+  void Publish() { ring_.producer().Publish(); }
 
   // ---- reader thread ----
-  // Hands each record's bytes (valid during the call) to fn, in order.
+  // Hands each record's bytes (valid during the call) to fn, in order. A
+  // kResync record is only ever the first of a call: a dump starts a message
+  // of its own, so the stream can be cut right before it.
   template <typename Fn>
   std::size_t Drain(std::size_t max_records, std::size_t max_bytes, Fn&& fn) {
-    return consumer_.Drain(max_records, max_bytes, [&](const ring::Record& r) { fn(r.payload); });
+    ring::Consumer& c = ring_.consumer();
+    std::size_t n = 0, bytes = 0;
+    ring::Record r;
+    while (n < max_records && bytes < max_bytes && c.Peek(&r) == ring::PollResult::kRecord) {
+      if (n > 0 && !r.payload.empty() && r.payload[0] == static_cast<std::uint8_t>(ChangeKind::kResync)) break;
+      fn(r.payload);
+      bytes += r.payload.size();
+      c.Release();
+      ++n;
+    }
+    if (n) c.PublishHead();
+    return n;
   }
-  bool WaitForData(std::chrono::nanoseconds timeout) { return consumer_.WaitForData(timeout, 0); }
+  bool WaitForData(std::chrono::nanoseconds timeout) { return ring_.consumer().WaitForData(timeout, 0); }
+  // Asks the controller for a dump (kResync ... kResyncEnd).
+  void RequestResync(ResyncRequest r) {
+    std::uint8_t want = static_cast<std::uint8_t>(r), had = resync_request_.load(std::memory_order_relaxed);
+    while (had < want && !resync_request_.compare_exchange_weak(had, want, std::memory_order_relaxed)) {
+    }
+  }
 
   // ---- any thread ----
   std::uint64_t records() const { return records_.load(std::memory_order_relaxed); }
@@ -120,16 +177,21 @@ class ChangeFeed {
   bool lost() const { return overflows() != 0; }
 
  private:
-  ChangeFeed(void* region, std::size_t capacity);
+  ChangeFeed(PrivateRing ring, std::size_t capacity)
+      : ring_(std::move(ring)),
+        capacity_(capacity),
+        keys_per_record_(std::min(kMaxKeysPerRecord,
+                                  (ring::DefaultMaxRecord(capacity) - kRecordHeadBytes - 4) / kKeyEntryBytes)) {}
   // Claims a record of `size` bytes or counts an overflow.
   std::uint8_t* Claim(std::size_t size);
   template <typename Entry>
   bool KeyRecords(std::uint32_t holder, std::span<const Entry> entries);
   void Commit(std::size_t size);
 
-  void* region_;
-  ring::Producer producer_;
-  ring::Consumer consumer_;
+  PrivateRing ring_;
+  std::size_t capacity_;
+  std::size_t keys_per_record_;
+  std::atomic<std::uint8_t> resync_request_{0};
   std::atomic<std::uint64_t> records_{0};
   std::atomic<std::uint64_t> overflows_{0};
 };

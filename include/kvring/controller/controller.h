@@ -124,6 +124,7 @@ struct Options {
   // The other cluster nodes' changes (remote_feed.h: the cluster subscriber
   // writes them), applied as remote holders; null: none. Owned by the caller.
   feed::RemoteFeed* remote_feed = nullptr;
+  std::size_t resync_keys_per_pass = 32768;        // keys a change-feed dump (resync) writes per pass at most
   std::size_t remote_records_per_pass = 256;       // remote records applied per pass at most
   std::size_t max_remote_nodes = 1024;             // more nodes are refused (counted)
   std::size_t max_remote_holders_per_node = 65536; // a node announcing more is refused (counted)
@@ -247,7 +248,9 @@ class Controller {
   void ReplyControl(transport::Client& c, const std::string& json);
   void ReplyError(transport::Client& c, const ReplyRoute& route, const std::string& text);
   void Problem(const transport::Client& c, const std::string& what);
-  std::uint32_t UpsertWorker(transport::Client& c, const registry::WorkerRecord& rec, bool* is_new);
+  // Registers or refreshes a worker owned by `owner` (the registering
+  // connection's id, or kRemoteClient for another node's worker).
+  std::uint32_t UpsertWorker(std::uint64_t owner, bool owner_is_front, const registry::WorkerRecord& rec, bool* is_new);
   // Whether `c` may speak for `worker`; if not, counts and logs the refusal
   // of `what` (and answers an ErrorMsg along `reply_to` when set).
   bool MaySpeakFor(transport::Client& c, std::uint32_t worker, std::string_view what, const ReplyRoute* reply_to);
@@ -255,14 +258,19 @@ class Controller {
   void RetireHolder(index::HolderId h);
   // The change feed's holder-up record, before the holder's first keys in it.
   void FeedHolder(index::HolderId h);
+  bool WriteHolderUp(index::HolderId h);
+  // The change feed's dump (change_feed.h, kResync): begins on the reader's
+  // request, writes up to resync_keys_per_pass keys a pass.
+  void ContinueResync();
   void FeedWritten(bool written) { ++(written ? stats_.change_feed_records : stats_.change_feed_overflows); }
   // The other nodes' changes (remote_feed.h), applied as remote holders.
   struct RemoteNode {
     std::uint64_t epoch = 0;     // the newest epoch seen; older ones are stale
     std::uint64_t next_seq = 0;  // the sequence number expected next
+    bool missed = false;         // a record went missing since the node's state was last reset
     std::unordered_map<std::uint32_t, index::HolderId> holders;  // the node's holder id -> ours
   };
-  void ApplyRemote();
+  std::size_t ApplyRemote();  // records applied
   void ApplyRemoteRecord(std::span<const std::uint8_t> bytes);
   void RetireRemoteHolder(index::HolderId h);
   void DropRemoteNode(RemoteNode& n);
@@ -286,6 +294,13 @@ class Controller {
   std::vector<std::int64_t> last_seq_;        // per holder; INT64_MIN: none yet
   std::vector<index::HolderId> dropping_;     // holders whose keys are being dropped
   std::vector<std::uint8_t> fed_holders_;     // by holder: its holder-up is in the change feed
+  struct Resync {
+    bool active = false;
+    std::vector<index::HolderId> holders;  // the fed holders when it began
+    std::size_t next = 0;                  // the holder being walked
+    index::ChunkIndex::KeyWalk walk;
+    std::vector<std::uint64_t> keys;       // one record's keys (reused)
+  } resync_;
   std::unordered_map<std::string, RemoteNode> remote_nodes_;  // by node name
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start

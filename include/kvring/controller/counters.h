@@ -60,6 +60,8 @@ struct Stats {
   std::uint64_t token_lookups = 0;         // LookupMsg
   std::uint64_t change_feed_records = 0;   // records written to the change feed (cluster publisher)
   std::uint64_t change_feed_overflows = 0; // ... not written: the feed was full (the reader needs a snapshot)
+  std::uint64_t change_feed_resyncs = 0;   // dumps of the local holders begun (the reader asked)
+  std::uint64_t remote_resyncs = 0;        // other nodes' dumps that reset what this controller had of them
   std::uint64_t remote_records = 0;        // other nodes' change records applied
   std::uint64_t remote_kv_ops = 0;         // ... their admits and evicts
   std::uint64_t remote_refused = 0;        // ... refused: undecodable, stale epoch, unknown holder, over a limit
@@ -85,5 +87,7 @@ struct StatsCounter {
   std::uint64_t Stats::*member;
 };
 std::span<const StatsCounter> StatsCounters();
+// The label LMCache's controller gauges carry (dashboards select on it).
+inline constexpr const char* kControllerRoleLabel = "{role=\"controller\"}";
 
 }  // namespace kvring::controller

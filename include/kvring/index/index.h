@@ -134,6 +134,31 @@ class ChunkIndex {
   std::size_t KeysOf(HolderId holder) const;
   // Calls fn(key) for every key of `holder` (a cold path: stats, digests).
   void ForEachKeyOf(HolderId holder, const std::function<void(std::uint64_t)>& fn) const;
+  // A walk over a holder's keys in slices, while the holder keeps changing
+  // between them (the cluster's resync dumps a live index this way). Begin
+  // with KeyWalk{}; each call hands up to `max_keys` keys to fn(span) and
+  // returns whether keys are left. Every key the holder has from the first
+  // call to the last is handed at least once, however other keys come and go
+  // in between: the walk goes from the list's head to its tail, and a removal
+  // moves only the list's first key, which is either handed already or moves
+  // further on (see HolderKeys::Remove). Keys added meanwhile may or may not
+  // be handed; a key removed meanwhile may have been handed before it went.
+  struct KeyWalk {
+    std::uint32_t pos = 0;
+    bool started = false;
+  };
+  template <typename Fn>
+  bool WalkKeys(HolderId holder, KeyWalk* walk, std::size_t max_keys, Fn&& fn) const {
+    for (std::size_t left = max_keys; left > 0;) {
+      std::span<const std::uint64_t> run = NextRun(holder, walk);
+      if (run.empty()) return false;
+      run = run.first(std::min(run.size(), left));
+      fn(run);
+      walk->pos += static_cast<std::uint32_t>(run.size());
+      left -= run.size();
+    }
+    return NextRun(holder, walk).size() > 0;
+  }
 
   // Prefetches both buckets of each of `keys` (call before a run of operations: the
   // misses then overlap instead of queueing one after another).
@@ -173,6 +198,9 @@ class ChunkIndex {
   // to the end of that piece of the list (a piece holds 1,024 keys), or an
   // empty span if `pos` is not a live position.
   std::span<const std::uint64_t> KeysFrom(HolderId holder, std::size_t pos) const;
+  // WalkKeys' step: moves walk->pos up to the list's head if removals passed
+  // it, and returns the keys from there to the end of their chunk (empty at the tail).
+  std::span<const std::uint64_t> NextRun(HolderId holder, KeyWalk* walk) const;
   void PrefetchKeyAt(HolderId holder, std::size_t pos) const;
 
   std::size_t pairs() const { return pairs_; }

@@ -80,6 +80,11 @@ class Producer {
   // (The spin budget adapts per thread: src/shm/spin_wait.h; a reply-like wait.)
   bool WaitForSpace(std::size_t bytes, std::chrono::nanoseconds timeout, std::uint32_t spin = 4000);
 
+  // Whether `bytes` of the ring are free now (the consumer's position is
+  // read again when the cached one says no). A pacing hint for a producer
+  // that wants to leave room for others' records, not a claim.
+  bool HasRoom(std::size_t bytes) { return bytes <= FreeBytes() || (RefreshHead() && bytes <= FreeBytes()); }
+
   bool corrupt() const { return !corruption_.empty(); }
   const std::string& corruption() const { return corruption_; }
   std::uint64_t committed_position() const { return tail_; }

@@ -100,6 +100,9 @@ class Listener {
   std::uint64_t generation() const { return generation_; }
   // The listening socket (readable when a client connects), for a caller's epoll.
   int listen_fd() const { return listen_fd_; }
+  // An eventfd another thread of this process rings to end a Poll() early
+  // (the cluster's remote feed: remote_feed.h); Poll() resets it. -1: none.
+  void WatchWakeFd(int eventfd) { wake_fd_ = eventfd; }
 
  private:
   struct PendingConnection {
@@ -117,6 +120,7 @@ class Listener {
 
   ListenerOptions options_;
   int listen_fd_ = -1;
+  int wake_fd_ = -1;
   std::uint64_t generation_ = 0;
   std::uint64_t next_client_id_ = 1;
   std::vector<PendingConnection> pending_;  // connected, Hello not yet read, oldest first
