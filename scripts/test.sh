@@ -4,8 +4,8 @@
 #   1. release: -O2 -g, full ctest suite (the installed package and the .deb included).
 #   2. shared: the layers as shared objects, installed and used by an out-of-tree program.
 #   3. asan: ASan+UBSan, full ctest suite.
-#   4. tsan: TSan build of the ring, transport, index, controller, client-library, HTTP API and
-#      ZeroMQ front tests (libzmq's own hand-overs suppressed: tests/tsan.supp).
+#   4. tsan: TSan build of the ring, transport, index, controller, client-library, HTTP API,
+#      cluster and ZeroMQ front tests (libzmq's own hand-overs suppressed: tests/tsan.supp).
 #   5. libFuzzer build (clang) of the decoder, a short fuzzing run from the
 #      golden vectors (the corpus replay itself is part of ctest above).
 # Usage: bash scripts/test.sh            (from the repository root)

@@ -222,7 +222,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.3, 600.0))->capture_default_str();
   app.add_option("--cluster-snapshot-keys", co.snapshot_min_keys,
                  "Dump this node's holders into the stream (and cut what came before) once this many key "
-                 "operations, or the last dump's size if larger, were published since the last dump; 0: never")
+                 "operations, or the last dump's size if larger, were published since the last dump; 0: never "
+                 "(nats-server 2.9 stalls consumers with a backlog at each cut: docs/DESIGN.md)")
       ->capture_default_str();
   app.add_option("--change-feed-bytes", change_feed_bytes,
                  "The change feed's buffer between the controller and the publisher (power of two)")

@@ -242,7 +242,9 @@ bool Publisher::PublishPending() {
   bytes_.fetch_add(bytes.size(), std::memory_order_relaxed);
   last_seq_.store(next_seq_ - 1, std::memory_order_relaxed);
   nats_->has_pending = false;
-  if (pending_has_resync_ && stream_seq != 0) PurgeBelow(stream_seq);
+  // Cut below a dump only with snapshots on (publisher.h: purges stall
+  // lagging consumers on nats-server 2.9); a repair's dump is kept uncut.
+  if (pending_has_resync_ && stream_seq != 0 && options_.snapshot_min_keys != 0) PurgeBelow(stream_seq);
   pending_has_resync_ = false;
   return true;
 }

@@ -125,9 +125,11 @@ void Subscriber::CheckLeases() {
     seen.gone = true;
     nodes_gone_.fetch_add(1, std::memory_order_relaxed);
     if (options_.log) options_.log("cluster: node " + node + " has no lease any more: its holders are dropped");
-    // Bounded retention: what the gone node left in the stream goes too, up
-    // to the last message read here (a newer one, the node back with a
-    // forced dump, is kept). Every subscriber may do this; purging twice is harmless.
+    // Bounded retention (with snapshots on: publisher.h says why only then):
+    // what the gone node left in the stream goes too, up to the last message
+    // read here (a newer one, the node back with a forced dump, is kept).
+    // Every subscriber may do this; purging twice is harmless.
+    if (options_.snapshot_min_keys == 0) continue;
     jsOptions o;
     jsOptions_Init(&o);
     const std::string node_subject = prefix_ + node;

@@ -966,7 +966,16 @@ void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
     case feed::ChangeKind::kKeys: {
       if (mapped == n.holders.end()) return void(++stats_.remote_refused);
       const index::HolderId h = mapped->second;
+      // As ApplyKvSlice: the buckets of the next keys in flight while this one
+      // is applied (a joining node inserts millions of keys it has never seen).
+      constexpr std::size_t kPrefetchKeys = 16;
+      auto prefetch = [&](std::size_t i) {
+        const std::uint64_t key = c.KeyAt(i);
+        index_.Prefetch(std::span<const std::uint64_t>(&key, 1));
+      };
+      for (std::size_t i = 0; i < std::min<std::size_t>(c.count, kPrefetchKeys); ++i) prefetch(i);
       for (std::size_t i = 0; i < c.count; ++i) {
+        if (i + kPrefetchKeys < c.count) prefetch(i + kPrefetchKeys);
         if (c.OpAt(i) == protocol::OpType::kAdmit) (void)index_.Add(c.KeyAt(i), h);
         else index_.Remove(c.KeyAt(i), h);
         // As for local batches: lookups waiting at a ring's head get in

@@ -15,14 +15,15 @@
 // epoch) in the cluster's lease bucket, refreshed every lease_ttl / 3; the
 // other nodes' subscribers drop this node's holders once it is gone.
 //
-// Snapshots and bounded retention: the publisher asks the controller for a
-// dump of its local holders (change_feed.h, kResync ... kResyncEnd) whenever
-// the key operations published since the last dump reach the larger of
-// snapshot_min_keys and the last dump's size (the stream then holds at most
-// about two node states); once the message carrying kResync is acknowledged
-// the node's subject is purged below it, so a joiner replays one dump and the
-// changes since. A forced dump (readers drop what they had first) repairs a
-// lost feed (overflowed while NATS was slow or away) and a lease found lapsed
+// Snapshots and bounded retention (when snapshot_min_keys is set): the
+// publisher asks the controller for a dump of its local holders
+// (change_feed.h, kResync ... kResyncEnd) whenever the key operations
+// published since the last dump reach the larger of snapshot_min_keys and the
+// last dump's size (the stream then holds at most about two node states);
+// once the message carrying kResync is acknowledged the node's subject is
+// purged below it, so a joiner replays one dump and the changes since.
+// Always: a forced dump (readers drop what they had first) repairs a lost
+// feed (overflowed while NATS was slow or away) and a lease found lapsed
 // while the node was alive (the others dropped it).
 //
 // Thread-safety: Start and the destructor from one thread; stats() and
@@ -57,9 +58,15 @@ struct PublisherOptions {
   // lease_ttl / 3; a node whose lease is gone is dropped by the others.
   std::chrono::milliseconds lease_ttl{3000};
   // Dumps (snapshots) once this many key operations were published since
-  // the last, or the last dump's key count if larger; 0: never (then the
-  // stream keeps the node's whole history).
-  std::uint64_t snapshot_min_keys = 4u << 20;
+  // the last, or the last dump's key count if larger, and cuts (purges) the
+  // stream below each; 0 (the default): never, the stream keeps the node's
+  // whole history. Off by default because Debian 12's nats-server (2.9.10)
+  // stalls every consumer with a backlog when a subject of its stream is
+  // purged (measured: an ordered, a pull and a push consumer each stopped
+  // for 10 s and more; docs/PERFORMANCE.md "Cluster"), i.e. exactly the
+  // nodes catching up. Turn on with a NATS server that does not. Forced
+  // dumps (repairs) happen either way, without cuts.
+  std::uint64_t snapshot_min_keys = 0;
   std::function<void(std::string_view)> log;
 };
 
