@@ -765,6 +765,7 @@ TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
   EXPECT_EQ((*ctl)->stats().kv_ops, 1500u);  // served locally with NATS away
   EXPECT_FALSE(pub->stats().connected);
   EXPECT_EQ(pub->stats().records, 0u);
+  EXPECT_GT(f->buffered_bytes(), 1500u * feed::kKeyEntryBytes) << "the feed is the buffer while NATS is away";
   ASSERT_TRUE(nats.Start());
   // The reader needs the stream, which the publisher creates once connected.
   for (auto deadline = Clock::now() + 20s; pub->stats().records == 0 && Clock::now() < deadline;)
@@ -777,6 +778,7 @@ TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
   EXPECT_TRUE(seen.in_order);
   EXPECT_EQ(seen.records, f->records());
   EXPECT_TRUE(pub->stats().connected);
+  EXPECT_EQ(f->buffered_bytes(), 0u);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -92,7 +93,8 @@ std::string Publisher::StatsJson() const {
          std::to_string(st.records) + ", \"published_bytes\": " + std::to_string(st.bytes) +
          ", \"publish_failures\": " + std::to_string(st.publish_failures) + ", \"last_seq\": " +
          std::to_string(st.last_seq) + ", \"feed_records\": " + std::to_string(feed_->records()) +
-         ", \"feed_overflows\": " + std::to_string(feed_->overflows()) + ", \"lag_records\": " +
+         ", \"feed_overflows\": " + std::to_string(feed_->overflows()) +
+         ", \"buffered_bytes\": " + std::to_string(feed_->buffered_bytes()) + ", \"lag_records\": " +
          std::to_string(feed_->records() - st.records) + ", \"snapshots\": " + std::to_string(st.snapshots) +
          ", \"repairs\": " + std::to_string(st.repairs) + ", \"purges\": " + std::to_string(st.purges) +
          ", \"lease_lapses\": " + std::to_string(st.lease_lapses) + "}";
@@ -112,6 +114,9 @@ std::string Publisher::MetricsText() const {
          st.publish_failures);
   metric("kvring_cluster_lag_records", "gauge", "change records written by the controller, not yet acknowledged",
          feed_->records() - st.records);
+  metric("kvring_cluster_buffered_bytes", "gauge",
+         "change-feed bytes the publisher has yet to take (the buffer while NATS is slow or away)",
+         feed_->buffered_bytes());
   metric("kvring_cluster_snapshots_total", "counter", "dumps of the local holders asked for as the log grew",
          st.snapshots);
   metric("kvring_cluster_repairs_total", "counter",
@@ -179,9 +184,14 @@ void Publisher::AskForDump(feed::ResyncRequest r) {
 }
 
 void Publisher::NoteRecord(std::span<const std::uint8_t> record) {
-  feed::Change c;
-  if (!feed::DecodeChange(record, &c).ok()) return;  // the controller's own records: cannot happen
-  switch (c.kind) {
+  // The controller's own records (this process): the kind and, for keys,
+  // the count are read from the header without validating every entry again.
+  if (record.size() < feed::kRecordHeadBytes) return;
+  const auto kind = static_cast<feed::ChangeKind>(record[0]);
+  std::uint32_t count = 0;
+  if (kind == feed::ChangeKind::kKeys && record.size() >= feed::kRecordHeadBytes + 4)
+    std::memcpy(&count, record.data() + feed::kRecordHeadBytes, 4);
+  switch (kind) {
     case feed::ChangeKind::kResync:
       pending_has_resync_ = true;
       in_dump_ = true;
@@ -193,8 +203,8 @@ void Publisher::NoteRecord(std::span<const std::uint8_t> record) {
       in_dump_ = false;
       break;
     case feed::ChangeKind::kKeys:
-      if (in_dump_) dump_keys_ += c.count;
-      else keys_since_dump_ += c.count;
+      if (in_dump_) dump_keys_ += count;
+      else keys_since_dump_ += count;
       break;
     default:
       break;

@@ -74,6 +74,7 @@ Result<PrivateRing> PrivateRing::Create(std::size_t capacity, std::string_view w
 
 PrivateRing::PrivateRing(void* region, std::size_t capacity)
     : region_(region),
+      capacity_(capacity),
       producer_(region, capacity, ring::DefaultMaxRecord(capacity)),
       consumer_(region, capacity, ring::DefaultMaxRecord(capacity)) {}
 

@@ -175,6 +175,8 @@ class ChangeFeed {
   std::uint64_t records() const { return records_.load(std::memory_order_relaxed); }
   std::uint64_t overflows() const { return overflows_.load(std::memory_order_relaxed); }
   bool lost() const { return overflows() != 0; }
+  // What the reader has yet to take: the buffer while NATS is slow or away.
+  std::size_t buffered_bytes() const { return ring_.pending_bytes(); }
 
  private:
   ChangeFeed(PrivateRing ring, std::size_t capacity)

@@ -24,6 +24,8 @@ class PrivateRing {
   // `what` names the ring in errors.
   static Result<PrivateRing> Create(std::size_t capacity, std::string_view what);
 
+  // Bytes published and not yet consumed (any thread: the ring's control words).
+  std::size_t pending_bytes() const { return ring::Snapshot(region_.get(), capacity_).pending_bytes(); }
   ring::Producer& producer() { return producer_; }
   ring::Consumer& consumer() { return consumer_; }
   const ring::Consumer& consumer() const { return consumer_; }
@@ -35,6 +37,7 @@ class PrivateRing {
   PrivateRing(void* region, std::size_t capacity);
 
   std::unique_ptr<void, Free> region_;  // the handles below point into it (heap: moves keep it)
+  std::size_t capacity_;
   ring::Producer producer_;
   ring::Consumer consumer_;
 };
