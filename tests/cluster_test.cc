@@ -287,17 +287,21 @@ class NatsServer {
   }
   // Starts it and waits (bounded) until it accepts connections.
   bool Start() {
+    // Everything the child needs is made before fork(): a child of a
+    // threaded process may only make async-signal-safe calls until exec
+    // (an allocation could wait forever on a lock another thread held).
+    const std::string port = std::to_string(port_), store = dir_.string();
+    const int null = open("/dev/null", O_WRONLY | O_CLOEXEC);  // its log stays out of the test's
     pid_ = fork();
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
-      const std::string port = std::to_string(port_), store = dir_.string();
-      const int null = open("/dev/null", O_WRONLY);  // its log stays out of the test's
       dup2(null, 1);
       dup2(null, 2);
       execlp(KVRING_NATS_SERVER, KVRING_NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", port.c_str(), "-sd", store.c_str(),
              static_cast<char*>(nullptr));
       _exit(127);
     }
+    close(null);
     for (auto deadline = Clock::now() + 10s; Clock::now() < deadline;) {
       natsConnection* nc = nullptr;
       if (natsConnection_ConnectTo(&nc, url().c_str()) == NATS_OK) {
@@ -425,11 +429,39 @@ controller::Options Small(const std::string& name, feed::ChangeFeed* f) {
 }
 
 // A worker process: registers A/0 with a peer URL, admits 1..n, evicts the
-// even ones, exits (the controller then retires its holder).
-pid_t SpawnWorker(const std::string& name, int n) {
+// even ones, exits (the controller then retires its holder). Forked before
+// the test starts any thread (a child forked from a threaded process may
+// inherit a lock another thread held, e.g. ASan's allocator's: seen as a
+// hang), it waits for Go() before it does anything.
+struct WorkerChild {
+  pid_t pid = -1;
+  int go = -1;  // write end: one byte starts the worker
+  void Go() {
+    ASSERT_EQ(write(go, "g", 1), 1);
+    close(go);
+  }
+  // Its exit status, or -1 if it did not exit within the bound (then killed).
+  int Wait() {
+    for (auto deadline = Clock::now() + 30s; Clock::now() < deadline;) {
+      int status;
+      if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      std::this_thread::sleep_for(10ms);  // polling a process's exit, bounded
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return -1;
+  }
+};
+
+WorkerChild SpawnWorker(const std::string& name, int n) {
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) return {};
   pid_t pid = fork();
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    close(go[1]);
+    char byte;
+    if (read(go[0], &byte, 1) != 1) _exit(99);  // the test ended before it said go
     auto c = transport::Connection::Open({name, segment::Role::kWorker, 5000ms});
     if (!c.ok()) _exit(100);
     auto send = [&](const Message& m) {
@@ -459,7 +491,8 @@ pid_t SpawnWorker(const std::string& name, int n) {
     send(DeRegisterMsg{"A", Int(0), "127.0.0.1", Int(8000)});
     _exit(0);  // the controller drains a departed client's ring (test EventsPublishedJustBeforeAWorkerExits...)
   }
-  return pid;
+  close(go[0]);
+  return {pid, go[1]};
 }
 
 void RunUntil(controller::Controller& ctl, const std::function<bool()>& done) {
@@ -701,24 +734,24 @@ TEST(ChangeFeedResync, ADumpInterleavedWithChangesRebuildsTheIndexExactly) {
 // its keys (the odd ones left before it deregistered), then the holder's
 // retirement; records numbered 1, 2, ... in one epoch, the publisher's.
 TEST(ClusterPublisher, ALocalWorkersChangesReachTheStreamInOrder) {
+  constexpr int kKeys = 20000;  // several messages, several records per batch
+  const std::string name = "cl" + kPid + "-order";
+  WorkerChild w = SpawnWorker(name, kKeys);  // before any thread
+  ASSERT_GT(w.pid, 0);
   PublishingNode a;
   ASSERT_TRUE(a.Start("t" + kPid, "nodeA"));
   NatsServer& nats = a.nats;
   const PublisherOptions& po = a.po;
   feed::ChangeFeed* f = a.feed.get();
   Publisher* pub = a.pub.get();
-  const std::string name = "cl" + kPid + "-order";
   auto ctl = controller::Controller::Start(Small(name, f));
   ASSERT_TRUE(ctl.ok()) << ctl.status().ToString();
-  constexpr int kKeys = 20000;  // several messages, several records per batch
-  pid_t w = SpawnWorker(name, kKeys);
+  w.Go();
   RunUntil(**ctl, [&] {
     return (*ctl)->stats().kv_ops == kKeys + kKeys / 2 && (*ctl)->registry().worker_count() == 0 &&
            pub->stats().records == f->records();
   });
-  int status;
-  waitpid(w, &status, 0);
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(w.Wait(), 0);
   EXPECT_EQ((*ctl)->stats().kv_ops, kKeys + kKeys / 2u) << "errors " << (*ctl)->stats().errors;
   EXPECT_EQ(pub->stats().records, f->records()) << pub->StatsJson();
   EXPECT_EQ(f->overflows(), 0u);
@@ -749,6 +782,9 @@ TEST(ClusterPublisher, ALocalWorkersChangesReachTheStreamInOrder) {
 // service goes on (every op applied, no overflow), the publisher retries, and
 // once a nats-server comes up on the address everything reaches the stream.
 TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
+  const std::string name = "cl" + kPid + "-down";
+  WorkerChild w = SpawnWorker(name, 1000);  // before any thread
+  ASSERT_GT(w.pid, 0);
   PublishingNode b;
   b.po.retry_wait = 50ms;
   ASSERT_TRUE(b.Start("d" + kPid, "nodeB", /*nats_up=*/false));
@@ -756,12 +792,11 @@ TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
   const PublisherOptions& po = b.po;
   feed::ChangeFeed* f = b.feed.get();
   Publisher* pub = b.pub.get();
-  const std::string name = "cl" + kPid + "-down";
   auto ctl = controller::Controller::Start(Small(name, f));
   ASSERT_TRUE(ctl.ok());
-  pid_t w = SpawnWorker(name, 1000);
+  w.Go();
   RunUntil(**ctl, [&] { return (*ctl)->stats().kv_ops == 1500 && (*ctl)->registry().worker_count() == 0; });
-  waitpid(w, nullptr, 0);
+  EXPECT_EQ(w.Wait(), 0);
   EXPECT_EQ((*ctl)->stats().kv_ops, 1500u);  // served locally with NATS away
   EXPECT_FALSE(pub->stats().connected);
   EXPECT_EQ(pub->stats().records, 0u);
