@@ -1,7 +1,8 @@
 // Helpers shared by the cross-process benchmarks: CPU pinning, shared
-// anonymous mappings, a forked child that is killed with the benchmark, round
-// trip percentiles, and the floor every cross-process latency is judged
-// against (a bare cache line bounced between the same two cores).
+// anonymous mappings, a forked child that is killed with the benchmark, a
+// forked controller process, the steady ingest loop, round trip percentiles,
+// and the floor every cross-process latency is judged against (a bare cache
+// line bounced between the same two cores).
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -25,9 +26,12 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <functional>
 #include <memory>
+#include <sys/prctl.h>
 
 #include "kvring/client/client.h"
+#include "kvring/controller/controller.h"
 #include "kvring/index/index.h"
 
 namespace kvring::bench {
@@ -80,6 +84,75 @@ void RunController(Controller& ctl, std::uint32_t spin_passes) {
   static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
   signal(SIGTERM, [](int) { stop.store(true, std::memory_order_relaxed); });  // relaxed: a flag
   ctl.Run(stop, spin_passes);
+}
+
+// What a forked controller process does besides serving, each run in the child.
+struct ControllerHooks {
+  // Before the controller starts: options beyond the name (feeds, index
+  // reserve, ...). Objects the controller refers to must outlive it: keep
+  // them in the caller's frame (the child has its own copy of it).
+  std::function<void(controller::Options&)> configure;
+  // Once it serves (e.g. a stats source, an HTTP server's thread).
+  std::function<void(controller::Controller&)> started;
+  // After SIGTERM, before the controller is destroyed.
+  std::function<void()> stopping;
+};
+
+// Forks a controller process named `name` (no full sync on start), pinned to
+// `cpu` after configure() (-1: unpinned), running with `spin_passes`
+// (UINT32_MAX: spins as a dedicated controller core; 1: sleeps at once when
+// idle) until `child` is destroyed (SIGTERM: it removes its segments). It
+// dies with the thread that forked it (PR_SET_PDEATHSIG).
+//
+// Fork early: a child forked while other threads of this process run
+// inherits any lock they held (ASan's allocator lock hung such a child in
+// cluster_test); benchmarks are release builds, whose glibc malloc is
+// fork-safe, but a benchmark still forks its controllers before it starts
+// threads of its own where it can.
+inline void ForkController(Child& child, const std::string& name, int cpu, std::uint32_t spin_passes,
+                           const ControllerHooks& hooks = {}) {
+  child.stop_signal = SIGTERM;
+  child.pid = fork();
+  if (child.pid != 0) return;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  controller::Options o;
+  o.listen.name = name;
+  o.full_sync_on_start = false;
+  if (hooks.configure) hooks.configure(o);
+  if (cpu >= 0) Pin(cpu);
+  auto ctl = controller::Controller::Start(o);
+  if (!ctl.ok()) {
+    std::fprintf(stderr, "controller %s: %s\n", name.c_str(), ctl.status().ToString().c_str());
+    _exit(1);
+  }
+  if (hooks.started) hooks.started(**ctl);
+  RunController(**ctl, spin_passes);
+  if (hooks.stopping) hooks.stopping();
+  ctl = Status(ErrorKind::kUnavailable, "stopped");  // removes the segments
+  _exit(0);
+}
+
+// The steady ingest every ingest figure is taken with: `keys` keys admitted
+// through `w` first (not timed), `after_prefill()` run, then per iteration
+// 32 Ki fresh keys admitted and the 32 Ki oldest evicted (the index stays at
+// `keys`), closed by a heartbeat (its reply comes after every event before
+// it was applied, so an iteration's time covers applying its ops).
+template <typename AfterPrefill>
+void SteadyChurnIngest(benchmark::State& state, client::Worker& w, std::size_t keys, AfterPrefill after_prefill) {
+  const char* const location = "LocalCPUBackend";
+  std::uint64_t next = 0, oldest = 0;
+  for (; next < keys; ++next) w.Admit(location, index::ChunkIndex::Mix(next));
+  if (!w.Heartbeat().ok()) state.SkipWithError("prefill failed");
+  after_prefill();
+  constexpr std::size_t kOpsPerIteration = 1 << 16;
+  for (auto _ : state) {
+    for (std::size_t i = 0; i < kOpsPerIteration / 2; ++i) {
+      w.Admit(location, index::ChunkIndex::Mix(next++));
+      w.Evict(location, index::ChunkIndex::Mix(oldest++));
+    }
+    if (!w.Heartbeat().ok()) state.SkipWithError("heartbeat failed");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kOpsPerIteration));
 }
 
 // The memory floor of an index operation: for each of `n` fresh random keys

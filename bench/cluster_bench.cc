@@ -104,51 +104,44 @@ struct Nats {
 struct Node {
   Child child;
   std::string name;
+  // The child's: made by configure(), used until the controller is gone.
+  std::unique_ptr<feed::ChangeFeed> change;
+  std::unique_ptr<feed::RemoteFeed> remote;
+  std::unique_ptr<cluster::Publisher> pub;
+  std::unique_ptr<cluster::Subscriber> sub;
+
+  // Pinned (cpu >= 0) after the cluster threads started: only the
+  // controller's thread holds the core, the publisher and subscriber run
+  // where they can.
   Node(const std::string& what, const std::string& cluster, bool federated, int cpu, std::uint32_t spin) : name(Unique(what)) {
-    child.stop_signal = SIGTERM;
     const std::string url = federated ? Nats::Get().url : "";
-    child.pid = fork();
-    if (child.pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      controller::Options o;
-      o.listen.name = name;
-      o.full_sync_on_start = false;
-      auto log = [what](std::string_view line) {
-        std::fprintf(stderr, "[%s] %.*s\n", what.c_str(), static_cast<int>(line.size()), line.data());
-      };
+    auto log = [what](std::string_view line) {
+      std::fprintf(stderr, "[%s] %.*s\n", what.c_str(), static_cast<int>(line.size()), line.data());
+    };
+    ControllerHooks hooks;
+    hooks.configure = [&](controller::Options& o) {
       o.log = log;
-      std::unique_ptr<feed::ChangeFeed> change;
-      std::unique_ptr<feed::RemoteFeed> remote;
-      std::unique_ptr<cluster::Publisher> pub;
-      std::unique_ptr<cluster::Subscriber> sub;
-      if (federated) {
-        cluster::PublisherOptions po;
-        po.nats_url = url;
-        po.cluster = cluster;
-        po.node = what;
-        // A node that starves on two busy cores must not lose its lease mid-run.
-        po.lease_ttl = std::chrono::seconds(30);
-        po.log = log;
-        change = std::move(feed::ChangeFeed::Create(64 << 20)).value();
-        remote = std::move(feed::RemoteFeed::Create(64 << 20)).value();
-        pub = std::move(cluster::Publisher::Start(po, change.get())).value();
-        sub = std::move(cluster::Subscriber::Start(po, remote.get())).value();
-        o.change_feed = change.get();
-        o.remote_feed = remote.get();
-      }
-      // Pinned after the cluster threads started: only the controller's thread
-      // holds the core, the publisher and subscriber run where they can.
-      if (cpu >= 0) Pin(cpu);
-      auto ctl = controller::Controller::Start(o);
-      if (!ctl.ok()) _exit(1);
-      if (pub) {  // `kvring stats --name <node>` shows them while a benchmark runs
-        (*ctl)->AddStatsSource("cluster_publisher", [p = pub.get()] { return p->StatsJson(); }, [] { return std::string(); });
-        (*ctl)->AddStatsSource("cluster_subscriber", [s = sub.get()] { return s->StatsJson(); }, [] { return std::string(); });
-      }
-      RunController(**ctl, spin);
-      ctl = Status(ErrorKind::kUnavailable, "stopped");
-      _exit(0);
-    }
+      if (!federated) return;
+      cluster::PublisherOptions po;
+      po.nats_url = url;
+      po.cluster = cluster;
+      po.node = what;
+      // A node that starves on two busy cores must not lose its lease mid-run.
+      po.lease_ttl = std::chrono::seconds(30);
+      po.log = log;
+      change = std::move(feed::ChangeFeed::Create(64 << 20)).value();
+      remote = std::move(feed::RemoteFeed::Create(64 << 20)).value();
+      pub = std::move(cluster::Publisher::Start(po, change.get())).value();
+      sub = std::move(cluster::Subscriber::Start(po, remote.get())).value();
+      o.change_feed = change.get();
+      o.remote_feed = remote.get();
+    };
+    hooks.started = [&](controller::Controller& ctl) {
+      if (!pub) return;  // `kvring stats --name <node>` shows them while a benchmark runs
+      ctl.AddStatsSource("cluster_publisher", [p = pub.get()] { return p->StatsJson(); }, [] { return std::string(); });
+      ctl.AddStatsSource("cluster_subscriber", [s = sub.get()] { return s->StatsJson(); }, [] { return std::string(); });
+    };
+    ForkController(child, name, cpu, spin, hooks);
   }
 };
 
@@ -180,19 +173,7 @@ void BM_Cluster_Ingest(benchmark::State& state) {
   Node node("ingest" + std::to_string(federated), Unique("ing").substr(2), federated, 0, UINT32_MAX);
   Pin(1);
   auto w = Connect(node.name, "inst0");
-  constexpr std::size_t kKeys = 1'000'000;
-  std::uint64_t next = 0, oldest = 0;
-  for (; next < kKeys; ++next) w->Admit(kLocation, Mix(next));
-  if (!w->Heartbeat().ok()) state.SkipWithError("prefill failed");
-  constexpr std::size_t kOpsPerIteration = 1 << 16;
-  for (auto _ : state) {
-    for (std::size_t i = 0; i < kOpsPerIteration / 2; ++i) {
-      w->Admit(kLocation, Mix(next++));
-      w->Evict(kLocation, Mix(oldest++));
-    }
-    if (!w->Heartbeat().ok()) state.SkipWithError("heartbeat failed");
-  }
-  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kOpsPerIteration));
+  SteadyChurnIngest(state, *w, 1'000'000, [] {});
 }
 BENCHMARK(BM_Cluster_Ingest)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 

@@ -70,25 +70,12 @@ struct ControllerProcess {
   Child child;
   std::string name;
   explicit ControllerProcess(std::string n) : name(std::move(n)) {
-    child.stop_signal = SIGTERM;
-    child.pid = fork();
-    if (child.pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      Pin(0);
-      controller::Options o;
-      o.listen.name = name;
-      o.full_sync_on_start = false;
+    ControllerHooks hooks;
+    hooks.configure = [](controller::Options& o) {
       o.index = IndexOptions();
       if (const char* e = std::getenv("KVRING_E2E_CHECK_OPS")) o.request_check_ops = std::strtoull(e, nullptr, 10);
-      auto ctl = controller::Controller::Start(o);
-      if (!ctl.ok()) {
-        std::fprintf(stderr, "controller: %s\n", ctl.status().ToString().c_str());
-        _exit(1);
-      }
-      RunController(**ctl, UINT32_MAX);
-      ctl = Status(ErrorKind::kUnavailable, "stopped");  // removes the segments
-      _exit(0);
-    }
+    };
+    ForkController(child, name, 0, UINT32_MAX, hooks);
   }
 };
 
@@ -138,21 +125,10 @@ void BM_E2E_Ingest(benchmark::State& state) {
     for (unsigned long i = 0; i < std::strtoul(e, nullptr, 10); ++i)
       idle.push_back(Connect(ctl.name, "idle" + std::to_string(i)));
   auto w = Connect(ctl.name, "inst0");
-  std::uint64_t next = 0, oldest = 0;
-  for (; next < keys; ++next) w->Admit(kLocation, Mix(next));  // prefill, not timed
-  if (!w->Heartbeat().ok()) state.SkipWithError("prefill failed");
-  state.counters["controller_rss_bytes_per_key"] =
-      static_cast<double>(ResidentBytes(ctl.child.pid)) / static_cast<double>(keys);
-  constexpr std::size_t kOpsPerIteration = 1 << 16;
-  for (auto _ : state) {
-    for (std::size_t i = 0; i < kOpsPerIteration / 2; ++i) {
-      w->Admit(kLocation, Mix(next++));
-      w->Evict(kLocation, Mix(oldest++));
-    }
-    // The reply comes after every event before it was applied.
-    if (!w->Heartbeat().ok()) state.SkipWithError("heartbeat failed");
-  }
-  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kOpsPerIteration));
+  SteadyChurnIngest(state, *w, keys, [&] {
+    state.counters["controller_rss_bytes_per_key"] =
+        static_cast<double>(ResidentBytes(ctl.child.pid)) / static_cast<double>(keys);
+  });
 }
 BENCHMARK(BM_E2E_Ingest)->Arg(1'000'000)->Arg(10'000'000)->UseRealTime()->Unit(benchmark::kMillisecond);
 

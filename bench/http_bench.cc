@@ -46,17 +46,11 @@ struct Setup {
 
   Setup() {
     auto* shared_port = static_cast<std::atomic<int>*>(SharedMap(4096));
-    daemon.stop_signal = SIGTERM;
-    daemon.pid = fork();
-    if (daemon.pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      controller::Options o;
-      o.listen.name = name;
-      o.full_sync_on_start = false;
-      auto ctl = controller::Controller::Start(o);
-      if (!ctl.ok()) _exit(1);
-      std::unique_ptr<http::Server> server;
-      std::thread starter([&] {
+    std::unique_ptr<http::Server> server;  // the child's
+    std::thread starter;
+    ControllerHooks hooks;
+    hooks.started = [&](controller::Controller&) {
+      starter = std::thread([&] {
         http::Options ho;
         ho.port = 0;
         ho.controller = name;
@@ -65,11 +59,13 @@ struct Setup {
         server = std::move(s).value();
         shared_port->store(server->port(), std::memory_order_release);  // pairs with the parent's acquire
       });
-      RunController(**ctl, 2000);
-      server.reset();  // the HTTP side's connection first, while nothing answers it any more
-      ctl = Status(ErrorKind::kUnavailable, "stopped");  // removes the segments
-      _exit(0);
-    }
+    };
+    // The HTTP side's connection first, while nothing answers it any more.
+    hooks.stopping = [&] {
+      starter.join();
+      server.reset();
+    };
+    ForkController(daemon, name, -1, 2000, hooks);
     for (std::size_t i = 0; i < kTokens; ++i) tokens.push_back(static_cast<std::int64_t>(i * 31 + 7));
     std::vector<ChunkHash> chunks = ChunkHasher(256, pyhash::HashInt(0)).Hash(tokens);
     for (const char* inst : {"A", "B"}) {
