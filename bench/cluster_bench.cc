@@ -11,6 +11,19 @@
 //                                        itself (0) or of node A (1: remote keys), 1 M keys
 //   BM_Cluster_CatchUp/<keys>            a node that joins late: from its start until its index
 //                                        holds the <keys> keys node A published
+//   BM_Cluster_LagUnderLoad/<k ops/s>    replication lag (p50/p99, ns) of a marker admitted on node A
+//                                        while a worker of node A churns <k ops/s> (admit new,
+//                                        evict oldest, 1 M keys held) in a process of its own;
+//                                        ops_per_s: the rate the churn reached
+//   BM_Cluster_Simulated/<nodes>/<keys per node>/<k ops/s>
+//                                        a cluster of <nodes> nodes on this machine: node A and
+//                                        node B real controllers, the others simulated (a change
+//                                        feed and a real publisher each in this process, written as
+//                                        a controller would); node B joins after each simulated node
+//                                        published <keys per node> keys (catchup_s: until B holds
+//                                        them all; rss_bytes_per_remote_key: B's resident growth);
+//                                        then the simulated nodes churn <k ops/s> in all and the
+//                                        lag of markers admitted on node A is measured at node B
 //
 // The controllers here sleep when idle (they share two cores with NATS, the
 // publisher and subscriber threads and the workers). NATS_SERVER: the
@@ -23,8 +36,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -276,6 +291,207 @@ void BM_Cluster_CatchUp(benchmark::State& state) {
   state.counters["keys"] = static_cast<double>(keys);
 }
 BENCHMARK(BM_Cluster_CatchUp)->Arg(1'000'000)->Arg(10'000'000)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
+
+// ---- under load ----------------------------------------------------------------------------
+
+// Calls `ops(batch)` so that `rate` ops/s are done on average from the call
+// on, until `stop`; when ahead it sleeps 100 µs (pacing, not synchronising);
+// when it cannot keep up it runs flat out. `done` counts the ops (relaxed: a
+// figure).
+template <typename Ops>
+void PacedChurn(double rate, std::size_t batch, const std::atomic<bool>& stop, std::atomic<std::uint64_t>* done,
+                Ops ops) {
+  const auto t0 = Clock::now();
+  std::uint64_t n = 0;
+  while (!stop.load(std::memory_order_relaxed)) {
+    const double due = rate * std::chrono::duration<double>(Clock::now() - t0).count();
+    if (static_cast<double>(n + batch) > due) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      continue;
+    }
+    ops(batch);
+    n += batch;
+    done->store(n, std::memory_order_relaxed);
+  }
+}
+
+// Admits one fresh key at a time on `asker`'s node A through `marker` and
+// times each until a lookup on node B sees it (polled every 100 µs: the
+// pipeline shares two cores with the pollers; the figure is milliseconds).
+void MeasureMarkers(benchmark::State& state, client::Worker& marker, client::Worker& asker, std::uint64_t tag) {
+  std::vector<std::int64_t> ns;
+  std::uint64_t k = 0;
+  for (auto _ : state) {
+    const std::uint64_t key = Mix(tag ^ k++);
+    const auto t0 = Clock::now();
+    marker.Admit(kLocation, key);
+    if (!marker.Flush().ok()) state.SkipWithError("flush failed");
+    (void)WaitVisible(asker, std::span<const std::uint64_t>(&key, 1), 1, std::chrono::microseconds(100));
+    const auto dt = Clock::now() - t0;
+    state.SetIterationTime(std::chrono::duration<double>(dt).count());
+    ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(dt).count());
+  }
+  ReportPercentiles(state, ns);
+}
+
+// Shared between a loader process and the benchmark (relaxed: figures and a
+// phase the benchmark polls).
+struct LoaderState {
+  std::atomic<std::uint64_t> ops{0};
+  std::atomic<int> prefilled{0};
+};
+
+void BM_Cluster_LagUnderLoad(benchmark::State& state) {
+  const double rate = static_cast<double>(state.range(0)) * 1000.0;
+  const std::string cluster = Unique("lu" + std::to_string(state.range(0))).substr(2);
+  Node a("nodeA", cluster, true, -1, 1), b("nodeB", cluster, true, -1, 1);
+  // The loader is forked before this process starts any thread (workers
+  // have a ticker thread).
+  auto* load = new (SharedMap(4096)) LoaderState;
+  constexpr std::size_t kHeld = 1'000'000;
+  constexpr std::uint64_t kLoaderTag = 1ull << 62;
+  Child loader;
+  loader.pid = fork();
+  if (loader.pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto w = Connect(a.name, "loader");
+    std::uint64_t next = 0, oldest = 0;
+    for (; next < kHeld; ++next) w->Admit(kLocation, Mix(kLoaderTag | next));
+    if (!w->Flush().ok()) _exit(1);
+    load->prefilled.store(1, std::memory_order_relaxed);
+    const std::atomic<bool> never{false};
+    PacedChurn(rate, 256, never, &load->ops, [&](std::size_t n) {
+      for (std::size_t i = 0; i < n; i += 2) {
+        w->Admit(kLocation, Mix(kLoaderTag | next++));
+        w->Evict(kLocation, Mix(kLoaderTag | oldest++));
+      }
+      (void)w->Flush();  // the batch leaves now, not at the next flush interval
+    });
+    _exit(0);
+  }
+  auto marker = Connect(a.name, "marker");
+  auto asker = Connect(b.name, "asker");
+  while (load->prefilled.load(std::memory_order_relaxed) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const std::uint64_t last_prefill = Mix(kLoaderTag | (kHeld - 1));
+  (void)WaitVisible(*asker, std::span<const std::uint64_t>(&last_prefill, 1), 1, std::chrono::milliseconds(1));
+  const std::uint64_t ops0 = load->ops.load(std::memory_order_relaxed);
+  const auto t0 = Clock::now();
+  MeasureMarkers(state, *marker, *asker, 0);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  state.counters["ops_per_s"] = static_cast<double>(load->ops.load(std::memory_order_relaxed) - ops0) / secs;
+}
+BENCHMARK(BM_Cluster_LagUnderLoad)->Arg(1000)->Arg(5000)->UseManualTime()->Iterations(300);
+
+// ---- a simulated cluster ---------------------------------------------------------------------
+
+// Nodes without a controller: a change feed written here as a controller
+// would write it (one holder each), published by a real Publisher thread.
+struct SimulatedNodes {
+  std::vector<std::unique_ptr<feed::ChangeFeed>> feeds;
+  std::vector<std::unique_ptr<cluster::Publisher>> publishers;
+  std::vector<std::uint64_t> next, oldest;  // each node's key cursors
+
+  SimulatedNodes(const std::string& cluster, std::size_t n) : next(n, 0), oldest(n, 0) {
+    feeds.reserve(n);
+    publishers.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      cluster::PublisherOptions po;
+      po.nats_url = Nats::Get().url;
+      po.cluster = cluster;
+      po.node = "sim" + std::to_string(i);
+      po.lease_ttl = std::chrono::seconds(30);
+      po.log = [](std::string_view line) {
+        std::fprintf(stderr, "[sim] %.*s\n", static_cast<int>(line.size()), line.data());
+      };
+      feeds.push_back(std::move(feed::ChangeFeed::Create(4 << 20)).value());
+      publishers.push_back(std::move(cluster::Publisher::Start(po, feeds.back().get())).value());
+      const std::string inst = "sim" + std::to_string(i);
+      if (!feeds.back()->HolderUp(1, 0, inst, kLocation, inst + ":8200")) std::abort();
+      feeds.back()->Publish();
+    }
+  }
+  static std::uint64_t KeyOf(std::size_t node, std::uint64_t k) { return Mix((std::uint64_t{node + 1} << 40) | k); }
+
+  // `admits` fresh keys of node i and, when `churn`, as many of its oldest
+  // evicted; waits while the feed is more than half full (its publisher
+  // drains it: the controller's feed never waits, but a simulated node may).
+  void Write(std::size_t i, std::size_t admits, bool churn) {
+    std::vector<protocol::KVOpEvent> ops;
+    for (std::size_t j = 0; j < admits; ++j) {
+      ops.push_back({protocol::OpType::kAdmit, protocol::Int::FromU64(KeyOf(i, next[i]++)), protocol::Int(0)});
+      if (churn) ops.push_back({protocol::OpType::kEvict, protocol::Int::FromU64(KeyOf(i, oldest[i]++)), protocol::Int(0)});
+    }
+    while (!feeds[i]->DumpHasRoom(ops.size())) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (!feeds[i]->Keys(1, ops)) std::abort();
+    feeds[i]->Publish();
+  }
+};
+
+// The simulated nodes run in a process of their own, forked before this one
+// starts any thread (cnats keeps global state and threads a forked child
+// would inherit half of). Shared (relaxed: a phase polled and a figure).
+struct SimulatorState {
+  std::atomic<int> phase{0};  // 1: every node's keys acknowledged by the stream; 2: churn now
+  std::atomic<std::uint64_t> ops{0};
+};
+
+void BM_Cluster_Simulated(benchmark::State& state) {
+  const auto nodes = static_cast<std::size_t>(state.range(0));
+  const auto keys_per_node = static_cast<std::size_t>(state.range(1));
+  const double rate = static_cast<double>(state.range(2)) * 1000.0;
+  const std::string cluster = Unique("sim" + std::to_string(nodes)).substr(2);
+  Node a("nodeA", cluster, true, -1, 1);
+  auto* sim_state = new (SharedMap(4096)) SimulatorState;
+  Child simulator;
+  simulator.pid = fork();
+  if (simulator.pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    SimulatedNodes sim(cluster, nodes - 2);
+    constexpr std::size_t kPerRecord = 4096;
+    for (std::size_t i = 0; i < sim.feeds.size(); ++i)
+      for (std::size_t done = 0; done < keys_per_node; done += kPerRecord)
+        sim.Write(i, std::min(kPerRecord, keys_per_node - done), false);
+    // A holder-up and the admits' records, acknowledged.
+    const std::uint64_t records = 1 + (keys_per_node + kPerRecord - 1) / kPerRecord;
+    for (auto& p : sim.publishers)
+      while (p->stats().records < records) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    sim_state->phase.store(1, std::memory_order_relaxed);
+    while (sim_state->phase.load(std::memory_order_relaxed) != 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // Round robin, 128 admits + 128 evicts a write.
+    std::size_t i = 0;
+    const std::atomic<bool> never{false};
+    PacedChurn(rate, 256, never, &sim_state->ops, [&](std::size_t n) {
+      sim.Write(i, n / 2, true);
+      i = (i + 1) % sim.feeds.size();
+    });
+    _exit(0);
+  }
+  while (sim_state->phase.load(std::memory_order_relaxed) != 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // Node B joins a cluster whose stream holds every simulated node's keys.
+  const auto t0 = Clock::now();
+  Node b("nodeB", cluster, true, -1, 1);
+  auto marker = Connect(a.name, "marker");
+  auto asker = Connect(b.name, "asker");
+  for (std::size_t i = 0; i + 2 < nodes; ++i) {
+    const std::uint64_t last = SimulatedNodes::KeyOf(i, keys_per_node - 1);
+    (void)WaitVisible(*asker, std::span<const std::uint64_t>(&last, 1), 1, std::chrono::milliseconds(1));
+  }
+  state.counters["catchup_s"] = std::chrono::duration<double>(Clock::now() - t0).count();
+  state.counters["remote_keys"] = static_cast<double>((nodes - 2) * keys_per_node);
+  state.counters["b_rss_bytes"] = static_cast<double>(ResidentBytes(b.child.pid));
+  sim_state->phase.store(2, std::memory_order_relaxed);
+  const std::uint64_t ops0 = sim_state->ops.load(std::memory_order_relaxed);
+  const auto t1 = Clock::now();
+  MeasureMarkers(state, *marker, *asker, 1ull << 63);
+  state.counters["ops_per_s"] = static_cast<double>(sim_state->ops.load(std::memory_order_relaxed) - ops0) /
+                                std::chrono::duration<double>(Clock::now() - t1).count();
+}
+BENCHMARK(BM_Cluster_Simulated)
+    ->Args({8, 50'000, 1000})
+    ->Args({64, 50'000, 1000})
+    ->Args({64, 50'000, 250})
+    ->UseManualTime()
+    ->Iterations(300);
 
 }  // namespace
 
