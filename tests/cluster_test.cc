@@ -328,25 +328,35 @@ class NatsServer {
   std::filesystem::path dir_;
 };
 
+// The test's own connection to a nats-server, with its JetStream context.
+struct JetStreamClient {
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  explicit JetStreamClient(const std::string& url) {
+    EXPECT_EQ(natsConnection_ConnectTo(&nc, url.c_str()), NATS_OK);
+    EXPECT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+  }
+  ~JetStreamClient() {
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+  }
+  JetStreamClient(const JetStreamClient&) = delete;
+  JetStreamClient& operator=(const JetStreamClient&) = delete;
+};
+
 // Reads a cluster stream from its start with an ordered JetStream consumer.
 class StreamReader {
  public:
-  StreamReader(const std::string& url, const std::string& cluster) {
-    EXPECT_EQ(natsConnection_ConnectTo(&nc_, url.c_str()), NATS_OK);
-    EXPECT_EQ(natsConnection_JetStream(&js_, nc_, nullptr), NATS_OK);
+  StreamReader(const std::string& url, const std::string& cluster) : client_(url) {
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Ordered = true;
     so.Stream = nullptr;
     jsErrCode jerr;
     const std::string subject = "kvring." + cluster + ".>";
-    EXPECT_EQ(js_SubscribeSync(&sub_, js_, subject.c_str(), nullptr, &so, &jerr), NATS_OK) << jerr;
+    EXPECT_EQ(js_SubscribeSync(&sub_, client_.js, subject.c_str(), nullptr, &so, &jerr), NATS_OK) << jerr;
   }
-  ~StreamReader() {
-    natsSubscription_Destroy(sub_);
-    jsCtx_Destroy(js_);
-    natsConnection_Destroy(nc_);
-  }
+  ~StreamReader() { natsSubscription_Destroy(sub_); }
   // Reads messages until done() or the deadline; each message is decoded
   // (it must be valid) and its records handed to on_record.
   bool ReadUntil(const std::function<bool()>& done,
@@ -366,8 +376,7 @@ class StreamReader {
   }
 
  private:
-  natsConnection* nc_ = nullptr;
-  jsCtx* js_ = nullptr;
+  JetStreamClient client_;
   natsSubscription* sub_ = nullptr;
 };
 
@@ -594,6 +603,21 @@ TEST(RemoteHolders, DumpsReplaceWhatWasMissedAndRepeatWhatWasNot) {
   t.Push("n2", 7, 42, resync(false));
   EXPECT_FALSE(t.Holds("n2", "B", 5));
   EXPECT_EQ(t.ctl->stats().remote_resyncs, 3u);
+  // A joiner whose first record of a node names a holder whose holder-up it
+  // never saw (aged out of the stream, or cut): skipped and counted as such,
+  // not refused, until the dump; after the dump such a record is refused.
+  const auto refused = t.ctl->stats().remote_refused;
+  t.Push("n3", 9, 70, r.Admit(2, {6}));
+  t.Push("n3", 9, 71, r.Evict(2, 6));
+  EXPECT_EQ(t.ctl->stats().remote_before_dump, 2u);
+  EXPECT_EQ(t.ctl->stats().remote_refused, refused);
+  t.Push("n3", 9, 72, resync(false));
+  t.Push("n3", 9, 73, r.Up(2, "C", "c:8200"));
+  t.Push("n3", 9, 74, r.Admit(2, {6}));
+  EXPECT_TRUE(t.Holds("n3", "C", 6));
+  t.Push("n3", 9, 75, r.Admit(4, {7}));
+  EXPECT_EQ(t.ctl->stats().remote_refused, refused + 1) << "in sync, an unknown holder is an error";
+  EXPECT_EQ(t.ctl->stats().remote_before_dump, 2u);
 }
 
 // A worker in the test's own process, driving the controller one pass per
@@ -842,10 +866,8 @@ TEST(ClusterSubscriber, GarbageOnTheClusterSubjectsIsCountedAndIgnored) {
   auto ctl = controller::Controller::Start(o);
   ASSERT_TRUE(ctl.ok());
 
-  natsConnection* nc = nullptr;
-  jsCtx* js = nullptr;
-  ASSERT_EQ(natsConnection_ConnectTo(&nc, nats.url().c_str()), NATS_OK);
-  ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+  JetStreamClient client(nats.url());
+  jsCtx* js = client.js;
   for (auto deadline = Clock::now() + 20s; !(*sub)->stats().subscribed && Clock::now() < deadline;)
     (*ctl)->PollOnce(1ms);  // the stream exists once the publisher connected
   auto publish = [&](const std::string& node, const std::vector<std::uint8_t>& bytes) {
@@ -886,8 +908,6 @@ TEST(ClusterSubscriber, GarbageOnTheClusterSubjectsIsCountedAndIgnored) {
   EXPECT_TRUE((*ctl)->index().Contains(42, *holder));
   EXPECT_FALSE((*ctl)->registry().FindRemote("evil", "A", 0));
   EXPECT_EQ((*ctl)->stats().remote_refused, 0u);  // nothing of the garbage reached the controller
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
 }
 
 // A node that joins the cluster late: its own controller and subscriber,
@@ -921,28 +941,46 @@ struct Joiner {
   }
 };
 
+// A publishing node with its controller and one registered local worker.
+struct WorkingNode : PublishingNode {
+  std::unique_ptr<controller::Controller> ctl;  // destroyed before the feed it writes
+  std::unique_ptr<LocalWorker> worker;          // ... and after the worker using it
+  // `name`: the controller's; `configure`: options beyond Small()'s.
+  ::testing::AssertionResult Start(const std::string& cluster, const std::string& node, const std::string& name,
+                                   bool nats_up = true,
+                                   const std::function<void(controller::Options&)>& configure = {}) {
+    if (auto r = PublishingNode::Start(cluster, node, nats_up); !r) return r;
+    controller::Options o = Small(name, feed.get());
+    if (configure) configure(o);
+    auto c = controller::Controller::Start(o);
+    if (!c.ok()) return ::testing::AssertionFailure() << c.status().ToString();
+    ctl = std::move(c).value();
+    worker = std::make_unique<LocalWorker>(*ctl, name);
+    if (!worker->conn) return ::testing::AssertionFailure() << "the worker did not attach";
+    worker->Register();
+    return ::testing::AssertionSuccess();
+  }
+  // Everything the controller wrote to the feed is acknowledged by the stream.
+  bool Published() const { return pub->stats().records == feed->records(); }
+};
+
 // The stream stays bounded: as the log of a node grows past its last dump,
 // the publisher asks for a new one and cuts the node's subject below it. A
 // node that joins afterwards reads only from the last dump on, and ends with
 // exactly the keys the node holds.
 TEST(ClusterSnapshots, TheStreamIsCutAtEachDumpAndALateJoinerRebuildsTheNode) {
-  PublishingNode a;
+  WorkingNode a;
   a.po.snapshot_min_keys = 3000;
-  ASSERT_TRUE(a.Start("s" + kPid, "nodeA"));
-  const std::string name = "cl" + kPid + "-snap";
-  controller::Options o = Small(name, a.feed.get());
-  o.resync_keys_per_pass = 500;
-  auto ctl = controller::Controller::Start(o);
-  ASSERT_TRUE(ctl.ok());
-  LocalWorker worker(**ctl, name);
-  ASSERT_TRUE(worker.conn);
-  worker.Register();
-  auto published = [&] { return a.pub->stats().records == a.feed->records(); };
+  ASSERT_TRUE(a.Start("s" + kPid, "nodeA", "cl" + kPid + "-snap", true,
+                      [](controller::Options& o) { o.resync_keys_per_pass = 500; }));
+  controller::Controller& ctl = *a.ctl;
+  LocalWorker& worker = *a.worker;
+  auto published = [&] { return a.Published(); };
   for (int i = 0; i < 400; ++i) {  // ~8,400 keys held in the end, ~16,000 evicted
     worker.Churn(60, i < 40 ? 0 : 45);
-    RunUntil(**ctl, published);  // the publisher keeps up: dumps come as the log grows, not all at the end
+    RunUntil(ctl, published);  // the publisher keeps up: dumps come as the log grows, not all at the end
   }
-  RunUntil(**ctl, [&] { return published() && (*ctl)->stats().change_feed_resyncs == a.pub->stats().snapshots; });
+  RunUntil(ctl, [&] { return published() && ctl.stats().change_feed_resyncs == a.pub->stats().snapshots; });
   EXPECT_GE(a.pub->stats().snapshots, 3u) << a.pub->StatsJson();
   EXPECT_GE(a.pub->stats().purges, 3u);
   EXPECT_EQ(a.pub->stats().repairs, 0u);
@@ -955,29 +993,73 @@ TEST(ClusterSnapshots, TheStreamIsCutAtEachDumpAndALateJoinerRebuildsTheNode) {
   EXPECT_EQ(late.sub->stats().garbage, 0u);
 }
 
+// Retention by age, no purge: the stream's max age drops old messages while
+// the node dumps its holders every third of it, busy or idle. Once the
+// node's whole churn has aged out of the stream (its first message is past
+// every message of the churn), a node that joins reads only dumps and what
+// followed, and ends with exactly the keys the node holds.
+TEST(ClusterRetention, HistoryOlderThanTheRetentionAgesOutAndALateJoinerRebuildsTheNodeFromDumps) {
+  WorkingNode a;
+  a.po.retention = 3s;
+  ASSERT_TRUE(a.Start("r" + kPid, "nodeA", "cl" + kPid + "-ret"));
+  controller::Controller& ctl = *a.ctl;
+  LocalWorker& worker = *a.worker;
+  auto published = [&] { return a.Published(); };
+  for (int i = 0; i < 200; ++i) {
+    worker.Churn(60, i < 40 ? 0 : 45);
+    RunUntil(ctl, published);
+  }
+  ASSERT_EQ(worker.Indexed(), worker.held);
+  JetStreamClient client(a.nats.url());
+  auto stream_state = [&](std::uint64_t* first, std::uint64_t* last) {
+    jsStreamInfo* si = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    const bool ok = js_GetStreamInfo(&si, client.js, ("KVRING_" + a.po.cluster).c_str(), nullptr, &jerr) == NATS_OK;
+    if (ok) {
+      *first = si->State.FirstSeq;
+      *last = si->State.LastSeq;
+      EXPECT_EQ(si->Config->MaxAge, std::chrono::duration_cast<std::chrono::nanoseconds>(3s).count());
+    }
+    jsStreamInfo_Destroy(si);
+    return ok;
+  };
+  std::uint64_t first = 0, churn_last = 0;
+  ASSERT_TRUE(stream_state(&first, &churn_last));
+  // The controller runs on, idle: its dumps keep the node in the stream.
+  const auto snapshots = a.pub->stats().snapshots;
+  for (auto deadline = Clock::now() + 20s; Clock::now() < deadline && first <= churn_last;) {
+    RunUntil(ctl, [&, t = Clock::now()] { return Clock::now() - t > 100ms; });  // passes, ~100 ms of them
+    std::uint64_t last = 0;
+    ASSERT_TRUE(stream_state(&first, &last));
+  }
+  ASSERT_GT(first, churn_last) << "the churn aged out of the stream";
+  EXPECT_GE(a.pub->stats().snapshots, snapshots + 1) << a.pub->StatsJson();
+  EXPECT_EQ(a.pub->stats().purges, 0u);
+  EXPECT_EQ(a.pub->stats().repairs, 0u);
+  RunUntil(ctl, published);
+  Joiner late(a.po, "cl" + kPid + "-late4");
+  EXPECT_TRUE(late.Converges("nodeA", worker.held)) << late.KeysOf("nodeA").size() << " keys vs " << worker.held.size();
+  EXPECT_LT(late.sub->stats().records, a.pub->stats().records) << late.sub->StatsJson();
+  EXPECT_EQ(late.sub->stats().garbage, 0u);
+  EXPECT_EQ(late.ctl->stats().remote_refused, 0u);
+}
+
 // NATS is away while a worker keeps working: the change feed (64 KiB here)
 // fills and overflows, so the stream can no longer tell the node's story.
 // Once NATS is back the publisher sends what was buffered and asks for a
 // forced dump: a node joining then sees exactly what the worker holds.
 TEST(ClusterSnapshots, ALostFeedIsRepairedByAForcedDumpWhenNatsReturns) {
-  PublishingNode b;
+  WorkingNode b;
   b.feed_bytes = 1 << 16;
   b.po.retry_wait = 50ms;
-  ASSERT_TRUE(b.Start("o" + kPid, "nodeB", /*nats_up=*/false));
-  const std::string name = "cl" + kPid + "-lost";
-  auto ctl = controller::Controller::Start(Small(name, b.feed.get()));
-  ASSERT_TRUE(ctl.ok());
-  LocalWorker worker(**ctl, name);
-  ASSERT_TRUE(worker.conn);
-  worker.Register();
+  ASSERT_TRUE(b.Start("o" + kPid, "nodeB", "cl" + kPid + "-lost", /*nats_up=*/false));
+  controller::Controller& ctl = *b.ctl;
+  LocalWorker& worker = *b.worker;
   for (int i = 0; i < 200; ++i) worker.Churn(100, i < 20 ? 0 : 80);
   ASSERT_TRUE(b.feed->lost()) << "the feed overflowed while NATS was away";
   ASSERT_EQ(worker.Indexed(), worker.held) << "local service went on";
   ASSERT_TRUE(b.nats.Start());
-  RunUntil(**ctl, [&] {
-    return (*ctl)->stats().change_feed_resyncs >= 1 && b.pub->stats().records == b.feed->records() &&
-           b.pub->stats().repairs >= 1;
-  });
+  RunUntil(ctl, [&] { return ctl.stats().change_feed_resyncs >= 1 && b.Published() && b.pub->stats().repairs >= 1; });
   EXPECT_GE(b.pub->stats().repairs, 1u) << b.pub->StatsJson();
   Joiner late(b.po, "cl" + kPid + "-late2");
   EXPECT_TRUE(late.Converges("nodeB", worker.held)) << late.KeysOf("nodeB").size() << " keys vs " << worker.held.size();
@@ -988,43 +1070,33 @@ TEST(ClusterSnapshots, ALostFeedIsRepairedByAForcedDumpWhenNatsReturns) {
 // next refresh the publisher finds its revision gone, takes the lease again
 // and asks for a forced dump, so every node gets the holders back.
 TEST(ClusterSnapshots, ALeaseLostWhileAliveIsTakenAgainWithAForcedDump) {
-  PublishingNode c;
+  WorkingNode c;
   c.po.lease_ttl = 600ms;
-  ASSERT_TRUE(c.Start("l" + kPid, "nodeC"));
-  const std::string name = "cl" + kPid + "-lease";
-  auto ctl = controller::Controller::Start(Small(name, c.feed.get()));
-  ASSERT_TRUE(ctl.ok());
-  LocalWorker worker(**ctl, name);
-  ASSERT_TRUE(worker.conn);
-  worker.Register();
+  ASSERT_TRUE(c.Start("l" + kPid, "nodeC", "cl" + kPid + "-lease"));
+  controller::Controller& ctl = *c.ctl;
+  LocalWorker& worker = *c.worker;
   for (int i = 0; i < 20; ++i) worker.Churn(50, 10);
-  natsConnection* nc = nullptr;
-  jsCtx* js = nullptr;
+  JetStreamClient client(c.nats.url());
   kvStore* leases = nullptr;
-  ASSERT_EQ(natsConnection_ConnectTo(&nc, c.nats.url().c_str()), NATS_OK);
-  ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
   const std::string bucket = "KVRING_" + c.po.cluster + "_LEASES";
-  RunUntil(**ctl, [&] { return js_KeyValue(&leases, js, bucket.c_str()) == NATS_OK; });
+  RunUntil(ctl, [&] { return js_KeyValue(&leases, client.js, bucket.c_str()) == NATS_OK; });
   ASSERT_NE(leases, nullptr);
-  RunUntil(**ctl, [&] {
+  RunUntil(ctl, [&] {
     kvEntry* e = nullptr;
     const bool there = kvStore_Get(&e, leases, "nodeC") == NATS_OK;
     kvEntry_Destroy(e);
     return there;
   });
-  const auto resyncs = (*ctl)->stats().change_feed_resyncs;
+  const auto resyncs = ctl.stats().change_feed_resyncs;
   ASSERT_EQ(kvStore_Delete(leases, "nodeC"), NATS_OK);
-  RunUntil(**ctl, [&] {
-    return c.pub->stats().lease_lapses == 1 && (*ctl)->stats().change_feed_resyncs > resyncs &&
-           c.pub->stats().records == c.feed->records();
+  RunUntil(ctl, [&] {
+    return c.pub->stats().lease_lapses == 1 && ctl.stats().change_feed_resyncs > resyncs && c.Published();
   });
   EXPECT_EQ(c.pub->stats().lease_lapses, 1u) << c.pub->StatsJson();
   EXPECT_GE(c.pub->stats().repairs, 1u);
   Joiner late(c.po, "cl" + kPid + "-late3");
   EXPECT_TRUE(late.Converges("nodeC", worker.held));
   kvStore_Destroy(leases);
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
 }
 
 }  // namespace

@@ -40,7 +40,8 @@ Command AddCluster(CLI::App& app) {
     nlohmann::json out = {{"this", j["cluster"]},
                           {"nodes", j.value("cluster_nodes", nlohmann::json::array())},
                           {"remote_refused", j.value("remote_refused", 0)},
-                          {"remote_seq_gaps", j.value("remote_seq_gaps", 0)}};
+                          {"remote_seq_gaps", j.value("remote_seq_gaps", 0)},
+                          {"remote_before_dump", j.value("remote_before_dump", 0)}};
     if (st->json) {
       std::cout << out.dump() << std::endl;
       return 0;

@@ -220,6 +220,12 @@ int main(int argc, char** argv) {
                  "Seconds this node's lease lives unrefreshed (refreshed every third of it): the others drop a "
                  "node's holders once its lease is gone")
       ->check(CLI::Range(0.3, 600.0))->capture_default_str();
+  double cluster_retention_s = 3600;
+  app.add_option("--cluster-retention", cluster_retention_s,
+                 "Seconds the cluster's stream keeps a message (its max age, set by the node that creates it), "
+                 "with a dump of this node's holders at least every third of it so a joiner finds every node's "
+                 "state; 0: keep everything (a joiner replays each node's whole history)")
+      ->check(CLI::Number)->capture_default_str();
   app.add_option("--cluster-snapshot-keys", co.snapshot_min_keys,
                  "Dump this node's holders into the stream (and cut what came before) once this many key "
                  "operations, or the last dump's size if larger, were published since the last dump; 0: never "
@@ -357,6 +363,7 @@ int main(int argc, char** argv) {
   if (cluster_opt->count() > 0) {
     if (co.node.empty()) co.node = o.listen.name;
     co.lease_ttl = std::chrono::milliseconds(static_cast<std::int64_t>(cluster_lease_s * 1000));
+    co.retention = std::chrono::milliseconds(static_cast<std::int64_t>(cluster_retention_s * 1000));
     auto f = feed::ChangeFeed::Create(change_feed_bytes);
     if (!f.ok()) {
       std::cerr << "--change-feed-bytes: " << f.status().message() << "\n";

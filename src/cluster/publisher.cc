@@ -37,6 +37,9 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
     return Status(ErrorKind::kInvalidArgument, "stream replicas: 1 to 5");
   if (options.lease_ttl < std::chrono::milliseconds(300) || options.lease_ttl > std::chrono::minutes(10))
     return Status(ErrorKind::kInvalidArgument, "lease time: 300 ms to 10 min");
+  if (options.retention.count() != 0 &&
+      (options.retention < std::chrono::seconds(1) || options.retention > std::chrono::hours(24 * 365)))
+    return Status(ErrorKind::kInvalidArgument, "retention: 0 (keep everything) or 1 s to a year");
   if (options.max_message_bytes < 2 * feed::kMaxRecordBytes || options.max_message_bytes > (1u << 20))
     return Status(ErrorKind::kInvalidArgument, "max message bytes: 2 records (" +
                                                    std::to_string(2 * feed::kMaxRecordBytes) + ") to 1 MiB");
@@ -56,6 +59,9 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
   // A first, empty dump (the controller has no holders yet): once it is in
   // the stream, what earlier epochs of this node left there is purged.
   if (options.snapshot_min_keys != 0) p->AskForDump(feed::ResyncRequest::kSnapshot);
+  // The node's history from its start is in the stream until it ages out:
+  // the first dump is due before that.
+  p->next_dump_ = std::chrono::steady_clock::now() + options.retention / 3;
   p->thread_ = std::thread([raw = p.get()] { raw->Run(); });
   return p;
 }
@@ -138,11 +144,16 @@ bool Publisher::EnsureStream() {
   cfg.SubjectsLen = 1;
   cfg.Storage = js_FileStorage;
   cfg.Replicas = options_.stream_replicas;
+  cfg.MaxAge = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.retention).count();  // 0: none
   jsErrCode jerr = static_cast<jsErrCode>(0);
   jsStreamInfo* info = nullptr;
   natsStatus s = js_AddStream(&info, nats_->js, &cfg, nullptr, &jerr);
   jsStreamInfo_Destroy(info);
-  if (s == NATS_OK || jerr == JSStreamNameExistErr) {  // created, or made by another node
+  if (s == NATS_OK || jerr == JSStreamNameExistErr) {  // created (or the same), or made by another node
+    if (s != NATS_OK && options_.log)  // another configuration: the stream's own stays (nodes should agree)
+      options_.log("cluster: stream " + stream_ + " exists with another configuration (replicas " +
+                   std::to_string(options_.stream_replicas) + ", retention " +
+                   std::to_string(options_.retention.count()) + " ms asked here): it is kept as it is");
     stream_ready_ = true;
     return true;
   }
@@ -193,6 +204,7 @@ void Publisher::NoteRecord(std::span<const std::uint8_t> record) {
     std::memcpy(&count, record.data() + feed::kRecordHeadBytes, 4);
   switch (kind) {
     case feed::ChangeKind::kResync:
+      next_dump_ = std::chrono::steady_clock::now() + options_.retention / 3;
       pending_has_resync_ = true;
       in_dump_ = true;
       dump_asked_ = false;
@@ -212,6 +224,12 @@ void Publisher::NoteRecord(std::span<const std::uint8_t> record) {
   if (options_.snapshot_min_keys != 0 && !in_dump_ && !dump_asked_ &&
       keys_since_dump_ >= std::max(options_.snapshot_min_keys, dump_keys_))
     AskForDump(feed::ResyncRequest::kSnapshot);
+}
+
+void Publisher::DumpWhenDue() {
+  if (options_.retention.count() == 0 || in_dump_ || dump_asked_ || std::chrono::steady_clock::now() < next_dump_)
+    return;
+  AskForDump(feed::ResyncRequest::kSnapshot);
 }
 
 // Everything of this node's subject below `stream_seq` (the message that
@@ -285,7 +303,10 @@ void Publisher::Run() {
       wait_retry();
       continue;
     }
-    if (!stopping) RefreshLease();  // before the first message: readers find the lease of any node they hear
+    if (!stopping) {
+      RefreshLease();  // before the first message: readers find the lease of any node they hear
+      DumpWhenDue();
+    }
     if (n.has_pending) {
       if (!PublishPending()) {
         if (stopping) return;

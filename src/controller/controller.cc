@@ -167,7 +167,7 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   DropSomeKeys();
   handled += ApplyRemote();  // counted: the loop keeps passing (not sleeping) while records flow
   if (options_.change_feed) {
-    ContinueResync();
+    handled += ContinueResync();  // counted: an idle node's dump goes on pass after pass, not one per sleep
     options_.change_feed->Publish();  // this pass's changes, one store
   }
   if (fan_outs_->next_deadline() != 0 && now >= fan_outs_->next_deadline()) ExpireFanOuts(now);
@@ -823,14 +823,15 @@ bool Controller::WriteHolderUp(index::HolderId h) {
 // holder keeps throughout is handed) is what makes "dump + the changes in
 // between, applied in order" equal the index at the end. Records are written
 // only while half the feed stays free for the changes themselves.
-void Controller::ContinueResync() {
+std::size_t Controller::ContinueResync() {
   feed::ChangeFeed* f = options_.change_feed;
   const feed::ResyncRequest asked = f->TakeResyncRequest();
+  std::size_t written = 0;  // records
   // A forced request restarts a dump in progress; a snapshot request during one is served by it.
   if (asked == feed::ResyncRequest::kForced || (asked == feed::ResyncRequest::kSnapshot && !resync_.active)) {
     if (!f->DumpHasRoom(0)) {
       f->RequestResync(asked);  // the reader is behind: ask again next pass
-      return;
+      return 0;
     }
     resync_.active = true;
     resync_.holders.clear();
@@ -838,13 +839,15 @@ void Controller::ContinueResync() {
     resync_.walk = {};
     ++stats_.change_feed_resyncs;
     FeedWritten(f->Resync(asked == feed::ResyncRequest::kForced));
+    ++written;
     for (index::HolderId h = 0; h < fed_holders_.size(); ++h)
       if (fed_holders_[h]) {
         resync_.holders.push_back(h);
         FeedWritten(WriteHolderUp(h));
+        ++written;
       }
   }
-  if (!resync_.active) return;
+  if (!resync_.active) return written;
   std::size_t budget = options_.resync_keys_per_pass;
   while (resync_.next < resync_.holders.size()) {
     const index::HolderId h = resync_.holders[resync_.next];
@@ -853,22 +856,26 @@ void Controller::ContinueResync() {
     bool more = h < fed_holders_.size() && fed_holders_[h];
     if (more) {
       const std::size_t n = std::min(budget, f->keys_per_record());
-      if (!f->DumpHasRoom(n)) return;  // next pass
+      if (!f->DumpHasRoom(n)) return written;  // next pass (the publisher frees room)
       resync_.keys.clear();
       more = index_.WalkKeys(h, &resync_.walk, n, [&](std::span<const std::uint64_t> run) {
         resync_.keys.insert(resync_.keys.end(), run.begin(), run.end());
       });
-      if (!resync_.keys.empty()) FeedWritten(f->DumpAdmits(h, resync_.keys));
+      if (!resync_.keys.empty()) {
+        FeedWritten(f->DumpAdmits(h, resync_.keys));
+        ++written;
+      }
       budget -= resync_.keys.size();
     }
     if (!more) {
       ++resync_.next;
       resync_.walk = {};
     }
-    if (budget == 0) return;
+    if (budget == 0) return written;
   }
   FeedWritten(f->ResyncEnd());
   resync_.active = false;
+  return written + 1;
 }
 
 std::size_t Controller::ApplyRemote() {
@@ -907,9 +914,9 @@ void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
     DropRemoteNode(n);
     n.epoch = rr.epoch;
     n.next_seq = rr.seq;
-    // Joined after the epoch's first record (the stream was cut at a dump):
-    // the records before its next kResync are a suffix of the node's
-    // history, which that dump replaces.
+    // Joined after the epoch's first record (the stream was cut at a dump,
+    // or its start aged out): the records before its next kResync are a
+    // suffix of the node's history, which that dump replaces.
     n.missed = rr.seq != 1;
   }
   // JetStream may deliver a record again (a consumer that recreates itself
@@ -959,12 +966,14 @@ void Controller::ApplyRemoteRecord(std::span<const std::uint8_t> bytes) {
       return;
     }
     case feed::ChangeKind::kHolderDown:
-      if (mapped == n.holders.end()) return void(++stats_.remote_refused);
+      if (mapped == n.holders.end()) return void(n.missed ? ++stats_.remote_before_dump : ++stats_.remote_refused);
       RetireRemoteHolder(mapped->second);
       n.holders.erase(mapped);
       return;
     case feed::ChangeKind::kKeys: {
-      if (mapped == n.holders.end()) return void(++stats_.remote_refused);
+      // While a dump is awaited, a holder whose holder-up was before the
+      // reader's start is expected: the dump brings it.
+      if (mapped == n.holders.end()) return void(n.missed ? ++stats_.remote_before_dump : ++stats_.remote_refused);
       const index::HolderId h = mapped->second;
       // As ApplyKvSlice: the buckets of the next keys in flight while this one
       // is applied (a joining node inserts millions of keys it has never seen).

@@ -59,6 +59,10 @@ constexpr StatsCounter kStatsCounters[] = {
      "other nodes' records refused: undecodable, stale epoch, unknown holder, over a limit", &Stats::remote_refused},
     {"remote_seq_gaps", "kvring_remote_seq_gaps_total", "", "counter",
      "other nodes' records whose sequence number was not the one expected", &Stats::remote_seq_gaps},
+    {"remote_before_dump", "kvring_remote_before_dump_total", "", "counter",
+     "other nodes' records of holders unknown here, skipped until the node's next dump (the stream's start was cut "
+     "or aged out)",
+     &Stats::remote_before_dump},
     {"remote_duplicates", "kvring_remote_duplicates_total", "", "counter",
      "other nodes' records delivered again and skipped", &Stats::remote_duplicates},
     {"remote_node_restarts", "kvring_remote_node_restarts_total", "", "counter",

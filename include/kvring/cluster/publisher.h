@@ -22,6 +22,15 @@
 // last dump's size (the stream then holds at most about two node states);
 // once the message carrying kResync is acknowledged the node's subject is
 // purged below it, so a joiner replays one dump and the changes since.
+// Retention by age (when retention is set; no purge, so it suits Debian's
+// nats-server 2.9): the stream (created by the first node, MaxAge =
+// retention) drops messages older than the retention, and every node dumps
+// its holders at least every retention / 3, idle or not, so the stream
+// always holds a complete recent dump of every live node. A joiner that
+// starts after the start of a node's history aged out applies what it reads
+// up to that node's next dump (keys of holders it has not seen are skipped,
+// counted), which then replaces everything (controller.cc: a reader that
+// missed records resets at a dump).
 // Always: a forced dump (readers drop what they had first) repairs a lost
 // feed (overflowed while NATS was slow or away) and a lease found lapsed
 // while the node was alive (the others dropped it).
@@ -67,6 +76,13 @@ struct PublisherOptions {
   // nodes catching up. Turn on with a NATS server that does not. Forced
   // dumps (repairs) happen either way, without cuts.
   std::uint64_t snapshot_min_keys = 0;
+  // Messages older than this leave the stream (its MaxAge, set when this
+  // node creates it: all nodes should agree), and this node dumps its
+  // holders at least every retention / 3. 0 (the default): the stream keeps
+  // everything. Choose it well above the time a dump takes (a few seconds
+  // for millions of keys) and above how long a node may be away and still
+  // catch up by replay rather than from dumps.
+  std::chrono::milliseconds retention{0};
   std::function<void(std::string_view)> log;
 };
 
@@ -115,6 +131,8 @@ class Publisher {
   void NoteRecord(std::span<const std::uint8_t> record);
   void AskForDump(feed::ResyncRequest r);
   void PurgeBelow(std::uint64_t stream_seq);
+  // With retention: asks for a dump once retention / 3 passed since the last.
+  void DumpWhenDue();
 
   PublisherOptions options_;
   feed::ChangeFeed* feed_;
@@ -124,6 +142,7 @@ class Publisher {
   std::uint64_t next_seq_ = 1;
   bool stream_ready_ = false;
   std::chrono::steady_clock::time_point next_lease_{};
+  std::chrono::steady_clock::time_point next_dump_{};  // with retention: when the next dump is due
   std::uint64_t lease_rev_ = 0;         // the lease's revision as last written (0: not yet)
   std::uint64_t overflows_seen_ = 0;    // the feed's overflows already answered with a forced dump
   std::uint64_t keys_since_dump_ = 0;   // key operations drained since the last kResync

@@ -66,6 +66,8 @@ struct Stats {
   std::uint64_t remote_kv_ops = 0;         // ... their admits and evicts
   std::uint64_t remote_refused = 0;        // ... refused: undecodable, stale epoch, unknown holder, over a limit
   std::uint64_t remote_seq_gaps = 0;       // ... whose sequence number was past the one expected
+  std::uint64_t remote_before_dump = 0;    // ... of a holder unknown here while a dump is awaited (its
+                                           //     holder-up was cut or aged out of the stream), skipped
   std::uint64_t remote_duplicates = 0;     // ... already applied (delivered again), skipped
   std::uint64_t remote_node_restarts = 0;  // a node seen with a newer epoch: its old holders dropped
   std::uint64_t remote_nodes_gone = 0;     // a node's lease expired: its holders dropped
