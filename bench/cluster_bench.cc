@@ -11,6 +11,9 @@
 //                                        itself (0) or of node A (1: remote keys), 1 M keys
 //   BM_Cluster_CatchUp/<keys>            a node that joins late: from its start until its index
 //                                        holds the <keys> keys node A published
+//   BM_Cluster_CatchUpAfterChurn/<snapshot keys>
+//                                        a node that joins after node A's 1 M keys saw 16 M ops of
+//                                        churn: without snapshots (0) or with a dump every <keys> ops
 //   BM_Cluster_LagUnderLoad/<k ops/s>    replication lag (p50/p99, ns) of a marker admitted on node A
 //                                        while a worker of node A churns <k ops/s> (admit new,
 //                                        evict oldest, 1 M keys held) in a process of its own;
@@ -128,7 +131,10 @@ struct Node {
   // Pinned (cpu >= 0) after the cluster threads started: only the
   // controller's thread holds the core, the publisher and subscriber run
   // where they can.
-  Node(const std::string& what, const std::string& cluster, bool federated, int cpu, std::uint32_t spin) : name(Unique(what)) {
+  // `snapshot_keys`: cluster::PublisherOptions::snapshot_min_keys.
+  Node(const std::string& what, const std::string& cluster, bool federated, int cpu, std::uint32_t spin,
+       std::uint64_t snapshot_keys = 0)
+      : name(Unique(what)) {
     const std::string url = federated ? Nats::Get().url : "";
     auto log = [what](std::string_view line) {
       std::fprintf(stderr, "[%s] %.*s\n", what.c_str(), static_cast<int>(line.size()), line.data());
@@ -143,6 +149,7 @@ struct Node {
       po.node = what;
       // A node that starves on two busy cores must not lose its lease mid-run.
       po.lease_ttl = std::chrono::seconds(30);
+      po.snapshot_min_keys = snapshot_keys;
       po.log = log;
       change = std::move(feed::ChangeFeed::Create(64 << 20)).value();
       remote = std::move(feed::RemoteFeed::Create(64 << 20)).value();
@@ -269,6 +276,21 @@ void BM_Cluster_Lookup(benchmark::State& state) {
 }
 BENCHMARK(BM_Cluster_Lookup)->ArgsProduct({{0, 1}, {32, 256}})->UseManualTime()->MinTime(1.0);
 
+// Per iteration: a node joins `cluster` (node A's records are in the
+// stream) and is timed until a lookup there sees `last`, node A's last key:
+// everything before it is in (records in order). Polled every millisecond
+// (the figure is hundreds of milliseconds and more).
+void TimeJoins(benchmark::State& state, const std::string& cluster, std::uint64_t last) {
+  int round = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    Node late("late" + std::to_string(round++), cluster, true, -1, 1);
+    auto asker = Connect(late.name, "asker");
+    (void)WaitVisible(*asker, std::span<const std::uint64_t>(&last, 1), 1, std::chrono::milliseconds(1));
+    state.SetIterationTime(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+}
+
 void BM_Cluster_CatchUp(benchmark::State& state) {
   const auto keys = static_cast<std::size_t>(state.range(0));
   const std::string cluster = Unique("cu" + std::to_string(keys)).substr(2);
@@ -276,21 +298,38 @@ void BM_Cluster_CatchUp(benchmark::State& state) {
   auto wa = Connect(a.name, "instA");
   for (std::size_t k = 0; k < keys; ++k) wa->Admit(kLocation, Mix(k));
   if (!wa->Heartbeat().ok()) std::abort();
-  std::vector<std::uint64_t> last{Mix(keys - 1)};
-  int round = 0;
-  for (auto _ : state) {
-    // Node A's records are in the stream; a node joins and replays them.
-    const auto t0 = Clock::now();
-    Node late("late" + std::to_string(round++), cluster, true, -1, 1);
-    auto asker = Connect(late.name, "asker");
-    // A's last key: everything before it is in (records in order). Polled
-    // every millisecond (the figure is seconds).
-    (void)WaitVisible(*asker, last, 1, std::chrono::milliseconds(1));
-    state.SetIterationTime(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
+  TimeJoins(state, cluster, Mix(keys - 1));
   state.counters["keys"] = static_cast<double>(keys);
 }
 BENCHMARK(BM_Cluster_CatchUp)->Arg(1'000'000)->Arg(10'000'000)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
+
+// A node with a long history: 1 M keys held, then 16 M ops of churn (admit
+// a fresh key, evict the oldest). A node that joins afterwards reads the
+// stream from where node A's lease says it can be rebuilt: the epoch's start
+// without snapshots (0), the latest dump with snapshots every <keys> ops.
+void BM_Cluster_CatchUpAfterChurn(benchmark::State& state) {
+  const auto snapshot_keys = static_cast<std::uint64_t>(state.range(0));
+  const std::string cluster = Unique("ch" + std::to_string(snapshot_keys)).substr(2);
+  Node a("nodeA", cluster, true, -1, 1, snapshot_keys);
+  auto wa = Connect(a.name, "instA");
+  constexpr std::uint64_t kHeld = 1'000'000, kChurn = 16'000'000;
+  std::uint64_t next = 0, oldest = 0;
+  for (; next < kHeld; ++next) wa->Admit(kLocation, Mix(next));
+  while (next < kHeld + kChurn / 2) {
+    wa->Admit(kLocation, Mix(next++));
+    wa->Evict(kLocation, Mix(oldest++));
+  }
+  if (!wa->Heartbeat().ok()) std::abort();
+  std::vector<std::uint64_t> last{Mix(next - 1)};
+  // Everything published: a first joiner sees the last key (by then node
+  // A's lease names its latest dump, refreshed as soon as it was acknowledged).
+  { Node probe("probe", cluster, true, -1, 1);
+    auto asker = Connect(probe.name, "asker");
+    (void)WaitVisible(*asker, last, 1, std::chrono::milliseconds(1)); }
+  TimeJoins(state, cluster, last[0]);
+  state.counters["ops_in_history"] = static_cast<double>(kHeld + kChurn);
+}
+BENCHMARK(BM_Cluster_CatchUpAfterChurn)->Arg(0)->Arg(1'000'000)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
 
 // ---- under load ----------------------------------------------------------------------------
 

@@ -964,14 +964,30 @@ struct WorkingNode : PublishingNode {
   bool Published() const { return pub->stats().records == feed->records(); }
 };
 
-// The stream stays bounded: as the log of a node grows past its last dump,
-// the publisher asks for a new one and cuts the node's subject below it. A
-// node that joins afterwards reads only from the last dump on, and ends with
-// exactly the keys the node holds.
-TEST(ClusterSnapshots, TheStreamIsCutAtEachDumpAndALateJoinerRebuildsTheNode) {
+// What the node's lease says the stream rebuilds it from (0: no lease, or unreadable).
+std::uint64_t LeaseRebuildFrom(const JetStreamClient& client, const PublisherOptions& po) {
+  kvStore* leases = nullptr;
+  if (js_KeyValue(&leases, client.js, ("KVRING_" + po.cluster + "_LEASES").c_str()) != NATS_OK) return 0;
+  kvEntry* e = nullptr;
+  LeaseValue v;
+  const bool ok = kvStore_Get(&e, leases, po.node.c_str()) == NATS_OK &&
+                  DecodeLease(std::string_view(static_cast<const char*>(kvEntry_Value(e)),
+                                               static_cast<std::size_t>(kvEntry_ValueLen(e))),
+                              &v);
+  kvEntry_Destroy(e);
+  kvStore_Destroy(leases);
+  return ok ? v.rebuild_from_seq : 0;
+}
+
+// As a node's log grows past its last dump, the publisher asks for a new one
+// (and, with `cut`, purges the node's subject below it). A node that joins
+// afterwards starts reading at the latest dump (the lease says where), and
+// ends with exactly the keys the node holds.
+void DumpsBoundWhatAJoinerReads(bool cut) {
   WorkingNode a;
   a.po.snapshot_min_keys = 3000;
-  ASSERT_TRUE(a.Start("s" + kPid, "nodeA", "cl" + kPid + "-snap", true,
+  a.po.cut_at_dumps = cut;
+  ASSERT_TRUE(a.Start((cut ? "s" : "u") + kPid, "nodeA", "cl" + kPid + "-snap", true,
                       [](controller::Options& o) { o.resync_keys_per_pass = 500; }));
   controller::Controller& ctl = *a.ctl;
   LocalWorker& worker = *a.worker;
@@ -982,15 +998,44 @@ TEST(ClusterSnapshots, TheStreamIsCutAtEachDumpAndALateJoinerRebuildsTheNode) {
   }
   RunUntil(ctl, [&] { return published() && ctl.stats().change_feed_resyncs == a.pub->stats().snapshots; });
   EXPECT_GE(a.pub->stats().snapshots, 3u) << a.pub->StatsJson();
-  EXPECT_GE(a.pub->stats().purges, 3u);
+  if (cut) EXPECT_GE(a.pub->stats().purges, 3u);
+  else EXPECT_EQ(a.pub->stats().purges, 0u);
   EXPECT_EQ(a.pub->stats().repairs, 0u);
   ASSERT_EQ(worker.Indexed(), worker.held);
+  // The lease names the latest dump's message.
+  JetStreamClient client(a.nats.url());
+  RunUntil(ctl, [&] { return LeaseRebuildFrom(client, a.po) == a.pub->stats().rebuild_from_seq; });
+  const std::uint64_t from = a.pub->stats().rebuild_from_seq;
+  ASSERT_GT(from, 1u);
+  ASSERT_EQ(LeaseRebuildFrom(client, a.po), from);
 
   Joiner late(a.po, "cl" + kPid + "-late");
   EXPECT_TRUE(late.Converges("nodeA", worker.held)) << late.KeysOf("nodeA").size() << " keys vs " << worker.held.size();
+  EXPECT_EQ(late.sub->stats().start_seq, from) << late.sub->StatsJson();
   // It read the last dump and what followed, not the node's whole history.
   EXPECT_LT(late.sub->stats().records, a.pub->stats().records / 2) << late.sub->StatsJson();
   EXPECT_EQ(late.sub->stats().garbage, 0u);
+}
+
+TEST(ClusterSnapshots, AJoinerStartsAtTheLatestDumpWithoutACut) { DumpsBoundWhatAJoinerReads(false); }
+TEST(ClusterSnapshots, TheStreamIsCutAtEachDumpAndALateJoinerRebuildsTheNode) { DumpsBoundWhatAJoinerReads(true); }
+
+// A node's lease: the value round-trips, and anything not exactly in its
+// format (it comes from the network) is refused.
+TEST(LeaseValue, RoundTripsAndAnythingElseIsRefused) {
+  LeaseValue v;
+  ASSERT_TRUE(DecodeLease(EncodeLease({0x0123456789abcdefull, 42}), &v));
+  EXPECT_EQ(v.epoch, 0x0123456789abcdefull);
+  EXPECT_EQ(v.rebuild_from_seq, 42u);
+  ASSERT_TRUE(DecodeLease(EncodeLease({~0ull, ~0ull}), &v));
+  EXPECT_EQ(v.rebuild_from_seq, ~0ull);
+  for (const char* bad : {"", "0x0123456789abcdef", "0x0123456789abcdef ", "0x0123456789abcde 42", "0x0123456789abcdeg 42",
+                          "0123456789abcdef 42", "0x0123456789abcdef -1", "0x0123456789abcdef +1", "0x0123456789abcdef 4 2",
+                          "0x0123456789abcdef 42x", "0x0123456789abcdef 99999999999999999999", "0x0123456789abcdef  42"}) {
+    v = LeaseValue{7, 7};
+    EXPECT_FALSE(DecodeLease(bad, &v)) << bad;
+    EXPECT_EQ(v.rebuild_from_seq, 7u) << "untouched on refusal: " << bad;
+  }
 }
 
 // Retention by age, no purge: the stream's max age drops old messages while

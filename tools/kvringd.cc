@@ -226,11 +226,15 @@ int main(int argc, char** argv) {
                  "with a dump of this node's holders at least every third of it so a joiner finds every node's "
                  "state; 0: keep everything (a joiner replays each node's whole history)")
       ->check(CLI::Number)->capture_default_str();
+  co.snapshot_min_keys = 4'000'000;
   app.add_option("--cluster-snapshot-keys", co.snapshot_min_keys,
-                 "Dump this node's holders into the stream (and cut what came before) once this many key "
-                 "operations, or the last dump's size if larger, were published since the last dump; 0: never "
-                 "(nats-server 2.9 stalls consumers with a backlog at each cut: docs/DESIGN.md)")
+                 "Dump this node's holders into the stream once this many key operations, or the last dump's "
+                 "size if larger, were published since the last dump (a joiner reads from the latest dump on); "
+                 "0: only by time (--cluster-retention)")
       ->capture_default_str();
+  app.add_flag("--cluster-cut-at-dumps", co.cut_at_dumps,
+               "Also purge this node's subject below each dump, and gone nodes' subjects (nats-server 2.9 stalls "
+               "consumers with a backlog at each purge: docs/DESIGN.md)");
   app.add_option("--change-feed-bytes", change_feed_bytes,
                  "The change feed's buffer between the controller and the publisher (power of two)")
       ->capture_default_str();

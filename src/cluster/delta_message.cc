@@ -1,5 +1,8 @@
 #include "kvring/cluster/delta_message.h"
 
+#include <charconv>
+#include <cstdio>
+
 #include <cstring>
 #include <vector>
 
@@ -70,6 +73,28 @@ Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* head
   if (at != bytes.size()) return bad(std::to_string(bytes.size() - at) + " bytes after the last record");
   for (std::uint32_t i = 0; i < header->records; ++i) on_record(changes[i], raw[i]);
   return Status::Ok();
+}
+
+std::string EncodeLease(const LeaseValue& lease) {
+  char text[64];
+  std::snprintf(text, sizeof text, "0x%016llx %llu", static_cast<unsigned long long>(lease.epoch),
+                static_cast<unsigned long long>(lease.rebuild_from_seq));
+  return text;
+}
+
+bool DecodeLease(std::string_view text, LeaseValue* out) {
+  constexpr std::size_t kEpochEnd = 2 + 16;
+  if (text.size() < kEpochEnd + 2 || text.substr(0, 2) != "0x" || text[kEpochEnd] != ' ') return false;
+  LeaseValue v;
+  const char* epoch_begin = text.data() + 2;
+  auto e = std::from_chars(epoch_begin, text.data() + kEpochEnd, v.epoch, 16);
+  if (e.ec != std::errc() || e.ptr != text.data() + kEpochEnd) return false;
+  const char* seq_begin = text.data() + kEpochEnd + 1;
+  if (*seq_begin < '0' || *seq_begin > '9') return false;  // from_chars takes no sign, but be plain
+  auto d = std::from_chars(seq_begin, text.data() + text.size(), v.rebuild_from_seq, 10);
+  if (d.ec != std::errc() || d.ptr != text.data() + text.size()) return false;
+  *out = v;
+  return true;
 }
 
 }  // namespace kvring::cluster

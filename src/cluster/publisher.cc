@@ -58,7 +58,7 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
   if (Status s = p->nats_->Open(options, "publisher"); !s.ok()) return s;
   // A first, empty dump (the controller has no holders yet): once it is in
   // the stream, what earlier epochs of this node left there is purged.
-  if (options.snapshot_min_keys != 0) p->AskForDump(feed::ResyncRequest::kSnapshot);
+  if (options.cut_at_dumps) p->AskForDump(feed::ResyncRequest::kSnapshot);
   // The node's history from its start is in the stream until it ages out:
   // the first dump is due before that.
   p->next_dump_ = std::chrono::steady_clock::now() + options.retention / 3;
@@ -85,6 +85,7 @@ PublisherStats Publisher::stats() const {
   st.repairs = repairs_.load(std::memory_order_relaxed);
   st.purges = purges_.load(std::memory_order_relaxed);
   st.lease_lapses = lease_lapses_.load(std::memory_order_relaxed);
+  st.rebuild_from_seq = rebuild_from_.load(std::memory_order_relaxed);
   st.connected = nats_->connected();
   return st;
 }
@@ -103,7 +104,8 @@ std::string Publisher::StatsJson() const {
          ", \"buffered_bytes\": " + std::to_string(feed_->buffered_bytes()) + ", \"lag_records\": " +
          std::to_string(feed_->records() - st.records) + ", \"snapshots\": " + std::to_string(st.snapshots) +
          ", \"repairs\": " + std::to_string(st.repairs) + ", \"purges\": " + std::to_string(st.purges) +
-         ", \"lease_lapses\": " + std::to_string(st.lease_lapses) + "}";
+         ", \"lease_lapses\": " + std::to_string(st.lease_lapses) +
+         ", \"rebuild_from_seq\": " + std::to_string(st.rebuild_from_seq) + "}";
 }
 
 std::string Publisher::MetricsText() const {
@@ -165,20 +167,19 @@ bool Publisher::EnsureStream() {
 void Publisher::RefreshLease() {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_lease_ || !nats_->BindLeases(options_)) return;
-  char epoch[19];
-  std::snprintf(epoch, sizeof epoch, "0x%016llx", static_cast<unsigned long long>(epoch_));
+  const std::string value = EncodeLease({epoch_, rebuild_from_.load(std::memory_order_relaxed)});
   std::uint64_t rev = 0;
   // After the first write, each refresh names the revision it replaces: if
   // the lease expired meanwhile (NATS slow or away for a lease time, this
   // process stalled) the update fails, the others have dropped this node,
   // and a forced dump puts its holders back everywhere.
-  if (lease_rev_ != 0 && kvStore_UpdateString(&rev, nats_->leases, options_.node.c_str(), epoch, lease_rev_) == NATS_OK) {
+  if (lease_rev_ != 0 && kvStore_UpdateString(&rev, nats_->leases, options_.node.c_str(), value.c_str(), lease_rev_) == NATS_OK) {
     lease_rev_ = rev;
     next_lease_ = now + options_.lease_ttl / 3;
     return;
   }
   if (!nats_->connected()) return;  // cannot tell: try again
-  if (kvStore_PutString(&rev, nats_->leases, options_.node.c_str(), epoch) != NATS_OK) return;
+  if (kvStore_PutString(&rev, nats_->leases, options_.node.c_str(), value.c_str()) != NATS_OK) return;
   if (lease_rev_ != 0) {
     lease_lapses_.fetch_add(1, std::memory_order_relaxed);
     if (options_.log) options_.log("cluster: this node's lease had lapsed: the others dropped it; republishing its holders");
@@ -270,9 +271,16 @@ bool Publisher::PublishPending() {
   bytes_.fetch_add(bytes.size(), std::memory_order_relaxed);
   last_seq_.store(next_seq_ - 1, std::memory_order_relaxed);
   nats_->has_pending = false;
-  // Cut below a dump only with snapshots on (publisher.h: purges stall
-  // lagging consumers on nats-server 2.9); a repair's dump is kept uncut.
-  if (pending_has_resync_ && stream_seq != 0 && options_.snapshot_min_keys != 0) PurgeBelow(stream_seq);
+  // Cut below a dump only when asked (publisher.h: purges stall lagging
+  // consumers on nats-server 2.9).
+  // The stream rebuilds this node from its epoch's first message, then from
+  // each dump's: the lease says so at its next refresh, made now.
+  if (stream_seq != 0 && (!started_ || pending_has_resync_)) {
+    rebuild_from_.store(stream_seq, std::memory_order_relaxed);
+    next_lease_ = {};
+  }
+  started_ = true;
+  if (pending_has_resync_ && stream_seq != 0 && options_.cut_at_dumps) PurgeBelow(stream_seq);
   pending_has_resync_ = false;
   return true;
 }
@@ -314,7 +322,9 @@ void Publisher::Run() {
       }
       continue;
     }
-    // Fill one message from the feed: records as they come, up to the size bound.
+    // Fill one message from the feed: records as they come, up to the size
+    // bound. The epoch's first message goes at once, records or not: where
+    // the stream starts to tell this node's story (LeaseValue).
     n.pending.Begin(epoch_, next_seq_);
     // Drain counts payload bytes and stops once past its budget: a record
     // (>= 5 bytes) and its length word take under twice its payload, plus
@@ -326,7 +336,7 @@ void Publisher::Run() {
       NoteRecord(record);
       ++next_seq_;
     });
-    if (n.pending.records() > 0) {
+    if (n.pending.records() > 0 || !started_) {
       n.has_pending = true;
       continue;
     }

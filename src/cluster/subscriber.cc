@@ -39,6 +39,7 @@ SubscriberStats Subscriber::stats() const {
   st.nodes_gone = nodes_gone_.load(std::memory_order_relaxed);
   st.last_lag_us = last_lag_us_.load(std::memory_order_relaxed);
   st.purges = purges_.load(std::memory_order_relaxed);
+  st.start_seq = start_seq_.load(std::memory_order_relaxed);
   st.subscribed = subscribed_.load(std::memory_order_relaxed) && nats_->connected();
   return st;
 }
@@ -49,6 +50,7 @@ std::string Subscriber::StatsJson() const {
          ", \"remote_messages\": " + std::to_string(st.messages) + ", \"remote_records\": " +
          std::to_string(st.records) + ", \"garbage_messages\": " + std::to_string(st.garbage) +
          ", \"nodes_gone\": " + std::to_string(st.nodes_gone) + ", \"gone_nodes_purged\": " + std::to_string(st.purges) +
+         ", \"start_seq\": " + std::to_string(st.start_seq) +
          ", \"last_message_lag_ms\": " + std::to_string(static_cast<double>(st.last_lag_us) / 1000.0) + "}";
 }
 
@@ -125,11 +127,11 @@ void Subscriber::CheckLeases() {
     seen.gone = true;
     nodes_gone_.fetch_add(1, std::memory_order_relaxed);
     if (options_.log) options_.log("cluster: node " + node + " has no lease any more: its holders are dropped");
-    // Bounded retention (with snapshots on: publisher.h says why only then):
+    // Bounded retention (with cuts on: publisher.h says why only then):
     // what the gone node left in the stream goes too, up to the last message
     // read here (a newer one, the node back with a forced dump, is kept).
     // Every subscriber may do this; purging twice is harmless.
-    if (options_.snapshot_min_keys == 0) continue;
+    if (!options_.cut_at_dumps) continue;
     jsOptions o;
     jsOptions_Init(&o);
     const std::string node_subject = prefix_ + node;
@@ -141,21 +143,51 @@ void Subscriber::CheckLeases() {
   }
 }
 
+std::uint64_t Subscriber::StartSequence() {
+  if (resume_seq_ != 0) return resume_seq_;
+  if (!nats_->BindLeases(options_)) return 1;
+  kvKeysList keys{};
+  if (kvStore_Keys(&keys, nats_->leases, nullptr) != NATS_OK) return 1;  // none (NATS_NOT_FOUND), or cannot tell
+  // A lease per node: far more than any cluster's nodes means a bucket that
+  // is not what it should be; read everything then rather than trust it.
+  constexpr int kMaxLeases = 4096;
+  std::uint64_t start = keys.Count > kMaxLeases ? 1 : UINT64_MAX;
+  for (int i = 0; i < keys.Count && start > 1; ++i) {
+    if (keys.Keys[i] == nullptr || options_.node == keys.Keys[i]) continue;
+    kvEntry* e = nullptr;
+    const natsStatus s = kvStore_Get(&e, nats_->leases, keys.Keys[i]);
+    if (s == NATS_NOT_FOUND) continue;  // gone since the listing: nothing of it is needed
+    LeaseValue v;
+    const bool known = s == NATS_OK &&
+                       DecodeLease(std::string_view(static_cast<const char*>(kvEntry_Value(e)),
+                                                    static_cast<std::size_t>(std::max(0, kvEntry_ValueLen(e)))),
+                                   &v) &&
+                       v.rebuild_from_seq != 0;
+    kvEntry_Destroy(e);
+    start = std::min(start, known ? v.rebuild_from_seq : 1);  // a lease that does not say: from the start
+  }
+  kvKeysList_Destroy(&keys);
+  return start == UINT64_MAX ? 1 : start;
+}
+
 void Subscriber::Run() {
   Nats& n = *nats_;
   const std::string subject = prefix_ + "*";
   while (!stop_.load(std::memory_order_relaxed)) {
     if (!n.sub) {
-      // An ordered consumer from the stream's start: it recreates itself
-      // (from where it was) after a gap or a reconnect. The stream may not
-      // exist yet (the first publisher creates it): retry.
+      // An ordered consumer (it recreates itself, from where it was, after
+      // a gap or a reconnect) from StartSequence(). The stream may not exist
+      // yet (the first publisher creates it): retry.
       jsSubOptions so;
       jsSubOptions_Init(&so);
       so.Ordered = true;
-      so.Config.DeliverPolicy = js_DeliverAll;
+      const std::uint64_t start = StartSequence();
+      so.Config.DeliverPolicy = js_DeliverByStartSequence;
+      so.Config.OptStartSeq = start;
       jsErrCode jerr = static_cast<jsErrCode>(0);
       if (n.connected() && js_SubscribeSync(&n.sub, n.js, subject.c_str(), nullptr, &so, &jerr) == NATS_OK) {
         subscribed_.store(true, std::memory_order_relaxed);
+        start_seq_.store(start, std::memory_order_relaxed);
       } else {
         n.sub = nullptr;
         SleepUnlessStopped(stop_, options_.retry_wait);
@@ -184,6 +216,7 @@ void Subscriber::Run() {
                          std::memory_order_relaxed);
       jsMsgMetaData_Destroy(meta);
     }
+    if (stream_seq != 0) resume_seq_ = stream_seq + 1;
     const char* subj = natsMsg_GetSubject(m);
     Handle(subj ? std::string_view(subj) : std::string_view(), stream_seq,
            std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(m)),

@@ -22,6 +22,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "kvring/controller/change_feed.h"
 #include "kvring/status.h"
@@ -58,5 +59,27 @@ class DeltaWriter {
 using OnRecord = std::function<void(const feed::Change& change, std::span<const std::uint8_t> record)>;
 [[nodiscard]] Status DecodeDeltaMessage(std::span<const std::uint8_t> bytes, DeltaHeader* header,
                                         const OnRecord& on_record);
+
+
+// ---- a node's lease -------------------------------------------------------------
+//
+// The value of key <node> in the bucket KVRING_<cluster>_LEASES, written by
+// the node's publisher at each refresh, read by subscribers:
+//
+//   "0x<epoch: 16 hex digits> <rebuild from: decimal stream sequence>"
+//
+// rebuild from: a stream sequence from which the stream rebuilds the node's
+// holdings exactly: its epoch's first message (the publisher sends one, with
+// no records, as soon as it starts), then each dump's kResync message. 0: not
+// known yet (nothing acknowledged). A joining subscriber starts reading at the
+// smallest of the live nodes' (at the stream's start if any is 0) instead of
+// replaying everything the stream keeps.
+struct LeaseValue {
+  std::uint64_t epoch = 0;
+  std::uint64_t rebuild_from_seq = 0;
+};
+std::string EncodeLease(const LeaseValue& lease);
+// Strict: exactly the format above (from the network: anything else is refused).
+[[nodiscard]] bool DecodeLease(std::string_view text, LeaseValue* out);
 
 }  // namespace kvring::cluster

@@ -15,13 +15,18 @@
 // epoch) in the cluster's lease bucket, refreshed every lease_ttl / 3; the
 // other nodes' subscribers drop this node's holders once it is gone.
 //
-// Snapshots and bounded retention (when snapshot_min_keys is set): the
-// publisher asks the controller for a dump of its local holders
-// (change_feed.h, kResync ... kResyncEnd) whenever the key operations
-// published since the last dump reach the larger of snapshot_min_keys and the
-// last dump's size (the stream then holds at most about two node states);
-// once the message carrying kResync is acknowledged the node's subject is
-// purged below it, so a joiner replays one dump and the changes since.
+// Where a joiner starts: the node's lease (delta_message.h, LeaseValue) names
+// the stream sequence from which the stream rebuilds the node exactly: its
+// epoch's first message (an empty one, sent at start) and then its latest
+// dump's. Subscribers that join start at the smallest of the live nodes'.
+//
+// Snapshots (when snapshot_min_keys is set): the publisher asks the
+// controller for a dump of its local holders (change_feed.h, kResync ...
+// kResyncEnd) whenever the key operations published since the last dump reach
+// the larger of snapshot_min_keys and the last dump's size, so a joiner reads
+// about one node state and the changes since, never the node's history; the
+// dumps cost at most as much as the changes (that rule). With cut_at_dumps,
+// the node's subject is also purged below each dump once acknowledged.
 // Retention by age (when retention is set; no purge, so it suits Debian's
 // nats-server 2.9): the stream (created by the first node, MaxAge =
 // retention) drops messages older than the retention, and every node dumps
@@ -67,15 +72,16 @@ struct PublisherOptions {
   // lease_ttl / 3; a node whose lease is gone is dropped by the others.
   std::chrono::milliseconds lease_ttl{3000};
   // Dumps (snapshots) once this many key operations were published since
-  // the last, or the last dump's key count if larger, and cuts (purges) the
-  // stream below each; 0 (the default): never, the stream keeps the node's
-  // whole history. Off by default because Debian 12's nats-server (2.9.10)
-  // stalls every consumer with a backlog when a subject of its stream is
-  // purged (measured: an ordered, a pull and a push consumer each stopped
-  // for 10 s and more; docs/PERFORMANCE.md "Cluster"), i.e. exactly the
-  // nodes catching up. Turn on with a NATS server that does not. Forced
-  // dumps (repairs) happen either way, without cuts.
+  // the last, or the last dump's key count if larger; 0 (the default):
+  // never, a joiner replays the node's history from its epoch's start
+  // (bounded by retention, if set). Forced dumps (repairs) happen either way.
   std::uint64_t snapshot_min_keys = 0;
+  // Purge the node's subject below each dump (and, at a clean start, what its
+  // earlier epochs left), and have subscribers purge gone nodes' subjects.
+  // Off by default: Debian 12's nats-server (2.9.10) stalls every consumer
+  // with a backlog at each purge (docs/PERFORMANCE.md "Cluster"), i.e.
+  // exactly the nodes catching up; retention (below) bounds the stream without.
+  bool cut_at_dumps = false;
   // Messages older than this leave the stream (its MaxAge, set when this
   // node creates it: all nodes should agree), and this node dumps its
   // holders at least every retention / 3. 0 (the default): the stream keeps
@@ -96,6 +102,7 @@ struct PublisherStats {
   std::uint64_t repairs = 0;         // forced dumps asked for: the feed overflowed, or the lease lapsed
   std::uint64_t purges = 0;          // the node's subject cut below a dump
   std::uint64_t lease_lapses = 0;    // the lease found gone while this node was alive
+  std::uint64_t rebuild_from_seq = 0;  // what the lease says (LeaseValue): the stream rebuilds this node from there
   bool connected = false;
 };
 
@@ -150,10 +157,11 @@ class Publisher {
   bool in_dump_ = false;                // between a kResync and its kResyncEnd
   bool dump_asked_ = false;             // asked, its kResync not drained yet
   bool pending_has_resync_ = false;     // the pending message carries a kResync
+  bool started_ = false;                // the epoch's first (empty) message is acknowledged
   std::atomic<bool> stop_{false};
   // Written by the publisher thread, read by stats() (relaxed: counters).
   std::atomic<std::uint64_t> messages_{0}, records_{0}, bytes_{0}, failures_{0}, last_seq_{0};
-  std::atomic<std::uint64_t> snapshots_{0}, repairs_{0}, purges_{0}, lease_lapses_{0};
+  std::atomic<std::uint64_t> snapshots_{0}, repairs_{0}, purges_{0}, lease_lapses_{0}, rebuild_from_{0};
   std::thread thread_;
 };
 

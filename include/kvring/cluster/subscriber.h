@@ -1,10 +1,17 @@
 // The cluster subscriber: one thread that reads every other node's subject of
-// the cluster's JetStream stream (`kvring.<cluster>.*`, an ordered consumer
-// from the stream's start), validates each delta message whole
+// the cluster's JetStream stream (`kvring.<cluster>.*`, one ordered consumer),
+// validates each delta message whole
 // (delta_message.h) and hands its records to the controller through the
 // remote feed (controller/remote_feed.h), which applies them as remote
 // holders. Its own node's subject is skipped. Garbage (a hostile or broken
 // publisher) is counted and dropped; nothing of it reaches the controller.
+//
+// Where it starts: at the smallest "rebuild from" sequence of the live
+// nodes' leases (delta_message.h, LeaseValue: each node's epoch start or its
+// latest dump), or at the stream's start when a lease does not say; a node
+// whose records it then first meets mid-epoch is rebuilt at its dump (the
+// controller's rule for readers that missed records). After a lost
+// subscription it resumes after the last message it read.
 //
 // Liveness: every lease_ttl / 3 it looks up the lease of each node it has
 // heard from (the bucket the publishers keep); a node whose lease is gone
@@ -43,6 +50,7 @@ struct SubscriberStats {
   std::uint64_t nodes_gone = 0; // nodes whose lease was found gone (their holders dropped)
   std::uint64_t last_lag_us = 0;  // the last remote message: from its arrival in the stream to here
   std::uint64_t purges = 0;     // gone nodes' subjects purged (up to their last message read here)
+  std::uint64_t start_seq = 0;  // the stream sequence the consumer was (last) made to start at
   bool subscribed = false;
 };
 
@@ -64,6 +72,8 @@ class Subscriber {
   void Run();
   void Handle(std::string_view subject, std::uint64_t stream_seq, std::span<const std::uint8_t> bytes);
   void CheckLeases();
+  // Where a new consumer starts (see the top of this file).
+  std::uint64_t StartSequence();
   template <typename Push>
   bool PushWhenRoom(std::size_t bytes, Push&& push);
 
@@ -73,7 +83,9 @@ class Subscriber {
   std::string prefix_;  // "kvring.<cluster>."
   std::atomic<bool> stop_{false};
   std::atomic<bool> subscribed_{false};
-  std::atomic<std::uint64_t> messages_{0}, records_{0}, garbage_{0}, own_{0}, nodes_gone_{0}, last_lag_us_{0}, purges_{0};
+  std::atomic<std::uint64_t> messages_{0}, records_{0}, garbage_{0}, own_{0}, nodes_gone_{0}, last_lag_us_{0}, purges_{0},
+      start_seq_{0};
+  std::uint64_t resume_seq_ = 0;  // after the last message read (0: none yet); the subscriber thread's
   // The nodes heard from, and whether their lease was last found gone (the
   // subscriber thread's own).
   struct NodeSeen {
