@@ -7,8 +7,9 @@
 //                                        the controller's change feed and publisher off (0) or on (1)
 //   BM_Cluster_ReplicationLag            one admit on node A until a lookup on node B sees it
 //                                        (p50/p99 in ns), the cluster otherwise idle
-//   BM_Cluster_Lookup/<remote>/<hashes>  a P2P lookup on node B of chains held by workers of node B
-//                                        itself (0) or of node A (1: remote keys), 1 M keys
+//   BM_Cluster_Lookup/<remote>/<hashes>/<keys>
+//                                        a P2P lookup on node B of chains held by workers of node B
+//                                        itself (0) or of node A (1: remote keys), <keys> keys in all
 //   BM_Cluster_CatchUp/<keys>            a node that joins late: from its start until its index
 //                                        holds the <keys> keys node A published
 //   BM_Cluster_CatchUpAfterChurn/<snapshot keys>
@@ -227,27 +228,29 @@ BENCHMARK(BM_Cluster_ReplicationLag)->UseManualTime()->Iterations(2000);
 void BM_Cluster_Lookup(benchmark::State& state) {
   const bool remote = state.range(0) != 0;
   const auto n = static_cast<std::size_t>(state.range(1));
+  const auto keys = static_cast<std::size_t>(state.range(2));
   const std::string cluster = Unique("lk" + std::to_string(remote) + std::to_string(n)).substr(2);
   // Node B, where the lookups are served, spins on CPU 0 as a dedicated
   // controller core would (as in e2e_bench); node A sleeps when idle.
   Node a("nodeA", cluster, true, -1, 1), b("nodeB", cluster, true, 0, UINT32_MAX);
   Pin(1);
   constexpr int kInstances = 8;
-  constexpr std::size_t kChain = 4096, kChains = 1'000'000 / kInstances / kChain;
+  constexpr std::size_t kChain = 4096;
+  const std::size_t chains = keys / kInstances / kChain;
   auto chain_hash = [](int inst, std::size_t c, std::size_t k) {
     return Mix((static_cast<std::uint64_t>(inst + 1) << 48) ^ (static_cast<std::uint64_t>(c) << 20) ^ k);
   };
   std::vector<std::unique_ptr<client::Worker>> holders;
   for (int i = 0; i < kInstances; ++i) {
     holders.push_back(Connect(remote ? a.name : b.name, "inst" + std::to_string(i)));
-    for (std::size_t c = 0; c < kChains; ++c)
+    for (std::size_t c = 0; c < chains; ++c)
       for (std::size_t k = 0; k < kChain; ++k) holders.back()->Admit(kLocation, chain_hash(i, c, k));
     if (!holders.back()->Heartbeat().ok()) std::abort();
   }
   auto asker = Connect(b.name, "asker");
   // Every chain's last key visible on node B before timing.
   for (int i = 0; i < kInstances; ++i)
-    for (std::size_t c = 0; c < kChains; ++c) {
+    for (std::size_t c = 0; c < chains; ++c) {
       std::vector<std::uint64_t> whole(kChain);
       for (std::size_t k = 0; k < kChain; ++k) whole[k] = chain_hash(i, c, k);
       (void)WaitVisible(*asker, whole, kChain);
@@ -257,7 +260,7 @@ void BM_Cluster_Lookup(benchmark::State& state) {
   std::vector<std::int64_t> ns;
   for (auto _ : state) {
     const int inst = static_cast<int>(rng() % kInstances);
-    const std::size_t c = rng() % kChains;
+    const std::size_t c = rng() % chains;
     for (std::size_t k = 0; k < n; ++k) hashes[k] = chain_hash(inst, c, k);
     const auto t0 = Clock::now();
     auto hit = asker->Lookup(hashes, std::chrono::milliseconds(1000));
@@ -274,7 +277,10 @@ void BM_Cluster_Lookup(benchmark::State& state) {
   }
   ReportPercentiles(state, ns);
 }
-BENCHMARK(BM_Cluster_Lookup)->ArgsProduct({{0, 1}, {32, 256}})->UseManualTime()->MinTime(1.0);
+BENCHMARK(BM_Cluster_Lookup)
+    ->ArgsProduct({{0, 1}, {32, 256}, {1'000'000, 10'000'000}})
+    ->UseManualTime()
+    ->MinTime(1.0);
 
 // Per iteration: a node joins `cluster` (node A's records are in the
 // stream) and is timed until a lookup there sees `last`, node A's last key:
