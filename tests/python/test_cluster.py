@@ -283,61 +283,60 @@ def wait_agree(nodes, total, timeout, what):
         raise
 
 
-def test_after_churn_every_node_and_a_late_joiner_hold_the_same_index(cluster, request):
-    """Workers on three nodes admit and evict for a while; then every node's
+def churn_then_join(nodes, seed, join, check_before_join=lambda: None):
+    """Workers on `nodes` admit and evict for a while, until every node's
     index digest equals every other's: the union of all workers' holdings,
-    nothing lost, nothing phantom. A fourth node started afterwards replays
-    the stream and reaches the same digest. (This churn stays far below
-    kvringd's default dump interval: the joiner reads each node from its
-    epoch's start; the next test has dumps.)"""
-    churn = Churn(cluster, 5)
+    nothing lost, nothing phantom; then join() starts a late node, which must
+    reach the same digest. Returns the late node's stats."""
+    churn = Churn(nodes, seed)
     late = None
     try:
         for _ in range(60):
             churn.round()
-        wait_agree(cluster, churn.total(), 30, "the three nodes to agree")
-        late = Node(cluster_name(request), "nodeD", cluster[0].args[cluster[0].args.index("--nats") + 1])
-        wait_agree(cluster + [late], churn.total(), 30, "the late joiner to agree")
+        wait_agree(nodes, churn.total(), 30, "the nodes to agree")
+        check_before_join()
+        late = join()
+        wait_agree(nodes + [late], churn.total(), 30, "the late joiner to agree")
         st = late.stats()
         assert st["remote_refused"] == 0
         assert st["cluster"]["garbage_messages"] == 0
+        return st
     finally:
         churn.close()
         if late:
             late.stop()
+
+
+def test_after_churn_every_node_and_a_late_joiner_hold_the_same_index(cluster, request):
+    """Three nodes churn and agree; a fourth node started afterwards replays
+    the stream and reaches the same digest. (This churn stays far below
+    kvringd's default dump interval: the joiner reads each node from its
+    epoch's start; the next test has dumps.)"""
+    url = cluster[0].args[cluster[0].args.index("--nats") + 1]
+    churn_then_join(cluster, 5, lambda: Node(cluster_name(request), "nodeD", url))
 
 
 def test_a_late_joiner_starts_at_the_nodes_latest_dumps(request):
     """With a dump every 500 key operations (--cluster-snapshot-keys), a node
     that joins after a churn starts reading the stream at the smallest
     sequence the other nodes' leases name (their latest dumps), not at the
-    start, and reaches the same digest as the others: the union of the
-    workers' holdings."""
+    start, and reaches the same digest as the others."""
     nats = Nats()
     name = cluster_name(request)
-    nodes = [Node(name, n, nats.url, ["--cluster-snapshot-keys", "500"]) for n in ("nodeA", "nodeB", "nodeC")]
-    churn = Churn(nodes, 7)
-    late = None
-    try:
-        for _ in range(60):
-            churn.round()
-        wait_agree(nodes, churn.total(), 30, "the three nodes to agree")
-        for n in nodes:
-            # At least one dump each (a publisher that drains a burst asks for one dump for it).
+    dumps = ["--cluster-snapshot-keys", "500"]
+    nodes = [Node(name, n, nats.url, dumps) for n in ("nodeA", "nodeB", "nodeC")]
+
+    def dumped():
+        for n in nodes:  # at least one dump each (a publisher that drains a burst asks for one dump for it)
             assert n.stats()["cluster"]["snapshots"] >= 1, n.stats()["cluster"]
-        late = Node(name, "nodeD", nats.url, ["--cluster-snapshot-keys", "500"])
-        wait_agree(nodes + [late], churn.total(), 30, "the late joiner to agree")
-        st = late.stats()
+
+    try:
+        st = churn_then_join(nodes, 7, lambda: Node(name, "nodeD", nats.url, dumps), dumped)
         assert st["cluster"]["start_seq"] > 1, st["cluster"]
         # It read less than the stream holds: the nodes' changes before their dumps were skipped.
         published = sum(n.stats()["cluster"]["published_records"] for n in nodes)
         assert st["cluster"]["remote_records"] < published, (st["cluster"], published)
-        assert st["remote_refused"] == 0
-        assert st["cluster"]["garbage_messages"] == 0
     finally:
-        churn.close()
-        if late:
-            late.stop()
         for n in nodes:
             n.stop()
         nats.stop()
