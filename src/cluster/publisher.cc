@@ -312,8 +312,17 @@ void Publisher::Run() {
       continue;
     }
     if (!stopping) {
-      RefreshLease();  // before the first message: readers find the lease of any node they hear
+      RefreshLease();
       DumpWhenDue();
+    }
+    // Nothing is published before the lease exists: a reader that hears of
+    // this node looks its lease up, and one not there yet would have it
+    // declared gone (seen with a three-server NATS still electing its
+    // leaders: the stream took the first message, the lease bucket not yet).
+    if (lease_rev_ == 0) {
+      if (stopping) return;
+      wait_retry();
+      continue;
     }
     if (n.has_pending) {
       if (!PublishPending()) {
