@@ -271,8 +271,6 @@ bool Publisher::PublishPending() {
   bytes_.fetch_add(bytes.size(), std::memory_order_relaxed);
   last_seq_.store(next_seq_ - 1, std::memory_order_relaxed);
   nats_->has_pending = false;
-  // Cut below a dump only when asked (publisher.h: purges stall lagging
-  // consumers on nats-server 2.9).
   // The stream rebuilds this node from its epoch's first message, then from
   // each dump's: the lease says so at its next refresh, made now.
   if (stream_seq != 0 && (!started_ || pending_has_resync_)) {
@@ -280,6 +278,8 @@ bool Publisher::PublishPending() {
     next_lease_ = {};
   }
   started_ = true;
+  // Cut below a dump only when asked (publisher.h: purges stall lagging
+  // consumers on nats-server 2.9).
   if (pending_has_resync_ && stream_seq != 0 && options_.cut_at_dumps) PurgeBelow(stream_seq);
   pending_has_resync_ = false;
   return true;
