@@ -25,7 +25,7 @@
 //                                        feed and a real publisher each in this process, written as
 //                                        a controller would); node B joins after each simulated node
 //                                        published <keys per node> keys (catchup_s: until B holds
-//                                        them all; rss_bytes_per_remote_key: B's resident growth);
+//                                        them all; b_rss_bytes: B's resident set then);
 //                                        then the simulated nodes churn <k ops/s> in all and the
 //                                        lag of markers admitted on node A is measured at node B
 //
