@@ -53,7 +53,11 @@ Command AddCluster(CLI::App& app) {
               << "published " << me.value("published_records", 0) << " records in " << me.value("published_messages", 0)
               << " messages; lag " << me.value("lag_records", 0) << " records; feed overflows "
               << me.value("feed_overflows", 0) << "; garbage messages " << me.value("garbage_messages", 0)
-              << "; last remote message " << me.value("last_message_lag_ms", 0.0) << " ms behind\n";
+              << "; last remote message " << me.value("last_message_lag_ms", 0.0) << " ms behind\n"
+              << "dumps " << me.value("snapshots", 0) << " (repairs " << me.value("repairs", 0)
+              << "); the stream rebuilds this node from seq " << me.value("rebuild_from_seq", 0)
+              << "; read here from seq " << me.value("start_seq", 0) << "; records before a dump skipped "
+              << out.value("remote_before_dump", 0) << "\n";
     std::cout << "node                 epoch               next seq   holders       keys\n";
     for (const auto& n : out["nodes"]) {
       std::printf("%-20s %-19s %10llu %9llu %10llu\n", n.value("node", "").c_str(), n.value("epoch", "").c_str(),

@@ -182,6 +182,7 @@ def test_a_chunk_admitted_on_one_node_is_found_on_another_with_its_peer_url(clus
         assert nodes["nodeA"]["holders"] == 1 and nodes["nodeA"]["keys"] == 2, view
         r = subprocess.run([KVRING_CLI, "cluster", "--name", c.name], capture_output=True, text=True, timeout=20)
         assert r.returncode == 0 and "nodeA" in r.stdout, r.stdout + r.stderr
+        assert "the stream rebuilds this node from seq %d" % view["this"]["rebuild_from_seq"] in r.stdout, r.stdout
         # Node B sees it too, from its own index.
         with kvring.Worker(b.name, "instB", 0) as wb:
             lookup_until(wb, [101, 103], [("instA", LOC, 2, "nodeA:8200")])
