@@ -167,7 +167,10 @@ std::size_t Controller::PollOnce(std::chrono::milliseconds idle_wait) {
   DropSomeKeys();
   handled += ApplyRemote();  // counted: the loop keeps passing (not sleeping) while records flow
   if (options_.change_feed) {
-    handled += ContinueResync();  // counted: an idle node's dump goes on pass after pass, not one per sleep
+    // A dump's records count as work: an idle node's dump goes on pass after pass, not one slice per sleep.
+    const std::uint64_t fed = stats_.change_feed_records + stats_.change_feed_overflows;
+    ContinueResync();
+    handled += static_cast<std::size_t>(stats_.change_feed_records + stats_.change_feed_overflows - fed);
     options_.change_feed->Publish();  // this pass's changes, one store
   }
   if (fan_outs_->next_deadline() != 0 && now >= fan_outs_->next_deadline()) ExpireFanOuts(now);
@@ -823,15 +826,14 @@ bool Controller::WriteHolderUp(index::HolderId h) {
 // holder keeps throughout is handed) is what makes "dump + the changes in
 // between, applied in order" equal the index at the end. Records are written
 // only while half the feed stays free for the changes themselves.
-std::size_t Controller::ContinueResync() {
+void Controller::ContinueResync() {
   feed::ChangeFeed* f = options_.change_feed;
   const feed::ResyncRequest asked = f->TakeResyncRequest();
-  std::size_t written = 0;  // records
   // A forced request restarts a dump in progress; a snapshot request during one is served by it.
   if (asked == feed::ResyncRequest::kForced || (asked == feed::ResyncRequest::kSnapshot && !resync_.active)) {
     if (!f->DumpHasRoom(0)) {
       f->RequestResync(asked);  // the reader is behind: ask again next pass
-      return 0;
+      return;
     }
     resync_.active = true;
     resync_.holders.clear();
@@ -839,15 +841,13 @@ std::size_t Controller::ContinueResync() {
     resync_.walk = {};
     ++stats_.change_feed_resyncs;
     FeedWritten(f->Resync(asked == feed::ResyncRequest::kForced));
-    ++written;
     for (index::HolderId h = 0; h < fed_holders_.size(); ++h)
       if (fed_holders_[h]) {
         resync_.holders.push_back(h);
         FeedWritten(WriteHolderUp(h));
-        ++written;
       }
   }
-  if (!resync_.active) return written;
+  if (!resync_.active) return;
   std::size_t budget = options_.resync_keys_per_pass;
   while (resync_.next < resync_.holders.size()) {
     const index::HolderId h = resync_.holders[resync_.next];
@@ -856,26 +856,22 @@ std::size_t Controller::ContinueResync() {
     bool more = h < fed_holders_.size() && fed_holders_[h];
     if (more) {
       const std::size_t n = std::min(budget, f->keys_per_record());
-      if (!f->DumpHasRoom(n)) return written;  // next pass (the publisher frees room)
+      if (!f->DumpHasRoom(n)) return;  // next pass
       resync_.keys.clear();
       more = index_.WalkKeys(h, &resync_.walk, n, [&](std::span<const std::uint64_t> run) {
         resync_.keys.insert(resync_.keys.end(), run.begin(), run.end());
       });
-      if (!resync_.keys.empty()) {
-        FeedWritten(f->DumpAdmits(h, resync_.keys));
-        ++written;
-      }
+      if (!resync_.keys.empty()) FeedWritten(f->DumpAdmits(h, resync_.keys));
       budget -= resync_.keys.size();
     }
     if (!more) {
       ++resync_.next;
       resync_.walk = {};
     }
-    if (budget == 0) return written;
+    if (budget == 0) return;
   }
   FeedWritten(f->ResyncEnd());
   resync_.active = false;
-  return written + 1;
 }
 
 std::size_t Controller::ApplyRemote() {

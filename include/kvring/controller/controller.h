@@ -260,9 +260,8 @@ class Controller {
   void FeedHolder(index::HolderId h);
   bool WriteHolderUp(index::HolderId h);
   // The change feed's dump (change_feed.h, kResync): begins on the reader's
-  // request, writes up to resync_keys_per_pass keys a pass. Returns the
-  // records written (work: the loop does not sleep while a dump goes on).
-  std::size_t ContinueResync();
+  // request, writes up to resync_keys_per_pass keys a pass.
+  void ContinueResync();
   void FeedWritten(bool written) { ++(written ? stats_.change_feed_records : stats_.change_feed_overflows); }
   // The other nodes' changes (remote_feed.h), applied as remote holders.
   struct RemoteNode {
