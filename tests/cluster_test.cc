@@ -962,6 +962,15 @@ struct WorkingNode : PublishingNode {
   }
   // Everything the controller wrote to the feed is acknowledged by the stream.
   bool Published() const { return pub->stats().records == feed->records(); }
+  // `rounds` batches of 60 admits (45 evicts too from the 41st on), each
+  // published before the next: the publisher keeps up, so dumps come as the
+  // log grows, not all at the end.
+  void ChurnPublished(int rounds) {
+    for (int i = 0; i < rounds; ++i) {
+      worker->Churn(60, i < 40 ? 0 : 45);
+      RunUntil(*ctl, [&] { return Published(); });
+    }
+  }
 };
 
 // What the node's lease says the stream rebuilds it from (0: no lease, or unreadable).
@@ -991,12 +1000,8 @@ void DumpsBoundWhatAJoinerReads(bool cut) {
                       [](controller::Options& o) { o.resync_keys_per_pass = 500; }));
   controller::Controller& ctl = *a.ctl;
   LocalWorker& worker = *a.worker;
-  auto published = [&] { return a.Published(); };
-  for (int i = 0; i < 400; ++i) {  // ~8,400 keys held in the end, ~16,000 evicted
-    worker.Churn(60, i < 40 ? 0 : 45);
-    RunUntil(ctl, published);  // the publisher keeps up: dumps come as the log grows, not all at the end
-  }
-  RunUntil(ctl, [&] { return published() && ctl.stats().change_feed_resyncs == a.pub->stats().snapshots; });
+  a.ChurnPublished(400);  // ~8,400 keys held in the end, ~16,000 evicted
+  RunUntil(ctl, [&] { return a.Published() && ctl.stats().change_feed_resyncs == a.pub->stats().snapshots; });
   EXPECT_GE(a.pub->stats().snapshots, 3u) << a.pub->StatsJson();
   if (cut) EXPECT_GE(a.pub->stats().purges, 3u);
   else EXPECT_EQ(a.pub->stats().purges, 0u);
@@ -1049,11 +1054,7 @@ TEST(ClusterRetention, HistoryOlderThanTheRetentionAgesOutAndALateJoinerRebuilds
   ASSERT_TRUE(a.Start("r" + kPid, "nodeA", "cl" + kPid + "-ret"));
   controller::Controller& ctl = *a.ctl;
   LocalWorker& worker = *a.worker;
-  auto published = [&] { return a.Published(); };
-  for (int i = 0; i < 200; ++i) {
-    worker.Churn(60, i < 40 ? 0 : 45);
-    RunUntil(ctl, published);
-  }
+  a.ChurnPublished(200);
   ASSERT_EQ(worker.Indexed(), worker.held);
   JetStreamClient client(a.nats.url());
   auto stream_state = [&](std::uint64_t* first, std::uint64_t* last) {
@@ -1081,7 +1082,7 @@ TEST(ClusterRetention, HistoryOlderThanTheRetentionAgesOutAndALateJoinerRebuilds
   EXPECT_GE(a.pub->stats().snapshots, snapshots + 1) << a.pub->StatsJson();
   EXPECT_EQ(a.pub->stats().purges, 0u);
   EXPECT_EQ(a.pub->stats().repairs, 0u);
-  RunUntil(ctl, published);
+  RunUntil(ctl, [&] { return a.Published(); });
   Joiner late(a.po, "cl" + kPid + "-late4");
   EXPECT_TRUE(late.Converges("nodeA", worker.held)) << late.KeysOf("nodeA").size() << " keys vs " << worker.held.size();
   EXPECT_LT(late.sub->stats().records, a.pub->stats().records) << late.sub->StatsJson();
