@@ -142,6 +142,22 @@ TEST(DeltaMessage, AValidMessageDecodesAndGarbageIsRefusedWhole) {
   auto trailing = good;
   trailing.push_back(0);
   EXPECT_FALSE(DecodeDeltaMessage(trailing, &h, count).ok());
+  // The keys record's op bits (one key: one byte, bit 0): an evict is fine,
+  // a bit past the last key is not.
+  std::uint32_t up_bytes;
+  std::memcpy(&up_bytes, good.data() + kDeltaHeaderBytes, 4);
+  const std::size_t keys_at = kDeltaHeaderBytes + 4 + up_bytes + 4;
+  ASSERT_EQ(good[keys_at], static_cast<std::uint8_t>(feed::ChangeKind::kKeys));
+  const std::size_t op_at = keys_at + feed::kRecordHeadBytes + 4 + 8;
+  ASSERT_EQ(good[op_at], 0);  // the admit
+  EXPECT_EQ(calls, 0);
+  std::vector<protocol::OpType> ops;
+  ASSERT_TRUE(DecodeDeltaMessage(with(op_at, 1), &h, [&](const feed::Change& c, auto) {
+                if (c.kind == feed::ChangeKind::kKeys) ops.push_back(c.OpAt(0));
+              }).ok());
+  EXPECT_EQ(ops, std::vector<protocol::OpType>{OpType::kEvict});
+  EXPECT_FALSE(DecodeDeltaMessage(with(op_at, 2), &h, count).ok());
+  EXPECT_FALSE(DecodeDeltaMessage(with(op_at, 0x80), &h, count).ok());
   EXPECT_EQ(calls, 0);
 }
 
@@ -802,6 +818,50 @@ TEST(ClusterPublisher, ALocalWorkersChangesReachTheStreamInOrder) {
   EXPECT_GT(pub->stats().messages, 1u);
 }
 
+// Batching under load: when a sixteenth of min_message_bytes waits, the
+// publisher waits up to `linger` for the rest (two batches written apart go
+// in one message, sent once the linger is over); a lone change and a full
+// message go at once.
+TEST(ClusterPublisher, UnderLoadChangesWaitForCompanyAndATrickleGoesAtOnce) {
+  PublishingNode a;
+  a.po.linger = 1s;
+  a.po.min_message_bytes = 64 << 10;
+  ASSERT_TRUE(a.Start("b" + kPid, "nodeA"));
+  Publisher& pub = *a.pub;
+  feed::ChangeFeed& f = *a.feed;
+  auto published = [&](std::uint64_t messages) {  // polls the publisher's counter, bounded
+    for (auto deadline = Clock::now() + 20s; pub.stats().messages < messages && Clock::now() < deadline;)
+      std::this_thread::sleep_for(1ms);
+    return pub.stats().messages;
+  };
+  ASSERT_EQ(published(1), 1u);  // the epoch's first message
+  auto keys = [&](std::size_t n, std::uint64_t first) {
+    std::vector<KVOpEvent> ops;
+    for (std::uint64_t k = first; k < first + n; ++k) ops.push_back({OpType::kAdmit, Int::FromU64(k), Int(0)});
+    ASSERT_TRUE(f.Keys(1, ops));
+    f.Publish();
+  };
+  // A trickle: one key, well under a sixteenth.
+  auto t0 = Clock::now();
+  ASSERT_TRUE(f.Key(1, OpType::kAdmit, 1));
+  f.Publish();
+  ASSERT_EQ(published(2), 2u);
+  EXPECT_LT(Clock::now() - t0, 500ms) << "a lone change does not wait for company";
+  // Load: 8 KiB (over a sixteenth of 64 KiB), then 8 KiB more: one message, after the linger.
+  t0 = Clock::now();
+  keys(1000, 100);
+  keys(1000, 1100);
+  ASSERT_EQ(published(3), 3u);
+  EXPECT_GE(Clock::now() - t0, 900ms) << "it waited for a full message";
+  EXPECT_EQ(pub.stats().records, f.records()) << "both batches in the one message";
+  // A full message's worth at once goes without waiting.
+  t0 = Clock::now();
+  keys(9000, 10000);
+  ASSERT_EQ(published(4), 4u);
+  EXPECT_LT(Clock::now() - t0, 500ms);
+  EXPECT_EQ(pub.stats().records, f.records());
+}
+
 // NATS is not there when the node starts, nor while its worker works: local
 // service goes on (every op applied, no overflow), the publisher retries, and
 // once a nats-server comes up on the address everything reaches the stream.
@@ -824,7 +884,7 @@ TEST(ClusterPublisher, ChangesMadeWhileNatsIsDownArriveWhenItComesUp) {
   EXPECT_EQ((*ctl)->stats().kv_ops, 1500u);  // served locally with NATS away
   EXPECT_FALSE(pub->stats().connected);
   EXPECT_EQ(pub->stats().records, 0u);
-  EXPECT_GT(f->buffered_bytes(), 1500u * feed::kKeyEntryBytes) << "the feed is the buffer while NATS is away";
+  EXPECT_GT(f->buffered_bytes(), feed::KeysBytes(1500)) << "the feed is the buffer while NATS is away";
   ASSERT_TRUE(nats.Start());
   // The reader needs the stream, which the publisher creates once connected.
   for (auto deadline = Clock::now() + 20s; pub->stats().records == 0 && Clock::now() < deadline;)

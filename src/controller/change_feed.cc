@@ -105,12 +105,12 @@ Status DecodeChange(std::span<const std::uint8_t> bytes, Change* out) {
     case ChangeKind::kKeys: {
       out->kind = ChangeKind::kKeys;
       if (!r.Get(&out->count)) return Bad("keys record without its count");
-      const std::size_t need = std::size_t{out->count} * kKeyEntryBytes;
+      const std::size_t need = KeysBytes(out->count);
       if (bytes.size() - r.at != need) return Bad("keys record of " + std::to_string(out->count) + " keys has " +
                                                   std::to_string(bytes.size() - r.at) + " bytes of entries");
-      out->entries = bytes.subspan(r.at, need);
-      for (std::size_t i = 0; i < out->count; ++i)
-        if (out->entries[i * kKeyEntryBytes] > 1) return Bad("key entry with op " + std::to_string(out->entries[i * kKeyEntryBytes]));
+      out->keys = bytes.subspan(r.at, std::size_t{out->count} * 8);
+      out->ops = bytes.subspan(r.at + out->keys.size(), need - out->keys.size());
+      if (out->count % 8 != 0 && (out->ops.back() >> (out->count % 8)) != 0) return Bad("op bits past the last key");
       r.at += need;
       break;
     }
@@ -172,20 +172,21 @@ bool ChangeFeed::KeyRecords(std::uint32_t holder, std::span<const Entry> entries
   do {  // an empty batch still makes one (empty) record
     const std::span<const Entry> part = entries.first(std::min(entries.size(), keys_per_record_));
     entries = entries.subspan(part.size());
-    const std::size_t size = kRecordHeadBytes + 4 + part.size() * kKeyEntryBytes;
+    const std::size_t size = kRecordHeadBytes + 4 + KeysBytes(part.size());
     std::uint8_t* p = Claim(size);
     if (!p) {
       all = false;
       continue;
     }
     p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(part.size()));
-    for (const Entry& e : part) {
+    std::uint8_t* ops = p + part.size() * 8;
+    std::memset(ops, 0, (part.size() + 7) / 8);  // admits; a full-sync batch has nothing else
+    for (std::size_t i = 0; i < part.size(); ++i) {
       if constexpr (std::is_same_v<Entry, protocol::KVOpEvent>) {
-        *p++ = e.op_type == protocol::OpType::kAdmit ? 0 : 1;
-        p = Put(p, e.key.bits());
-      } else {  // a full-sync batch: admits
-        *p++ = 0;
-        p = Put(p, e.bits());
+        p = Put(p, part[i].key.bits());
+        ops[i / 8] |= static_cast<std::uint8_t>((part[i].op_type == protocol::OpType::kAdmit ? 0 : 1) << (i % 8));
+      } else {
+        p = Put(p, part[i].bits());
       }
     }
     Commit(size);
@@ -214,30 +215,27 @@ bool ChangeFeed::ResyncEnd() {
 }
 
 bool ChangeFeed::DumpHasRoom(std::size_t keys) {
-  return ring_.producer().HasRoom(capacity_ / 2 + kRecordHeadBytes + 4 + keys * kKeyEntryBytes + 64);
+  return ring_.producer().HasRoom(capacity_ / 2 + kRecordHeadBytes + 4 + KeysBytes(keys) + 64);
 }
 
 bool ChangeFeed::DumpAdmits(std::uint32_t holder, std::span<const std::uint64_t> keys) {
   if (keys.size() > keys_per_record_ || !DumpHasRoom(keys.size())) return false;
-  const std::size_t size = kRecordHeadBytes + 4 + keys.size() * kKeyEntryBytes;
+  const std::size_t size = kRecordHeadBytes + 4 + KeysBytes(keys.size());
   std::uint8_t* p = Claim(size);  // room was checked: a failure here is a real overflow
   if (!p) return false;
   p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(keys.size()));
-  for (std::uint64_t k : keys) {
-    *p++ = 0;
-    p = Put(p, k);
-  }
+  std::memcpy(p, keys.data(), keys.size() * 8);  // little-endian hosts (the static_assert above)
+  std::memset(p + keys.size() * 8, 0, (keys.size() + 7) / 8);  // all admits
   Commit(size);
   return true;
 }
 
 bool ChangeFeed::Key(std::uint32_t holder, protocol::OpType op, std::uint64_t key) {
-  const std::size_t size = kRecordHeadBytes + 4 + kKeyEntryBytes;
+  const std::size_t size = kRecordHeadBytes + 4 + KeysBytes(1);
   std::uint8_t* p = Claim(size);
   if (!p) return false;
-  p = Put(Head(p, ChangeKind::kKeys, holder), std::uint32_t{1});
-  *p++ = op == protocol::OpType::kAdmit ? 0 : 1;
-  Put(p, key);
+  p = Put(Put(Head(p, ChangeKind::kKeys, holder), std::uint32_t{1}), key);
+  *p = op == protocol::OpType::kAdmit ? 0 : 1;
   Commit(size);
   return true;
 }

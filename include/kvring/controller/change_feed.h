@@ -20,7 +20,10 @@
 //                     (each text: u16 length + bytes, at most kMaxText;
 //                      an absent peer_init_url is length 0)
 //   kHolderDown body: none (the holder's keys are gone with it)
-//   kKeys       body: count u32 | count x (op u8: 0 admit, 1 evict | key u64)
+//   kKeys       body: count u32 | count x key u64 | ops: ceil(count / 8)
+//                     bytes, bit i (byte i / 8, bit i % 8) of key i: 0 admit,
+//                     1 evict; the last byte's unused bits are 0. (8.125
+//                     bytes a key: what the cluster's messages carry most.)
 //   kResync     body: forced u8 (holder 0). A dump of the controller's
 //               local holders follows, interleaved with the changes made
 //               meanwhile: kHolderUp for each, then their keys as kKeys
@@ -70,14 +73,15 @@ enum class ChangeKind : std::uint8_t { kHolderUp = 1, kHolderDown = 2, kKeys = 3
 enum class ResyncRequest : std::uint8_t { kNone = 0, kSnapshot = 1, kForced = 2 };
 inline constexpr std::uint32_t kChangeRecordType = 1;
 inline constexpr std::size_t kMaxText = 1024;
-inline constexpr std::size_t kKeyEntryBytes = 9;  // op u8 + key u64
+// A kKeys record's body after its count: the keys, then a bit per key.
+inline constexpr std::size_t KeysBytes(std::size_t count) { return count * 8 + (count + 7) / 8; }
 inline constexpr std::size_t kRecordHeadBytes = 5;
 // A KV batch longer than this is written as several records, so every record
 // stays under kMaxRecordBytes (the cluster's messages are bounded by it).
 inline constexpr std::size_t kMaxKeysPerRecord = 8192;
 inline constexpr std::size_t kMaxHolderUpBytes = kRecordHeadBytes + 8 + 3 * (2 + kMaxText);
 inline constexpr std::size_t kMaxRecordBytes =
-    std::max(kMaxHolderUpBytes, kRecordHeadBytes + 4 + kMaxKeysPerRecord * kKeyEntryBytes);
+    std::max(kMaxHolderUpBytes, kRecordHeadBytes + 4 + KeysBytes(kMaxKeysPerRecord));
 
 // One record, decoded in place (views into the record's bytes).
 struct Change {
@@ -86,18 +90,18 @@ struct Change {
   // kHolderUp
   std::int64_t worker_id = 0;
   std::string_view instance_id, location, peer_init_url;
-  // kKeys: count entries of kKeyEntryBytes; see KeyAt.
+  // kKeys: count keys and their op bits; see KeyAt, OpAt.
   std::uint32_t count = 0;
   // kResync
   bool forced = false;
-  std::span<const std::uint8_t> entries;
+  std::span<const std::uint8_t> keys, ops;
 
   protocol::OpType OpAt(std::size_t i) const {
-    return entries[i * kKeyEntryBytes] == 0 ? protocol::OpType::kAdmit : protocol::OpType::kEvict;
+    return (ops[i / 8] >> (i % 8)) & 1 ? protocol::OpType::kEvict : protocol::OpType::kAdmit;
   }
   std::uint64_t KeyAt(std::size_t i) const {
     std::uint64_t k;
-    std::memcpy(&k, entries.data() + i * kKeyEntryBytes + 1, 8);
+    std::memcpy(&k, keys.data() + i * 8, 8);
     return k;  // little-endian hosts only (x86_64, aarch64): static_assert in change_feed.cc
   }
 };
@@ -183,7 +187,8 @@ class ChangeFeed {
       : ring_(std::move(ring)),
         capacity_(capacity),
         keys_per_record_(std::min(kMaxKeysPerRecord,
-                                  (ring::DefaultMaxRecord(capacity) - kRecordHeadBytes - 4) / kKeyEntryBytes)) {}
+                                  // 8 + 1/8 bytes a key, rounded down
+                                  (ring::DefaultMaxRecord(capacity) - kRecordHeadBytes - 5) * 8 / 65)) {}
   // Claims a record of `size` bytes or counts an overflow.
   std::uint8_t* Claim(std::size_t size);
   template <typename Entry>
