@@ -235,6 +235,15 @@ int main(int argc, char** argv) {
   app.add_flag("--cluster-cut-at-dumps", co.cut_at_dumps,
                "Also purge this node's subject below each dump, and gone nodes' subjects (nats-server 2.9 stalls "
                "consumers with a backlog at each purge: docs/DESIGN.md)");
+  double cluster_linger_ms = 1;
+  app.add_option("--cluster-linger", cluster_linger_ms,
+                 "Under load (a sixteenth of --cluster-batch-bytes waiting), milliseconds a change may wait for "
+                 "more to fill a message (fewer, larger messages cost NATS less); 0: send as soon as the last "
+                 "message is acknowledged")
+      ->check(CLI::Range(0.0, 1000.0))->capture_default_str();
+  app.add_option("--cluster-batch-bytes", co.min_message_bytes,
+                 "A message this large goes without waiting (see --cluster-linger)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))->capture_default_str();
   app.add_option("--change-feed-bytes", change_feed_bytes,
                  "The change feed's buffer between the controller and the publisher (power of two)")
       ->capture_default_str();
@@ -368,6 +377,7 @@ int main(int argc, char** argv) {
     if (co.node.empty()) co.node = o.listen.name;
     co.lease_ttl = std::chrono::milliseconds(static_cast<std::int64_t>(cluster_lease_s * 1000));
     co.retention = std::chrono::milliseconds(static_cast<std::int64_t>(cluster_retention_s * 1000));
+    co.linger = std::chrono::microseconds(static_cast<std::int64_t>(cluster_linger_ms * 1000));
     auto f = feed::ChangeFeed::Create(change_feed_bytes);
     if (!f.ok()) {
       std::cerr << "--change-feed-bytes: " << f.status().message() << "\n";

@@ -43,6 +43,11 @@ Result<std::unique_ptr<Publisher>> Publisher::Start(const PublisherOptions& opti
   if (options.max_message_bytes < 2 * feed::kMaxRecordBytes || options.max_message_bytes > (1u << 20))
     return Status(ErrorKind::kInvalidArgument, "max message bytes: 2 records (" +
                                                    std::to_string(2 * feed::kMaxRecordBytes) + ") to 1 MiB");
+  if (options.linger < std::chrono::microseconds(0) || options.linger > std::chrono::seconds(1))
+    return Status(ErrorKind::kInvalidArgument, "linger: 0 to 1 s");
+  if (options.min_message_bytes == 0 || options.min_message_bytes > options.max_message_bytes)
+    return Status(ErrorKind::kInvalidArgument, "batch bytes: 1 to the max message bytes (" +
+                                                   std::to_string(options.max_message_bytes) + ")");
   std::unique_ptr<Publisher> p(new Publisher(options, feed));
   p->subject_ = "kvring." + options.cluster + "." + options.node;
   p->stream_ = "KVRING_" + options.cluster;
@@ -250,6 +255,21 @@ void Publisher::PurgeBelow(std::uint64_t stream_seq) {
   else if (options_.log) options_.log("cluster: purging " + subject_ + " below a dump failed (kept): " + NatsError(s));
 }
 
+void Publisher::Linger() {
+  if (options_.linger.count() == 0) return;
+  // A trickle goes at once: lingering pays only when messages come back to
+  // back (what waits is what came in during the last publish's round trip).
+  const std::size_t buffered = feed_->buffered_bytes();
+  if (buffered < options_.min_message_bytes / 16 || buffered >= options_.min_message_bytes) return;
+  // Polled: the controller wakes a waiting reader per record, not per size
+  // reached. Eight looks per linger bound the overshoot to an eighth of it.
+  const auto step = std::max<std::chrono::microseconds>(options_.linger / 8, std::chrono::microseconds(50));
+  for (const auto until = std::chrono::steady_clock::now() + options_.linger;
+       feed_->buffered_bytes() < options_.min_message_bytes && std::chrono::steady_clock::now() < until &&
+       !stop_.load(std::memory_order_relaxed);)
+    std::this_thread::sleep_for(step);
+}
+
 // Publishes the pending message; true when the stream acknowledged it.
 bool Publisher::PublishPending() {
   std::span<const std::uint8_t> bytes = nats_->pending.Finish();
@@ -333,7 +353,10 @@ void Publisher::Run() {
     }
     // Fill one message from the feed: records as they come, up to the size
     // bound. The epoch's first message goes at once, records or not: where
-    // the stream starts to tell this node's story (LeaseValue).
+    // the stream starts to tell this node's story (LeaseValue). Under load
+    // the others wait (publisher.h: batching) for min_message_bytes or
+    // `linger`.
+    if (started_ && !stopping) Linger();
     n.pending.Begin(epoch_, next_seq_);
     // Drain counts payload bytes and stops once past its budget: a record
     // (>= 5 bytes) and its length word take under twice its payload, plus

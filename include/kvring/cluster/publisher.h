@@ -67,6 +67,17 @@ struct PublisherOptions {
   std::string tls_ca_file, tls_cert_file, tls_key_file;  // "" none; a CA turns TLS on
   int stream_replicas = 1;                         // 3 for a three-server NATS cluster
   std::size_t max_message_bytes = 256 << 10;       // below NATS' default max_payload (1 MiB)
+  // Batching under load (Kafka's linger.ms): when a message is to be filled
+  // and at least min_message_bytes / 16 of changes wait but less than
+  // min_message_bytes, the publisher waits up to `linger` for more.
+  // nats-server's cost is mostly per message (its scheduler wakes for each),
+  // so fewer, larger messages leave more of a shared machine to the
+  // controller (docs/PERFORMANCE.md "Cluster"); a change waits at most
+  // `linger` longer to leave, and a trickle (less than a sixteenth waiting)
+  // goes at once. linger 0: every message goes as soon as the last is
+  // acknowledged.
+  std::size_t min_message_bytes = 64 << 10;
+  std::chrono::microseconds linger{1000};
   std::chrono::milliseconds retry_wait{200};       // between attempts while NATS is away
   // The node's lease in the bucket KVRING_<cluster>_LEASES: refreshed every
   // lease_ttl / 3; a node whose lease is gone is dropped by the others.
@@ -132,6 +143,7 @@ class Publisher {
   void Run();
   bool EnsureStream();
   bool PublishPending();
+  void Linger();  // waits (bounded by linger) for a message's worth of changes
   void RefreshLease();
   // What a record just drained from the feed means for dumps: counts keys,
   // notes a kResync for the purge, asks for a dump when one is due.
