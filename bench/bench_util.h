@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <new>
 #include <string>
 #include <vector>
@@ -45,6 +46,21 @@ inline void Pin(int cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
+// Every thread of process `pid` (0: this thread only) may run on every
+// online CPU but `avoid` (-1: on all of them). Threads the process makes
+// later inherit the mask of the thread that makes them.
+inline void AvoidCpu(pid_t pid, int avoid) {
+  const int cpus = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c = 0; c < cpus; ++c)
+    if (c != avoid || cpus == 1) CPU_SET(c, &set);
+  if (pid == 0) return void(sched_setaffinity(0, sizeof set, &set));
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec))
+    sched_setaffinity(static_cast<pid_t>(std::stol(task.path().filename().string())), sizeof set, &set);
+}
+
 // Resident bytes of process `pid` (0: this one), from /proc/<pid>/statm
 // (its second field, in pages); 0 if it cannot be read.
 inline std::size_t ResidentBytes(pid_t pid = 0) {
@@ -68,10 +84,12 @@ struct Child {
   int stop_signal = SIGKILL;  // SIGTERM for a controller: it removes its segments (RunController)
   Child() = default;
   Child(const Child&) = delete;
-  ~Child() {
+  ~Child() { Stop(); }
+  void Stop() {
     if (pid > 0) {
       kill(pid, stop_signal);
       waitpid(pid, nullptr, 0);
+      pid = -1;
     }
   }
 };

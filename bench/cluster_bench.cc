@@ -110,6 +110,7 @@ struct Nats {
     std::abort();
   }
   ~Nats() {
+    child.Stop();  // first: a nats-server still running writes its store again after the removal
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
   }
@@ -131,10 +132,12 @@ struct Node {
 
   // Pinned (cpu >= 0) after the cluster threads started: only the
   // controller's thread holds the core, the publisher and subscriber run
-  // where they can.
+  // where they can — on every core, or (`apart`) on every core but the
+  // controller's, as on a machine where the controller has a core of its own.
   // `snapshot_keys`: cluster::PublisherOptions::snapshot_min_keys.
   Node(const std::string& what, const std::string& cluster, bool federated, int cpu, std::uint32_t spin,
-       std::uint64_t snapshot_keys = 0)
+       std::uint64_t snapshot_keys = 0, bool apart = false,
+       std::chrono::microseconds linger = cluster::PublisherOptions{}.linger)
       : name(Unique(what)) {
     const std::string url = federated ? Nats::Get().url : "";
     auto log = [what](std::string_view line) {
@@ -151,7 +154,9 @@ struct Node {
       // A node that starves on two busy cores must not lose its lease mid-run.
       po.lease_ttl = std::chrono::seconds(30);
       po.snapshot_min_keys = snapshot_keys;
+      po.linger = linger;
       po.log = log;
+      if (apart && cpu >= 0) AvoidCpu(0, cpu);  // the threads made next inherit it (the controller's pins itself after)
       change = std::move(feed::ChangeFeed::Create(64 << 20)).value();
       remote = std::move(feed::RemoteFeed::Create(64 << 20)).value();
       pub = std::move(cluster::Publisher::Start(po, change.get())).value();
@@ -191,14 +196,33 @@ Clock::duration WaitVisible(client::Worker& asker, std::span<const std::uint64_t
 void BM_Floor_CacheLinePingPong(benchmark::State& state) { CacheLinePingPong(state); }
 BENCHMARK(BM_Floor_CacheLinePingPong)->UseRealTime()->MinTime(1.0);
 
+// Local ingest with federation off (/0/*) and on (/1/*). Third argument:
+// the publisher's linger in µs (PublisherOptions::linger). Second argument,
+// where the cluster's work runs: 0 anywhere (nats-server, the publisher and
+// the subscriber share both cores with the controller and the worker), 1 off
+// the controller's core (nats-server, the cluster threads and the worker on
+// the other one): a node whose controller has a core of its own, as when
+// NATS runs on its own machines (the documented deployment) or is kept off
+// that core.
 void BM_Cluster_Ingest(benchmark::State& state) {
-  const bool federated = state.range(0) != 0;
-  Node node("ingest" + std::to_string(federated), Unique("ing").substr(2), federated, 0, UINT32_MAX);
+  const bool federated = state.range(0) != 0, apart = state.range(1) != 0;
+  Node node("ingest" + std::to_string(federated), Unique("ing").substr(2), federated, 0, UINT32_MAX, 0, apart,
+            std::chrono::microseconds(state.range(2)));
+  if (federated && apart) AvoidCpu(Nats::Get().child.pid, 0);
   Pin(1);
   auto w = Connect(node.name, "inst0");
   SteadyChurnIngest(state, *w, 1'000'000, [] {});
+  if (federated && apart) AvoidCpu(Nats::Get().child.pid, -1);
 }
-BENCHMARK(BM_Cluster_Ingest)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_Cluster_Ingest)
+    ->Args({0, 0, 0})
+    ->Args({1, 0, 0})
+    ->Args({1, 0, 1000})
+    ->Args({1, 1, 0})
+    ->Args({1, 1, 1000})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0);
 
 void BM_Cluster_ReplicationLag(benchmark::State& state) {
   const std::string cluster = Unique("lag").substr(2);
