@@ -6,8 +6,9 @@
 #   3. asan: ASan+UBSan, full ctest suite.
 #   4. tsan: TSan build of the ring, transport, index, controller, client-library, HTTP API,
 #      cluster and ZeroMQ front tests (libzmq's own hand-overs suppressed: tests/tsan.supp).
-#   5. libFuzzer build (clang) of the decoder, a short fuzzing run from the
-#      golden vectors (the corpus replay itself is part of ctest above).
+#   5. libFuzzer build (clang) of the decoder and of the cluster's decoders,
+#      a short fuzzing run of each from its seeds (the corpus replays
+#      themselves are part of ctest above).
 # Usage: bash scripts/test.sh            (from the repository root)
 #        KVRING_SKIP_DEPS=1 ...          skip apt-get (already installed)
 #        KVRING_FUZZ_SECONDS=N ...       fuzzing time (default 20; 0 skips)
@@ -47,5 +48,9 @@ if [ "${fuzz_seconds}" != 0 ]; then
   trap 'rm -rf "${scratch}"' EXIT
   ./build/fuzz/fuzz_decode -max_total_time="${fuzz_seconds}" -max_len=4096 -rss_limit_mb=2048 \
     -print_final_stats=1 "${scratch}" tests/data/lmcache-msgspec fuzz/corpus/decode 2>&1 | tail -n 4
+  echo "=== fuzz: libFuzzer cluster decoders (delta messages, leases), ${fuzz_seconds}s"
+  mkdir -p "${scratch}/delta"
+  ./build/fuzz/fuzz_delta -max_total_time="${fuzz_seconds}" -max_len=4096 -rss_limit_mb=2048 \
+    -print_final_stats=1 "${scratch}/delta" fuzz/corpus/delta 2>&1 | tail -n 4
 fi
 echo "=== all test suites passed"
