@@ -1094,9 +1094,12 @@ TEST(LeaseValue, RoundTripsAndAnythingElseIsRefused) {
   EXPECT_EQ(v.rebuild_from_seq, 42u);
   ASSERT_TRUE(DecodeLease(EncodeLease({~0ull, ~0ull}), &v));
   EXPECT_EQ(v.rebuild_from_seq, ~0ull);
+  ASSERT_TRUE(DecodeLease("0x0123456789abcdef 0", &v));  // "not known yet"
+  EXPECT_EQ(v.rebuild_from_seq, 0u);
   for (const char* bad : {"", "0x0123456789abcdef", "0x0123456789abcdef ", "0x0123456789abcde 42", "0x0123456789abcdeg 42",
                           "0123456789abcdef 42", "0x0123456789abcdef -1", "0x0123456789abcdef +1", "0x0123456789abcdef 4 2",
-                          "0x0123456789abcdef 42x", "0x0123456789abcdef 99999999999999999999", "0x0123456789abcdef  42"}) {
+                          "0x0123456789abcdef 42x", "0x0123456789abcdef 99999999999999999999", "0x0123456789abcdef  42",
+                          "0x0123456789ABCDEF 42", "0x0123456789abcdef 042", "0x0123456789abcdef 00"}) {
     v = LeaseValue{7, 7};
     EXPECT_FALSE(DecodeLease(bad, &v)) << bad;
     EXPECT_EQ(v.rebuild_from_seq, 7u) << "untouched on refusal: " << bad;

@@ -86,11 +86,16 @@ bool DecodeLease(std::string_view text, LeaseValue* out) {
   constexpr std::size_t kEpochEnd = 2 + 16;
   if (text.size() < kEpochEnd + 2 || text.substr(0, 2) != "0x" || text[kEpochEnd] != ' ') return false;
   LeaseValue v;
+  // One spelling per value (as EncodeLease writes it): lower-case hex digits,
+  // a decimal without leading zeros.
+  for (char c : text.substr(2, 16))
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   const char* epoch_begin = text.data() + 2;
   auto e = std::from_chars(epoch_begin, text.data() + kEpochEnd, v.epoch, 16);
   if (e.ec != std::errc() || e.ptr != text.data() + kEpochEnd) return false;
   const char* seq_begin = text.data() + kEpochEnd + 1;
   if (*seq_begin < '0' || *seq_begin > '9') return false;  // from_chars takes no sign, but be plain
+  if (*seq_begin == '0' && text.size() > kEpochEnd + 2) return false;
   auto d = std::from_chars(seq_begin, text.data() + text.size(), v.rebuild_from_seq, 10);
   if (d.ec != std::errc() || d.ptr != text.data() + text.size()) return false;
   *out = v;

@@ -79,7 +79,8 @@ struct LeaseValue {
   std::uint64_t rebuild_from_seq = 0;
 };
 std::string EncodeLease(const LeaseValue& lease);
-// Strict: exactly the format above (from the network: anything else is refused).
+// Strict: exactly the format above, one spelling per value (lower-case hex, no
+// leading zeros in the decimal; from the network: anything else is refused).
 [[nodiscard]] bool DecodeLease(std::string_view text, LeaseValue* out);
 
 }  // namespace kvring::cluster
