@@ -119,6 +119,14 @@ TEST(Kvringd, BadFlagsAreAUsageError) {
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--p2p-policy", "random"}).exit_code, 2);
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--full-sync-threshold", "2"}).exit_code, 2);
   EXPECT_EQ(RunProcess({KVRINGD_PATH, "--request-check-ops", "0"}).exit_code, 2);
+  // The cluster's batching: a linger past a second, or a batch larger than a message.
+  for (const char* bad : {"--cluster-linger=5000", "--cluster-linger=-1", "--cluster-batch-bytes=0",
+                          "--cluster-batch-bytes=524288"}) {
+    auto r = RunProcess({KVRINGD_PATH, "--name", "kvd-flags-" + std::to_string(getpid()), "--cluster", "c", "--nats",
+                         "nats://127.0.0.1:1", bad});
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_NE(r.err.find("--cluster"), std::string::npos) << bad << ": " << r.err;
+  }
   auto help = RunProcess({KVRINGD_PATH, "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("--heartbeat-interval"), std::string::npos);
