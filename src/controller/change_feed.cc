@@ -136,6 +136,15 @@ std::uint8_t* ChangeFeed::Claim(std::size_t size) {
   return out.data();
 }
 
+std::uint8_t* ChangeFeed::ClaimKeys(std::uint32_t holder, std::size_t count, std::uint8_t** ops) {
+  std::uint8_t* p = Claim(KeysRecordBytes(count));
+  if (!p) return nullptr;
+  p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(count));
+  *ops = p + count * 8;
+  std::memset(*ops, 0, (count + 7) / 8);
+  return p;
+}
+
 void ChangeFeed::Commit(std::size_t size) {
   ring_.producer().Commit(size, kChangeRecordType);
   records_.fetch_add(1, std::memory_order_relaxed);
@@ -172,24 +181,21 @@ bool ChangeFeed::KeyRecords(std::uint32_t holder, std::span<const Entry> entries
   do {  // an empty batch still makes one (empty) record
     const std::span<const Entry> part = entries.first(std::min(entries.size(), keys_per_record_));
     entries = entries.subspan(part.size());
-    const std::size_t size = kRecordHeadBytes + 4 + KeysBytes(part.size());
-    std::uint8_t* p = Claim(size);
+    std::uint8_t* ops;
+    std::uint8_t* p = ClaimKeys(holder, part.size(), &ops);
     if (!p) {
       all = false;
       continue;
     }
-    p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(part.size()));
-    std::uint8_t* ops = p + part.size() * 8;
-    std::memset(ops, 0, (part.size() + 7) / 8);  // admits; a full-sync batch has nothing else
     for (std::size_t i = 0; i < part.size(); ++i) {
       if constexpr (std::is_same_v<Entry, protocol::KVOpEvent>) {
         p = Put(p, part[i].key.bits());
         ops[i / 8] |= static_cast<std::uint8_t>((part[i].op_type == protocol::OpType::kAdmit ? 0 : 1) << (i % 8));
-      } else {
+      } else {  // a full-sync batch: admits
         p = Put(p, part[i].bits());
       }
     }
-    Commit(size);
+    Commit(KeysRecordBytes(part.size()));
   } while (!entries.empty());
   return all;
 }
@@ -215,28 +221,26 @@ bool ChangeFeed::ResyncEnd() {
 }
 
 bool ChangeFeed::DumpHasRoom(std::size_t keys) {
-  return ring_.producer().HasRoom(capacity_ / 2 + kRecordHeadBytes + 4 + KeysBytes(keys) + 64);
+  return ring_.producer().HasRoom(capacity_ / 2 + KeysRecordBytes(keys) + 64);
 }
 
 bool ChangeFeed::DumpAdmits(std::uint32_t holder, std::span<const std::uint64_t> keys) {
   if (keys.size() > keys_per_record_ || !DumpHasRoom(keys.size())) return false;
-  const std::size_t size = kRecordHeadBytes + 4 + KeysBytes(keys.size());
-  std::uint8_t* p = Claim(size);  // room was checked: a failure here is a real overflow
+  std::uint8_t* ops;
+  std::uint8_t* p = ClaimKeys(holder, keys.size(), &ops);  // room was checked: a failure here is a real overflow
   if (!p) return false;
-  p = Put(Head(p, ChangeKind::kKeys, holder), static_cast<std::uint32_t>(keys.size()));
-  std::memcpy(p, keys.data(), keys.size() * 8);  // little-endian hosts (the static_assert above)
-  std::memset(p + keys.size() * 8, 0, (keys.size() + 7) / 8);  // all admits
-  Commit(size);
+  std::memcpy(p, keys.data(), keys.size() * 8);  // little-endian hosts (the static_assert above); all admits
+  Commit(KeysRecordBytes(keys.size()));
   return true;
 }
 
 bool ChangeFeed::Key(std::uint32_t holder, protocol::OpType op, std::uint64_t key) {
-  const std::size_t size = kRecordHeadBytes + 4 + KeysBytes(1);
-  std::uint8_t* p = Claim(size);
+  std::uint8_t* ops;
+  std::uint8_t* p = ClaimKeys(holder, 1, &ops);
   if (!p) return false;
-  p = Put(Put(Head(p, ChangeKind::kKeys, holder), std::uint32_t{1}), key);
-  *p = op == protocol::OpType::kAdmit ? 0 : 1;
-  Commit(size);
+  Put(p, key);
+  *ops = op == protocol::OpType::kAdmit ? 0 : 1;
+  Commit(KeysRecordBytes(1));
   return true;
 }
 

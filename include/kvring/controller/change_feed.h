@@ -76,12 +76,14 @@ inline constexpr std::size_t kMaxText = 1024;
 // A kKeys record's body after its count: the keys, then a bit per key.
 inline constexpr std::size_t KeysBytes(std::size_t count) { return count * 8 + (count + 7) / 8; }
 inline constexpr std::size_t kRecordHeadBytes = 5;
+// A whole kKeys record: head, count, keys and op bits.
+inline constexpr std::size_t KeysRecordBytes(std::size_t count) { return kRecordHeadBytes + 4 + KeysBytes(count); }
 // A KV batch longer than this is written as several records, so every record
 // stays under kMaxRecordBytes (the cluster's messages are bounded by it).
 inline constexpr std::size_t kMaxKeysPerRecord = 8192;
 inline constexpr std::size_t kMaxHolderUpBytes = kRecordHeadBytes + 8 + 3 * (2 + kMaxText);
 inline constexpr std::size_t kMaxRecordBytes =
-    std::max(kMaxHolderUpBytes, kRecordHeadBytes + 4 + KeysBytes(kMaxKeysPerRecord));
+    std::max(kMaxHolderUpBytes, KeysRecordBytes(kMaxKeysPerRecord));
 
 // One record, decoded in place (views into the record's bytes).
 struct Change {
@@ -191,6 +193,11 @@ class ChangeFeed {
                                   (ring::DefaultMaxRecord(capacity) - kRecordHeadBytes - 5) * 8 / 65)) {}
   // Claims a record of `size` bytes or counts an overflow.
   std::uint8_t* Claim(std::size_t size);
+  // A kKeys record of `count` keys claimed, its head and count written and
+  // its op bits zeroed (all admits): where its keys go, `*ops` where their
+  // bits are; null on an overflow (counted). Committed with
+  // Commit(KeysRecordBytes(count)).
+  std::uint8_t* ClaimKeys(std::uint32_t holder, std::size_t count, std::uint8_t** ops);
   template <typename Entry>
   bool KeyRecords(std::uint32_t holder, std::span<const Entry> entries);
   void Commit(std::size_t size);
