@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -174,6 +175,44 @@ TEST(Transport, KilledClientIsNoticedWithinOneHundredMilliseconds) {
   EXPECT_LT(took, 100ms);
   EXPECT_FALSE(HeldHere(c.shm));
   EXPECT_TRUE((*l)->clients().empty());
+}
+
+// A sleeping controller is woken by one byte per publish that made new
+// requests visible. A caller that publishes on every pass of its loop (the
+// ZeroMQ front) rings nothing when nothing is new: each byte is a system call
+// on both sides, and one per pass cost the front's requests several.
+TEST(Transport, TheDoorbellRingsOnlyForNewRequests) {
+  auto l = Listener::Start(Small(Name("doorbell")));
+  ASSERT_TRUE(l.ok());
+  int go[2], done[2];
+  ASSERT_EQ(pipe(go), 0);
+  ASSERT_EQ(pipe(done), 0);
+  AttachedClient c = StartClient(**l, Name("doorbell"), [&](Connection& conn) {
+    char b = 0;
+    if (read(go[0], &b, 1) != 1) return 1;
+    if (conn.requests().TryWrite(Bytes("one"), framing::kMessage) != ring::ClaimResult::kOk) return 2;
+    conn.PublishRequests();  // rings
+    conn.PublishRequests();  // nothing new: silent
+    conn.PublishRequests();
+    if (conn.requests().TryWrite(Bytes("two"), framing::kMessage) != ring::ClaimResult::kOk) return 3;
+    conn.PublishRequests();  // rings
+    (void)!write(done[1], "d", 1);
+    pause();
+    return 0;
+  });
+  ASSERT_FALSE(c.shm.empty());
+  ASSERT_EQ((*l)->clients().size(), 1u);
+  const int socket = (*l)->clients()[0]->socket;
+  (*l)->SetControllerSleeping(true);
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  char b = 0;
+  ASSERT_EQ(read(done[0], &b, 1), 1);
+  int rung = -1;
+  ASSERT_EQ(ioctl(socket, FIONREAD, &rung), 0);
+  EXPECT_EQ(rung, 2);
+  kill(c.pid, SIGKILL);
+  waitpid(c.pid, nullptr, 0);
+  for (int fd : {go[0], go[1], done[0], done[1]}) close(fd);
 }
 
 [[noreturn]] void RunController(const std::string& name, int ready_fd) {

@@ -476,7 +476,10 @@ bool Connection::ControllerAlive() {
 }
 
 void Connection::PublishRequests() {
-  requests_.Publish();
+  // Nothing new: nothing to ring for (the publish that made the earlier
+  // records visible paired with the controller's sleep already; ringing on
+  // every call cost a system call per pass of a polling caller).
+  if (!requests_.Publish()) return;
   // seq_cst: pairs with Listener::SetControllerSleeping; the publish above
   // is a seq_cst store, so either this load sees the controller asleep or
   // the controller's check of the ring (after its store) sees the record.
@@ -496,8 +499,9 @@ bool Connection::SleepOnSocket() {
   return true;
 }
 
-void Connection::AwakeFromSocket() {
+void Connection::AwakeFromSocket(bool rang) {
   segment_.header()->client_sleeping.store(0, std::memory_order_relaxed);  // a hint: a late ring costs one byte
+  if (!rang) return;
   char drain[64];
   while (recv(fd_, drain, sizeof drain, MSG_DONTWAIT) > 0) {
   }

@@ -50,6 +50,7 @@ constexpr std::size_t kFramesPerPass = 256;     // per socket per pass: no socke
 constexpr std::size_t kMaxPending = 1 << 16;    // ROUTER requests awaiting answers, all peers together
 constexpr std::size_t kMaxQueuedCommands = 256; // per worker, behind the one in flight
 constexpr double kHousekeepingPeriod = 0.1;
+constexpr int kMonitorBacklog = 1 << 16;  // connection events a monitor holds between two housekeeping passes
 constexpr double kRefreshPeriod = 50e-6;  // while busy, drained sockets are polled this often
 // After forwarding a request, the controller usually answers within a few
 // microseconds: polling the reply ring that long is cheaper than a sleep and
@@ -564,8 +565,8 @@ struct Front::Impl {
     next_housekeeping = now + kHousekeepingPeriod;
     requests->Heartbeat();
     bulk->Heartbeat();
+    PumpMonitors();  // before the counters go out: peers are counted from the monitors' events
     PublishCounters();
-    PumpMonitors();
     controller_gone = !requests->ControllerAlive();
     // Requests the controller never answered (its reply ring was full, or it
     // stopped): given up, so the requests behind them flow again.
@@ -604,6 +605,7 @@ struct Front::Impl {
   void Run() {
     std::vector<zmq::pollitem_t> items;
     std::vector<Link*> polled_links;
+    bool busy = false;  // the last pass had work
     while (!stop.load(std::memory_order_relaxed)) {  // relaxed: a flag, no data rides on it
       std::size_t work = DrainControllerReplies();
       if (reply_wait && (work || stats.requests_in_flight.load(std::memory_order_relaxed) == 0)) {
@@ -624,12 +626,18 @@ struct Front::Impl {
       }
       if (work) {
         // Busy: a flood on one socket must not hide the others for long.
-        if (now >= next_refresh) {
+        // The period starts with the busy spell: a lone request, answered
+        // within it, costs no extra zmq_poll() on its way.
+        if (!busy) {
+          busy = true;
+          next_refresh = now + kRefreshPeriod;
+        } else if (now >= next_refresh) {
           RefreshReadable();
           next_refresh = now + kRefreshPeriod;
         }
         continue;
       }
+      busy = false;
       // Requests in flight: the answer is usually microseconds away.
       if (stats.requests_in_flight.load(std::memory_order_relaxed) > 0) {
         // The spin gives way (spin_wait.h): shorter while it has not been
@@ -653,8 +661,6 @@ struct Front::Impl {
       // Items 0..2: PULL and the ROUTERs (a paused or absent one polls nothing).
       items.push_back({pull_paused ? nullptr : pull.handle(), -1, ZMQ_POLLIN, 0});
       for (int s = 0; s < 2; ++s) items.push_back({has_router[s] ? router[s].handle() : nullptr, -1, ZMQ_POLLIN, 0});
-      for (int i = 0; i < 3; ++i)
-        if (has_monitor[i]) items.push_back({monitors[i].handle(), 0, ZMQ_POLLIN, 0});
       for (auto& [key, l] : links)
         if (l.busy && l.req) {
           items.push_back({l.req->handle(), 0, ZMQ_POLLIN, 0});
@@ -680,13 +686,13 @@ struct Front::Impl {
         } catch (const zmq::error_t& e) {
           if (e.num() != EINTR) Log(std::string("poll: ") + e.what());
         }
-        requests->AwakeFromSocket();
+        // The doorbell's bytes are read only when it rang (one system call
+        // less a wake-up; a byte that comes later wakes the next poll).
+        requests->AwakeFromSocket(ready > 0 && (items[items.size() - 3].revents & (ZMQ_POLLIN | ZMQ_POLLERR)));
       }
       if (ready > 0) {
         for (int i = 0; i < kSockets; ++i)
           if (items[i].revents & ZMQ_POLLIN) readable[i] = true;
-        for (std::size_t i = kSockets; i < first_link; ++i)
-          if (items[i].revents & ZMQ_POLLIN) PumpMonitors();
         for (std::size_t i = 0; i < polled_links.size(); ++i)
           if (items[first_link + i].revents & ZMQ_POLLIN) ReceiveCommandReply(*polled_links[i]);
         if (items[items.size() - 2].revents & (ZMQ_POLLIN | ZMQ_POLLERR)) {
@@ -733,6 +739,11 @@ struct Front::Impl {
     const std::string mon = "inproc://kvring-zmq-monitor-" + std::to_string(index);
     if (zmq_socket_monitor(s.handle(), mon.c_str(), ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) == 0) {
       monitors[index] = zmq::socket_t(ctx, zmq::socket_type::pair);
+      // Read by housekeeping, not on every wait (each socket in a zmq_poll()
+      // costs system calls per wake-up): room for kMonitorBacklog events
+      // between two looks, where libzmq's default of 1,000 would block the
+      // I/O thread that emits them under a burst of connections.
+      monitors[index].set(zmq::sockopt::rcvhwm, kMonitorBacklog);
       monitors[index].connect(mon);
       has_monitor[index] = true;
     }

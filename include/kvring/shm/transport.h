@@ -158,18 +158,20 @@ class Connection {
   // False once the controller process has gone (its end of the socket closed).
   bool ControllerAlive();
   void Heartbeat();
-  // Makes every committed request visible and, if the controller sleeps in
-  // poll(), wakes it with one byte on the attach socket (the doorbell; a load
-  // of the segment header when it is awake). The one way clients publish.
+  // Makes every committed request visible and, if there were any and the
+  // controller sleeps in poll(), wakes it with one byte on the attach socket
+  // (the doorbell; a load of the segment header when it is awake). The one
+  // way clients publish.
   void PublishRequests();
   // For a client that waits in poll() on socket_fd() together with other
   // descriptors (the ZeroMQ front) instead of on the reply ring's futex:
   // announces the sleep so that the controller rings the socket after it
   // publishes replies. Returns false when replies are already waiting (no
   // sleep). After poll() returns, AwakeFromSocket() withdraws the
-  // announcement and drains the doorbell bytes.
+  // announcement and, if poll() saw the socket readable (`rang`), drains the
+  // doorbell bytes.
   bool SleepOnSocket();
-  void AwakeFromSocket();
+  void AwakeFromSocket(bool rang);
   int socket_fd() const { return fd_; }
 
  private:
