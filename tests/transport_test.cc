@@ -200,6 +200,10 @@ TEST(Transport, TheDoorbellRingsOnlyForNewRequests) {
     pause();
     return 0;
   });
+  // The child's ends: a child that fails early closes its copy of done[1], and
+  // the read below then ends instead of waiting for ever.
+  close(go[0]);
+  close(done[1]);
   ASSERT_FALSE(c.shm.empty());
   ASSERT_EQ((*l)->clients().size(), 1u);
   const int socket = (*l)->clients()[0]->socket;
@@ -212,7 +216,8 @@ TEST(Transport, TheDoorbellRingsOnlyForNewRequests) {
   EXPECT_EQ(rung, 2);
   kill(c.pid, SIGKILL);
   waitpid(c.pid, nullptr, 0);
-  for (int fd : {go[0], go[1], done[0], done[1]}) close(fd);
+  close(go[1]);
+  close(done[0]);
 }
 
 [[noreturn]] void RunController(const std::string& name, int ready_fd) {
