@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -703,6 +704,72 @@ TEST(Controller, SleepingControllerIsWokenByTheDoorbellOfAClientThatPublishes) {
   while (handled == 0 && Clock::now() - t0 < 60s) handled = (*ctl)->PollOnce(60000ms);
   EXPECT_LT(Clock::now() - t0, 30s);
   EXPECT_EQ(handled, 1u);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
+}
+
+// What a client waiting for a reply on a machine with more runnable threads
+// than cores goes by (ring.h, WaitForData's peer_progress): the word moves in
+// its segment while a controller above normal priority passes, and stands
+// still while it does not.
+TEST(Controller, ItsProgressWordMovesWhileItPassesAndStandsStillWhileItDoesNot) {
+  errno = 0;
+  const int nice_before = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), -1) != 0)
+    GTEST_SKIP() << "raising this thread's priority needs CAP_SYS_NICE (CI runs as root)";
+  struct Restore {
+    int nice;
+    ~Restore() { (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice); }
+  } restore{nice_before};
+  auto ctl = Controller::Start(Small(Name("progress")));
+  ASSERT_TRUE(ctl.ok());
+  int to_parent[2], to_child[2];
+  ASSERT_EQ(pipe(to_parent), 0);
+  ASSERT_EQ(pipe(to_child), 0);
+  pid_t pid = Spawn(Name("progress"), [&](Worker& w) {
+    if (!w.Ask(Reg("A", 0))) return 1;
+    const auto& progress = w.conn->segment().header()->controller_progress;
+    const std::uint64_t first = progress.load(std::memory_order_relaxed);
+    const auto deadline = Clock::now() + 10s;
+    while (progress.load(std::memory_order_relaxed) == first && Clock::now() < deadline) {
+    }
+    if (progress.load(std::memory_order_relaxed) == first) return 2;  // it never moved while the controller passed
+    char b = 'p';
+    if (write(to_parent[1], &b, 1) != 1) return 3;  // asks the controller to stop passing
+    if (read(to_child[0], &b, 1) != 1) return 4;    // it has stopped
+    const std::uint64_t still = progress.load(std::memory_order_relaxed);
+    for (int i = 0; i < 100000; ++i)
+      if (progress.load(std::memory_order_relaxed) != still) return 5;
+    return write(to_parent[1], &b, 1) == 1 ? 0 : 6;  // looked: the controller may go on
+  });
+  close(to_parent[1]);  // the child's ends: its exit then ends the reads below
+  close(to_child[0]);
+  ASSERT_TRUE(PumpUntil(**ctl, [&] { return (*ctl)->registry().worker_count() == 1; }));
+  ASSERT_EQ(fcntl(to_parent[0], F_SETFL, O_NONBLOCK), 0);
+  char b = 0;
+  const auto deadline = Clock::now() + 10s;
+  while (read(to_parent[0], &b, 1) != 1 && Clock::now() < deadline) (*ctl)->PollOnce(0ms);
+  // No pass from here until the child has looked twice.
+  ASSERT_EQ(write(to_child[1], "s", 1), 1);
+  ASSERT_EQ(fcntl(to_parent[0], F_SETFL, 0), 0);
+  EXPECT_EQ(read(to_parent[0], &b, 1), 1);
+  EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
+  close(to_parent[0]);
+  close(to_child[1]);
+}
+
+// At normal priority the word never moves: the controller is descheduled
+// as often as its clients then, and their polling would only cost ingest.
+TEST(Controller, AtNormalPriorityItsProgressWordStandsStill) {
+  errno = 0;
+  if (getpriority(PRIO_PROCESS, static_cast<id_t>(gettid())) < 0 && errno == 0)
+    GTEST_SKIP() << "this test process runs above normal priority";
+  auto ctl = Controller::Start(Small(Name("progress0")));
+  ASSERT_TRUE(ctl.ok());
+  pid_t pid = Spawn(Name("progress0"), [](Worker& w) {
+    for (int i = 0; i < 20; ++i)  // every answer took passes
+      if (!w.Ask(HeartbeatMsg{"A", Int(0), "127.0.0.1", Int(1), std::nullopt})) return 1;
+    return w.conn->segment().header()->controller_progress.load(std::memory_order_relaxed) == 0 ? 0 : 2;
+  });
   EXPECT_EQ(RunUntilExit(**ctl, pid), 0);
 }
 

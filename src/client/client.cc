@@ -262,7 +262,8 @@ struct Worker::Impl {
         if (!conn->ControllerAlive()) return Dead();
         return Status(ErrorKind::kTimeout, "no reply from controller '" + o.controller + "' in time");
       }
-      if (!c.WaitForData(std::min<Clock::duration>(left, std::chrono::milliseconds(50)), o.reply_spin, /*for_reply=*/true)) {
+      if (!c.WaitForData(std::min<Clock::duration>(left, std::chrono::milliseconds(50)), o.reply_spin, /*for_reply=*/true,
+                         &conn->segment().header()->controller_progress)) {
         if (c.corrupt()) return Status(ErrorKind::kCorrupt, "reply ring: " + c.corruption());
         if (!conn->ControllerAlive()) return Dead();
         continue;

@@ -22,7 +22,10 @@
 //     nothing and then pay a scheduler tick per reply).
 //   - oversubscription: CpuOversubscribed() (a /proc/loadavg read at most
 //     every 10 ms per thread) tells a waiter to yield for a while before it
-//     sleeps on a futex (ring.cc, SpinThenSleep).
+//     sleeps on a futex (ring.cc, SpinThenSleep), unless the peer it waits
+//     for is seen running (its progress word moves): then a yield would only
+//     hand this core to another process until that one's slice ends, long
+//     after the answer came.
 // No PAUSE: on the Firecracker/KVM guests kvring runs on, pause-loop exiting
 // hands the vCPU back to the host (see futex.h, SpinPoll).
 //
@@ -42,6 +45,10 @@ inline constexpr unsigned kMaxSpinShrink = 12;  // a budget shrinks to max / 409
 inline constexpr std::uint64_t kClockEvery = 8;  // polls between two clock reads
 // How long a waiter on an oversubscribed machine yields before it sleeps.
 inline constexpr std::chrono::microseconds kYieldPhase{1000};
+// A peer's progress word that has not moved for this long means the peer is
+// not running (descheduled, or asleep): a waiter then yields rather than
+// polls. Longer than the controller's longest ordinary pass.
+inline constexpr std::chrono::microseconds kProgressStill{20};
 
 // Whether more threads are runnable than there are cores (the machine's
 // count of runnable threads in /proc/loadavg, the caller included), read at

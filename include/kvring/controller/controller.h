@@ -304,6 +304,8 @@ class Controller {
   std::unordered_map<std::string, RemoteNode> remote_nodes_;  // by node name
   std::size_t ops_since_scan_ = 0;            // KV ops applied since requests were last looked for
   std::size_t next_client_ = 0;               // round-robin start
+  std::uint64_t passes_ = 0;                  // stored in every segment each pass while prioritized_ (controller_progress)
+  bool prioritized_ = false;                  // this thread runs above normal priority (looked at by Housekeeping)
   double next_housekeeping_ = 0;
   double next_listener_poll_ = 0;
   double started_mono_ = 0;

@@ -18,6 +18,7 @@
 // thread at a time. The control words are the only shared state.
 #pragma once
 
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <functional>
@@ -150,7 +151,12 @@ class Consumer {
   // `for_reply`: the wait starts with a request just sent (a late record then
   // teaches the thread to spin less, src/shm/spin_wait.h); otherwise the caller
   // may have been idle, and only being descheduled while spinning does.
-  bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000, bool for_reply = false);
+  // `peer_progress`: a word the producer advances while it runs (the
+  // controller's pass count, segment_descriptor.h); on a machine with more
+  // runnable threads than cores the wait keeps polling while it moves and
+  // gives the core away only once it stands still.
+  bool WaitForData(std::chrono::nanoseconds timeout, std::uint32_t spin = 4000, bool for_reply = false,
+                   const std::atomic<std::uint64_t>* peer_progress = nullptr);
 
   // Whether a record is waiting, without consuming it. When none is, it loads
   // the producer's published position with seq_cst: the sleeper's half of the

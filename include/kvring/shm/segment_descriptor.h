@@ -15,6 +15,8 @@
 //   |   is set rings the doorbell: a byte on the attach socket)    |
 //   |   client-sleeping word (the controller rings the client's    |
 //   |   doorbell after it publishes replies while it is set)       |
+//   |   controller-progress word (the controller's pass count: a   |
+//   |   client waiting for a reply sees whether it runs)           |
 //   |   at 2048: 32 client counters (u64), the client's own report |
 //   |   of itself for `kvring inspect` (names by role; never       |
 //   |   trusted, never read by the controller)                     |
@@ -40,9 +42,10 @@
 namespace kvring::segment {
 
 inline constexpr std::uint64_t kMagic = 0x01'00'47'45'53'52'56'4bULL;  // "KVRSEG\0\1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 5;  // 2: control records, 3: correlated records,
+inline constexpr std::uint32_t kLayoutVersion = 6;  // 2: control records, 3: correlated records,
                                                     // 4: records visible by their header (ring_descriptor.h),
-                                                    // 5: client-sleeping word, front role, routed commands
+                                                    // 5: client-sleeping word, front role, routed commands,
+                                                    // 6: controller-progress word
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kPageBytes = 4096;
 inline constexpr std::uint32_t kReady = 0x52454459;  // "READY"-ish; anything else is not ready
@@ -91,6 +94,12 @@ struct SegmentHeader {
   // the reply ring's futex (a ZeroMQ front waits on its sockets and the ring
   // at once): the controller then rings it after publishing replies.
   alignas(64) std::atomic<std::uint32_t> client_sleeping;
+  // The controller's pass count, stored every pass while the controller runs
+  // above normal priority (relaxed: a hint, nothing is read by it). A client
+  // waiting for a reply on an oversubscribed machine keeps polling while it
+  // moves (the controller runs: the answer is being made) and gives its core
+  // away when it stands still (ring.h, WaitForData).
+  alignas(64) std::atomic<std::uint64_t> controller_progress;
 };
 
 static_assert(offsetof(SegmentHeader, magic) == 0);
@@ -113,6 +122,7 @@ static_assert(offsetof(SegmentHeader, quarantined) == 320);
 static_assert(offsetof(SegmentHeader, state) == 324);
 static_assert(offsetof(SegmentHeader, controller_sleeping) == 384);
 static_assert(offsetof(SegmentHeader, client_sleeping) == 448);
+static_assert(offsetof(SegmentHeader, controller_progress) == 512);
 static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
 
 // Counters a client publishes about itself in its header page, for
