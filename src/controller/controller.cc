@@ -1067,8 +1067,9 @@ void Controller::Housekeeping(double now) {
   // Looked at again now and then: an operator may raise it from outside (chrt, renice).
   errno = 0;
   const int nice_value = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+  const bool raised_nice = errno == 0 && nice_value < 0;  // -1 is also getpriority's error value
   const int policy = sched_getscheduler(0);
-  prioritized_ = policy == SCHED_FIFO || policy == SCHED_RR || (errno == 0 && nice_value < 0);
+  prioritized_ = raised_nice || policy == SCHED_FIFO || policy == SCHED_RR;
   SampleRates(now);
   for (std::uint32_t w = 0; w < workers_.size(); ++w) {
     if (!registry_.worker_live(w)) continue;
