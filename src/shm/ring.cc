@@ -133,21 +133,16 @@ bool SpinThenSleep(std::atomic<std::uint32_t>* waiting, std::chrono::nanoseconds
     std::uint64_t seen = peer_progress ? peer_progress->load(std::memory_order_relaxed) : 0;
     Clock::time_point moved_at = Clock::now() - (seen != 0 ? Clock::duration::zero() : detail::kProgressStill);
     while (!broken() && Clock::now() < yield_until) {
+      bool peer_runs = false;
       if (peer_progress) {
         const Clock::time_point now = Clock::now();
         if (const std::uint64_t p = peer_progress->load(std::memory_order_relaxed); p != seen) {
           seen = p;
           moved_at = now;
         }
-        if (now - moved_at < detail::kProgressStill) {
-          if (poll()) {
-            done(true);
-            return true;
-          }
-          continue;
-        }
+        peer_runs = now - moved_at < detail::kProgressStill;
       }
-      sched_yield();
+      if (!peer_runs) sched_yield();
       if (poll()) {
         done(true);
         return true;
